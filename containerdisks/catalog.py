@@ -1,0 +1,365 @@
+"""The catalog: which entries to publish, and the sources (plugins) that discover them.
+
+The catalog file says *what* (name, version, arches, env, user, tag policy, which source with
+which parameters); sources say *how*. Sources are loaded from the `containerdisks.plugins`
+entry-point group, the built-ins exactly like third-party ones, and checked against the contract
+in `containerdisks.api` when loaded. Nothing here names a distribution.
+
+Decisions:
+- Items are validated up front (pydantic, unknown keys rejected, each source's own parameter
+  model applied per arch), so a catalog typo is a configuration error (exit 2) before any network.
+- Versions must be quoted strings: YAML reads `20.10` as the number 20.1.
+- Focus is applied in two steps: on names before discovery (so `--focus 'fedora:*'` asks nothing
+  of other distributions), then on versions after discovery for sources that discover versions.
+- The default catalog lives in `config/catalog.yaml` and is installed with the package.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from containerdisks.api import (
+    Artifact,
+    ArchError,
+    DiscoveryRequest,
+    Release,
+    Source,
+    SourceError,
+    SourceParams,
+    Upstream,
+)
+from containerdisks.settings import ConfigError
+
+__all__ = [
+    "ENV_INSTANCETYPE",
+    "ENV_PREFERENCE",
+    "Catalog",
+    "CatalogItem",
+    "Entry",
+    "Focus",
+    "ItemFailure",
+    "default_catalog_path",
+    "load_catalog",
+    "load_sources",
+]
+
+PLUGIN_GROUP = "containerdisks.plugins"
+ENV_INSTANCETYPE = "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE"
+ENV_PREFERENCE = "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE"
+
+Arch = Literal["x86_64", "aarch64", "s390x"]
+PerArch = str | dict[Arch, str]
+_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class CatalogItem(BaseModel):
+    """One catalog item: a `name:version` entry, or a name whose versions a source discovers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Repository name under the registry namespace.")
+    version: str | None = Field(
+        None, description="Version tag (a quoted string); omitted when the source discovers them."
+    )
+    arches: tuple[Arch, ...] = Field(description="Upstream arch names, in index order.")
+    instancetype: PerArch | None = Field(
+        None, description="Default instancetype env value, one for all arches or per arch."
+    )
+    preference: PerArch | None = Field(
+        None, description="Default preference env value, one for all arches or per arch."
+    )
+    user: str | None = Field(None, description="Default login user of the image (docs, verify).")
+    latest: bool = Field(
+        False,
+        description="Also tag `latest` (for a discovering source: its newest stable version).",
+    )
+    docs: bool = Field(
+        False,
+        description="Use for the repository's docs (for a discovering source: newest stable).",
+    )
+    skip_unless_focused: bool = Field(False, description="Only published when focused by name.")
+    source: dict[str, Any] = Field(
+        description="`kind` plus the source's parameters; `per_arch: {arch: {...}}` overrides."
+    )
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_string(cls, v: object) -> object:
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"version {v!r} must be a quoted string (YAML reads 20.10 as 20.1)")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"name {v!r} is not a valid repository name")
+        return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> CatalogItem:
+        if not self.arches:
+            raise ValueError("arches must not be empty")
+        if len(set(self.arches)) != len(self.arches):
+            raise ValueError("arches must not repeat")
+        if self.version is not None and not _VERSION.match(self.version):
+            raise ValueError(f"version {self.version!r} is not a valid tag")
+        for field in ("instancetype", "preference"):
+            value = getattr(self, field)
+            if isinstance(value, dict) and set(value) - set(self.arches):
+                extra = sorted(set(value) - set(self.arches))[0]
+                raise ValueError(f"{field} names arch {extra!r} not in arches")
+        if "kind" not in self.source or not isinstance(self.source["kind"], str):
+            raise ValueError("source.kind is required")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version or '*'}"
+
+    def env(self, arch: str) -> tuple[str, ...]:
+        """The image env for an arch, sorted (reproducible config digests)."""
+        out = []
+        for key, value in ((ENV_INSTANCETYPE, self.instancetype), (ENV_PREFERENCE, self.preference)):
+            v = value.get(arch) if isinstance(value, dict) else value  # type: ignore[call-overload]
+            if v:
+                out.append(f"{key}={v}")
+        return tuple(sorted(out))
+
+
+class _CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    catalog: Literal["replace", "extend"] = "replace"
+    entries: list[dict[str, Any]] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BoundItem:
+    """A catalog item with its source instance and validated per-arch parameters."""
+
+    item: CatalogItem
+    source: Source
+    request: DiscoveryRequest
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One `name:version` to publish, as discovered: the unit of planning and publishing."""
+
+    item: CatalogItem
+    version: str
+    artifacts: tuple[Artifact | ArchError, ...]
+    latest: bool
+    docs: bool
+
+    @property
+    def name(self) -> str:
+        return self.item.name
+
+    @property
+    def key(self) -> str:
+        return f"{self.item.name}:{self.version}"
+
+    @property
+    def arches(self) -> tuple[str, ...]:
+        return tuple(a.arch for a in self.artifacts)
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """Discovery of a whole item failed; recorded under `name:version` or `name:*`."""
+
+    key: str
+    message: str
+
+
+class Focus:
+    """`--focus`: empty (everything not marked skip_unless_focused), `name:*`, or `name:version`."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        if spec == "":
+            self.name: str | None = None
+            self.version: str | None = None
+            return
+        name, sep, version = spec.partition(":")
+        if not sep or not name or not version:
+            raise ConfigError(f"invalid flag --focus {spec!r}: expected name:version or name:*")
+        self.name = name
+        self.version = None if version == "*" else version
+
+    def selects_item(self, item: CatalogItem) -> bool:
+        if self.name is None:
+            return not item.skip_unless_focused
+        if item.name != self.name:
+            return False
+        return item.version is None or self.version is None or item.version == self.version
+
+    def selects_version(self, version: str) -> bool:
+        return self.version is None or self.version == version
+
+
+def load_sources() -> dict[str, Source]:
+    """Load every source registered under the plugin entry-point group, checked on the way."""
+    sources: dict[str, Source] = {}
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as e:  # a broken third-party plugin must not crash with a traceback
+            raise ConfigError(f"plugin {ep.name!r} ({ep.value}) failed to load: {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Source)):
+            raise ConfigError(f"plugin {ep.name!r} ({ep.value}) is not a containerdisks.api.Source")
+        params = getattr(cls, "Params", None)
+        if not (isinstance(params, type) and issubclass(params, SourceParams)):
+            raise ConfigError(f"plugin {ep.name!r}: Params must subclass api.SourceParams")
+        if getattr(cls, "kind", None) != ep.name:
+            raise ConfigError(f"plugin {ep.name!r}: its kind is {getattr(cls, 'kind', None)!r}")
+        if ep.name in sources:
+            raise ConfigError(f"two plugins register the source kind {ep.name!r}")
+        sources[ep.name] = cls()
+    return sources
+
+
+def default_catalog_path() -> Path:
+    """The installed default catalog (a wheel carries it as package data)."""
+    packaged = importlib.resources.files("containerdisks") / "data" / "catalog.yaml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    # An editable checkout: the catalog sits in the source tree's config/ directory.
+    return Path(__file__).resolve().parent.parent / "config" / "catalog.yaml"
+
+
+class Catalog:
+    """The validated catalog with its sources bound."""
+
+    def __init__(self, items: Iterable[BoundItem]) -> None:
+        self.items = tuple(items)
+
+    def select(self, focus: Focus) -> list[BoundItem]:
+        chosen = [b for b in self.items if focus.selects_item(b.item)]
+        if focus.name is not None and not chosen:
+            raise ConfigError(f"focus {focus.spec!r} matches no catalog entry")
+        return chosen
+
+    async def discover(
+        self, bound: BoundItem, upstream: Upstream, focus: Focus
+    ) -> list[Entry] | ItemFailure:
+        """Discover one item's entries; a failure is a value naming the item."""
+        item = bound.item
+        try:
+            releases = await bound.source.discover(bound.request, upstream)
+        except SourceError as e:
+            return ItemFailure(item.label, str(e))
+        entries = []
+        for release in releases:
+            if not focus.selects_version(release.version):
+                continue
+            entries.append(self._entry(bound, release))
+        return entries
+
+    @staticmethod
+    def _entry(bound: BoundItem, release: Release) -> Entry:
+        item = bound.item
+        discovering = item.version is None
+        mark = release.newest_stable if discovering else True
+        return Entry(
+            item=item,
+            version=release.version,
+            artifacts=release.artifacts,
+            latest=item.latest and mark,
+            docs=item.docs and mark,
+        )
+
+
+def load_catalog(
+    config: Mapping[str, Any] | None,
+    sources: Mapping[str, Source] | None = None,
+    *,
+    config_name: str = "config file",
+) -> Catalog:
+    """Build the catalog: the default one, replaced or extended by the config file's entries."""
+    sources = load_sources() if sources is None else sources
+    raw: list[tuple[str, dict[str, Any]]] = []
+    user = _parse_file(config or {}, config_name)
+    if user is None or user.catalog == "extend":
+        path = default_catalog_path()
+        default = _parse_file(_read_yaml(path), str(path))
+        raw += [(str(path), e) for e in (default.entries if default else [])]
+    if user is not None:
+        raw += [(config_name, e) for e in user.entries]
+    items = [_bind(origin, i, data, sources) for i, (origin, data) in enumerate(raw)]
+    seen: set[str] = set()
+    for b in items:
+        if b.item.label in seen:
+            raise ConfigError(f"catalog entry {b.item.label} is listed twice")
+        seen.add(b.item.label)
+    return Catalog(items)
+
+
+def _parse_file(data: Mapping[str, Any], name: str) -> _CatalogFile | None:
+    catalog_part = {k: v for k, v in data.items() if k in ("entries", "catalog")}
+    if not catalog_part:
+        return None
+    try:
+        return _CatalogFile.model_validate(catalog_part)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"{name}: {loc}: {err['msg']}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"default catalog {path}: {e}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _bind(
+    origin: str, index: int, data: dict[str, Any], sources: Mapping[str, Source]
+) -> BoundItem:
+    where = f"{origin}: entries[{index}]"
+    if isinstance(data, dict) and "name" in data:
+        where += f" ({data['name']}:{data.get('version', '*')})"
+    try:
+        item = CatalogItem.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"{where}: {loc + ': ' if loc else ''}{err['msg']}") from None
+    kind = item.source["kind"]
+    source = sources.get(kind)
+    if source is None:
+        known = ", ".join(sorted(sources)) or "none"
+        raise ConfigError(f"{where}: unknown source kind {kind!r} (known: {known})")
+    if source.discovers_versions and item.version is not None:
+        raise ConfigError(f"{where}: source {kind!r} discovers versions; remove 'version'")
+    if not source.discovers_versions and item.version is None:
+        raise ConfigError(f"{where}: 'version' is required for source {kind!r}")
+    base = {k: v for k, v in item.source.items() if k not in ("kind", "per_arch")}
+    per_arch = item.source.get("per_arch") or {}
+    if not isinstance(per_arch, dict) or set(per_arch) - set(item.arches):
+        raise ConfigError(f"{where}: source.per_arch must map arches of this entry to parameters")
+    params: dict[str, SourceParams] = {}
+    for arch in item.arches:
+        try:
+            params[arch] = type(source).Params.model_validate({**base, **per_arch.get(arch, {})})
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise ConfigError(f"{where}: source.{loc} ({arch}): {err['msg']}") from None
+    request = DiscoveryRequest(
+        name=item.name, version=item.version, arches=item.arches, params=params
+    )
+    return BoundItem(item=item, source=source, request=request)

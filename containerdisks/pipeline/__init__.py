@@ -1,0 +1,1 @@
+"""Building containerdisks: the streaming stages and the image, config and index assembly."""

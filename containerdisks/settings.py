@@ -1,0 +1,180 @@
+"""Settings: every knob, with its default, its `CONTAINERDISKS_*` variable and its validation.
+
+Precedence (DESIGN.md): defaults < YAML config file (`--config`) < environment < flags. The YAML
+file is flat: every setting by its field name, plus the catalog keys `entries` and `catalog`
+(read by `containerdisks.catalog`). pydantic-settings provides the environment layer; the file
+and the flags are layered here, so that one `ConfigError` line names whichever source was wrong.
+The upstream mirror table is the one merged setting: flags add pairs to the table from the
+environment or the file instead of replacing it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = ["CATALOG_KEYS", "ConfigError", "Settings", "load_config_file", "load_settings"]
+
+ENV_PREFIX = "CONTAINERDISKS_"
+#: Keys of the config file that belong to the catalog, not to the settings.
+CATALOG_KEYS = frozenset({"entries", "catalog"})
+
+
+class ConfigError(Exception):
+    """A setting, flag, config file or catalog is wrong. The message is one line naming it."""
+
+
+class Settings(BaseSettings):
+    """All settings. Field docs are the user documentation (docs/settings.md is checked)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
+    )
+
+    dry_run: bool = Field(True, description="Don't publish anything; plan only (medius default).")
+    focus: str = Field(
+        "", description="Only this entry: `name:version` or `name:*`; empty for all."
+    )
+    insecure_skip_tls: bool = Field(
+        False,
+        description="Skip TLS certificate verification for registries and allow the plain-HTTP "
+        "fallback for any host.",
+    )
+    ca_file: Path | None = Field(None, description="Extra CA bundle (PEM) to verify registries.")
+    upstream_mirrors: dict[str, str] = Field(
+        default_factory=dict,
+        description="URL prefix rewrite table for every upstream request (FROM -> TO).",
+    )
+    source_registry: str = Field(
+        "quay.io/containerdisks",
+        description="Registry (`host[:port]/namespace`) read to decide what needs publishing.",
+    )
+    target_registry: str = Field(
+        "", description="Registry to publish to; empty means the source registry."
+    )
+    workers: PositiveInt = Field(1, description="Entries processed concurrently.")
+    force: bool = Field(False, description="Rebuild every arch of the focused entries.")
+    no_fail: bool = Field(False, description="Exit 0 even when an entry failed.")
+    results_file: Path = Field(
+        Path("results.json"), description="medius-compatible results file (not written in dry run)."
+    )
+    output: Literal["table", "json"] = Field("table", description="Format of plans on stdout.")
+    media_types: Literal["docker", "oci"] = Field(
+        "docker", description="Media-type family of published manifests and indexes."
+    )
+    connect_timeout: PositiveFloat = Field(15.0, description="Seconds to connect to a server.")
+    read_timeout: PositiveFloat = Field(
+        60.0, description="Seconds a server may stay silent while answering."
+    )
+    retries: PositiveInt = Field(
+        4, description="Attempts for a transient upstream or registry failure (>= 1)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Minimum level of log events on stderr."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="`json` lines, readable `console`, or `auto` (console on a terminal)."
+    )
+
+    @field_validator("upstream_mirrors")
+    @classmethod
+    def _mirrors_nonempty(cls, v: dict[str, str]) -> dict[str, str]:
+        for src, dst in v.items():
+            if not src or not dst:
+                raise ValueError("mirror prefixes must not be empty")
+        return v
+
+    @property
+    def target(self) -> str:
+        return self.target_registry or self.source_registry
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_data = _FILE_LAYER.get(settings_cls, {})
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, file_data))
+
+
+# The file layer is handed to `settings_customise_sources` through this map, keyed by the class
+# being built; `load_settings` builds a private subclass per call so calls never interfere.
+_FILE_LAYER: dict[type[BaseSettings], dict[str, Any]] = {}
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read the YAML config file; an unreadable or malformed file is a `ConfigError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"config file {path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return data
+
+
+def load_settings(
+    flags: dict[str, Any] | None = None,
+    file_data: dict[str, Any] | None = None,
+    *,
+    file_name: str = "config file",
+    extra_mirrors: dict[str, str] | None = None,
+) -> Settings:
+    """Layer defaults < file < environment < flags, then add flag mirrors to the table."""
+    file_settings = {k: v for k, v in (file_data or {}).items() if k not in CATALOG_KEYS}
+    unknown = sorted(set(file_settings) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(f"{file_name}: unknown setting {unknown[0]!r}")
+    layered = type("LayeredSettings", (Settings,), {})
+    _FILE_LAYER[layered] = file_settings
+    try:
+        settings: Settings = layered(**(flags or {}))
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, flags or {}, file_settings, file_name)) from None
+    finally:
+        _FILE_LAYER.pop(layered, None)
+    if extra_mirrors:
+        mirrors = {**settings.upstream_mirrors, **extra_mirrors}
+        settings = settings.model_copy(update={"upstream_mirrors": mirrors})
+    return settings
+
+
+def _one_line(
+    e: ValidationError, flags: dict[str, Any], file_settings: dict[str, Any], file_name: str
+) -> str:
+    err = e.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else "?"
+    if field in flags:
+        where = f"flag --{field.replace('_', '-')}"
+    elif ENV_PREFIX + field.upper() in os.environ:
+        where = f"environment variable {ENV_PREFIX}{field.upper()}"
+    elif field in file_settings:
+        where = f"{file_name}: setting {field!r}"
+    else:
+        where = f"setting {field!r}"
+    value = err.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) else ""
+    return f"invalid {where}: {err['msg']}{shown}"
