@@ -8,9 +8,10 @@ Decisions that shaped it:
 - A catalog item names a source `kind` with parameters; the source validates them with its own
   pydantic model (`Params`), so a typo in the catalog is a clear configuration error before any
   network access.
-- Discovery is one async call per catalog item that returns, per version and arch, everything the
-  core needs to plan and publish (`Artifact`). Sources that discover their versions upstream (Fedora)
-  return several `Release`s; the others return exactly one, for the catalog's version.
+- Discovery is one async call per catalog item that returns, per version and arch, everything
+  the core needs to plan and publish (`Artifact`). Sources that discover their versions
+  upstream (Fedora) return several `Release`s; the others return exactly one, for the
+  catalog's version.
 - Sources never do HTTP themselves: they get an `Upstream` that applies the mirror table, the
   per-pass cache, conditional requests, timeouts and retries. That keeps "one request per metadata
   URL per pass" a property of the core, not of each plugin.

@@ -28,8 +28,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from containerdisks.api import (
-    Artifact,
     ArchError,
+    Artifact,
     DiscoveryRequest,
     Release,
     Source,
@@ -130,7 +130,10 @@ class CatalogItem(BaseModel):
     def env(self, arch: str) -> tuple[str, ...]:
         """The image env for an arch, sorted (reproducible config digests)."""
         out = []
-        for key, value in ((ENV_INSTANCETYPE, self.instancetype), (ENV_PREFERENCE, self.preference)):
+        for key, value in (
+            (ENV_INSTANCETYPE, self.instancetype),
+            (ENV_PREFERENCE, self.preference),
+        ):
             v = value.get(arch) if isinstance(value, dict) else value  # type: ignore[call-overload]
             if v:
                 out.append(f"{key}={v}")

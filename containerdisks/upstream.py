@@ -70,8 +70,9 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.max_delay)
-        backoff = min(self.base_delay * 2**attempt, self.max_delay)
-        return backoff * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
+        backoff = min(self.base_delay * (2.0**attempt), self.max_delay)
+        jitter: float = 0.5 + random.random() / 2  # noqa: S311 - jitter, not crypto
+        return backoff * jitter
 
 
 @dataclass
@@ -175,7 +176,7 @@ class HttpUpstream:
         while True:
             try:
                 return await self._fetch_once(url)
-            except _Transient as t:
+            except _TransientError as t:
                 attempt += 1
                 if attempt >= self._retry.attempts:
                     raise UpstreamError(
@@ -209,14 +210,16 @@ class HttpUpstream:
                         log.debug("upstream_not_modified", url=url)
                         return cached.body
                     if resp.status in _TRANSIENT:
-                        raise _Transient(
+                        raise _TransientError(
                             f"HTTP {resp.status} {resp.reason or ''}".strip(),
                             resp.status,
                             _retry_after(resp.headers.get("Retry-After")),
                         )
                     if resp.status != 200:
                         raise UpstreamError(
-                            url, f"HTTP {resp.status} {resp.reason or ''}".strip(), status=resp.status
+                            url,
+                            f"HTTP {resp.status} {resp.reason or ''}".strip(),
+                            status=resp.status,
                         )
                     body = await self._read_limited(url, resp)
                     self._conditional[url] = _Cached(
@@ -225,7 +228,7 @@ class HttpUpstream:
                     log.debug("upstream_fetched", url=url, bytes=len(body))
                     return body
             except (TimeoutError, aiohttp.ClientError) as e:
-                raise _Transient(_describe(e), None, None) from None
+                raise _TransientError(_describe(e), None, None) from None
         raise UpstreamError(url, f"more than {_MAX_REDIRECTS} redirects")
 
     async def _read_limited(self, url: str, resp: aiohttp.ClientResponse) -> bytes:
@@ -241,7 +244,7 @@ class HttpUpstream:
         return b"".join(chunks)
 
 
-class _Transient(Exception):
+class _TransientError(Exception):
     def __init__(self, reason: str, status: int | None, retry_after: float | None) -> None:
         super().__init__(reason)
         self.reason = reason

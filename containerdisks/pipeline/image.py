@@ -54,9 +54,7 @@ def family_of(media_type: str) -> MediaFamily | None:
     return None
 
 
-def config_core(
-    *, arch: str, checksum: str, source_url: str, env: Sequence[str]
-) -> dict[str, Any]:
+def config_core(*, arch: str, checksum: str, source_url: str, env: Sequence[str]) -> dict[str, Any]:
     """The config of a containerdisk without `rootfs` (which depends on the built layer)."""
     config: dict[str, Any] = {
         "Entrypoint": list(ENTRYPOINT),

@@ -1,0 +1,221 @@
+"""The command line: medius's grammar on argparse, and the exit statuses of DESIGN.md.
+
+pflag-style booleans (`--flag`, `--flag=true`, `--flag=false`) are had by rewriting a bare
+boolean flag to `--flag=true` before argparse sees it, so a boolean never swallows the next word
+(`--dry-run images push` works, `--dry-run false` is an error, as in pflag). Global flags are
+accepted before and after the subcommand: both parsers know them, with suppressed defaults so
+that only flags actually given reach the settings layer.
+
+Exit statuses: 0 all good; 1 some entry failed (0 with `--no-fail`); 2 usage or configuration
+error (one line on stderr, no traceback); 130 / 143 when SIGINT / SIGTERM ended the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from containerdisks import __version__, log
+from containerdisks.settings import ConfigError, Settings, load_config_file, load_settings
+from containerdisks.upstream import parse_mirror
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+Command = Callable[[Settings, dict[str, Any], str], Awaitable[int]]
+
+_BOOL_FLAGS = ("--dry-run", "--insecure-skip-tls", "--force", "--no-fail")
+_TRUE = {"true", "t", "1", "yes"}
+_FALSE = {"false", "f", "0", "no"}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {value!r} (use true or false)")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _global_flags(where: str) -> _Parser:
+    p = _Parser(add_help=False, allow_abbrev=False)
+    s = argparse.SUPPRESS
+    p.add_argument(
+        "--dry-run",
+        type=_bool,
+        default=s,
+        metavar="BOOL",
+        help="don't publish anything (default true)",
+    )
+    p.add_argument("--focus", default=s, help="only this entry: name:version or name:*")
+    p.add_argument(
+        "--insecure-skip-tls",
+        type=_bool,
+        default=s,
+        metavar="BOOL",
+        help="skip registry TLS verification; allow plain HTTP for any host",
+    )
+    p.add_argument("--config", default=s, help="YAML config file (settings and catalog)")
+    p.add_argument(
+        "--upstream-mirror",
+        action="append",
+        default=s,
+        dest=f"mirrors_{where}",
+        metavar="FROM=TO",
+        help="rewrite upstream URLs starting with FROM (repeatable)",
+    )
+    p.add_argument("--ca-file", default=s, help="extra CA bundle for registries")
+    p.add_argument("--log-level", default=s, choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default=s, choices=["auto", "json", "console"])
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    root = _Parser(
+        prog="containerdisks",
+        parents=[_global_flags("root")],
+        allow_abbrev=False,
+        description="Keep a registry full of up-to-date KubeVirt containerdisks.",
+    )
+    root.add_argument("--version", action="version", version=f"containerdisks {__version__}")
+    commands = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    s = argparse.SUPPRESS
+
+    images = commands.add_parser(
+        "images", help="publish containerdisks", parents=[_global_flags("sub")], allow_abbrev=False
+    )
+    image_cmds = images.add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser
+    )
+    push = image_cmds.add_parser(
+        "push",
+        parents=[_global_flags("sub")],
+        allow_abbrev=False,
+        help="determine which containerdisks need an update and push them",
+    )
+    push.add_argument("--results-file", default=s, help="results file (default results.json)")
+    push.add_argument("--workers", type=int, default=s, help="entries processed in parallel")
+    push.add_argument(
+        "--force",
+        type=_bool,
+        default=s,
+        metavar="BOOL",
+        help="rebuild every arch of the focused entries",
+    )
+    push.add_argument(
+        "--no-fail", type=_bool, default=s, metavar="BOOL", help="exit 0 even if an entry failed"
+    )
+    push.add_argument(
+        "--source-registry",
+        default=s,
+        help="registry read to decide what is needed (default quay.io/containerdisks)",
+    )
+    push.add_argument(
+        "--target-registry", default=s, help="registry to push to (default: the source registry)"
+    )
+    push.add_argument("--media-types", default=s, choices=["docker", "oci"])
+    push.add_argument("--output", default=s, choices=["table", "json"])
+    push.set_defaults(handler="images_push")
+    return root
+
+
+def _normalise(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[i:])
+        out.append(f"{arg}=true" if arg in _BOOL_FLAGS else arg)
+    return out
+
+
+def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str], str | None]:
+    """Return (handler, settings flags, mirror flags, config path)."""
+    args = vars(build_parser().parse_args(_normalise(argv)))
+    handler = args.pop("handler", None)
+    if handler is None:
+        missing = "SUBCOMMAND" if args.get("command") else "COMMAND"
+        raise UsageError(f"a {missing} is required (see --help)")
+    args.pop("command", None)
+    args.pop("subcommand", None)
+    config = args.pop("config", None)
+    mirrors: dict[str, str] = {}
+    for spec in args.pop("mirrors_root", []) + args.pop("mirrors_sub", []):
+        try:
+            src, dst = parse_mirror(spec)
+        except ValueError as e:
+            raise UsageError(f"invalid flag --upstream-mirror: {e}") from None
+        mirrors[src] = dst
+    return handler, args, mirrors, config
+
+
+def _handlers() -> dict[str, Command]:
+    from containerdisks.engine.push import images_push  # noqa: PLC0415 - keeps --help fast
+
+    return {"images_push": images_push}
+
+
+def _run(command: Command, settings: Settings, config: dict[str, Any], config_name: str) -> int:
+    """Run a command on a fresh event loop; SIGINT/SIGTERM cancel it and give 130/143."""
+    got: list[int] = []
+
+    async def runner() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig, code in ((signal.SIGINT, EXIT_SIGINT), (signal.SIGTERM, EXIT_SIGTERM)):
+
+            def on_signal(code: int = code) -> None:
+                got.append(code)
+                task.cancel()
+
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            return await command(settings, config, config_name)
+        except asyncio.CancelledError:
+            if got:
+                return got[0]
+            raise
+
+    return asyncio.run(runner())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        handler, flags, mirrors, config_path = parse(argv)
+        config_path = config_path or os.environ.get("CONTAINERDISKS_CONFIG") or None
+        config: dict[str, Any] = {}
+        config_name = "config file"
+        if config_path:
+            config = load_config_file(Path(config_path))
+            config_name = f"config file {config_path}"
+        settings = load_settings(flags, config, file_name=config_name, extra_mirrors=mirrors)
+        log.configure(settings.log_level, settings.log_format)
+        return _run(_handlers()[handler], settings, config, config_name)
+    except (UsageError, ConfigError) as e:
+        print(f"containerdisks: {e}", file=sys.stderr)  # noqa: T201 - the one-line error
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_SIGINT
+
+
+def entrypoint() -> NoReturn:
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Planning one entry: compare what upstream offers with what the registry has published.
+
+DESIGN.md "How one sync flows", step 2. For each arch the published `<name>:<version>` is read
+(manifest list -> platform manifest -> config). An arch is *unchanged* when its published config
+is the one we would build (everything but `rootfs`: the `shasum` label pins the upstream bytes and
+builds are reproducible) and its manifest is of the configured media-type family. Unknown
+repository, tag or arch means "build"; any other error fails this entry only.
+
+Actions per arch: `up-to-date`, `build`, `reuse` (unchanged, but the entry is republished because
+another arch changed or the index shape is not what we would publish), `retag` (content is
+current, but a tag the entry should carry points elsewhere), `failed`.
+
+The planner reads through a `PublishedReader`, so a registry and (later) an OCI layout are read
+the same way, and the planner never imports a registry client itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from containerdisks.api import GOARCH, ArchError, Artifact
+from containerdisks.catalog import Entry
+from containerdisks.pipeline.image import MediaFamily, config_core
+
+__all__ = [
+    "Action",
+    "ArchPlan",
+    "EntryPlan",
+    "PublishedArch",
+    "PublishedImage",
+    "PublishedReader",
+    "ReadError",
+    "plan_entry",
+    "tags_for",
+]
+
+Action = Literal["up-to-date", "build", "reuse", "retag", "failed"]
+
+
+class ReadError(Exception):
+    """Reading the published state failed for a reason other than "not there yet"."""
+
+
+@dataclass(frozen=True)
+class PublishedArch:
+    digest: str
+    family: MediaFamily | None
+    config: Mapping[str, Any]
+
+    @property
+    def shasum(self) -> str | None:
+        labels = (self.config.get("config") or {}).get("Labels") or {}
+        value = labels.get("shasum")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class PublishedImage:
+    """What `<name>:<version>` holds: its digest, shape and the arches that were asked for."""
+
+    digest: str
+    family: MediaFamily | None
+    is_index: bool
+    platforms: tuple[str, ...]  # goarch of every entry of the index, in order
+    arches: Mapping[str, PublishedArch]  # by goarch; absent = arch missing from the index
+
+
+class PublishedReader(Protocol):
+    async def read(self, name: str, tag: str, goarches: tuple[str, ...]) -> PublishedImage | str:
+        """The published image, or a short reason why there is none (`repository unknown`,
+        `tag unknown`). Raises `ReadError` for anything else."""
+        ...
+
+    async def tag_digest(self, name: str, tag: str) -> str | None:
+        """The digest a tag points to, None when the tag does not exist."""
+        ...
+
+
+@dataclass
+class ArchPlan:
+    arch: str
+    upstream: str | None
+    published: str | None
+    action: Action
+    reason: str = ""
+    published_digest: str | None = None
+
+
+@dataclass
+class EntryPlan:
+    key: str
+    arches: list[ArchPlan]
+    tags: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @property
+    def needs_publish(self) -> bool:
+        return any(a.action in ("build", "reuse", "retag") for a in self.arches)
+
+
+def tags_for(entry: Entry) -> list[str]:
+    """The tags an entry carries besides its timestamp tag, in push order (DESIGN.md "Tags")."""
+    first = entry.artifacts[0]
+    tags = list(first.unique_tags) if isinstance(first, Artifact) else []
+    tags.append(entry.version)
+    if entry.latest:
+        tags.append("latest")
+    return list(dict.fromkeys(tags))
+
+
+def _failed(entry: Entry, message: str) -> EntryPlan:
+    rows = [
+        ArchPlan(a.arch, a.checksum if isinstance(a, Artifact) else None, None, "failed", message)
+        for a in entry.artifacts
+    ]
+    return EntryPlan(entry.key, rows, tags_for(entry), error=message)
+
+
+async def plan_entry(
+    entry: Entry, reader: PublishedReader, *, family: MediaFamily, force: bool = False
+) -> EntryPlan:
+    errors = [a for a in entry.artifacts if isinstance(a, ArchError)]
+    if not entry.artifacts:
+        return _failed(entry, "upstream lists no arch for this entry")
+    if errors:
+        message = "; ".join(f"{e.arch}: {e.message}" for e in errors)
+        return _failed(entry, message)
+    artifacts = [a for a in entry.artifacts if isinstance(a, Artifact)]
+    goarches = tuple(GOARCH[a.arch] for a in artifacts)
+    try:
+        published = await reader.read(entry.name, entry.version, goarches)
+    except ReadError as e:
+        return _failed(entry, str(e))
+
+    rows: list[ArchPlan] = []
+    for artifact in artifacts:
+        want = config_core(
+            arch=artifact.arch,
+            checksum=artifact.checksum,
+            source_url=artifact.url,
+            env=entry.item.env(artifact.arch),
+        )
+        if isinstance(published, str):
+            rows.append(ArchPlan(artifact.arch, artifact.checksum, None, "build", published))
+            continue
+        have = published.arches.get(GOARCH[artifact.arch])
+        if have is None:
+            rows.append(ArchPlan(artifact.arch, artifact.checksum, None, "build", "arch missing"))
+            continue
+        row = ArchPlan(artifact.arch, artifact.checksum, have.shasum, "up-to-date", "", have.digest)
+        core = {k: v for k, v in have.config.items() if k != "rootfs"}
+        if force:
+            row.action, row.reason = "build", "forced"
+        elif have.shasum != artifact.checksum:
+            row.action, row.reason = "build", "upstream changed"
+        elif core != want:
+            row.action, row.reason = "build", "config changed"
+        elif have.family != family:
+            row.action, row.reason = "build", f"media types are not {family}"
+        rows.append(row)
+
+    plan = EntryPlan(entry.key, rows, tags_for(entry))
+    if isinstance(published, str) or plan.needs_publish:
+        for row in rows:
+            if row.action == "up-to-date":
+                row.action = "reuse"
+        return plan
+    shape_ok = (
+        published.family == family
+        and published.is_index == (len(artifacts) > 1)
+        and published.platforms == goarches
+    )
+    if not shape_ok:
+        for row in rows:
+            row.action, row.reason = "reuse", "index differs"
+        return plan
+    stale = [t for t in plan.tags if t != entry.version]
+    try:
+        moved = [t for t in stale if await reader.tag_digest(entry.name, t) != published.digest]
+    except ReadError as e:
+        return _failed(entry, str(e))
+    if moved:
+        for row in rows:
+            row.action, row.reason = "retag", "tag " + ", ".join(moved) + " not current"
+    return plan

@@ -1,0 +1,188 @@
+"""Catalog validation, source binding, focus and the default catalog."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+
+from containerdisks.api import (
+    Artifact,
+    DiscoveryRequest,
+    Release,
+    Source,
+    SourceParams,
+    Upstream,
+)
+from containerdisks.catalog import (
+    ENV_INSTANCETYPE,
+    ENV_PREFERENCE,
+    Focus,
+    ItemFailure,
+    load_catalog,
+    load_sources,
+)
+from containerdisks.settings import ConfigError
+
+
+class StaticParams(SourceParams):
+    url: str
+    flavour: str = "plain"
+
+
+class StaticSource(Source):
+    """A test source: one release whose artifacts echo the per-arch parameters."""
+
+    kind = "static-test"
+    Params = StaticParams
+    seen: ClassVar[list[DiscoveryRequest]] = []
+
+    async def discover(self, request: DiscoveryRequest, upstream: Upstream) -> list[Release]:
+        self.seen.append(request)
+        arts = []
+        for arch in request.arches:
+            p = request.params[arch]
+            assert isinstance(p, StaticParams)
+            arts.append(Artifact(arch=arch, url=f"{p.url}#{p.flavour}", checksum="0" * 64))
+        return [Release(version=request.version or "1", artifacts=tuple(arts))]
+
+
+class VersionsSource(StaticSource):
+    kind = "versions-test"
+    discovers_versions = True
+
+    async def discover(self, request: DiscoveryRequest, upstream: Upstream) -> list[Release]:
+        arts = tuple(Artifact(arch=a, url="u", checksum="1" * 64) for a in request.arches)
+        return [
+            Release("41", arts, newest_stable=True),
+            Release("40", arts),
+            Release("42-beta", arts),
+        ]
+
+
+SOURCES: dict[str, Source] = {"static-test": StaticSource(), "versions-test": VersionsSource()}
+
+
+def entry(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": "distro",
+        "version": "9",
+        "arches": ["x86_64", "aarch64"],
+        "source": {"kind": "static-test", "url": "https://example.org/{arch}"},
+    }
+    base.update(over)
+    return base
+
+
+def catalog(*entries: dict[str, Any]) -> Any:
+    return load_catalog({"entries": list(entries)}, SOURCES, config_name="test.yaml")
+
+
+def test_per_arch_parameters_override_the_base() -> None:
+    c = catalog(entry(source={"kind": "static-test", "url": "u", "per_arch": {"aarch64": {"flavour": "arm"}}}))
+    params = c.items[0].request.params
+    assert ("plain", "arm") == (params["x86_64"].flavour, params["aarch64"].flavour)  # type: ignore[attr-defined]
+
+
+def test_env_is_sorted_and_per_arch() -> None:
+    c = catalog(
+        entry(instancetype="u1.medium", preference={"x86_64": "fedora", "aarch64": "fedora.arm64"})
+    )
+    item = c.items[0].item
+    assert (f"{ENV_INSTANCETYPE}=u1.medium", f"{ENV_PREFERENCE}=fedora.arm64") == item.env("aarch64")
+    assert () == catalog(entry()).items[0].item.env("x86_64")
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (entry(version=9), "version 9 must be a quoted string"),
+        (entry(version=20.10), "version 20.1 must be a quoted string"),
+        (entry(arches=["x86_64", "ppc64le"]), "arches.1"),
+        (entry(arches=[]), "arches must not be empty"),
+        (entry(colour="red"), "colour: Extra inputs are not permitted"),
+        (entry(source={"kind": "nope"}), "unknown source kind 'nope' (known: static-test, versions-test)"),
+        (entry(source={"kind": "static-test"}), "source.url (x86_64): Field required"),
+        (entry(source={"kind": "static-test", "url": "u", "typo": 1}), "source.typo (x86_64): Extra inputs"),
+        (entry(source={"kind": "static-test", "url": "u", "per_arch": {"s390x": {}}}), "per_arch must map"),
+        (entry(preference={"s390x": "x"}), "preference names arch 's390x' not in arches"),
+        (entry(source={"kind": "versions-test", "url": "u"}), "discovers versions; remove 'version'"),
+        (entry(version=None), "'version' is required for source 'static-test'"),
+        (entry(name="Bad Name"), "name 'Bad Name' is not a valid repository name"),
+    ],
+)
+def test_bad_entries_are_one_line_naming_the_entry(bad: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        catalog(bad)
+    text = str(err.value)
+    assert text.startswith("test.yaml: entries[0]")
+    assert message in text
+    assert "\n" not in text
+
+
+def test_duplicate_entries_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="distro:9 is listed twice"):
+        catalog(entry(), entry())
+
+
+@pytest.mark.parametrize("spec", ["fedora", ":40", "fedora:"])
+def test_malformed_focus_is_a_usage_error(spec: str) -> None:
+    with pytest.raises(ConfigError, match="expected name:version or name:\\*"):
+        Focus(spec)
+
+
+@pytest.mark.parametrize(
+    ("focus", "expected"),
+    [
+        ("", ["distro:9", "distro:10"]),
+        ("distro:*", ["distro:9", "distro:10"]),
+        ("distro:10", ["distro:10"]),
+        ("testonly:*", ["testonly:1"]),
+        ("testonly:1", ["testonly:1"]),
+    ],
+)
+def test_focus_selects_items_like_medius(focus: str, expected: list[str]) -> None:
+    c = catalog(entry(), entry(version="10"), entry(name="testonly", version="1", skip_unless_focused=True))
+    assert expected == [b.item.label for b in c.select(Focus(focus))]
+
+
+def test_focus_matching_nothing_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="focus 'other:\\*' matches no catalog entry"):
+        catalog(entry()).select(Focus("other:*"))
+
+
+async def test_discovering_source_marks_only_the_newest_stable_latest() -> None:
+    c = catalog(
+        {"name": "fed", "arches": ["x86_64"], "latest": True, "docs": True,
+         "source": {"kind": "versions-test", "url": "u"}}
+    )
+    result = await c.discover(c.items[0], None, Focus(""))  # type: ignore[arg-type]
+    assert not isinstance(result, ItemFailure)
+    assert [("fed:41", True, True), ("fed:40", False, False), ("fed:42-beta", False, False)] == [
+        (e.key, e.latest, e.docs) for e in result
+    ]
+    focused = await c.discover(c.items[0], None, Focus("fed:40"))  # type: ignore[arg-type]
+    assert ["fed:40"] == [e.key for e in focused]  # type: ignore[union-attr]
+
+
+def test_builtin_sources_come_from_entry_points() -> None:
+    sources = load_sources()
+    assert {"fedora", "checksum-file"} <= set(sources)
+    assert sources["fedora"].discovers_versions
+    assert not sources["checksum-file"].discovers_versions
+
+
+def test_default_catalog_validates_with_the_installed_plugins() -> None:
+    c = load_catalog(None)
+    labels = [b.item.label for b in c.items]
+    assert "centos-stream:9" in labels
+    assert "fedora:*" in labels
+
+
+def test_config_entries_replace_or_extend_the_default_catalog() -> None:
+    sources = {**load_sources(), **SOURCES}
+    replaced = load_catalog({"entries": [entry()]}, sources)
+    extended = load_catalog({"catalog": "extend", "entries": [entry()]}, sources)
+    assert ["distro:9"] == [b.item.label for b in replaced.items]
+    assert "distro:9" in [b.item.label for b in extended.items]
+    assert len(extended.items) == len(load_catalog(None).items) + 1
