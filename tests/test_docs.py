@@ -1,0 +1,36 @@
+"""Every setting, catalog field and built-in source parameter is documented in docs/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from containerdisks.catalog import CatalogItem, load_sources
+from containerdisks.settings import Settings
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def documented(page: str, section: str | None = None) -> set[str]:
+    text = (DOCS / page).read_text()
+    if section is not None:
+        start = text.index(section)
+        nxt = text.find("\n### ", start + len(section))
+        text = text[start : nxt if nxt != -1 else None]
+    return set(re.findall(r"^\| `([a-z_]+)` \|", text, flags=re.MULTILINE))
+
+
+def test_every_setting_is_documented() -> None:
+    assert set(Settings.model_fields) - documented("settings.md") == set()
+
+
+def test_every_catalog_field_is_documented() -> None:
+    assert set(CatalogItem.model_fields) - documented("catalog.md") == set()
+
+
+@pytest.mark.parametrize("kind", sorted(load_sources()))
+def test_every_builtin_source_parameter_is_documented(kind: str) -> None:
+    params = type(load_sources()[kind]).Params
+    assert set(params.model_fields) - documented("catalog.md", f"### `{kind}`") == set()
