@@ -1,0 +1,195 @@
+"""The declarative source: pick an image from the checksum file a distribution publishes.
+
+One job: for each arch of a catalog entry, read one checksum file (BSD or GNU format), choose the
+file name that matches a pattern, and return its checksum, download URL and unique tag.
+
+Decisions that shaped it:
+- Most distributions (CentOS Stream, AlmaLinux, Ubuntu, openSUSE) need no code, only parameters:
+  a URL template, the file format, a regex the image name must *fully* match, and which match to
+  take. Adding such a distribution is a catalog entry, not a plugin.
+- Templates use `api.render` with `{name}`, `{version}`, `{arch}`, `{goarch}`; `match` is rendered
+  with `regex=True`, so `{version}` "22.04" matches literally while `\\d{2}` stays a quantifier.
+  The regex's named groups (`(?P<tag>...)`) are available to `unique_tag` and `download`, and
+  `download` may also use `{file}`, the picked file name. An unknown placeholder, an invalid
+  regex, or a group named like a built-in value is a configuration error, caught when the catalog
+  is loaded.
+- Matching names are sorted (code-point order, as Go's `sort.Strings` in medius) and `pick`
+  takes the last (default) or the first: the same input always gives the same result (medius
+  took the first hit in Go map order for Tumbleweed, which was random).
+- The default download URL is the checksum file's directory plus the picked name, which holds
+  for every distribution in the catalog; `download` overrides it.
+- `compression: auto` (the default) decompresses `.gz` / `.xz` downloads, because a containerdisk
+  must hold a qcow2 or raw disk, never a compressed one.
+- Per-arch overrides are merged by the core, so each arch simply uses its own parameters. Arches
+  sharing a checksum URL (Ubuntu's one SHA256SUMS) cost one request per pass: the core's
+  `Upstream` shares the fetch.
+- Every failure is per arch (`ArchError` naming the URL and, when nothing matched, the pattern):
+  an unreachable or malformed checksum file, no match, an invalid unique tag or checksum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable
+from typing import ClassVar, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, model_validator
+
+from containerdisks.api import (
+    GOARCH,
+    Algorithm,
+    ArchError,
+    Artifact,
+    ChecksumFormat,
+    Compression,
+    DiscoveryRequest,
+    Release,
+    Source,
+    SourceError,
+    SourceParams,
+    Upstream,
+    render,
+)
+
+__all__ = ["ChecksumFileParams", "ChecksumFileSource"]
+
+#: Placeholders `api.render` substitutes (lowercase words in braces).
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_CONTEXT = frozenset({"name", "version", "arch", "goarch"})
+#: A valid image tag (the OCI distribution spec's rule).
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+class ChecksumFileParams(SourceParams):
+    """Catalog parameters of the `checksum-file` source."""
+
+    url: str = Field(description="Template of the checksum file's canonical URL.")
+    format: ChecksumFormat = Field(description="`bsd` (`SHA256 (name) = hex`) or `gnu`.")
+    match: str = Field(description="Regex template the image file name must fully match.")
+    pick: Literal["last", "first"] = Field(
+        default="last", description="Which matching name to take, in sorted order."
+    )
+    unique_tag: str | None = Field(
+        default=None,
+        description="Template of the additional unique tag; may use the match's groups.",
+    )
+    download: str | None = Field(
+        default=None,
+        description="Template of the image URL; default: the checksum file's directory + name.",
+    )
+    algorithm: Algorithm = Field(default="sha256", description="Hash the checksum file lists.")
+    compression: Literal["gzip", "xz", "none", "auto"] = Field(
+        default="auto", description="How the download is compressed; `auto`: from a .gz/.xz suffix."
+    )
+
+    @model_validator(mode="after")
+    def _templates(self) -> ChecksumFileParams:
+        _known_placeholders("url", self.url, _CONTEXT)
+        _known_placeholders("match", self.match, _CONTEXT)
+        dummy = dict.fromkeys(_CONTEXT, "x")
+        try:
+            pattern = re.compile(render(self.match, dummy, regex=True))
+        except re.error as e:
+            raise ValueError(f"match {self.match!r} is not a valid regex: {e}") from None
+        groups = set(pattern.groupindex)
+        clash = sorted(groups & (_CONTEXT | {"file"}))
+        if clash:
+            raise ValueError(f"match group name {clash[0]!r} is reserved")
+        if self.unique_tag is not None:
+            _known_placeholders("unique_tag", self.unique_tag, _CONTEXT | groups)
+        if self.download is not None:
+            _known_placeholders("download", self.download, _CONTEXT | groups | {"file"})
+        return self
+
+
+def _known_placeholders(field: str, template: str, known: Iterable[str]) -> None:
+    allowed = set(known)
+    for m in _PLACEHOLDER.finditer(template):
+        if m.group(1) not in allowed:
+            names = ", ".join("{" + k + "}" for k in sorted(allowed))
+            raise ValueError(f"{field} uses unknown placeholder {m.group(0)} (known: {names})")
+
+
+class ChecksumFileSource(Source):
+    """Discovers one version's images from the checksum files next to them."""
+
+    kind: ClassVar[str] = "checksum-file"
+    Params: ClassVar[type[SourceParams]] = ChecksumFileParams
+
+    async def discover(self, request: DiscoveryRequest, upstream: Upstream) -> list[Release]:
+        if request.version is None:
+            raise SourceError(f"{request.name}: the checksum-file source needs a version")
+        results = await asyncio.gather(
+            *(self._arch(request, arch, upstream) for arch in request.arches)
+        )
+        return [Release(version=request.version, artifacts=tuple(results))]
+
+    async def _arch(
+        self, request: DiscoveryRequest, arch: str, upstream: Upstream
+    ) -> Artifact | ArchError:
+        p = _params(request, arch)
+        if arch not in GOARCH:
+            return ArchError(arch, f"unknown arch {arch!r}")
+        values = request.context(arch).values()
+        url = render(p.url, values)
+        try:
+            sums = await upstream.get_checksums(url, p.format)
+        except SourceError as e:
+            return ArchError(arch, str(e))
+        pattern = re.compile(render(p.match, values, regex=True))
+        names = sorted(n for n in sums if pattern.fullmatch(n))
+        if not names:
+            return ArchError(arch, f"{url}: no file name matches '{pattern.pattern}'")
+        name = names[-1] if p.pick == "last" else names[0]
+        m = pattern.fullmatch(name)
+        assert m is not None
+        groups = {k: v or "" for k, v in m.groupdict().items()}
+        tag_values = {**groups, **values}
+        download = (
+            render(p.download, {**tag_values, "file": name})
+            if p.download is not None
+            else url[: url.rfind("/") + 1] + name
+        )
+        tags: tuple[str, ...] = ()
+        if p.unique_tag is not None:
+            tag = render(p.unique_tag, tag_values)
+            if not _TAG.fullmatch(tag):
+                return ArchError(
+                    arch, f"{url}: unique tag {tag!r} (from {name}) is not a valid tag"
+                )
+            tags = (tag,)
+        try:
+            return Artifact(
+                arch=arch,
+                url=download,
+                checksum=sums[name],
+                algorithm=p.algorithm,
+                compression=_compression(p.compression, download),
+                unique_tags=tags,
+            )
+        except SourceError as e:
+            return ArchError(arch, f"{url}: {e}")
+
+
+def _compression(setting: str, url: str) -> Compression | None:
+    if setting == "gzip":
+        return "gzip"
+    if setting == "xz":
+        return "xz"
+    if setting == "none":
+        return None
+    path = urlsplit(url).path
+    if path.endswith(".gz"):
+        return "gzip"
+    if path.endswith(".xz"):
+        return "xz"
+    return None
+
+
+def _params(request: DiscoveryRequest, arch: str) -> ChecksumFileParams:
+    p = request.params.get(arch)
+    if not isinstance(p, ChecksumFileParams):
+        raise SourceError(f"{request.name}: no checksum-file parameters for {arch}")
+    return p
