@@ -55,8 +55,10 @@ from containerdisks.api import (
 
 __all__ = ["ChecksumFileParams", "ChecksumFileSource"]
 
-#: Placeholders `api.render` substitutes (lowercase words in braces).
-_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+#: Anything that looks like a placeholder (`{name}`; not a quantifier like `{2}`). Only names
+#: of lowercase letters and `_` are substituted by `api.render`.
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
+_RENDERED = re.compile(r"[a-z_]+")
 _CONTEXT = frozenset({"name", "version", "arch", "goarch"})
 #: A valid image tag (the OCI distribution spec's rule).
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -93,8 +95,8 @@ class ChecksumFileParams(SourceParams):
             pattern = re.compile(render(self.match, dummy, regex=True))
         except re.error as e:
             raise ValueError(f"match {self.match!r} is not a valid regex: {e}") from None
-        groups = set(pattern.groupindex)
-        clash = sorted(groups & (_CONTEXT | {"file"}))
+        groups = {g for g in pattern.groupindex if _RENDERED.fullmatch(g)}
+        clash = sorted(set(pattern.groupindex) & (_CONTEXT | {"file"}))
         if clash:
             raise ValueError(f"match group name {clash[0]!r} is reserved")
         if self.unique_tag is not None:
@@ -109,7 +111,10 @@ def _known_placeholders(field: str, template: str, known: Iterable[str]) -> None
     for m in _PLACEHOLDER.finditer(template):
         if m.group(1) not in allowed:
             names = ", ".join("{" + k + "}" for k in sorted(allowed))
-            raise ValueError(f"{field} uses unknown placeholder {m.group(0)} (known: {names})")
+            raise ValueError(
+                f"{field} uses unknown placeholder {m.group(0)} (known: {names}; group names "
+                "used as placeholders must be lowercase letters and _)"
+            )
 
 
 class ChecksumFileSource(Source):

@@ -17,7 +17,8 @@ Decisions that shaped it (medius's rules, with its bugs fixed):
 - Versions are ordered numerically (medius compared strings, so "100" sorted below "99"): stable
   (integer) versions first, newest first, then pre-releases ("41 Beta"), newest first. Only the
   highest stable version is `newest_stable`. A version is normalised for use as a tag: lowercase,
-  spaces to `-` (`41 Beta` -> `41-beta`).
+  spaces to `-` (`41 Beta` -> `41-beta`); a version that still is no valid tag gives an
+  `ArchError` for each of its arches rather than vanishing.
 - Stable releases carry the unique tag found in the image file name by `\\d+-\\d+\\.\\d+`
   (`...x86_64-40-1.14.qcow2` -> `40-1.14`); pre-releases carry none.
 - Never publish unverified bytes. An empty (or absent) `sha256` happens for pre-releases and
@@ -72,6 +73,7 @@ _RELEASE_ID = re.compile(
     r"(?<![0-9A-Za-z])[0-9]+(?:_[A-Za-z][A-Za-z0-9]*)?-[0-9]+\.[0-9]+(?![0-9])"
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 class FedoraParams(SourceParams):
@@ -197,19 +199,36 @@ class FedoraSource(Source):
 
         order = _ordered(versions.values())
         newest = next((v.name for v in order if v.stable), None)
-        jobs = [
-            [
-                self._artifact(chosen[v.name][arch], arch, v, upstream)
-                for arch in request.arches
-                if arch in chosen[v.name]
+        releases = await asyncio.gather(
+            *(
+                self._release(v, chosen[v.name], request.arches, v.name == newest, upstream)
+                for v in order
+            )
+        )
+        return list(releases)
+
+    async def _release(
+        self,
+        version: _Version,
+        items: dict[str, _Item],
+        arches: Sequence[str],
+        newest: bool,
+        upstream: Upstream,
+    ) -> Release:
+        present = [arch for arch in arches if arch in items]
+        artifacts: Sequence[Artifact | ArchError]
+        if _TAG.fullmatch(version.name):
+            artifacts = await asyncio.gather(
+                *(self._artifact(items[arch], arch, version, upstream) for arch in present)
+            )
+        else:
+            artifacts = [
+                ArchError(
+                    arch, f"{items[arch].link}: version {version.raw!r} does not make a valid tag"
+                )
+                for arch in present
             ]
-            for v in order
-        ]
-        rows = await asyncio.gather(*(asyncio.gather(*row) for row in jobs))
-        return [
-            Release(version=v.name, artifacts=tuple(row), newest_stable=v.name == newest)
-            for v, row in zip(order, rows, strict=True)
-        ]
+        return Release(version=version.name, artifacts=tuple(artifacts), newest_stable=newest)
 
     async def _artifact(
         self, item: _Item, arch: str, version: _Version, upstream: Upstream

@@ -764,6 +764,11 @@ async def test_needs_a_version(serve: Serve) -> None:
             id="download-placeholder",
         ),
         pytest.param(
+            {"match": r"CentOS-(?P<tag2>\d+)\.qcow2", "unique_tag": "{tag2}"},
+            "unique_tag uses unknown placeholder {tag2}",
+            id="group-name-not-a-placeholder",
+        ),
+        pytest.param(
             {"match": "(?P<version>.+)"},
             "match group name 'version' is reserved",
             id="reserved-group",

@@ -279,6 +279,16 @@ async def test_versions_sort_numerically(serve: Serve) -> None:
     assert expected == [(r.version, r.newest_stable) for r in releases]
 
 
+async def test_version_that_is_no_tag_fails_visibly(serve: Serve) -> None:
+    data = renumbered(releases_fixture(), {"41 Beta": "41 Beta (respin)"})
+    async with serve(("fedora/releases.json",)) as (server, upstream):
+        put(server.root, RELEASES, json.dumps(data))
+        actual = await FedoraSource().discover(request(("x86_64", "aarch64")), upstream)
+    message = f"{BETA_X86.url}: version '41 Beta (respin)' does not make a valid tag"
+    expected = [Release("41-beta-(respin)", (ArchError("x86_64", message),))]
+    assert expected == actual
+
+
 # -- empty sha256: the CHECKSUM file beside the image ---------------------------------------------
 
 CHECKSUM_40_X86 = f"{F40}/x86_64/images/Fedora-Cloud-40-1.14-x86_64-CHECKSUM"
