@@ -106,6 +106,8 @@ class ArchError:
 class Release:
     """One version of one catalog item, with one result per requested arch (catalog order).
 
+    A version-discovering source lists only the requested arches that version has upstream
+    (still in catalog order): a distribution may publish a version without some arch.
     `newest_stable` lets a version-discovering source say which release may carry `latest`
     and the docs; the catalog decides whether it does.
     """
