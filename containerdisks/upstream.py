@@ -21,9 +21,10 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -32,10 +33,11 @@ import yarl
 from containerdisks.api import SourceError, UpstreamError
 from containerdisks.checksums import ChecksumFormat, ChecksumParseError, parse_checksum_file
 
-__all__ = ["HttpUpstream", "Mirrors", "RetryPolicy", "parse_mirror"]
+__all__ = ["Download", "HttpUpstream", "Mirrors", "RetryPolicy", "parse_mirror"]
 
 log = structlog.get_logger(__name__)
 
+_T = TypeVar("_T")
 _TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_REDIRECTS = 10
 
@@ -172,10 +174,16 @@ class HttpUpstream:
     # -- internals ----------------------------------------------------------------------------
 
     async def _fetch(self, url: str) -> bytes:
+        return await self._retrying(url, "upstream_retry", lambda: self._fetch_once(url))
+
+    async def _retrying(
+        self, url: str, event: str, attempt_once: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        """Run `attempt_once` until it succeeds, retrying transient failures (bounded)."""
         attempt = 0
         while True:
             try:
-                return await self._fetch_once(url)
+                return await attempt_once()
             except _TransientError as t:
                 attempt += 1
                 if attempt >= self._retry.attempts:
@@ -183,53 +191,8 @@ class HttpUpstream:
                         url, f"{t.reason} (gave up after {attempt} attempts)", status=t.status
                     ) from None
                 delay = self._retry.delay(attempt - 1, t.retry_after)
-                log.warning("upstream_retry", url=url, reason=t.reason, delay=round(delay, 2))
+                log.warning(event, url=url, reason=t.reason, delay=round(delay, 2))
                 await self._sleep(delay)
-
-    async def _fetch_once(self, url: str) -> bytes:
-        if self._session is None:
-            raise RuntimeError("HttpUpstream used outside 'async with'")
-        cached = self._conditional.get(url)
-        headers: dict[str, str] = {}
-        if cached and cached.etag:
-            headers["If-None-Match"] = cached.etag
-        if cached and cached.last_modified:
-            headers["If-Modified-Since"] = cached.last_modified
-        target = self.mirrors.rewrite(url)
-        for _ in range(_MAX_REDIRECTS + 1):
-            try:
-                self.requests[yarl.URL(target).host or ""] += 1
-                async with self._session.get(
-                    yarl.URL(target, encoded=True), headers=headers, allow_redirects=False
-                ) as resp:
-                    if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                        nxt = resp.url.join(yarl.URL(resp.headers["Location"], encoded=True))
-                        target = self.mirrors.rewrite(str(nxt))
-                        continue
-                    if resp.status == 304 and cached is not None:
-                        log.debug("upstream_not_modified", url=url)
-                        return cached.body
-                    if resp.status in _TRANSIENT:
-                        raise _TransientError(
-                            f"HTTP {resp.status} {resp.reason or ''}".strip(),
-                            resp.status,
-                            _retry_after(resp.headers.get("Retry-After")),
-                        )
-                    if resp.status != 200:
-                        raise UpstreamError(
-                            url,
-                            f"HTTP {resp.status} {resp.reason or ''}".strip(),
-                            status=resp.status,
-                        )
-                    body = await self._read_limited(url, resp)
-                    self._conditional[url] = _Cached(
-                        resp.headers.get("ETag"), resp.headers.get("Last-Modified"), body
-                    )
-                    log.debug("upstream_fetched", url=url, bytes=len(body))
-                    return body
-            except (TimeoutError, aiohttp.ClientError) as e:
-                raise _TransientError(_describe(e), None, None) from None
-        raise UpstreamError(url, f"more than {_MAX_REDIRECTS} redirects")
 
     async def _read_limited(self, url: str, resp: aiohttp.ClientResponse) -> bytes:
         if resp.content_length is not None and resp.content_length > self._max:
@@ -242,6 +205,94 @@ class HttpUpstream:
                 raise UpstreamError(url, f"metadata larger than {self._max} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+    async def _request(self, url: str, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        """GET `url` through the mirror table, following redirects (each target mirrored too).
+
+        Returns a 200 or 304 response, which the caller releases; raises `UpstreamError` or
+        `_TransientError` otherwise.
+        """
+        if self._session is None:
+            raise RuntimeError("HttpUpstream used outside 'async with'")
+        target = self.mirrors.rewrite(url)
+        for _ in range(_MAX_REDIRECTS + 1):
+            self.requests[yarl.URL(target).host or ""] += 1
+            try:
+                resp = await self._session.get(
+                    yarl.URL(target, encoded=True), headers=headers, allow_redirects=False
+                )
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise _TransientError(_describe(e), None, None) from None
+            if resp.status in (200, 304):
+                return resp
+            resp.release()
+            if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                nxt = resp.url.join(yarl.URL(resp.headers["Location"], encoded=True))
+                target = self.mirrors.rewrite(str(nxt))
+                continue
+            reason = f"HTTP {resp.status} {resp.reason or ''}".strip()
+            if resp.status in _TRANSIENT:
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+                raise _TransientError(reason, resp.status, retry_after)
+            raise UpstreamError(url, reason, status=resp.status)
+        raise UpstreamError(url, f"more than {_MAX_REDIRECTS} redirects")
+
+    async def _fetch_once(self, url: str) -> bytes:
+        cached = self._conditional.get(url)
+        headers: dict[str, str] = {}
+        if cached and cached.etag:
+            headers["If-None-Match"] = cached.etag
+        if cached and cached.last_modified:
+            headers["If-Modified-Since"] = cached.last_modified
+        resp = await self._request(url, headers)
+        try:
+            if resp.status == 304:
+                if cached is None:
+                    raise UpstreamError(url, "HTTP 304 to an unconditional request")
+                log.debug("upstream_not_modified", url=url)
+                return cached.body
+            try:
+                body = await self._read_limited(url, resp)
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise _TransientError(_describe(e), None, None) from None
+            self._conditional[url] = _Cached(
+                resp.headers.get("ETag"), resp.headers.get("Last-Modified"), body
+            )
+            log.debug("upstream_fetched", url=url, bytes=len(body))
+            return body
+        finally:
+            resp.release()
+
+    @asynccontextmanager
+    async def download(self, url: str, chunk_size: int = 1 << 20) -> AsyncIterator[Download]:
+        """Open an image download (retrying the open only); the body is streamed, not cached.
+
+        A failure mid-stream raises `UpstreamError` naming the canonical URL.
+        """
+        resp = await self._retrying(url, "download_retry", lambda: self._request(url, {}))
+        try:
+            if resp.status != 200:
+                raise UpstreamError(url, f"HTTP {resp.status} to a download")
+            yield Download(url, resp.content_length, _body(url, resp, chunk_size))
+        finally:
+            resp.release()
+
+
+@dataclass(frozen=True)
+class Download:
+    """An open image download: canonical URL, size when the server announced it, the body."""
+
+    url: str
+    size: int | None
+    chunks: AsyncIterator[bytes]
+
+
+async def _body(url: str, resp: aiohttp.ClientResponse, chunk_size: int) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.content.iter_chunked(chunk_size):
+            yield chunk
+    except (TimeoutError, aiohttp.ClientError) as e:
+        raise UpstreamError(url, f"download interrupted: {_describe(e)}") from None
 
 
 class _TransientError(Exception):

@@ -185,3 +185,20 @@ async def test_unreachable_host_is_one_line_naming_the_url() -> None:
     message = str(err.value)
     assert message.startswith("https://gone.example/releases.json: cannot connect to 127.0.0.1")
     assert "\n" not in message
+
+
+async def test_download_streams_with_size_through_mirror_and_redirect(server: Server) -> None:
+    async with upstream_for(server) as up, up.download("https://example.org/redirect") as dl:
+        body = b"".join([c async for c in dl.chunks])
+    assert b"via mirror after redirect" == body
+    assert len(body) == dl.size
+    assert "https://example.org/redirect" == dl.url
+
+
+async def test_download_open_is_retried_but_errors_of_the_caller_are_not(server: Server) -> None:
+    server.fail_first["/img"] = 1
+    async with upstream_for(server) as up:
+        with pytest.raises(TimeoutError):
+            async with up.download("https://example.org/img"):
+                raise TimeoutError  # e.g. the registry timed out while we streamed
+    assert 2 == server.hits["/img"]

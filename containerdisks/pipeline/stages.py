@@ -1,0 +1,206 @@
+"""Streaming stages: async iterators of byte chunks, each testable alone.
+
+A containerdisk is built in one pass: upstream bytes -> checksum -> (decompress) -> tar ->
+(compress) -> registry. Every stage here takes an async iterator of `bytes` and yields one; digests
+are side effects of the pass (`Digest`), as go-containerregistry's stream layer computes digest,
+diff_id and size while it is read.
+
+Decisions:
+- CPU work on large buffers (hashing, compression, decompression) runs in a worker thread:
+  hashlib, isal and lzma release the GIL, so it overlaps with network I/O on the other core and
+  never stalls the event loop. Small buffers are handled inline (a thread hop costs more).
+- Input is re-blocked to a fixed size before compression, so network read sizes cannot change
+  the compressed bytes: the same upstream bytes give the same layer digest on every run.
+- The tar has exactly two members (`disk/` 0555 and `disk/disk.img` 0444, uid/gid 107, uname and
+  gname `qemu`, mtime 0) in GNU format: no PAX records, sizes above 8 GiB in base-256. The file
+  size must be known before its header is written.
+- gzip is isal at level 1 (pinned in the dependencies: the compressor decides digests), with a
+  header carrying no name and mtime 0; zstd is python-zstandard at level 3, also pinned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import lzma
+import tarfile
+from collections.abc import AsyncIterator, Callable
+from typing import Literal, Protocol, TypeVar
+
+import zstandard
+from isal import isal_zlib
+
+__all__ = [
+    "BLOCK",
+    "Chunks",
+    "Digest",
+    "LayerCompression",
+    "compress",
+    "decompress",
+    "hashed",
+    "reblock",
+    "tar_disk",
+    "tar_size",
+]
+
+Chunks = AsyncIterator[bytes]
+LayerCompression = Literal["gzip", "zstd", "none"]
+
+#: Fixed block size fed to compressors (and a good network chunk size).
+BLOCK = 1 << 20
+_INLINE = 64 << 10  # below this, CPU work is done inline
+_GZIP_LEVEL = 1
+_ZSTD_LEVEL = 3
+_UID = _GID = 107
+_OWNER = "qemu"
+
+
+_T = TypeVar("_T")
+
+
+class _Decompressor(Protocol):
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+async def _cpu(fn: Callable[[bytes], _T], data: bytes) -> _T:
+    if len(data) < _INLINE:
+        return fn(data)
+    return await asyncio.to_thread(fn, data)
+
+
+class Digest:
+    """A running hash with the byte count; `hexdigest`/`digest` once the stream is done."""
+
+    def __init__(self, algorithm: str = "sha256") -> None:
+        self.algorithm = algorithm
+        self._h = hashlib.new(algorithm)
+        self.size = 0
+
+    async def update(self, data: bytes) -> None:
+        self.size += len(data)
+        await _cpu(self._h.update, data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+    @property
+    def digest(self) -> str:
+        """OCI form: `sha256:<hex>`."""
+        return f"{self.algorithm}:{self.hexdigest()}"
+
+
+async def hashed(source: Chunks, *digests: Digest) -> Chunks:
+    """Pass chunks through, feeding every digest."""
+    async for chunk in source:
+        for d in digests:
+            await d.update(chunk)
+        yield chunk
+
+
+async def reblock(source: Chunks, size: int = BLOCK) -> Chunks:
+    """Yield chunks of exactly `size` bytes (the last may be shorter), whatever came in."""
+    buf = bytearray()
+    async for chunk in source:
+        buf += chunk
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+async def decompress(source: Chunks, kind: Literal["gzip", "xz"]) -> Chunks:
+    """Decompress gzip (several members allowed) or xz (several streams allowed).
+
+    A member or stream that starts but does not end is a truncated download: `ValueError`.
+    """
+
+    def new() -> _Decompressor:
+        if kind == "gzip":
+            return isal_zlib.decompressobj(wbits=31)
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+
+    d = new()
+    open_member = False
+    async for chunk in source:
+        data = chunk
+        while data:
+            open_member = True
+            out: bytes = await _cpu(d.decompress, data)
+            if out:
+                yield out
+            data = b""
+            if d.eof:
+                data, open_member = d.unused_data, False
+                d = new()
+    if open_member:
+        raise ValueError(f"truncated {kind} stream")
+
+
+def _header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="strict")
+
+
+def _member(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.size = size
+    info.mtime = 0
+    info.uid, info.gid = _UID, _GID
+    info.uname = info.gname = _OWNER
+    return info
+
+
+def _tar_head(size: int) -> bytes:
+    return _header(_member("disk/", tarfile.DIRTYPE, 0o555, 0)) + _header(
+        _member("disk/disk.img", tarfile.REGTYPE, 0o444, size)
+    )
+
+
+def tar_size(size: int) -> int:
+    """Length of the tar `tar_disk` makes around a file of `size` bytes."""
+    pad = -size % tarfile.BLOCKSIZE
+    return len(_tar_head(size)) + size + pad + 2 * tarfile.BLOCKSIZE
+
+
+async def tar_disk(size: int, body: Chunks) -> Chunks:
+    """The containerdisk tar: `disk/` and `disk/disk.img` of exactly `size` bytes from `body`."""
+    yield _tar_head(size)
+    seen = 0
+    async for chunk in body:
+        seen += len(chunk)
+        if seen > size:
+            raise ValueError(f"disk image is larger than the announced {size} bytes")
+        yield chunk
+    if seen != size:
+        raise ValueError(f"disk image ended after {seen} of {size} bytes")
+    yield b"\0" * (-size % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+async def compress(source: Chunks, kind: LayerCompression) -> Chunks:
+    """Compress re-blocked input; `none` passes it through."""
+    if kind == "none":
+        async for chunk in source:
+            yield chunk
+        return
+    compress_fn: Callable[[bytes], bytes]
+    flush_fn: Callable[[], bytes]
+    if kind == "gzip":
+        c = isal_zlib.compressobj(_GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+        compress_fn, flush_fn = c.compress, c.flush
+    else:
+        z = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, threads=0).compressobj()
+        compress_fn, flush_fn = z.compress, z.flush
+    async for chunk in reblock(source):
+        out = await _cpu(compress_fn, chunk)
+        if out:
+            yield out
+    tail = flush_fn()
+    if tail:
+        yield tail

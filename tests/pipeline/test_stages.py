@@ -1,0 +1,126 @@
+"""The streaming stages, each alone, checked with independent tools (tarfile, gzip, lzma, zstd)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import random
+import tarfile
+from collections.abc import AsyncIterator
+
+import pytest
+import zstandard
+
+from containerdisks.pipeline.stages import (
+    Digest,
+    compress,
+    decompress,
+    hashed,
+    reblock,
+    tar_disk,
+    tar_size,
+)
+
+
+def sample(size: int = 3 << 20) -> bytes:
+    """Mixed random and zero regions, like a qcow2 with sparse areas."""
+    rnd = random.Random(7)
+    parts = []
+    while sum(map(len, parts)) < size:
+        parts.append(rnd.randbytes(rnd.randrange(1, 300_000)))
+        parts.append(b"\0" * rnd.randrange(1, 300_000))
+    return b"".join(parts)[:size]
+
+
+async def chunked(data: bytes, sizes: list[int]) -> AsyncIterator[bytes]:
+    i = 0
+    k = 0
+    while i < len(data):
+        n = sizes[k % len(sizes)]
+        yield data[i : i + n]
+        i += n
+        k += 1
+
+
+async def collect(it: AsyncIterator[bytes]) -> bytes:
+    return b"".join([c async for c in it])
+
+
+CHUNKINGS = [[1 << 20], [4096], [65536, 1, 999_999, 7], [3 << 20]]
+
+
+@pytest.mark.parametrize("sizes", CHUNKINGS)
+async def test_reblock_yields_fixed_blocks(sizes: list[int]) -> None:
+    data = sample(1_500_000)
+    blocks = [b async for b in reblock(chunked(data, sizes), 65536)]
+    assert data == b"".join(blocks)
+    assert all(65536 == len(b) for b in blocks[:-1])
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd", "none"])
+async def test_compressed_bytes_do_not_depend_on_read_sizes(kind: str) -> None:
+    data = sample()
+    outputs = {await collect(compress(chunked(data, s), kind)) for s in CHUNKINGS}  # type: ignore[arg-type]
+    assert 1 == len(outputs)
+    (out,) = outputs
+    if kind == "gzip":
+        assert data == gzip.decompress(out)
+        assert b"\x1f\x8b\x08\x00\x00\x00\x00\x00" == out[:8]  # no name, mtime 0
+    elif kind == "zstd":
+        assert data == zstandard.ZstdDecompressor().decompressobj().decompress(out)
+    else:
+        assert data == out
+
+
+async def test_digest_counts_and_hashes_in_one_pass() -> None:
+    data = sample(2_000_000)
+    a, b = Digest(), Digest("sha512")
+    out = await collect(hashed(chunked(data, [123_457]), a, b))
+    assert data == out
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (a.size, a.hexdigest())
+    assert hashlib.sha512(data).hexdigest() == b.hexdigest()
+    assert f"sha256:{hashlib.sha256(data).hexdigest()}" == a.digest
+
+
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 513, 1_000_003])
+async def test_tar_holds_exactly_the_containerdisk_layout(size: int) -> None:
+    disk = os.urandom(size)
+    tar = await collect(tar_disk(size, chunked(disk, [65536])))
+    assert tar_size(size) == len(tar)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        members = t.getmembers()
+        assert [("disk", 0o555, True), ("disk/disk.img", 0o444, False)] == [
+            (m.name, m.mode, m.isdir()) for m in members
+        ]
+        assert {(107, 107, "qemu", "qemu", 0)} == {
+            (m.uid, m.gid, m.uname, m.gname, m.mtime) for m in members
+        }
+        assert [] == [m.pax_headers for m in members if m.pax_headers]
+        f = t.extractfile("disk/disk.img")
+        assert f is not None
+        assert disk == f.read()
+
+
+async def test_tar_refuses_a_body_of_the_wrong_size() -> None:
+    with pytest.raises(ValueError, match="ended after 10 of 11 bytes"):
+        await collect(tar_disk(11, chunked(b"x" * 10, [4])))
+    with pytest.raises(ValueError, match="larger than the announced 9 bytes"):
+        await collect(tar_disk(9, chunked(b"x" * 10, [4])))
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz"])
+async def test_decompress_roundtrip_and_multi_member(kind: str) -> None:
+    data = sample(1_000_000)
+    pack = gzip.compress if kind == "gzip" else lzma.compress
+    two = pack(data[:400_000]) + pack(data[400_000:])
+    assert data == await collect(decompress(chunked(two, [7777]), kind))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz"])
+async def test_decompress_detects_truncation(kind: str) -> None:
+    packed = (gzip.compress if kind == "gzip" else lzma.compress)(sample(500_000))
+    with pytest.raises(ValueError, match=f"truncated {kind} stream"):
+        await collect(decompress(chunked(packed[: len(packed) // 2], [4096]), kind))  # type: ignore[arg-type]
