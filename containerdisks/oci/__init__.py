@@ -1,0 +1,131 @@
+"""containerdisks.oci: a small, self-contained async client for OCI registries.
+
+Written by hand because no well-kept async Python OCI client exists (oras-py is synchronous;
+the async ones are small, stale or incomplete). It depends on aiohttp, yarl and the standard
+library only, and imports nothing else of containerdisks (an import-linter contract checks
+this), so it could be published alone.
+
+Modules, one job each:
+
+- :mod:`.reference`  names: ``host/namespace`` and image references, and the HTTP scheme rule
+- :mod:`.digest`     ``algorithm:hex`` digests: parse, compute, verify
+- :mod:`.media`      media types, descriptors, platforms, manifests as exact bytes
+- :mod:`.errors`     the exception tree (drawn in its docstring)
+- :mod:`.messages`   immutable request/response values
+- :mod:`.auth`       the sans-I/O authentication flow (Basic, Bearer tokens)
+- :mod:`.transport`  the one place that does HTTP and maps third-party exceptions
+- :mod:`.client`     :class:`RegistryClient`: the registry operations
+"""
+
+from containerdisks.oci.auth import Credentials, TokenCache
+from containerdisks.oci.client import RegistryClient, ResolvedImage
+from containerdisks.oci.digest import compute_digest, is_digest, parse_digest, verify_digest
+from containerdisks.oci.errors import (
+    BlobUnknownError,
+    CertificateError,
+    ConnectError,
+    ConnectionLostError,
+    ContentError,
+    ContentTooLargeError,
+    DeniedError,
+    DigestMismatchError,
+    InvalidManifestError,
+    InvalidReferenceError,
+    ManifestUnknownError,
+    NotFoundError,
+    OCIError,
+    PlatformNotFoundError,
+    ProtocolError,
+    RegistryError,
+    RepositoryUnknownError,
+    TLSError,
+    TransportError,
+    TransportTimeoutError,
+    UnauthorizedError,
+)
+from containerdisks.oci.media import (
+    ACCEPT_MANIFESTS,
+    DOCKER_CONFIG,
+    DOCKER_LAYER_GZIP,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    IMAGE_MANIFEST_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_ZSTD,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageManifest,
+    Manifest,
+    Platform,
+)
+from containerdisks.oci.reference import (
+    DOCKER_HUB,
+    DOCKER_HUB_API_HOST,
+    ImageReference,
+    RegistryNamespace,
+    http_fallback_allowed,
+    parse_image_reference,
+    parse_registry,
+)
+
+__all__ = [
+    "ACCEPT_MANIFESTS",
+    "DOCKER_CONFIG",
+    "DOCKER_HUB",
+    "DOCKER_HUB_API_HOST",
+    "DOCKER_LAYER_GZIP",
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "IMAGE_MANIFEST_MEDIA_TYPES",
+    "INDEX_MEDIA_TYPES",
+    "MANIFEST_MEDIA_TYPES",
+    "OCI_CONFIG",
+    "OCI_INDEX",
+    "OCI_LAYER",
+    "OCI_LAYER_GZIP",
+    "OCI_LAYER_ZSTD",
+    "OCI_MANIFEST",
+    "BlobUnknownError",
+    "CertificateError",
+    "ConnectError",
+    "ConnectionLostError",
+    "ContentError",
+    "ContentTooLargeError",
+    "Credentials",
+    "DeniedError",
+    "Descriptor",
+    "DigestMismatchError",
+    "ImageManifest",
+    "ImageReference",
+    "InvalidManifestError",
+    "InvalidReferenceError",
+    "Manifest",
+    "ManifestUnknownError",
+    "NotFoundError",
+    "OCIError",
+    "Platform",
+    "PlatformNotFoundError",
+    "ProtocolError",
+    "RegistryClient",
+    "RegistryError",
+    "RegistryNamespace",
+    "RepositoryUnknownError",
+    "ResolvedImage",
+    "TLSError",
+    "TokenCache",
+    "TransportError",
+    "TransportTimeoutError",
+    "UnauthorizedError",
+    "compute_digest",
+    "http_fallback_allowed",
+    "is_digest",
+    "parse_digest",
+    "parse_image_reference",
+    "parse_registry",
+    "verify_digest",
+]
