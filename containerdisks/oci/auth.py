@@ -1,0 +1,365 @@
+"""Registry authentication as a sans-I/O flow: a generator that yields requests, receives responses.
+
+Decision: the challenge → token → retry dance is written as a generator (as httpx's ``_auth.py``)
+and never touches the network itself, so every branch (anonymous, Basic, Bearer with scopes,
+token reuse and expiry, refused credentials) is unit-tested by stepping it by hand, and the
+client that drives it owns all I/O and error mapping.
+
+What it does (distribution ``docs/spec/auth/token.md``, RFC 6750 §3):
+
+- It remembers the last challenge a registry sent (the client's ``/v2/`` ping seeds it), so once
+  a registry is known to want Bearer tokens, a token for the request's scopes is fetched *before*
+  the request, not after a wasted 401.
+- Basic challenge: send Basic credentials on every request when there are any.
+- Bearer challenge: ``GET <realm>?service=..&scope=..`` (Basic credentials when there are any,
+  anonymous otherwise); ``token`` or ``access_token``; ``expires_in`` defaults to 60 s and is
+  never taken as less; the token is reused per (host, scope set) until shortly before expiry.
+- A 401 to a request that carried a token fetched during the same flow is final (fail fast:
+  retrying a refused fresh token only hides the real error). A challenge naming a new scope puts
+  it first (some registries read only the first scope).
+
+Later steps add identity tokens (OAuth2 POST with GET fallback), credential helpers and push
+scopes; :class:`Credentials` and :meth:`Authenticator.flow`'s ``scopes`` leave room for them.
+Secrets never appear in a ``repr``, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import yarl
+
+from containerdisks.oci.errors import ProtocolError, error_from_response, one_line
+from containerdisks.oci.messages import Purpose, Request, Response
+
+__all__ = [
+    "DEFAULT_TOKEN_LIFETIME",
+    "REFRESH_MARGIN",
+    "AuthFlow",
+    "Authenticator",
+    "Challenge",
+    "Credentials",
+    "TokenCache",
+    "basic_authorization",
+    "parse_www_authenticate",
+    "pull_scope",
+    "select_challenge",
+]
+
+#: Lifetime assumed when a token reply has no (or a smaller) ``expires_in`` (token.md).
+DEFAULT_TOKEN_LIFETIME = 60.0
+#: A cached token is replaced this many seconds before it expires.
+REFRESH_MARGIN = 10.0
+
+#: What :meth:`Authenticator.flow` is: yields requests, receives their responses.
+AuthFlow = Generator[Request, Response, None]
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username and password for one registry. The password never shows in ``repr``."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password='***')"
+
+
+def basic_authorization(credentials: Credentials) -> str:
+    """The ``Authorization`` header value for Basic auth (UTF-8, as docker sends it)."""
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def pull_scope(repository: str) -> str:
+    """The token scope that allows reading ``repository``."""
+    return f"repository:{repository}:pull"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One ``WWW-Authenticate`` challenge: a lowercased scheme and its parameters."""
+
+    scheme: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """The scopes the challenge names (space-separated in one ``scope`` parameter)."""
+        return tuple(self.params.get("scope", "").split())
+
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN68 = _TCHAR | frozenset("/=")
+
+
+class _Scanner:
+    """A cursor over one header value for the RFC 7235 challenge grammar."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def skip_space(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] in " \t":
+            self.pos += 1
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def token(self, chars: frozenset[str] = _TCHAR) -> str:
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] in chars:
+            self.pos += 1
+        return self.text[start : self.pos]
+
+    def bare(self) -> str:
+        """An unquoted value, leniently up to the next comma or space (some servers send URLs)."""
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] not in ", \t":
+            self.pos += 1
+        return self.text[start : self.pos]
+
+    def quoted(self) -> str:
+        """A quoted-string starting at the opening quote; backslash escapes one character."""
+        self.pos += 1
+        out: list[str] = []
+        while self.pos < len(self.text):
+            char = self.text[self.pos]
+            self.pos += 1
+            if char == "\\" and self.pos < len(self.text):
+                out.append(self.text[self.pos])
+                self.pos += 1
+            elif char == '"':
+                break
+            else:
+                out.append(char)
+        return "".join(out)
+
+    def is_param_ahead(self) -> bool:
+        """Whether ``token =`` follows (a parameter), rather than a new challenge's scheme."""
+        saved = self.pos
+        self.skip_space()
+        name = self.token()
+        self.skip_space()
+        ahead = bool(name) and self.peek() == "="
+        self.pos = saved
+        return ahead
+
+
+def parse_www_authenticate(value: str) -> list[Challenge]:
+    """Parse one ``WWW-Authenticate`` header value into its challenges.
+
+    Handles several challenges in one value, quoted values with commas and escapes
+    (``scope="repository:a/b:pull,push"``), unquoted values, and token68 credentials.
+    Malformed trailing input is ignored rather than raised: a registry's odd header should
+    not hide the status it came with.
+    """
+    scanner = _Scanner(value)
+    challenges: list[Challenge] = []
+    while True:
+        while scanner.peek() in {" ", "\t", ","}:
+            scanner.pos += 1
+        scheme = scanner.token()
+        if not scheme:
+            break
+        params: dict[str, str] = {}
+        scanner.skip_space()
+        if not scanner.is_param_ahead():
+            token68 = scanner.token(_TOKEN68)
+            if token68:
+                params[""] = token68
+        while scanner.is_param_ahead():
+            scanner.skip_space()
+            name = scanner.token().lower()
+            scanner.skip_space()
+            scanner.pos += 1  # the "="
+            scanner.skip_space()
+            params[name] = scanner.quoted() if scanner.peek() == '"' else scanner.bare()
+            scanner.skip_space()
+            if scanner.peek() != ",":
+                break
+            scanner.pos += 1
+        challenges.append(Challenge(scheme.lower(), params))
+        scanner.skip_space()
+        if scanner.peek() not in {",", ""} and not scanner.peek().isalnum():
+            break
+    return challenges
+
+
+def select_challenge(values: Iterable[str]) -> Challenge | None:
+    """The challenge to answer among all ``WWW-Authenticate`` values: Bearer, else Basic."""
+    found = [c for value in values for c in parse_www_authenticate(value)]
+    for scheme in ("bearer", "basic"):
+        for challenge in found:
+            if challenge.scheme == scheme:
+                return challenge
+    return None
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str = field(repr=False)
+    expires_at: float
+
+
+class TokenCache:
+    """Bearer tokens per (registry host, scope set), valid until shortly before they expire."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._tokens: dict[tuple[str, frozenset[str]], _Token] = {}
+
+    def get(self, host: str, scopes: Iterable[str]) -> str | None:
+        """A token still good for at least :data:`REFRESH_MARGIN` seconds, or None."""
+        token = self._tokens.get((host, frozenset(scopes)))
+        if token is None or self._clock() >= token.expires_at - REFRESH_MARGIN:
+            return None
+        return token.value
+
+    def put(self, host: str, scopes: Iterable[str], value: str, lifetime: float) -> None:
+        """Remember ``value`` for ``lifetime`` seconds from now."""
+        self._tokens[(host, frozenset(scopes))] = _Token(value, self._clock() + lifetime)
+
+    def drop(self, host: str, scopes: Iterable[str]) -> None:
+        """Forget the token for this scope set (the registry refused it)."""
+        self._tokens.pop((host, frozenset(scopes)), None)
+
+    def __repr__(self) -> str:
+        return f"<TokenCache {len(self._tokens)} tokens>"
+
+
+def _merge_scopes(first: Iterable[str], then: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*first, *then]))
+
+
+class Authenticator:
+    """Authentication state for one registry host: its challenge, credentials and tokens."""
+
+    def __init__(
+        self,
+        host: str,
+        credentials: Credentials | None = None,
+        *,
+        tokens: TokenCache | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.host = host
+        self._credentials = credentials
+        self._tokens = tokens if tokens is not None else TokenCache(clock)
+        self._challenge: Challenge | None = None
+
+    def __repr__(self) -> str:
+        scheme = self._challenge.scheme if self._challenge else "unknown"
+        anonymous = self._credentials is None
+        return f"<Authenticator {self.host} scheme={scheme} anonymous={anonymous}>"
+
+    @property
+    def challenge(self) -> Challenge | None:
+        """The last challenge this registry sent, if any."""
+        return self._challenge
+
+    def observe(self, response: Response) -> Challenge | None:
+        """Learn the registry's challenge from a 401 (e.g. the answer to ``GET /v2/``)."""
+        if response.status != 401:
+            return None
+        challenge = select_challenge(response.header_all("WWW-Authenticate"))
+        if challenge is not None:
+            self._challenge = challenge
+        return challenge
+
+    def flow(self, request: Request, scopes: Iterable[str] = ()) -> AuthFlow:
+        """Send ``request`` authenticated for ``scopes``; the last response received is final."""
+        wanted = tuple(dict.fromkeys(scopes))
+        challenge = self._challenge
+        sent_basic = False
+        fresh = False
+        token: str | None = None
+        if challenge is not None and challenge.scheme == "bearer":
+            token = self._tokens.get(self.host, wanted)
+            if token is None:
+                token = yield from self._fetch_token(challenge, wanted)
+                fresh = True
+            response = yield request.with_header("Authorization", f"Bearer {token}")
+        elif challenge is not None and challenge.scheme == "basic" and self._credentials:
+            sent_basic = True
+            response = yield request.with_header(
+                "Authorization", basic_authorization(self._credentials)
+            )
+        else:
+            response = yield request
+        if response.status != 401:
+            return
+        new = self.observe(response)
+        if new is None:
+            return
+        if new.scheme == "bearer":
+            merged = _merge_scopes(new.scopes, wanted)
+            if fresh and frozenset(merged) == frozenset(wanted):
+                return  # a token fetched just now was refused: more tries will not help
+            if token is not None:
+                self._tokens.drop(self.host, wanted)
+            token = yield from self._fetch_token(new, merged)
+            final = yield request.with_header("Authorization", f"Bearer {token}")
+            if final.status != 401 and merged != wanted:
+                self._tokens.put(self.host, wanted, token, DEFAULT_TOKEN_LIFETIME)
+        elif new.scheme == "basic" and self._credentials is not None and not sent_basic:
+            yield request.with_header("Authorization", basic_authorization(self._credentials))
+
+    def _fetch_token(
+        self, challenge: Challenge, scopes: tuple[str, ...]
+    ) -> Generator[Request, Response, str]:
+        """Yield the token request, then cache and return the token from its response."""
+        realm_text = challenge.params.get("realm", "")
+        try:
+            realm = yarl.URL(realm_text)
+        except (ValueError, TypeError):
+            realm = yarl.URL()
+        if realm.scheme not in {"http", "https"} or not realm.host:
+            raise ProtocolError(
+                f"{self.host}: Bearer challenge with unusable realm {one_line(realm_text, 80)!r}"
+            )
+        query: list[tuple[str, str]] = []
+        if "service" in challenge.params:
+            query.append(("service", challenge.params["service"]))
+        query.extend(("scope", scope) for scope in scopes)
+        request = Request("GET", realm.extend_query(query), purpose=Purpose.TOKEN)
+        if self._credentials is not None:
+            request = request.with_header("Authorization", basic_authorization(self._credentials))
+        response = yield request
+        subject = f"token for {self.host} from {realm.host} ({' '.join(scopes) or 'no scope'})"
+        if response.status != 200:
+            raise error_from_response(
+                subject,
+                status=response.status,
+                body=response.body,
+                retry_after=response.header("Retry-After"),
+            )
+        value, lifetime = _parse_token_reply(response.body, subject)
+        self._tokens.put(self.host, scopes, value, lifetime)
+        return value
+
+
+def _parse_token_reply(body: bytes, subject: str) -> tuple[str, float]:
+    """(token, lifetime in seconds) from a token service's JSON reply."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(f"{subject}: reply is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"{subject}: reply is not a JSON object")
+    value = doc.get("token") or doc.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"{subject}: reply has no token")
+    expires_in = doc.get("expires_in")
+    lifetime = DEFAULT_TOKEN_LIFETIME
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
+        lifetime = max(DEFAULT_TOKEN_LIFETIME, float(expires_in))
+    return value, lifetime
