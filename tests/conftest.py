@@ -1,0 +1,45 @@
+"""Shared fixtures: real registries on loopback (see tests/support/registry.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.registry import Registry, start_registry
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """A plain-HTTP registry, no auth, empty; one per test."""
+    with start_registry(tmp_path / "registry") as reg:
+        yield reg
+
+
+@pytest.fixture
+def basic_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A plain-HTTP registry with htpasswd Basic auth (``reg.credentials``)."""
+    with start_registry(tmp_path / "registry", auth="basic") as reg:
+        yield reg
+
+
+@pytest.fixture
+def token_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A plain-HTTP registry with token auth; ``reg.token_server`` counts token requests."""
+    with start_registry(tmp_path / "registry", auth="token") as reg:
+        yield reg
+
+
+@pytest.fixture
+def tls_registry(tmp_path: Path) -> Iterator[Registry]:
+    """An HTTPS registry with a self-signed CA (``reg.ca_file``), no auth."""
+    with start_registry(tmp_path / "registry", tls=True) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def session_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A plain-HTTP registry shared by the whole session: use repositories of your own."""
+    with start_registry(tmp_path_factory.mktemp("session-registry")) as reg:
+        yield reg
