@@ -275,6 +275,23 @@ class Authenticator:
             self._challenge = challenge
         return challenge
 
+    def needs_token(self, scopes: Iterable[str]) -> bool:
+        """Whether a request for ``scopes`` would first fetch a token (Bearer, none cached).
+
+        Lets a caller make concurrent requests wait for one token fetch instead of each
+        fetching its own (see :meth:`token_flow`).
+        """
+        challenge = self._challenge
+        if challenge is None or challenge.scheme != "bearer":
+            return False
+        return self._tokens.get(self.host, tuple(dict.fromkeys(scopes))) is None
+
+    def token_flow(self, scopes: Iterable[str]) -> AuthFlow:
+        """Only fetch and cache a token for ``scopes``; yields the token request, if any."""
+        challenge = self._challenge
+        if challenge is not None and challenge.scheme == "bearer":
+            yield from self._fetch_token(challenge, tuple(dict.fromkeys(scopes)))
+
     def flow(self, request: Request, scopes: Iterable[str] = ()) -> AuthFlow:
         """Send ``request`` authenticated for ``scopes``; the last response received is final."""
         wanted = tuple(dict.fromkeys(scopes))

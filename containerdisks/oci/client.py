@@ -22,7 +22,7 @@ from typing import Any, Final, Self
 import aiohttp
 import yarl
 
-from containerdisks.oci.auth import Authenticator, Credentials, TokenCache, pull_scope
+from containerdisks.oci.auth import Authenticator, AuthFlow, Credentials, TokenCache, pull_scope
 from containerdisks.oci.digest import compute_digest, is_digest, parse_digest, verify_digest
 from containerdisks.oci.errors import (
     BlobUnknownError,
@@ -32,6 +32,7 @@ from containerdisks.oci.errors import (
     InvalidManifestError,
     InvalidReferenceError,
     ManifestUnknownError,
+    OCIError,
     PlatformNotFoundError,
     RepositoryUnknownError,
     TLSError,
@@ -154,6 +155,7 @@ class RegistryClient:
         )
         self._schemes: dict[str, str] = {}
         self._scheme_lock = asyncio.Lock()
+        self._token_locks: dict[frozenset[str], asyncio.Lock] = {}
 
     def __repr__(self) -> str:
         scheme = self._schemes.get(self.api_host, "undecided")
@@ -231,9 +233,25 @@ class RegistryClient:
         request = Request(method, url)
         if accept is not None:
             request = request.with_header("Accept", accept)
-        flow = self._auth.flow(request, (pull_scope(repository),))
-        outgoing = next(flow)
+        scopes = (pull_scope(repository),)
+        if self._auth.needs_token(scopes):
+            # one token fetch per scope set, however many requests wait for it
+            lock = self._token_locks.setdefault(frozenset(scopes), asyncio.Lock())
+            async with lock:
+                if self._auth.needs_token(scopes):
+                    await self._drive(self._auth.token_flow(scopes), max_body)
+        final = await self._drive(self._auth.flow(request, scopes), max_body)
+        assert final is not None
+        return final
+
+    async def _drive(self, flow: AuthFlow, max_body: int) -> Response | None:
+        """Run an auth flow: send what it yields, feed back the answers; the last registry
+        response (None if the flow sent only token requests)."""
         final: Response | None = None
+        try:
+            outgoing = next(flow)
+        except StopIteration:
+            return final
         while True:
             is_token = outgoing.purpose is Purpose.TOKEN
             response = await self._transport.send(
@@ -244,7 +262,6 @@ class RegistryClient:
             try:
                 outgoing = flow.send(response)
             except StopIteration:
-                assert final is not None
                 return final
 
     def _subject(self, what: str, repository: str, reference: str) -> str:
@@ -271,16 +288,14 @@ class RegistryClient:
             retry_after=response.header("Retry-After"),
             not_found=ManifestUnknownError,
         )
-        if not isinstance(error, ManifestUnknownError) or error.code not in {
-            "",
-            "MANIFEST_UNKNOWN",
-        }:
+        maybe_repository = error.code in {"", "MANIFEST_UNKNOWN"}
+        if not isinstance(error, ManifestUnknownError) or not maybe_repository:
             return error
         try:
             probe = await self._send(
                 "GET", repository, "tags/list", max_body=ERROR_BODY_LIMIT, query=[("n", "1")]
             )
-        except Exception:
+        except OCIError:  # the probe is only a hint; the original error stands
             return error
         if probe.status == 404:
             unknown = error_from_response(

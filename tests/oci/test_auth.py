@@ -48,7 +48,7 @@ def challenge_401(value: str = BEARER) -> Response:
     return resp(401, ("WWW-Authenticate", value))
 
 
-def token_reply(value: str = TOKEN, **extra: object) -> Response:
+def token_reply(value: str = TOKEN, /, **extra: object) -> Response:
     return resp(200, body=json.dumps({"token": value, **extra}).encode())
 
 
@@ -177,6 +177,19 @@ def test_tokens_are_per_scope_set() -> None:
     finish(flow, resp(200))
     other = auth.flow(req(), [pull_scope("cd/debian")])
     assert next(other).purpose is Purpose.TOKEN
+
+
+def test_token_flow_fetches_only_the_token() -> None:
+    auth = Authenticator(HOST)
+    assert not auth.needs_token([SCOPE])  # no Bearer challenge known yet
+    assert list(auth.token_flow([SCOPE])) == []
+    auth.observe(challenge_401())
+    assert auth.needs_token([SCOPE])
+    flow = auth.token_flow([SCOPE])
+    assert next(flow).purpose is Purpose.TOKEN
+    finish(flow, token_reply())
+    assert not auth.needs_token([SCOPE])
+    assert next(auth.flow(req(), [SCOPE])).header("Authorization") == f"Bearer {TOKEN}"
 
 
 def test_unexpected_401_gets_a_token_with_the_challenge_scope_first() -> None:

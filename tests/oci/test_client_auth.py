@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -78,6 +79,19 @@ async def test_bearer_token_is_requested_with_the_pull_scope_and_reused(
     assert issued[0].service == "test-registry"
     for token in server.issued_tokens():
         assert token not in logs.text
+
+
+async def test_concurrent_requests_share_one_token_fetch(
+    token_registry: Registry, tmp_path: Path
+) -> None:
+    publish(token_registry, tmp_path)
+    server = token_registry.token_server
+    assert server is not None
+    before = server.count()
+    async with RegistryClient(token_registry.host) as client:
+        manifests = await asyncio.gather(*(client.get_manifest(REPO, "v1") for _ in range(8)))
+    assert len({m.digest for m in manifests}) == 1
+    assert server.count() - before == 1
 
 
 async def test_bearer_token_with_credentials_and_refresh_after_expiry(
