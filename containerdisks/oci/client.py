@@ -137,8 +137,8 @@ class RegistryClient:
             raise InvalidReferenceError(
                 registry, "expected a registry host such as quay.io or 127.0.0.1:5000"
             )
-        self.registry = parsed.registry
-        self.api_host = api_host(parsed.registry)
+        self.host = parsed.host
+        self.api_host = api_host(parsed.host)
         self._insecure = insecure_skip_tls
         self._max_manifest_size = max_manifest_size
         self._max_config_size = max_config_size
@@ -159,7 +159,7 @@ class RegistryClient:
 
     def __repr__(self) -> str:
         scheme = self._schemes.get(self.api_host, "undecided")
-        return f"<RegistryClient {self.registry} scheme={scheme}>"
+        return f"<RegistryClient {self.host} scheme={scheme}>"
 
     async def __aenter__(self) -> Self:
         return self
@@ -266,7 +266,7 @@ class RegistryClient:
 
     def _subject(self, what: str, repository: str, reference: str) -> str:
         sep = "@" if ":" in reference else ":"
-        return f"{what} {self.registry}/{repository}{sep}{reference}"
+        return f"{what} {self.host}/{repository}{sep}{reference}"
 
     @staticmethod
     def _check_reference(reference: str) -> None:
@@ -299,7 +299,7 @@ class RegistryClient:
             return error
         if probe.status == 404:
             unknown = error_from_response(
-                f"repository {self.registry}/{repository}",
+                f"repository {self.host}/{repository}",
                 status=probe.status,
                 body=probe.body,
                 not_found=RepositoryUnknownError,

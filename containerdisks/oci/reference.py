@@ -136,15 +136,19 @@ def validate_tag(tag: str) -> str:
 
 @dataclass(frozen=True)
 class RegistryNamespace:
-    """A registry and a namespace within it, e.g. ``quay.io`` + ``containerdisks``."""
+    """A registry host and a namespace within it, e.g. ``quay.io`` + ``containerdisks``.
 
-    registry: str
+    ``host`` is the registry's name as written (lowercased; Docker Hub's aliases become
+    ``docker.io``), with its port if any; ``api_host`` is where its API is served.
+    """
+
+    host: str
     namespace: str
 
     @property
     def api_host(self) -> str:
         """The host that serves the registry API (``registry-1.docker.io`` for Docker Hub)."""
-        return api_host(self.registry)
+        return api_host(self.host)
 
     def repository(self, name: str) -> str:
         """The full repository path of image ``name`` in this namespace."""
@@ -152,14 +156,14 @@ class RegistryNamespace:
         return validate_repository(full)
 
     def __str__(self) -> str:
-        return f"{self.registry}/{self.namespace}" if self.namespace else self.registry
+        return f"{self.host}/{self.namespace}" if self.namespace else self.host
 
 
 def parse_registry(value: str) -> RegistryNamespace:
     """Parse ``host[:port][/namespace]`` or a bare Docker Hub namespace.
 
     >>> parse_registry("quay.io/containerdisks")
-    RegistryNamespace(registry='quay.io', namespace='containerdisks')
+    RegistryNamespace(host='quay.io', namespace='containerdisks')
     >>> parse_registry("containerdisks").api_host
     'registry-1.docker.io'
     """
@@ -181,9 +185,9 @@ def parse_registry(value: str) -> RegistryNamespace:
 
 @dataclass(frozen=True)
 class ImageReference:
-    """A full image reference: registry, repository, and a tag and/or a digest."""
+    """A full image reference: registry host, repository, and a tag and/or a digest."""
 
-    registry: str
+    host: str
     repository: str
     tag: str | None = None
     digest: str | None = None
@@ -199,10 +203,10 @@ class ImageReference:
     @property
     def api_host(self) -> str:
         """The host that serves the registry API (``registry-1.docker.io`` for Docker Hub)."""
-        return api_host(self.registry)
+        return api_host(self.host)
 
     def __str__(self) -> str:
-        text = f"{self.registry}/{self.repository}"
+        text = f"{self.host}/{self.repository}"
         if self.tag is not None:
             text += f":{self.tag}"
         if self.digest is not None:

@@ -200,3 +200,11 @@ def test_skopeo_without_all_pushes_only_the_host_platform(tmp_path: Path) -> Non
                 layout.root, "v1", "x/z", "v1",
                 all_images=True, docker_format=True, preserve_digests=True,
             )  # fmt: skip
+
+
+def test_client_names_its_registry() -> None:
+    hub = RegistryClient("docker.io")
+    assert (hub.host, hub.api_host, hub.scheme) == ("docker.io", "registry-1.docker.io", None)
+    assert (
+        repr(RegistryClient("127.0.0.1:5000")) == "<RegistryClient 127.0.0.1:5000 scheme=undecided>"
+    )
