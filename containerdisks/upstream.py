@@ -221,6 +221,9 @@ class HttpUpstream:
                 resp = await self._session.get(
                     yarl.URL(target, encoded=True), headers=headers, allow_redirects=False
                 )
+            except aiohttp.ClientConnectorDNSError as e:
+                # An unknown host does not heal in seconds: fail now, the next pass retries.
+                raise UpstreamError(url, _describe(e)) from None
             except (TimeoutError, aiohttp.ClientError) as e:
                 raise _TransientError(_describe(e), None, None) from None
             if resp.status in (200, 304):

@@ -79,7 +79,11 @@ def catalog(*entries: dict[str, Any]) -> Any:
 
 
 def test_per_arch_parameters_override_the_base() -> None:
-    c = catalog(entry(source={"kind": "static-test", "url": "u", "per_arch": {"aarch64": {"flavour": "arm"}}}))
+    c = catalog(
+        entry(
+            source={"kind": "static-test", "url": "u", "per_arch": {"aarch64": {"flavour": "arm"}}}
+        )
+    )
     params = c.items[0].request.params
     assert ("plain", "arm") == (params["x86_64"].flavour, params["aarch64"].flavour)  # type: ignore[attr-defined]
 
@@ -89,7 +93,9 @@ def test_env_is_sorted_and_per_arch() -> None:
         entry(instancetype="u1.medium", preference={"x86_64": "fedora", "aarch64": "fedora.arm64"})
     )
     item = c.items[0].item
-    assert (f"{ENV_INSTANCETYPE}=u1.medium", f"{ENV_PREFERENCE}=fedora.arm64") == item.env("aarch64")
+    assert (f"{ENV_INSTANCETYPE}=u1.medium", f"{ENV_PREFERENCE}=fedora.arm64") == item.env(
+        "aarch64"
+    )
     assert () == catalog(entry()).items[0].item.env("x86_64")
 
 
@@ -101,12 +107,24 @@ def test_env_is_sorted_and_per_arch() -> None:
         (entry(arches=["x86_64", "ppc64le"]), "arches.1"),
         (entry(arches=[]), "arches must not be empty"),
         (entry(colour="red"), "colour: Extra inputs are not permitted"),
-        (entry(source={"kind": "nope"}), "unknown source kind 'nope' (known: static-test, versions-test)"),
+        (
+            entry(source={"kind": "nope"}),
+            "unknown source kind 'nope' (known: static-test, versions-test)",
+        ),
         (entry(source={"kind": "static-test"}), "source.url (x86_64): Field required"),
-        (entry(source={"kind": "static-test", "url": "u", "typo": 1}), "source.typo (x86_64): Extra inputs"),
-        (entry(source={"kind": "static-test", "url": "u", "per_arch": {"s390x": {}}}), "per_arch must map"),
+        (
+            entry(source={"kind": "static-test", "url": "u", "typo": 1}),
+            "source.typo (x86_64): Extra inputs",
+        ),
+        (
+            entry(source={"kind": "static-test", "url": "u", "per_arch": {"s390x": {}}}),
+            "per_arch must map",
+        ),
         (entry(preference={"s390x": "x"}), "preference names arch 's390x' not in arches"),
-        (entry(source={"kind": "versions-test", "url": "u"}), "discovers versions; remove 'version'"),
+        (
+            entry(source={"kind": "versions-test", "url": "u"}),
+            "discovers versions; remove 'version'",
+        ),
         (entry(version=None), "'version' is required for source 'static-test'"),
         (entry(name="Bad Name"), "name 'Bad Name' is not a valid repository name"),
     ],
@@ -142,7 +160,9 @@ def test_malformed_focus_is_a_usage_error(spec: str) -> None:
     ],
 )
 def test_focus_selects_items_like_medius(focus: str, expected: list[str]) -> None:
-    c = catalog(entry(), entry(version="10"), entry(name="testonly", version="1", skip_unless_focused=True))
+    c = catalog(
+        entry(), entry(version="10"), entry(name="testonly", version="1", skip_unless_focused=True)
+    )
     assert expected == [b.item.label for b in c.select(Focus(focus))]
 
 
@@ -153,8 +173,13 @@ def test_focus_matching_nothing_is_an_error() -> None:
 
 async def test_discovering_source_marks_only_the_newest_stable_latest() -> None:
     c = catalog(
-        {"name": "fed", "arches": ["x86_64"], "latest": True, "docs": True,
-         "source": {"kind": "versions-test", "url": "u"}}
+        {
+            "name": "fed",
+            "arches": ["x86_64"],
+            "latest": True,
+            "docs": True,
+            "source": {"kind": "versions-test", "url": "u"},
+        }
     )
     result = await c.discover(c.items[0], None, Focus(""))  # type: ignore[arg-type]
     assert not isinstance(result, ItemFailure)

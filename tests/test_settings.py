@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,6 @@ from containerdisks.settings import ConfigError, load_config_file, load_settings
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for key in list(os.environ):
         if key.startswith("CONTAINERDISKS_"):
             monkeypatch.delenv(key)
@@ -53,7 +52,12 @@ def test_env_bool_accepts_false(monkeypatch: pytest.MonkeyPatch) -> None:
     ("flags", "env", "file_data", "message"),
     [
         ({"workers": 0}, {}, {}, "invalid flag --workers: Input should be greater than 0 (got 0)"),
-        ({}, {"CONTAINERDISKS_WORKERS": "many"}, {}, "invalid environment variable CONTAINERDISKS_WORKERS"),
+        (
+            {},
+            {"CONTAINERDISKS_WORKERS": "many"},
+            {},
+            "invalid environment variable CONTAINERDISKS_WORKERS",
+        ),
         ({}, {}, {"output": "xml"}, "invalid config file: setting 'output'"),
         ({}, {}, {"wokers": 2}, "config file: unknown setting 'wokers'"),
     ],

@@ -87,8 +87,16 @@ def upstream_for(server: Server, **kw: object) -> HttpUpstream:
     [
         ({}, "https://a/x", "https://a/x"),
         ({"https://a/": "http://m/"}, "https://a/x", "http://m/x"),
-        ({"https://a/": "http://m/", "https://a/deep/": "http://d/"}, "https://a/deep/x", "http://d/x"),
-        ({"https://a/": "http://m/", "https://a/deep/": "http://d/"}, "https://a/other", "http://m/other"),
+        (
+            {"https://a/": "http://m/", "https://a/deep/": "http://d/"},
+            "https://a/deep/x",
+            "http://d/x",
+        ),
+        (
+            {"https://a/": "http://m/", "https://a/deep/": "http://d/"},
+            "https://a/other",
+            "http://m/other",
+        ),
         ({"https://a/": "http://m/"}, "https://b/x", "https://b/x"),
     ],
 )

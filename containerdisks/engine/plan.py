@@ -131,14 +131,14 @@ async def plan_entry(
     if errors:
         # The entry waits until every arch is verifiable: a published index never loses an arch.
         waiting = "waiting for " + ", ".join(e.arch for e in errors)
-        rows = [
+        failed_rows = [
             ArchPlan(a.arch, None, None, "failed", a.message)
             if isinstance(a, ArchError)
             else ArchPlan(a.arch, a.checksum, None, "failed", waiting)
             for a in entry.artifacts
         ]
         message = "; ".join(f"{e.arch}: {e.message}" for e in errors)
-        return EntryPlan(entry.key, rows, tags_for(entry), error=message)
+        return EntryPlan(entry.key, failed_rows, tags_for(entry), error=message)
     artifacts = [a for a in entry.artifacts if isinstance(a, Artifact)]
     goarches = tuple(GOARCH[a.arch] for a in artifacts)
     try:

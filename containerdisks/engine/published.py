@@ -1,0 +1,126 @@
+"""Reading what a registry has published, for the planner (a `PublishedReader`).
+
+`<name>:<version>` is read once per entry: the top manifest, then only the platform manifests
+and configs of the arches the entry publishes. "Repository unknown" and "tag unknown" (Quay's
+deleted-tag answer included) are answers, not errors; everything else is a `ReadError` naming the
+reference, so that the entry fails and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from containerdisks import oci
+from containerdisks.engine.plan import PublishedArch, PublishedImage, ReadError
+from containerdisks.pipeline.image import family_of
+from containerdisks.settings import ConfigError, Settings
+
+__all__ = ["RegistryReader", "open_reader"]
+
+_MAX_CONFIG = 1 << 20
+
+
+class RegistryReader:
+    def __init__(self, client: oci.RegistryClient, namespace: str) -> None:
+        self._client = client
+        self._namespace = namespace
+
+    def _repo(self, name: str) -> str:
+        return f"{self._namespace}/{name}" if self._namespace else name
+
+    def _where(self, name: str, tag: str) -> str:
+        return f"{self._client.host}/{self._repo(name)}:{tag}"
+
+    async def read(self, name: str, tag: str, goarches: tuple[str, ...]) -> PublishedImage | str:
+        repo = self._repo(name)
+        try:
+            top = await self._client.get_manifest(repo, tag)
+            doc = _parse(top.data, self._where(name, tag))
+            if top.is_index:
+                platforms: list[str] = []
+                children: dict[str, str] = {}
+                for m in doc.get("manifests") or []:
+                    plat = m.get("platform") or {}
+                    arch = plat.get("architecture", "")
+                    platforms.append(arch)
+                    if plat.get("os") == "linux" and arch in goarches and arch not in children:
+                        children[arch] = m["digest"]
+                arches = {
+                    arch: await self._arch(repo, name, tag, digest)
+                    for arch, digest in children.items()
+                }
+                return PublishedImage(
+                    top.digest, family_of(top.media_type), True, tuple(platforms), arches
+                )
+            single = await self._config_of(repo, name, tag, top)
+            arch = str(single.config.get("architecture", ""))
+            return PublishedImage(
+                top.digest,
+                single.family,
+                False,
+                (arch,),
+                {arch: single} if arch in goarches else {},
+            )
+        except oci.RepositoryUnknownError:
+            return "repository unknown"
+        except oci.ManifestUnknownError:
+            return "tag unknown"
+        except (oci.OCIError, KeyError, TypeError) as e:
+            raise ReadError(f"cannot read published {self._where(name, tag)}: {e}") from None
+
+    async def _arch(self, repo: str, name: str, tag: str, digest: str) -> PublishedArch:
+        manifest = await self._client.get_manifest(repo, digest)
+        return await self._config_of(repo, name, tag, manifest)
+
+    async def _config_of(
+        self, repo: str, name: str, tag: str, manifest: oci.Manifest
+    ) -> PublishedArch:
+        doc = _parse(manifest.data, self._where(name, tag))
+        config_digest = doc["config"]["digest"]
+        blob = await self._client.get_blob(repo, config_digest, max_size=_MAX_CONFIG)
+        config = _parse(blob, f"config {config_digest} of {self._where(name, tag)}")
+        return PublishedArch(manifest.digest, family_of(manifest.media_type), config)
+
+    async def tag_digest(self, name: str, tag: str) -> str | None:
+        try:
+            desc = await self._client.head_manifest(self._repo(name), tag)
+        except oci.RepositoryUnknownError:
+            return None
+        except oci.OCIError as e:
+            raise ReadError(f"cannot read published {self._where(name, tag)}: {e}") from None
+        return desc.digest if desc is not None else None
+
+
+def _parse(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ReadError(f"{what}: not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ReadError(f"{what}: not a JSON object")
+    return doc
+
+
+@asynccontextmanager
+async def open_reader(settings: Settings) -> AsyncIterator[RegistryReader]:
+    """A reader of the source registry (`host[:port]/namespace`) for one pass."""
+    if settings.source_registry.startswith("oci:"):
+        raise ConfigError(
+            f"invalid setting source_registry {settings.source_registry!r}: "
+            "OCI layout registries are not supported yet"
+        )
+    try:
+        ref = oci.parse_registry(settings.source_registry)
+    except oci.InvalidReferenceError as e:
+        raise ConfigError(f"invalid setting source_registry: {e}") from None
+    async with oci.RegistryClient(
+        ref.host,
+        insecure_skip_tls=settings.insecure_skip_tls,
+        ca_file=settings.ca_file,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+    ) as client:
+        yield RegistryReader(client, ref.namespace)
