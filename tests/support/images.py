@@ -103,7 +103,12 @@ def write_layout(root: Path, tag: str, images: list[ArchImage], *, index: bool) 
 
 
 def skopeo_push(
-    layout: Path, tag: str, dest: str, *, docker_types: bool = True, extra_tags: tuple[str, ...] = ()
+    layout: Path,
+    tag: str,
+    dest: str,
+    *,
+    docker_types: bool = True,
+    extra_tags: tuple[str, ...] = (),
 ) -> None:
     """Push `layout:tag` to `docker://dest:tag` (and extra tags) with skopeo.
 
@@ -114,5 +119,9 @@ def skopeo_push(
     if docker_types:
         cmd = [c for c in cmd if c != "--preserve-digests"] + ["--format", "v2s2"]
     for t in (tag, *extra_tags):
-        subprocess.run([*cmd, f"oci:{layout}:{tag}", f"docker://{dest}:{t}"], check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*cmd, f"oci:{layout}:{tag}", f"docker://{dest}:{t}"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
