@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from tests.support.upstream_server import UpstreamServer, lay_out_upstream
+import pytest
+
+from tests.support.upstream_server import UpstreamServer, lay_out_upstream, put
 
 
 def closed_port() -> int:
@@ -87,3 +91,65 @@ def test_unreachable_registry_fails_each_entry_with_one_line(tmp_path: Path) -> 
         f"cannot read published 127.0.0.1:{port}/cd/centos-stream:9:"
     )
     assert [] == image_requests
+
+
+def test_malformed_upstream_metadata_fails_that_entry_only(tmp_path: Path, registry: Any) -> None:
+    root = lay_out_upstream(tmp_path / "up")
+    put(root, "https://getfedora.org/releases.json", '{"not": "a list"}')
+    with UpstreamServer(root) as srv:
+        result = run(
+            "images",
+            "push",
+            "--source-registry",
+            f"{registry.host}/cd",
+            "--results-file",
+            str(tmp_path / "results.json"),
+            *srv.mirror_args(),
+        )
+    assert 1 == result.returncode
+    assert "Traceback" not in result.stderr
+    failed = {
+        e["entry"]: e["error"]
+        for e in events(result.stderr)
+        if e["event"] in ("discovery_failed", "plan_failed")
+    }
+    assert ["fedora:*"] == list(failed)
+    assert str(failed["fedora:*"]).startswith("https://getfedora.org/releases.json: malformed")
+    rows = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert {"fedora:*", "centos-stream:9", "centos-stream:10"} == set(rows)
+    assert not (tmp_path / "results.json").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_ends_a_one_shot_run_with_its_status(sig: signal.Signals, status: int) -> None:
+    # An upstream that accepts the connection and never answers holds the run mid-pass.
+    with socket.socket() as hold:
+        hold.bind(("127.0.0.1", 0))
+        hold.listen()
+        port = hold.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "containerdisks",
+                "images",
+                "push",
+                "--focus",
+                "fedora:*",
+                "--upstream-mirror",
+                f"https://getfedora.org/=http://127.0.0.1:{port}/",
+                "--log-format",
+                "json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        conn, _ = hold.accept()  # the request has been sent: the run is waiting on upstream
+        with conn:
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=30)
+    assert status == proc.returncode
+    assert "Traceback" not in err
