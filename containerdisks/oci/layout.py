@@ -1,0 +1,339 @@
+"""A registry-free target: OCI image layouts on disk, one per repository (`oci:/dir`).
+
+`/dir/<repository>/` is an OCI image layout (`oci-layout`, `index.json`, `blobs/<alg>/<hex>`);
+tags are `org.opencontainers.image.ref.name` annotations of `index.json` entries, as skopeo and
+umoci read them (`skopeo inspect oci:/dir/<repository>:<tag>`). `LayoutStore` offers the same
+read and write methods as `RegistryClient`, raising the same errors, so planners and publishers
+treat both alike.
+
+Decisions:
+- Writes are atomic: blobs are written to a temporary file and renamed to their digest once the
+  digest is verified; `index.json` is replaced (write + rename) last. A crash leaves at most an
+  orphan temporary file in `blobs/`, never a tag pointing at missing content.
+- Writes to one layout are serialised (one lock per repository directory); a re-pushed tag
+  replaces the old entry.
+- Manifests pushed by digest (platform manifests of an index) are blobs only; only tags appear
+  in `index.json`.
+- File writes of large chunks run in a worker thread so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from containerdisks.oci.digest import compute_digest, is_digest, parse_digest
+from containerdisks.oci.errors import (
+    BlobUnknownError,
+    ContentTooLargeError,
+    DigestMismatchError,
+    InvalidManifestError,
+    ManifestUnknownError,
+    OCIError,
+    RepositoryUnknownError,
+)
+from containerdisks.oci.media import Descriptor, Manifest, detect_media_type
+
+__all__ = ["LayoutStore", "LayoutUpload"]
+
+REF_NAME = "org.opencontainers.image.ref.name"
+_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+class LayoutStore:
+    """OCI image layouts under `root`; `repository` is a relative path (`fedora`, `ns/fedora`)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._locks: dict[Path, asyncio.Lock] = {}
+
+    @property
+    def host(self) -> str:
+        return f"oci:{self.root}"
+
+    async def __aenter__(self) -> LayoutStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    # -- paths ----------------------------------------------------------------------------------
+
+    def _dir(self, repository: str) -> Path:
+        parts = repository.split("/")
+        if not repository or any(p in ("", ".", "..") for p in parts):
+            raise OCIError(f"{self.host}: invalid repository {repository!r}")
+        return self.root.joinpath(*parts)
+
+    def _subject(self, repository: str, reference: str = "") -> str:
+        sep = "@" if is_digest(reference) else ":"
+        return f"{self.host}/{repository}{sep + reference if reference else ''}"
+
+    @staticmethod
+    def _blob_path(layout: Path, digest: str) -> Path:
+        algorithm, hexpart = parse_digest(digest)
+        return layout / "blobs" / algorithm / hexpart
+
+    def _lock(self, layout: Path) -> asyncio.Lock:
+        return self._locks.setdefault(layout, asyncio.Lock())
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def _index(self, repository: str) -> dict[str, Any]:
+        path = self._dir(repository) / "index.json"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise RepositoryUnknownError(
+                self._subject(repository),
+                status=404,
+                code="NAME_UNKNOWN",
+                message="no OCI layout here",
+            ) from None
+        try:
+            index = json.loads(data)
+        except ValueError:
+            raise InvalidManifestError(f"{path}: index.json is not JSON") from None
+        if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
+            raise InvalidManifestError(f"{path}: index.json is not an image index")
+        return index
+
+    def _resolve(self, repository: str, reference: str) -> Descriptor:
+        index = self._index(repository)
+        subject = self._subject(repository, reference)
+        for entry in index.get("manifests", []):
+            desc = Descriptor.from_json(entry, subject)
+            if (is_digest(reference) and desc.digest == reference) or (
+                desc.annotations.get(REF_NAME) == reference
+            ):
+                return desc
+        if is_digest(reference):
+            path = self._blob_path(self._dir(repository), reference)
+            if path.is_file():
+                data = path.read_bytes()
+                media_type = detect_media_type(data, None, subject)
+                return Descriptor(media_type, reference, len(data))
+        raise ManifestUnknownError(
+            subject, status=404, code="MANIFEST_UNKNOWN", message="manifest unknown"
+        )
+
+    async def get_manifest(self, repository: str, reference: str) -> Manifest:
+        desc = self._resolve(repository, reference)
+        data = self._read_blob(repository, desc.digest)
+        return Manifest(desc.media_type, data, desc.digest)
+
+    async def head_manifest(self, repository: str, reference: str) -> Descriptor | None:
+        try:
+            return self._resolve(repository, reference)
+        except ManifestUnknownError:
+            return None
+
+    def _read_blob(self, repository: str, digest: str, max_size: int | None = None) -> bytes:
+        path = self._blob_path(self._dir(repository), digest)
+        try:
+            size = path.stat().st_size
+            if max_size is not None and size > max_size:
+                raise ContentTooLargeError(
+                    f"{self._subject(repository, digest)}: {size} bytes, more than {max_size}"
+                )
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BlobUnknownError(
+                self._subject(repository, digest),
+                status=404,
+                code="BLOB_UNKNOWN",
+                message="blob unknown",
+            ) from None
+        actual = compute_digest(data, parse_digest(digest)[0])
+        if actual != digest:
+            raise DigestMismatchError(
+                self._subject(repository, digest), expected=digest, actual=actual
+            )
+        return data
+
+    async def get_blob(self, repository: str, digest: str, *, max_size: int) -> bytes:
+        return self._read_blob(repository, digest, max_size)
+
+    async def has_blob(self, repository: str, digest: str) -> bool:
+        return self._blob_path(self._dir(repository), digest).is_file()
+
+    async def list_tags(self, repository: str) -> list[str]:
+        index = self._index(repository)
+        tags = {
+            e["annotations"][REF_NAME]
+            for e in index.get("manifests", [])
+            if isinstance(e, dict)
+            and isinstance(e.get("annotations"), dict)
+            and isinstance(e["annotations"].get(REF_NAME), str)
+        }
+        return sorted(tags)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _ensure_layout(self, layout: Path) -> None:
+        (layout / "blobs").mkdir(parents=True, exist_ok=True)
+        marker = layout / "oci-layout"
+        if not marker.exists():
+            _atomic_write(marker, _LAYOUT)
+        if not (layout / "index.json").exists():
+            _atomic_write(layout / "index.json", b'{"schemaVersion":2,"manifests":[]}')
+
+    def blob_upload(self, repository: str) -> LayoutUpload:
+        layout = self._dir(repository)
+        self._ensure_layout(layout)
+        return LayoutUpload(self, repository, layout)
+
+    async def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
+        source = self._blob_path(self._dir(from_repository), digest)
+        if not source.is_file():
+            return False
+        layout = self._dir(repository)
+        self._ensure_layout(layout)
+        target = self._blob_path(layout, digest)
+        if target.is_file():
+            return True
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            os.link(source, tmp)
+        except OSError:
+            await asyncio.to_thread(shutil.copyfile, source, tmp)
+        os.replace(tmp, target)
+        return True
+
+    async def put_blob(self, repository: str, data: bytes) -> Descriptor:
+        digest = compute_digest(data)
+        layout = self._dir(repository)
+        self._ensure_layout(layout)
+        path = self._blob_path(layout, digest)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(path, data)
+        return Descriptor("application/octet-stream", digest, len(data))
+
+    async def put_manifest(
+        self, repository: str, reference: str, media_type: str, data: bytes
+    ) -> str:
+        """Store a manifest; a tag reference also (re)points the tag in `index.json`."""
+        digest = compute_digest(data)
+        if is_digest(reference) and reference != digest:
+            raise DigestMismatchError(
+                self._subject(repository, reference), expected=reference, actual=digest
+            )
+        layout = self._dir(repository)
+        async with self._lock(layout):
+            await self.put_blob(repository, data)
+            if is_digest(reference):
+                return digest
+            index = self._index(repository)
+            entries = [
+                e
+                for e in index.get("manifests", [])
+                if not (
+                    isinstance(e, dict) and (e.get("annotations") or {}).get(REF_NAME) == reference
+                )
+            ]
+            entries.append(
+                {
+                    "mediaType": media_type,
+                    "digest": digest,
+                    "size": len(data),
+                    "annotations": {REF_NAME: reference},
+                }
+            )
+            index["manifests"] = entries
+            index.setdefault("schemaVersion", 2)
+            _atomic_write(
+                layout / "index.json",
+                json.dumps(index, sort_keys=True, separators=(",", ":")).encode(),
+            )
+        return digest
+
+
+class LayoutUpload:
+    """A streamed blob write: `write(chunks)`, then `commit(digest)`; otherwise removed."""
+
+    def __init__(self, store: LayoutStore, repository: str, layout: Path) -> None:
+        self._store = store
+        self._repository = repository
+        self._layout = layout
+        self._hash = hashlib.sha256()
+        self._file: IO[bytes] | None = None
+        self._tmp: Path | None = None
+        self.sent = 0
+        self.committed = False
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{self._hash.hexdigest()}"
+
+    @property
+    def size(self) -> int:
+        return self.sent
+
+    async def __aenter__(self) -> LayoutUpload:
+        tmp_dir = self._layout / "blobs"
+        fd, name = tempfile.mkstemp(prefix=".upload-", dir=tmp_dir)
+        self._file = os.fdopen(fd, "wb")
+        self._tmp = Path(name)
+        return self
+
+    async def write(self, chunks: AsyncIterator[bytes]) -> None:
+        if self._file is None:
+            raise RuntimeError("use 'async with'")
+        f = self._file
+        async for chunk in chunks:
+            await asyncio.to_thread(self._write_one, f, chunk)
+
+    def _write_one(self, f: IO[bytes], chunk: bytes) -> None:
+        f.write(chunk)
+        self._hash.update(chunk)
+        self.sent += len(chunk)
+
+    async def commit(self, digest: str) -> Descriptor:
+        if self._file is None or self._tmp is None:
+            raise RuntimeError("use 'async with'")
+        if digest != self.digest:
+            raise DigestMismatchError(
+                self._store._subject(self._repository, digest), expected=digest, actual=self.digest
+            )
+        self._file.close()
+        target = LayoutStore._blob_path(self._layout, digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._tmp, target)
+        self.committed = True
+        return Descriptor("application/octet-stream", digest, self.sent)
+
+    async def cancel(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        if self._tmp is not None and not self.committed:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.committed:
+            await self.cancel()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
