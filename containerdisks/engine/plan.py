@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 from containerdisks.api import GOARCH, ArchError, Artifact
 from containerdisks.catalog import Entry
+from containerdisks.oci import Descriptor
 from containerdisks.pipeline.image import MediaFamily, config_core
 
 __all__ = [
@@ -48,6 +49,9 @@ class PublishedArch:
     digest: str
     family: MediaFamily | None
     config: Mapping[str, Any]
+    size: int = 0
+    media_type: str = ""
+    layer: Descriptor | None = None  # the single layer, when the manifest has exactly one
 
     @property
     def shasum(self) -> str | None:

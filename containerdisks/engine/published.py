@@ -9,30 +9,30 @@ reference, so that the entry fails and the others go on.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from containerdisks import oci
 from containerdisks.engine.plan import PublishedArch, PublishedImage, ReadError
+from containerdisks.engine.stores import Place
 from containerdisks.pipeline.image import family_of
-from containerdisks.settings import ConfigError, Settings
 
-__all__ = ["RegistryReader", "open_reader"]
+__all__ = ["RegistryReader"]
 
 _MAX_CONFIG = 1 << 20
 
 
 class RegistryReader:
-    def __init__(self, client: oci.RegistryClient, namespace: str) -> None:
-        self._client = client
-        self._namespace = namespace
+    """A `PublishedReader` over a `Place` (a registry namespace or a layout directory)."""
+
+    def __init__(self, place: Place) -> None:
+        self._place = place
+        self._client = place.store
 
     def _repo(self, name: str) -> str:
-        return f"{self._namespace}/{name}" if self._namespace else name
+        return self._place.repo(name)
 
     def _where(self, name: str, tag: str) -> str:
-        return f"{self._client.host}/{self._repo(name)}:{tag}"
+        return self._place.where(name, tag)
 
     async def read(self, name: str, tag: str, goarches: tuple[str, ...]) -> PublishedImage | str:
         repo = self._repo(name)
@@ -82,7 +82,20 @@ class RegistryReader:
         config_digest = doc["config"]["digest"]
         blob = await self._client.get_blob(repo, config_digest, max_size=_MAX_CONFIG)
         config = _parse(blob, f"config {config_digest} of {self._where(name, tag)}")
-        return PublishedArch(manifest.digest, family_of(manifest.media_type), config)
+        layers = doc.get("layers") or []
+        layer = (
+            oci.Descriptor.from_json(layers[0], self._where(name, tag))
+            if len(layers) == 1
+            else None
+        )
+        return PublishedArch(
+            manifest.digest,
+            family_of(manifest.media_type),
+            config,
+            size=manifest.size,
+            media_type=manifest.media_type,
+            layer=layer,
+        )
 
     async def tag_digest(self, name: str, tag: str) -> str | None:
         try:
@@ -102,25 +115,3 @@ def _parse(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ReadError(f"{what}: not a JSON object")
     return doc
-
-
-@asynccontextmanager
-async def open_reader(settings: Settings) -> AsyncIterator[RegistryReader]:
-    """A reader of the source registry (`host[:port]/namespace`) for one pass."""
-    if settings.source_registry.startswith("oci:"):
-        raise ConfigError(
-            f"invalid setting source_registry {settings.source_registry!r}: "
-            "OCI layout registries are not supported yet"
-        )
-    try:
-        ref = oci.parse_registry(settings.source_registry)
-    except oci.InvalidReferenceError as e:
-        raise ConfigError(f"invalid setting source_registry: {e}") from None
-    async with oci.RegistryClient(
-        ref.host,
-        insecure_skip_tls=settings.insecure_skip_tls,
-        ca_file=settings.ca_file,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-    ) as client:
-        yield RegistryReader(client, ref.namespace)

@@ -17,8 +17,9 @@ import structlog
 
 from containerdisks.catalog import Entry, Focus, ItemFailure, load_catalog
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
-from containerdisks.engine.published import open_reader
+from containerdisks.engine.published import RegistryReader
 from containerdisks.engine.report import render_plans
+from containerdisks.engine.stores import open_places
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
 
@@ -40,7 +41,8 @@ async def plan_pass(
         read_timeout=settings.read_timeout,
         retry=RetryPolicy(attempts=settings.retries),
     )
-    async with upstream, open_reader(settings) as reader:
+    async with upstream, open_places(settings) as (source, _target):
+        reader = RegistryReader(source)
         found = await asyncio.gather(*(catalog.discover(b, upstream, focus) for b in items))
         entries: list[Entry] = []
         plans: list[EntryPlan] = []

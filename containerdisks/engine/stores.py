@@ -1,0 +1,128 @@
+"""Where images are read from and written to: a registry namespace or a directory of layouts.
+
+`--source-registry` / `--target-registry` take `host[:port]/namespace` or `oci:/dir`. Both
+become a `Place`: a store (a `RegistryClient` or a `LayoutStore`, which share one surface) plus
+the namespace repositories live under. When source and target name the same registry host, one
+client (one connection pool, one token cache) serves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from containerdisks import oci
+from containerdisks.oci.layout import LayoutStore
+from containerdisks.settings import ConfigError, Settings
+
+__all__ = ["BlobUpload", "Place", "Store", "open_places"]
+
+
+class BlobUpload(Protocol):
+    """A streamed blob upload: `write` all chunks, then `commit`; leaving it uncommitted
+    cancels it."""
+
+    async def __aenter__(self) -> BlobUpload: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def write(self, chunks: AsyncIterator[bytes]) -> None: ...
+
+    async def commit(self, digest: str) -> object: ...
+
+
+class Store(Protocol):
+    """What the engine needs of a registry or a layout directory."""
+
+    @property
+    def host(self) -> str: ...
+
+    async def get_manifest(self, repository: str, reference: str) -> oci.Manifest: ...
+
+    async def head_manifest(self, repository: str, reference: str) -> oci.Descriptor | None: ...
+
+    async def get_blob(self, repository: str, digest: str, *, max_size: int) -> bytes: ...
+
+    async def has_blob(self, repository: str, digest: str) -> bool: ...
+
+    async def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool: ...
+
+    def blob_upload(self, repository: str) -> BlobUpload: ...
+
+    async def put_blob(self, repository: str, data: bytes) -> oci.Descriptor: ...
+
+    async def put_manifest(
+        self, repository: str, reference: str, media_type: str, data: bytes
+    ) -> str: ...
+
+
+@dataclass(frozen=True)
+class Place:
+    """A store and the namespace under which `<name>` repositories live."""
+
+    spec: str
+    store: Store
+    namespace: str
+
+    def repo(self, name: str) -> str:
+        return f"{self.namespace}/{name}" if self.namespace else name
+
+    def where(self, name: str, tag: str | None = None) -> str:
+        return f"{self.store.host}/{self.repo(name)}" + (f":{tag}" if tag else "")
+
+    @property
+    def is_layout(self) -> bool:
+        return isinstance(self.store, LayoutStore)
+
+
+def _parse(spec: str, setting: str) -> tuple[str, str] | Path:
+    if spec.startswith("oci:"):
+        path = spec.removeprefix("oci:")
+        if not path:
+            raise ConfigError(f"invalid setting {setting}: {spec!r} names no directory")
+        return Path(path)
+    try:
+        ref = oci.parse_registry(spec)
+    except oci.InvalidReferenceError as e:
+        raise ConfigError(f"invalid setting {setting}: {e}") from None
+    return ref.host, ref.namespace
+
+
+@asynccontextmanager
+async def open_places(settings: Settings) -> AsyncIterator[tuple[Place, Place]]:
+    """The source and target places of one run."""
+    specs = {"source": settings.source_registry, "target": settings.target}
+    parsed = {k: _parse(v, f"{k}_registry") for k, v in specs.items()}
+    async with AsyncExitStack() as stack:
+        stores: dict[str, Store] = {}
+        places: dict[str, Place] = {}
+        for key, spec in specs.items():
+            p = parsed[key]
+            if isinstance(p, Path):
+                store_key = f"oci:{p.resolve()}"
+                namespace = ""
+            else:
+                store_key, namespace = p
+            if store_key not in stores:
+                if isinstance(p, Path):
+                    stores[store_key] = LayoutStore(p)
+                else:
+                    client = oci.RegistryClient(
+                        store_key,
+                        insecure_skip_tls=settings.insecure_skip_tls,
+                        ca_file=settings.ca_file,
+                        connect_timeout=settings.connect_timeout,
+                        read_timeout=settings.read_timeout,
+                    )
+                    stores[store_key] = await stack.enter_async_context(client)  # type: ignore[arg-type]
+            places[key] = Place(spec, stores[store_key], namespace)
+        yield places["source"], places["target"]
