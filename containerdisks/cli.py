@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-registry", default=s, help="registry to push to (default: the source registry)"
     )
     push.add_argument("--media-types", default=s, choices=["docker", "oci"])
+    push.add_argument("--layer-compression", default=s, choices=["gzip", "zstd", "none"])
+    push.add_argument("--work-dir", default=s, help="directory for spooled downloads")
     push.add_argument("--output", default=s, choices=["table", "json"])
     push.set_defaults(handler="images_push")
     return root

@@ -11,11 +11,19 @@ environment or the file instead of replacing it.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -72,6 +80,16 @@ class Settings(BaseSettings):
     media_types: Literal["docker", "oci"] = Field(
         "docker", description="Media-type family of published manifests and indexes."
     )
+    layer_compression: Literal["gzip", "zstd", "none"] = Field(
+        "gzip", description="Layer compression; zstd and none need `media_types: oci`."
+    )
+    work_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "containerdisks",
+        description="Directory for spooled downloads (decompressed or of unknown size).",
+    )
+    max_spool_bytes: PositiveInt = Field(
+        64 << 30, description="Largest spooled download; a bigger one fails its entry."
+    )
     connect_timeout: PositiveFloat = Field(15.0, description="Seconds to connect to a server.")
     read_timeout: PositiveFloat = Field(
         60.0, description="Seconds a server may stay silent while answering."
@@ -93,6 +111,15 @@ class Settings(BaseSettings):
             if not src or not dst:
                 raise ValueError("mirror prefixes must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _layers_fit_media_types(self) -> Settings:
+        if self.media_types == "docker" and self.layer_compression != "gzip":
+            raise ValueError(
+                f"layer_compression {self.layer_compression} needs media_types oci "
+                "(Docker schema 2 knows gzip layers only)"
+            )
+        return self
 
     @property
     def target(self) -> str:
@@ -166,7 +193,9 @@ def _one_line(
     e: ValidationError, flags: dict[str, Any], file_settings: dict[str, Any], file_name: str
 ) -> str:
     err = e.errors()[0]
-    field = str(err["loc"][0]) if err["loc"] else "?"
+    if not err["loc"]:  # a rule across settings
+        return f"invalid settings: {err['msg'].removeprefix('Value error, ')}"
+    field = str(err["loc"][0])
     if field in flags:
         where = f"flag --{field.replace('_', '-')}"
     elif ENV_PREFIX + field.upper() in os.environ:

@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 from containerdisks.api import GOARCH, ArchError, Artifact
 from containerdisks.catalog import Entry
 from containerdisks.oci import Descriptor
-from containerdisks.pipeline.image import MediaFamily, config_core
+from containerdisks.pipeline.image import LayerCompression, MediaFamily, compression_of, config_core
 
 __all__ = [
     "Action",
@@ -90,6 +90,10 @@ class ArchPlan:
     action: Action
     reason: str = ""
     published_digest: str | None = None
+    #: For a `build` whose upstream bytes did not change: the published layer and its diff_id,
+    #: which the build reuses instead of downloading again (only the config changes).
+    layer: Descriptor | None = None
+    diff_id: str | None = None
 
 
 @dataclass
@@ -126,8 +130,51 @@ def _failed(entry: Entry, message: str) -> EntryPlan:
     return EntryPlan(entry.key, rows, tags_for(entry), error=message)
 
 
+def _compare(
+    entry: Entry,
+    artifact: Artifact,
+    have: PublishedArch,
+    family: MediaFamily,
+    compression: LayerCompression,
+    *,
+    force: bool,
+) -> ArchPlan:
+    """One published arch against what we would build now."""
+    want = config_core(
+        arch=artifact.arch,
+        checksum=artifact.checksum,
+        source_url=artifact.url,
+        env=entry.item.env(artifact.arch),
+    )
+    row = ArchPlan(artifact.arch, artifact.checksum, have.shasum, "up-to-date", "", have.digest)
+    if force:
+        row.action, row.reason = "build", "forced"
+        return row
+    if have.shasum != artifact.checksum:
+        row.action, row.reason = "build", "upstream changed"
+        return row
+    core = {k: v for k, v in have.config.items() if k != "rootfs"}
+    layer_compression = compression_of(have.layer.media_type) if have.layer else None
+    if core != want:
+        row.action, row.reason = "build", "config changed"
+    elif have.family != family:
+        row.action, row.reason = "build", f"media types are not {family}"
+    elif layer_compression != compression:
+        row.action, row.reason = "build", f"layer is not {compression}"
+    diff_ids = (have.config.get("rootfs") or {}).get("diff_ids") or []
+    if row.action == "build" and layer_compression == compression and len(diff_ids) == 1:
+        # Same upstream bytes, same compression: the published layer is what we would build.
+        row.layer, row.diff_id = have.layer, str(diff_ids[0])
+    return row
+
+
 async def plan_entry(
-    entry: Entry, reader: PublishedReader, *, family: MediaFamily, force: bool = False
+    entry: Entry,
+    reader: PublishedReader,
+    *,
+    family: MediaFamily,
+    compression: LayerCompression = "gzip",
+    force: bool = False,
 ) -> EntryPlan:
     errors = [a for a in entry.artifacts if isinstance(a, ArchError)]
     if not entry.artifacts:
@@ -152,12 +199,6 @@ async def plan_entry(
 
     rows: list[ArchPlan] = []
     for artifact in artifacts:
-        want = config_core(
-            arch=artifact.arch,
-            checksum=artifact.checksum,
-            source_url=artifact.url,
-            env=entry.item.env(artifact.arch),
-        )
         if isinstance(published, str):
             rows.append(ArchPlan(artifact.arch, artifact.checksum, None, "build", published))
             continue
@@ -165,17 +206,7 @@ async def plan_entry(
         if have is None:
             rows.append(ArchPlan(artifact.arch, artifact.checksum, None, "build", "arch missing"))
             continue
-        row = ArchPlan(artifact.arch, artifact.checksum, have.shasum, "up-to-date", "", have.digest)
-        core = {k: v for k, v in have.config.items() if k != "rootfs"}
-        if force:
-            row.action, row.reason = "build", "forced"
-        elif have.shasum != artifact.checksum:
-            row.action, row.reason = "build", "upstream changed"
-        elif core != want:
-            row.action, row.reason = "build", "config changed"
-        elif have.family != family:
-            row.action, row.reason = "build", f"media types are not {family}"
-        rows.append(row)
+        rows.append(_compare(entry, artifact, have, family, compression, force=force))
 
     plan = EntryPlan(entry.key, rows, tags_for(entry))
     if isinstance(published, str) or plan.needs_publish:

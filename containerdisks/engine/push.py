@@ -63,7 +63,11 @@ async def plan_pass(
         async def one(entry: Entry) -> EntryPlan:
             async with gate:
                 plan = await plan_entry(
-                    entry, reader, family=settings.media_types, force=settings.force
+                    entry,
+                    reader,
+                    family=settings.media_types,
+                    compression=settings.layer_compression,
+                    force=settings.force,
                 )
             if plan.error:
                 log.error("plan_failed", entry=plan.key, error=plan.error)

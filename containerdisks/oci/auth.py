@@ -2,24 +2,29 @@
 
 Decision: the challenge → token → retry dance is written as a generator (as httpx's ``_auth.py``)
 and never touches the network itself, so every branch (anonymous, Basic, Bearer with scopes,
-token reuse and expiry, refused credentials) is unit-tested by stepping it by hand, and the
-client that drives it owns all I/O and error mapping.
+token reuse and expiry, OAuth2 with identity tokens, refused credentials) is unit-tested by
+stepping it by hand, and the client that drives it owns all I/O and error mapping.
 
-What it does (distribution ``docs/spec/auth/token.md``, RFC 6750 §3):
+What it does (distribution ``docs/spec/auth/{token,oauth,scope}.md``, RFC 6750 §3):
 
 - It remembers the last challenge a registry sent (the client's ``/v2/`` ping seeds it), so once
   a registry is known to want Bearer tokens, a token for the request's scopes is fetched *before*
   the request, not after a wasted 401.
 - Basic challenge: send Basic credentials on every request when there are any.
 - Bearer challenge: ``GET <realm>?service=..&scope=..`` (Basic credentials when there are any,
-  anonymous otherwise); ``token`` or ``access_token``; ``expires_in`` defaults to 60 s and is
-  never taken as less; the token is reused per (host, scope set) until shortly before expiry.
-- A 401 to a request that carried a token fetched during the same flow is final (fail fast:
-  retrying a refused fresh token only hides the real error). A challenge naming a new scope puts
-  it first (some registries read only the first scope).
+  anonymous otherwise); with an identity token, first the OAuth2 ``POST <realm>`` form
+  (``grant_type=refresh_token``, scopes space-separated), falling back to the GET on 404/405;
+  with a ready registry token, no fetch at all. ``token`` or ``access_token``; ``expires_in``
+  defaults to 60 s and is never taken as less.
+- Scopes are normalised and merged per resource (``repository:a:push,pull`` and
+  ``repository:a:pull`` are ``repository:a:pull,push``); a write asks for
+  ``repository:<name>:pull,push``, a cross-repository mount adds ``repository:<from>:pull`` to
+  the same token. Tokens are reused per (host, scope set) until shortly before expiry, and a
+  cached token whose scopes cover a request's serves it too (a push token serves the HEADs).
+- A 401 to a cached token drops it and fetches one new token; a 401 to a token fetched during the
+  same flow is final (fail fast: retrying a refused fresh token only hides the real error). A
+  challenge naming a new scope puts it first (some registries read only the first scope).
 
-Later steps add identity tokens (OAuth2 POST with GET fallback), credential helpers and push
-scopes; :class:`Credentials` and :meth:`Authenticator.flow`'s ``scopes`` leave room for them.
 Secrets never appear in a ``repr``, a log line or an error message.
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -38,6 +44,7 @@ from containerdisks.oci.messages import Purpose, Request, Response
 
 __all__ = [
     "DEFAULT_TOKEN_LIFETIME",
+    "OAUTH_CLIENT_ID",
     "REFRESH_MARGIN",
     "AuthFlow",
     "Authenticator",
@@ -45,8 +52,10 @@ __all__ = [
     "Credentials",
     "TokenCache",
     "basic_authorization",
+    "merge_scopes",
     "parse_www_authenticate",
     "pull_scope",
+    "push_scope",
     "select_challenge",
 ]
 
@@ -54,6 +63,8 @@ __all__ = [
 DEFAULT_TOKEN_LIFETIME = 60.0
 #: A cached token is replaced this many seconds before it expires.
 REFRESH_MARGIN = 10.0
+#: ``client_id`` of the OAuth2 token request (oauth.md requires one; any name will do).
+OAUTH_CLIENT_ID = "containerdisks"
 
 #: What :meth:`Authenticator.flow` is: yields requests, receives their responses.
 AuthFlow = Generator[Request, Response, None]
@@ -61,15 +72,40 @@ AuthFlow = Generator[Request, Response, None]
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Credentials:
-    """A username and password for one registry. The password never shows in ``repr``."""
+    """What proves who we are to one registry. No secret ever shows in ``repr`` or ``str``.
 
-    username: str
-    password: str = field(repr=False)
+    - ``username`` + ``password``: Basic auth, and Basic auth at the token service;
+    - ``identity_token``: an OAuth2 refresh token (docker's ``identitytoken``, or a credential
+      helper's answer with user ``<token>``), traded for access tokens by ``POST <realm>``;
+    - ``registry_token``: a ready Bearer token (docker's ``registrytoken``), sent as it is;
+    - ``source``: where they came from (a file, a helper), for messages; not a secret.
+    """
+
+    username: str = ""
+    password: str = ""
+    identity_token: str = ""
+    registry_token: str = ""
+    source: str = ""
+
+    @property
+    def has_basic(self) -> bool:
+        """Whether there is a username and password to send as Basic auth."""
+        return bool(self.username and self.password)
 
     def __repr__(self) -> str:
-        return f"Credentials(username={self.username!r}, password='***')"
+        parts = [f"username={self.username!r}"]
+        parts.extend(
+            f"{name}='***'"
+            for name in ("password", "identity_token", "registry_token")
+            if getattr(self, name)
+        )
+        if self.source:
+            parts.append(f"source={self.source!r}")
+        return f"Credentials({', '.join(parts)})"
+
+    __str__ = __repr__
 
 
 def basic_authorization(credentials: Credentials) -> str:
@@ -81,6 +117,70 @@ def basic_authorization(credentials: Credentials) -> str:
 def pull_scope(repository: str) -> str:
     """The token scope that allows reading ``repository``."""
     return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    """The token scope that allows writing ``repository`` (a push reads too: HEAD, mount)."""
+    return f"repository:{repository}:pull,push"
+
+
+_ACTION_ORDER = {"pull": 0, "push": 1, "delete": 2, "*": 3}
+
+
+def _split_scope(scope: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """(type, name, actions) of ``type:name:a,b``; None when it does not have that shape."""
+    kind, sep, rest = scope.partition(":")
+    name, sep2, actions = rest.rpartition(":")
+    if not (kind and sep and name and sep2):
+        return None
+    return kind, name, tuple(a for a in actions.split(",") if a)
+
+
+def merge_scopes(*groups: Iterable[str]) -> tuple[str, ...]:
+    """The scopes of all ``groups``, resources in first-seen order, each resource's actions joined.
+
+    ``merge_scopes(["repository:a:push,pull"], ["repository:a:pull", "repository:b:pull"])``
+    is ``("repository:a:pull,push", "repository:b:pull")``. Scopes of another shape are kept
+    as they are.
+    """
+    merged: dict[tuple[str, str], set[str] | None] = {}
+    for group in groups:
+        for scope in group:
+            parts = _split_scope(scope)
+            if parts is None:
+                merged.setdefault(("", scope), None)
+                continue
+            kind, name, actions = parts
+            have = merged.setdefault((kind, name), set())
+            assert have is not None
+            have.update(actions)
+    result: list[str] = []
+    for (kind, name), actions in merged.items():
+        if actions is None:
+            result.append(name)
+        else:
+            ordered = sorted(actions, key=lambda a: (_ACTION_ORDER.get(a, 9), a))
+            result.append(f"{kind}:{name}:{','.join(ordered)}")
+    return tuple(result)
+
+
+def _covers(have: frozenset[str], want: Iterable[str]) -> bool:
+    """Whether a token granted for the scopes ``have`` allows every scope in ``want``."""
+    granted: dict[tuple[str, str], set[str]] = {}
+    for scope in have:
+        parts = _split_scope(scope)
+        if parts is not None:
+            granted.setdefault((parts[0], parts[1]), set()).update(parts[2])
+    for scope in want:
+        parts = _split_scope(scope)
+        if parts is None:
+            if scope not in have:
+                return False
+            continue
+        actions = granted.get((parts[0], parts[1]))
+        if actions is None or not ("*" in actions or set(parts[2]) <= actions):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -211,33 +311,50 @@ class _Token:
 
 
 class TokenCache:
-    """Bearer tokens per (registry host, scope set), valid until shortly before they expire."""
+    """Bearer tokens per (registry host, scope set), valid until shortly before they expire.
+
+    A token asked for more than a request needs serves it too: the push token of a repository
+    answers its HEADs, the token of a mount answers later pushes to the target.
+    """
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
         self._tokens: dict[tuple[str, frozenset[str]], _Token] = {}
 
+    def _fresh(self, token: _Token) -> bool:
+        return self._clock() < token.expires_at - REFRESH_MARGIN
+
     def get(self, host: str, scopes: Iterable[str]) -> str | None:
-        """A token still good for at least :data:`REFRESH_MARGIN` seconds, or None."""
-        token = self._tokens.get((host, frozenset(scopes)))
-        if token is None or self._clock() >= token.expires_at - REFRESH_MARGIN:
-            return None
-        return token.value
+        """A token good for ``scopes`` for at least :data:`REFRESH_MARGIN` seconds, or None.
+
+        The token fetched for exactly these scopes when there is one, else any fresh token of
+        this host whose scopes cover them.
+        """
+        wanted = merge_scopes(scopes)
+        token = self._tokens.get((host, frozenset(wanted)))
+        if token is not None and self._fresh(token):
+            return token.value
+        for (owner, granted), other in self._tokens.items():
+            if owner == host and self._fresh(other) and _covers(granted, wanted):
+                return other.value
+        return None
 
     def put(self, host: str, scopes: Iterable[str], value: str, lifetime: float) -> None:
         """Remember ``value`` for ``lifetime`` seconds from now."""
-        self._tokens[(host, frozenset(scopes))] = _Token(value, self._clock() + lifetime)
+        key = (host, frozenset(merge_scopes(scopes)))
+        self._tokens[key] = _Token(value, self._clock() + lifetime)
 
     def drop(self, host: str, scopes: Iterable[str]) -> None:
-        """Forget the token for this scope set (the registry refused it)."""
-        self._tokens.pop((host, frozenset(scopes)), None)
+        """Forget the token for this scope set."""
+        self._tokens.pop((host, frozenset(merge_scopes(scopes))), None)
+
+    def forget(self, host: str, value: str) -> None:
+        """Forget every entry holding the token ``value`` (the registry refused it)."""
+        for key in [k for k, t in self._tokens.items() if k[0] == host and t.value == value]:
+            del self._tokens[key]
 
     def __repr__(self) -> str:
         return f"<TokenCache {len(self._tokens)} tokens>"
-
-
-def _merge_scopes(first: Iterable[str], then: Iterable[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys([*first, *then]))
 
 
 class Authenticator:

@@ -9,15 +9,17 @@ secrets: no tokens, no ``Authorization`` values, no passwords, no query strings.
 
     OCIError
     ├── InvalidReferenceError          (also a ValueError) a registry/image string does not parse
+    ├── CredentialsError               an auth file or credential helper is unusable
     ├── TransportError                 temporary: the HTTP exchange itself failed
     │   ├── ConnectError               refused, unreachable, DNS, reset while connecting
     │   ├── TLSError                   the TLS handshake failed (server speaks plain HTTP, ...)
     │   │   └── CertificateError       not temporary: the certificate did not verify
     │   ├── TransportTimeoutError      connect, read or total time ran out
     │   └── ConnectionLostError        the connection broke after the request was sent
-    ├── RegistryError                  the registry answered with an error status
+    ├── RegistryError                  the registry answered with an error status; temporary
+    │   │                              for 408/429/5xx and for a lost upload session
     │   ├── UnauthorizedError          401 / UNAUTHORIZED, or the token service said no
-    │   │   └── DeniedError            403 / DENIED
+    │   │   └── DeniedError            403 / DENIED, or a token without the scope asked for
     │   ├── RepositoryUnknownError     NAME_UNKNOWN                 } also NotFoundError
     │   ├── ManifestUnknownError       MANIFEST_UNKNOWN, Quay's     }
     │   │                              expired tag ("time machine") }
@@ -25,10 +27,15 @@ secrets: no tokens, no ``Authorization`` values, no passwords, no query strings.
     ├── NotFoundError                  what was asked for does not exist (catch this for "build it")
     │   └── PlatformNotFoundError      the image exists, but not for this os/architecture
     ├── ContentError                   not temporary: the bytes are not what they must be
-    │   ├── DigestMismatchError        content does not hash to its digest
+    │   ├── DigestMismatchError        content does not hash to its digest (read, uploaded,
+    │   │                              or announced back by the registry)
     │   ├── InvalidManifestError       unparseable, unsupported or inconsistent manifest/config
     │   └── ContentTooLargeError       larger than the caller allowed
-    └── ProtocolError                  the server broke the protocol (redirect loop, bad token)
+    └── ProtocolError                  the server broke the protocol (redirect loop, bad token,
+                                       an upload without Location or with a wrong Range)
+
+A write that fails with a :class:`RegistryError` carries the registry's ``code``
+(``MANIFEST_BLOB_UNKNOWN``, ``DIGEST_INVALID``, ``SIZE_INVALID``, ...) for callers that care.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ __all__ = [
     "ConnectionLostError",
     "ContentError",
     "ContentTooLargeError",
+    "CredentialsError",
     "DeniedError",
     "DigestMismatchError",
     "InvalidManifestError",
@@ -68,6 +76,9 @@ __all__ = [
 
 #: Statuses after which the same request may succeed later.
 TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Codes after which starting over may succeed: the registry forgot an upload session (purged,
+#: or served by another replica); a new upload works.
+TEMPORARY_CODES = frozenset({"BLOB_UPLOAD_UNKNOWN"})
 
 #: Quay answers a pull of a tag that was deleted or expired with code ``unknown`` and this text.
 _QUAY_EXPIRED = "was deleted or has expired"
@@ -95,6 +106,13 @@ class InvalidReferenceError(OCIError, ValueError):
         self.value = value
         self.reason = reason
         super().__init__(f"invalid reference {value!r}: {reason}")
+
+
+class CredentialsError(OCIError):
+    """An auth file or credential helper could not be used (unreadable, malformed, failing).
+
+    The message names the file or the helper, never what it holds.
+    """
 
 
 class TransportError(OCIError):
@@ -312,5 +330,6 @@ def error_from_response(
         status=status,
         code=code,
         message=message,
+        temporary=True if code in TEMPORARY_CODES else None,
         retry_after=parse_retry_after(retry_after),
     )

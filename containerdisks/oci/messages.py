@@ -1,14 +1,16 @@
 """Plain request and response values passed between the auth flow and the transport.
 
 Decision: these are immutable values with no I/O attached, so the auth flow (auth.py) can be
-driven by hand in tests, and their ``repr`` is safe to log: it shows no query string and no
-``Authorization`` value.
+driven by hand in tests, and their ``repr`` is safe to log: it shows no query string, no
+``Authorization`` value and no body. A request body, when there is one, is bytes held in the
+value, so the auth flow can send the same request again after a challenge; a streamed body is not
+part of a request value at all (it cannot be sent twice) and is handed to the transport beside it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import yarl
@@ -30,12 +32,13 @@ class Purpose(Enum):
 
 @dataclass(frozen=True)
 class Request:
-    """An HTTP request without a body (the read side of the registry API needs none)."""
+    """An HTTP request, with a small body of bytes when it has one (never shown by ``repr``)."""
 
     method: str
     url: yarl.URL
     headers: tuple[tuple[str, str], ...] = ()
     purpose: Purpose = Purpose.REGISTRY
+    body: bytes | None = field(default=None, repr=False)
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -44,22 +47,18 @@ class Request:
 
     def with_header(self, name: str, value: str) -> Request:
         """A copy with header ``name`` set to ``value`` (replacing any previous value)."""
-        return Request(
-            self.method,
-            self.url,
-            (*self.without_header(name).headers, (name, value)),
-            self.purpose,
-        )
+        return replace(self, headers=(*self.without_header(name).headers, (name, value)))
 
     def without_header(self, name: str) -> Request:
         """A copy without header ``name``."""
         wanted = name.lower()
         kept = tuple((k, v) for k, v in self.headers if k.lower() != wanted)
-        return Request(self.method, self.url, kept, self.purpose)
+        return replace(self, headers=kept)
 
     def __repr__(self) -> str:
         names = ", ".join(k for k, _ in self.headers)
-        return f"<Request {self.method} {safe_url(self.url)} headers=[{names}]>"
+        size = "" if self.body is None else f" body={len(self.body)}B"
+        return f"<Request {self.method} {safe_url(self.url)} headers=[{names}]{size}>"
 
 
 @dataclass(frozen=True)

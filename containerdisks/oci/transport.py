@@ -4,7 +4,10 @@ Decision: all aiohttp, ssl and socket exceptions are translated into :mod:`.erro
 :meth:`Transport.send`, and nowhere else, so no ``aiohttp.ClientError`` escapes the package and
 every message is built from values known to be safe (method, URL without query, host, reason).
 Redirects are followed here by hand, not by aiohttp, so the rule "never send ``Authorization``
-to another host" is ours, visible and tested, whatever aiohttp version is installed.
+to another host" is ours, visible and tested, whatever aiohttp version is installed. A body is
+either the bytes held in the request, or a stream sent beside it exactly once (aiohttp sends it
+with ``Transfer-Encoding: chunked`` unless the request says ``Content-Length``); requests with a
+body are never redirected.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import errno
 import logging
 import os
 import ssl
+from collections.abc import AsyncIterable
+from dataclasses import replace
 from typing import Final
 
 import aiohttp
@@ -117,6 +122,9 @@ def _map_error(exc: BaseException, request: Request, url: yarl.URL) -> OCIError:
         return ProtocolError(f"{where}: invalid HTTP response (status {exc.status})")
     if isinstance(exc, aiohttp.ClientOSError):
         return ConnectionLostError(f"{where}: connection failed: {_reason(exc)}", host=host)
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        # e.g. sending a streamed body failed; its text may quote the body's own exception
+        return ConnectionLostError(f"{where}: sending the request failed", host=host)
     return TransportError(f"{where}: {type(exc).__name__}", host=host)
 
 
@@ -157,15 +165,24 @@ class Transport:
             await self._session.close()
         self._session = None
 
-    async def send(self, request: Request, *, max_body: int) -> Response:
+    async def send(
+        self,
+        request: Request,
+        *,
+        max_body: int,
+        stream: AsyncIterable[bytes] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Response:
         """Send ``request``, following redirects for GET and HEAD, and read the body.
 
         A success body larger than ``max_body`` raises :class:`ContentTooLargeError`; an error
         body is cut at :data:`ERROR_BODY_LIMIT`. ``Authorization`` is dropped when a redirect
-        leaves the original origin (scheme, host and port).
+        leaves the original origin (scheme, host and port). ``stream`` is sent as the body
+        instead of ``request.body``; ``timeout`` replaces the transport's for this request.
         """
         session = self._get_session()
         current = request
+        data: AsyncIterable[bytes] | bytes | None = stream if stream is not None else request.body
         for _ in range(MAX_REDIRECTS + 1):
             url = current.url
             headers = {"User-Agent": self._user_agent, **dict(current.headers)}
@@ -174,12 +191,17 @@ class Transport:
                     current.method,
                     url,
                     headers=headers,
+                    data=data,
                     allow_redirects=False,
                     ssl=self._ssl,
-                    timeout=self._timeout,
+                    timeout=timeout if timeout is not None else self._timeout,
                 ) as resp:
                     logger.debug("%s %s -> %d", current.method, safe_url(url), resp.status)
-                    if resp.status in _REDIRECTS and current.method in {"GET", "HEAD"}:
+                    if (
+                        resp.status in _REDIRECTS
+                        and current.method in {"GET", "HEAD"}
+                        and data is None
+                    ):
                         current = self._redirect(current, resp)
                         continue
                     body = await self._read(current, resp, max_body)
@@ -205,7 +227,7 @@ class Transport:
             raise ProtocolError(
                 f"{current.method} {safe_url(current.url)}: redirect to a non-HTTP URL"
             )
-        following = Request(current.method, target, current.headers, current.purpose)
+        following = replace(current, url=target)
         if target.origin() != current.url.origin():
             following = following.without_header("Authorization")
         return following
