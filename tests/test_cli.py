@@ -122,7 +122,6 @@ def one_line_error(result: subprocess.CompletedProcess[str], status: int, needle
             "focus 'nosuch:*' matches no catalog entry",
         ),
         (["images", "push", "--focus", "fedora"], {}, "expected name:version or name:*"),
-        (["images", "push", "--dry-run=false"], {}, "publishing is not built yet"),
         (["images", "push", "--config", "/nonexistent/c.yaml"], {}, "No such file"),
         (["images", "push", "--source-registry", "Bad Host!/x"], {}, "source_registry"),
     ],

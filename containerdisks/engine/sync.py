@@ -1,0 +1,296 @@
+"""Publishing one planned entry: build what changed in one streaming pass, reuse the rest, tag.
+
+DESIGN.md "How one sync flows", steps 3 and 4:
+- A `build` arch streams upstream bytes -> checksum -> (decompress) -> tar -> (compress) -> target
+  in one pass, with the layer digest and diff_id computed on the way. With a known size and no
+  decompression nothing touches the disk; otherwise the (decompressed) image is spooled to the
+  work dir, verified, then streamed; the spool file is always removed. The layer upload is
+  committed only after the upstream checksum matched; on a mismatch it is cancelled, so nothing
+  is published.
+- A `build` whose upstream bytes did not change reuses the published layer (no download): only
+  the config and manifest are new.
+- A `reuse` arch keeps its published manifest as is (same store: mounted into the target
+  repository when that differs).
+- Platform manifests are pushed by digest, then the index (or the single manifest) under each
+  tag: `<version>-<YYMMDDhhmm>` (UTC, taken once when the entry's publish starts), the unique
+  tags, `<version>`, `latest` — moving tags last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from containerdisks import oci
+from containerdisks.api import GOARCH, Artifact
+from containerdisks.catalog import Entry
+from containerdisks.engine.plan import ArchPlan, EntryPlan
+from containerdisks.engine.stores import Place
+from containerdisks.oci.media import parse_image_manifest
+from containerdisks.pipeline.image import (
+    MEDIA_TYPES,
+    LayerCompression,
+    MediaFamily,
+    config_bytes,
+    config_core,
+    index_bytes,
+    layer_media_type,
+    manifest_bytes,
+)
+from containerdisks.pipeline.stages import (
+    BLOCK,
+    Chunks,
+    Digest,
+    compress,
+    decompress,
+    hashed,
+    tar_disk,
+)
+from containerdisks.upstream import HttpUpstream
+
+__all__ = ["PublishError", "Publisher"]
+
+log = structlog.get_logger(__name__)
+
+
+class PublishError(Exception):
+    """Publishing an entry failed; the message is one line naming what and why."""
+
+
+@dataclass(frozen=True)
+class _Built:
+    descriptor: oci.Descriptor  # the platform manifest, with its platform
+    manifest: bytes
+
+
+class Publisher:
+    def __init__(
+        self,
+        *,
+        upstream: HttpUpstream,
+        source: Place,
+        target: Place,
+        family: MediaFamily,
+        compression: LayerCompression,
+        work_dir: Path,
+        max_spool_bytes: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.upstream = upstream
+        self.source = source
+        self.target = target
+        self.family = family
+        self.compression = compression
+        self.work_dir = work_dir
+        self.max_spool_bytes = max_spool_bytes
+        self.clock = clock
+
+    async def publish(self, entry: Entry, plan: EntryPlan) -> list[str]:
+        """Publish `entry` as `plan` says; return the tags written, in order."""
+        stamp = f"{entry.version}-{self.clock().astimezone(UTC):%y%m%d%H%M}"
+        repo = self.target.repo(entry.name)
+        if all(row.action == "retag" for row in plan.arches):
+            return await self._retag(entry, plan)
+        artifacts = [a for a in entry.artifacts if isinstance(a, Artifact)]
+        built: list[_Built] = []
+        for artifact, row in zip(artifacts, plan.arches, strict=True):
+            if row.action == "reuse" and row.published_digest:
+                built.append(await self._reuse(entry, row))
+            else:
+                built.append(await self._build(entry, artifact, row))
+        types = MEDIA_TYPES[self.family]
+        if len(built) == 1:
+            top_type, top = types["manifest"], built[0].manifest
+        else:
+            top_type, top = types["index"], index_bytes(self.family, [b.descriptor for b in built])
+        tags = [stamp, *plan.tags]
+        for tag in tags:
+            digest = await self.target.store.put_manifest(repo, tag, top_type, top)
+            log.info("tagged", entry=entry.key, tag=tag, digest=digest)
+        return tags
+
+    async def _retag(self, entry: Entry, plan: EntryPlan) -> list[str]:
+        """Content is current; point the tags that drifted at what `<version>` points to."""
+        top = await self.source.store.get_manifest(self.source.repo(entry.name), entry.version)
+        repo = self.target.repo(entry.name)
+        written = []
+        for tag in plan.tags:
+            head = await self.target.store.head_manifest(repo, tag)
+            if head is None or head.digest != top.digest:
+                await self.target.store.put_manifest(repo, tag, top.media_type, top.data)
+                written.append(tag)
+                log.info("retagged", entry=entry.key, tag=tag, digest=top.digest)
+        return written
+
+    # -- reuse ----------------------------------------------------------------------------------
+
+    async def _reuse(self, entry: Entry, row: ArchPlan) -> _Built:
+        """Keep the published manifest of an unchanged arch; bring it into the target if needed."""
+        assert row.published_digest is not None
+        src_repo = self.source.repo(entry.name)
+        manifest = await self.source.store.get_manifest(src_repo, row.published_digest)
+        platform = oci.Platform("linux", GOARCH[row.arch])
+        descriptor = manifest.descriptor(platform)
+        dst_repo = self.target.repo(entry.name)
+        if self.source.store is self.target.store and src_repo == dst_repo:
+            return _Built(descriptor, manifest.data)
+        if await self.target.store.head_manifest(dst_repo, manifest.digest) is None:
+            if self.source.store is not self.target.store:
+                raise PublishError(
+                    f"{entry.key} {row.arch}: reusing a manifest across registries is not "
+                    "supported yet; run with --force to rebuild from upstream"
+                )
+            image = parse_image_manifest(manifest, self.source.where(entry.name))
+            for blob in (image.config, *image.layers):
+                if not await self.target.store.has_blob(dst_repo, blob.digest):
+                    await self.target.store.mount_blob(dst_repo, blob.digest, src_repo)
+            await self.target.store.put_manifest(
+                dst_repo, manifest.digest, manifest.media_type, manifest.data
+            )
+        log.info("reused", entry=entry.key, arch=row.arch, digest=manifest.digest)
+        return _Built(descriptor, manifest.data)
+
+    # -- build ----------------------------------------------------------------------------------
+
+    async def _build(self, entry: Entry, artifact: Artifact, row: ArchPlan) -> _Built:
+        repo = self.target.repo(entry.name)
+        layer_type = layer_media_type(self.family, self.compression)
+        layer: oci.Descriptor | None = None
+        diff_id = row.diff_id
+        if row.layer is not None and diff_id is not None:
+            layer = await self._existing_layer(entry, row.layer, layer_type)
+        if layer is None or diff_id is None:
+            layer, diff_id = await self._stream_layer(entry, artifact, layer_type)
+        core = config_core(
+            arch=artifact.arch,
+            checksum=artifact.checksum,
+            source_url=artifact.url,
+            env=entry.item.env(artifact.arch),
+        )
+        config = config_bytes(core, diff_id)
+        config_desc = await self.target.store.put_blob(repo, config)
+        manifest = manifest_bytes(self.family, config_desc, layer)
+        media_type = MEDIA_TYPES[self.family]["manifest"]
+        digest = oci.compute_digest(manifest)
+        pushed = await self.target.store.put_manifest(repo, digest, media_type, manifest)
+        log.info("built", entry=entry.key, arch=artifact.arch, digest=pushed)
+        platform = oci.Platform("linux", GOARCH[artifact.arch])
+        return _Built(oci.Descriptor(media_type, digest, len(manifest), platform), manifest)
+
+    async def _existing_layer(
+        self, entry: Entry, published: oci.Descriptor, layer_type: str
+    ) -> oci.Descriptor | None:
+        """The published layer, made present in the target repository, or None to rebuild."""
+        repo = self.target.repo(entry.name)
+        src_repo = self.source.repo(entry.name)
+        present = await self.target.store.has_blob(repo, published.digest)
+        if not present and self.source.store is self.target.store:
+            present = await self.target.store.mount_blob(repo, published.digest, src_repo)
+        if not present:
+            return None
+        log.info("layer_reused", entry=entry.key, digest=published.digest)
+        return oci.Descriptor(layer_type, published.digest, published.size)
+
+    async def _stream_layer(
+        self, entry: Entry, artifact: Artifact, layer_type: str
+    ) -> tuple[oci.Descriptor, str]:
+        repo = self.target.repo(entry.name)
+        started = time.monotonic()
+        async with self.upstream.download(artifact.url) as dl:
+            upstream_digest = Digest(artifact.algorithm)
+            raw = hashed(dl.chunks, upstream_digest)
+            spool: Path | None = None
+            try:
+                if artifact.compression is None and dl.size is not None:
+                    size, body = dl.size, raw
+                else:
+                    source = raw if artifact.compression is None else _decompressed(raw, artifact)
+                    spool, size = await self._spool(entry, artifact, source)
+                    _verify(artifact, upstream_digest)  # before a single byte is uploaded
+                    body = _read_file(spool)
+                diff, layer = Digest(), Digest()
+                stream = hashed(
+                    compress(hashed(tar_disk(size, body), diff), self.compression), layer
+                )
+                async with self.target.store.blob_upload(repo) as upload:
+                    await upload.write(stream)
+                    _verify(artifact, upstream_digest)  # commit only verified bytes
+                    await upload.commit(layer.digest)
+            finally:
+                if spool is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        spool.unlink()
+        log.info(
+            "layer_pushed",
+            entry=entry.key,
+            arch=artifact.arch,
+            downloaded=upstream_digest.size,
+            disk=size,
+            layer=layer.size,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        return oci.Descriptor(layer_type, layer.digest, layer.size), diff.digest
+
+    async def _spool(self, entry: Entry, artifact: Artifact, source: Chunks) -> tuple[Path, int]:
+        """Write `source` to a file in the work dir (bounded); the caller removes it."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        path = self.work_dir / f"{entry.name}-{artifact.arch}-{uuid.uuid4().hex}.spool"
+        size = 0
+        try:
+            with path.open("wb") as f:
+                async for chunk in source:
+                    size += len(chunk)
+                    if size > self.max_spool_bytes:
+                        raise PublishError(
+                            f"{artifact.url}: image larger than max_spool_bytes "
+                            f"({self.max_spool_bytes})"
+                        )
+                    await asyncio.to_thread(f.write, chunk)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
+        return path, size
+
+
+def _decompressed(raw: Chunks, artifact: Artifact) -> Chunks:
+    assert artifact.compression is not None
+    return _named_errors(decompress(raw, artifact.compression), artifact.url)
+
+
+async def _named_errors(source: Chunks, url: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in source:
+            yield chunk
+    except (ValueError, EOFError, OSError) as e:
+        raise PublishError(f"{url}: cannot decompress: {e}") from None
+
+
+async def _read_file(path: Path) -> AsyncIterator[bytes]:
+    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+    try:
+        while True:
+            chunk = await asyncio.to_thread(os.read, fd, BLOCK)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+def _verify(artifact: Artifact, digest: Digest) -> None:
+    got = digest.hexdigest()
+    if got != artifact.checksum:
+        raise PublishError(
+            f"{artifact.url}: checksum mismatch: expected {artifact.algorithm} "
+            f"{artifact.checksum}, got {got}"
+        )

@@ -1,0 +1,256 @@
+"""`images push --dry-run=false` into an `oci:` directory, checked with skopeo and tarfile.
+
+The upstream is the loopback server with real qcow2 files (qemu-img) behind the real
+releases.json; the published layouts are read back by skopeo, never by our code.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+import zstandard
+
+from tests.support.disks import (
+    fedora_link,
+    fedora_tree,
+    make_qcow2,
+    pack,
+    replace_fedora_image,
+    sha256,
+)
+from tests.support.upstream_server import UpstreamServer, put
+
+ENV = "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.medium"
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[tuple[UpstreamServer, dict[tuple[str, str], bytes]]]:
+    root = tmp_path / "up"
+    disks = fedora_tree(root)
+    with UpstreamServer(root) as srv:
+        yield srv, disks
+
+
+def push(
+    srv: UpstreamServer, target: str, *extra: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "containerdisks",
+            "images",
+            "push",
+            "--dry-run=false",
+            "--focus",
+            "fedora:*",
+            "--source-registry",
+            target,
+            "--log-format",
+            "json",
+            "--work-dir",
+            str(cwd / "work"),
+            *srv.mirror_args(),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def skopeo_raw(ref: str) -> dict[str, Any]:
+    out = subprocess.run(
+        ["skopeo", "inspect", "--raw", ref], capture_output=True, text=True, check=True, timeout=60
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def layer_members(blob: bytes, media_type: str) -> list[tarfile.TarInfo | bytes]:
+    if media_type.endswith("gzip"):
+        blob = gzip.decompress(blob)
+    elif media_type.endswith("zstd"):
+        blob = zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+    with tarfile.open(fileobj=io.BytesIO(blob)) as t:
+        members = t.getmembers()
+        f = t.extractfile("disk/disk.img")
+        assert f is not None
+        return [*members, f.read()]
+
+
+def read_image(layout: Path, tag: str, arch: str) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+    """(manifest, config, disk bytes) of one arch, via skopeo copy into a fresh OCI dir."""
+    dest = layout.parent / f"copy-{tag}-{arch}"
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--override-arch",
+            arch,
+            f"oci:{layout}:{tag}",
+            f"oci:{dest}:x",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    index = json.loads((dest / "index.json").read_text())
+    blob = lambda d: (dest / "blobs/sha256" / d.split(":")[1]).read_bytes()  # noqa: E731
+    manifest = json.loads(blob(index["manifests"][0]["digest"]))
+    config = json.loads(blob(manifest["config"]["digest"]))
+    members = layer_members(
+        blob(manifest["layers"][0]["digest"]), manifest["layers"][0]["mediaType"]
+    )
+    disk = members[-1]
+    assert isinstance(disk, bytes)
+    infos = [m for m in members if isinstance(m, tarfile.TarInfo)]
+    assert [("disk", 0o555, 107, 107), ("disk/disk.img", 0o444, 107, 107)] == [
+        (m.name, m.mode, m.uid, m.gid) for m in infos
+    ]
+    return manifest, config, disk
+
+
+def test_publish_fedora_into_oci_layouts(tmp_path: Path, upstream: Any) -> None:
+    srv, disks = upstream
+    out = tmp_path / "out"
+    result = push(srv, f"oci:{out}", cwd=tmp_path)
+    assert 0 == result.returncode, result.stderr
+
+    index = skopeo_raw(f"oci:{out}/fedora:40")
+    assert "application/vnd.oci.image.index.v1+json" == index["mediaType"]
+    assert [{"architecture": "amd64", "os": "linux"}, {"architecture": "arm64", "os": "linux"}] == [
+        m["platform"] for m in index["manifests"]
+    ]
+    for version, tag in (("40", "40"), ("39", "39"), ("41 Beta", "41-beta")):
+        for arch, goarch in (("x86_64", "amd64"), ("aarch64", "arm64")):
+            _, config, disk = read_image(out / "fedora", tag, goarch)
+            assert disks[(version, arch)] == disk
+            assert {
+                "Entrypoint": ["no-entrypoint"],
+                "Env": sorted(
+                    [
+                        ENV,
+                        f"INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE="
+                        f"{'fedora' if arch == 'x86_64' else 'fedora.arm64'}",
+                    ]
+                ),
+                "Labels": {
+                    "shasum": sha256(disk),
+                    "org.opencontainers.image.source": fedora_link(version, arch),
+                },
+            } == config["config"]
+            assert (goarch, "linux") == (config["architecture"], config["os"])
+            assert {"created", "history"}.isdisjoint(config)
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"fedora:40", "fedora:39", "fedora:41-beta"} == set(results)
+    assert ["40-1.14", "40", "latest"] == results["fedora:40"]["Tags"][1:]
+    assert results["fedora:40"]["Tags"][0].startswith("40-")
+    assert ["41-beta"] == results["fedora:41-beta"]["Tags"][1:]
+    assert 0o600 == (tmp_path / "results.json").stat().st_mode & 0o777
+    assert not (tmp_path / "work").exists()  # known size, no decompression: nothing spooled
+
+    # Second run: nothing downloaded, nothing written, the layout unchanged.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    srv.clear()
+    again = push(srv, f"oci:{out}", cwd=tmp_path)
+    assert 0 == again.returncode, again.stderr
+    assert [] == [p for p in srv.paths() if p.endswith(".qcow2")]
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert {} == json.loads((tmp_path / "results.json").read_text())
+
+
+def test_one_changed_arch_is_the_only_download(tmp_path: Path, upstream: Any) -> None:
+    srv, _ = upstream
+    out = tmp_path / "out"
+    assert 0 == push(srv, f"oci:{out}", cwd=tmp_path).returncode
+    before = skopeo_raw(f"oci:{out}/fedora:39")["manifests"]
+    new = make_qcow2(tmp_path / "new.qcow2", "changed")
+    replace_fedora_image(srv.root, "39", "aarch64", new)
+    srv.clear()
+    result = push(srv, f"oci:{out}", cwd=tmp_path)
+    assert 0 == result.returncode, result.stderr
+    downloads = [p for p in srv.paths() if p.endswith(".qcow2")]
+    assert [fedora_link("39", "aarch64").removeprefix("https:/")] == downloads
+    after = skopeo_raw(f"oci:{out}/fedora:39")["manifests"]
+    assert before[0] == after[0]  # x86_64 keeps its manifest digest
+    assert before[2] == after[2]  # s390x too
+    assert before[1]["digest"] != after[1]["digest"]
+    assert new == read_image(out / "fedora", "39", "arm64")[2]
+
+
+@pytest.mark.parametrize("compression", ["gzip", "xz"])
+def test_compressed_upstream_images_are_decompressed(tmp_path: Path, compression: str) -> None:
+    root = tmp_path / "up"
+    disk = make_qcow2(tmp_path / "d.qcow2", "packed")
+    name = f"img.qcow2.{'gz' if compression == 'gzip' else 'xz'}"
+    packed = pack(disk, compression)
+    put(root, f"https://example.org/images/{name}", packed)
+    put(root, "https://example.org/images/SHA256SUMS", f"{sha256(packed)}  {name}\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "entries": [
+                    {
+                        "name": "packed",
+                        "version": "1",
+                        "arches": ["x86_64"],
+                        "source": {
+                            "kind": "checksum-file",
+                            "url": "https://example.org/images/SHA256SUMS",
+                            "format": "gnu",
+                            "match": r"img\.qcow2\..*",
+                        },
+                    }
+                ]
+            }
+        )
+    )
+    out = tmp_path / "out"
+    with UpstreamServer(root) as srv:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "containerdisks",
+                "images",
+                "push",
+                "--dry-run=false",
+                "--config",
+                str(config),
+                "--source-registry",
+                f"oci:{out}",
+                "--work-dir",
+                str(tmp_path / "work"),
+                *srv.mirror_args(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+        )
+    assert 0 == result.returncode, result.stderr
+    manifest = skopeo_raw(f"oci:{out}/packed:1")
+    assert "application/vnd.oci.image.manifest.v1+json" == manifest["mediaType"]
+    _, config_doc, got = read_image(out / "packed", "1", "amd64")
+    assert disk == got
+    assert sha256(packed) == config_doc["config"]["Labels"]["shasum"]
+    assert [] == list((tmp_path / "work").iterdir())  # the spool file is gone
