@@ -100,6 +100,7 @@ def read_image(layout: Path, tag: str, arch: str) -> tuple[dict[str, Any], dict[
             "skopeo",
             "copy",
             "--quiet",
+            "--preserve-digests",
             "--override-arch",
             arch,
             f"oci:{layout}:{tag}",
@@ -254,3 +255,121 @@ def test_compressed_upstream_images_are_decompressed(tmp_path: Path, compression
     assert disk == got
     assert sha256(packed) == config_doc["config"]["Labels"]["shasum"]
     assert [] == list((tmp_path / "work").iterdir())  # the spool file is gone
+
+
+def fedora_config(tmp_path: Path, preference: str = "fedora") -> Path:
+    config = tmp_path / "fedora.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "entries": [
+                    {
+                        "name": "fedora",
+                        "arches": ["x86_64", "aarch64", "s390x"],
+                        "instancetype": "u1.medium",
+                        "preference": preference,
+                        "latest": True,
+                        "source": {"kind": "fedora", "exclude": ["40/s390x"]},
+                    }
+                ]
+            }
+        )
+    )
+    return config
+
+
+def test_changed_env_rebuilds_configs_without_downloading(tmp_path: Path, upstream: Any) -> None:
+    srv, disks = upstream
+    out = tmp_path / "out"
+    assert (
+        0
+        == push(
+            srv, f"oci:{out}", "--config", str(fedora_config(tmp_path)), cwd=tmp_path
+        ).returncode
+    )
+    before = skopeo_raw(f"oci:{out}/fedora:40")
+    srv.clear()
+    config = fedora_config(tmp_path, preference="fedora.new")
+    result = push(srv, f"oci:{out}", "--config", str(config), cwd=tmp_path)
+    assert 0 == result.returncode, result.stderr
+    assert [] == [p for p in srv.paths() if p.endswith(".qcow2")]  # layers reused
+    after = skopeo_raw(f"oci:{out}/fedora:40")
+    assert before["manifests"][0]["digest"] != after["manifests"][0]["digest"]
+    _, cfg, disk = read_image(out / "fedora", "40", "amd64")
+    assert "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE=fedora.new" in cfg["config"]["Env"]
+    assert disks[("40", "x86_64")] == disk
+
+
+def test_same_bytes_give_the_same_digests_anywhere(tmp_path: Path, upstream: Any) -> None:
+    srv, _ = upstream
+    for name in ("a", "b"):
+        assert 0 == push(srv, f"oci:{tmp_path / name}", cwd=tmp_path).returncode
+    for tag in ("40", "39", "41-beta", "latest"):
+        a = skopeo_raw(f"oci:{tmp_path / 'a'}/fedora:{tag}")
+        assert a == skopeo_raw(f"oci:{tmp_path / 'b'}/fedora:{tag}")
+    index_a = json.loads((tmp_path / "a/fedora/index.json").read_text())
+    index_b = json.loads((tmp_path / "b/fedora/index.json").read_text())
+    digests = lambda i: {
+        m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]  # noqa: E731
+        for m in i["manifests"]
+    }
+    assert {k: v for k, v in digests(index_a).items() if "-2" not in k} == {
+        k: v for k, v in digests(index_b).items() if "-2" not in k
+    }
+
+
+def test_a_run_killed_between_tag_writes_is_healed(tmp_path: Path, upstream: Any) -> None:
+    srv, _ = upstream
+    out = tmp_path / "out"
+    assert 0 == push(srv, f"oci:{out}", cwd=tmp_path).returncode
+    index_path = out / "fedora/index.json"
+    index = json.loads(index_path.read_text())
+    ref = "org.opencontainers.image.ref.name"
+    want = {m["annotations"][ref]: m["digest"] for m in index["manifests"]}
+    # As if the process died after writing `40` but before `latest` and the unique tag moved:
+    index["manifests"] = [m for m in index["manifests"] if m["annotations"][ref] != "latest"]
+    for m in index["manifests"]:
+        if m["annotations"][ref] == "40-1.14":
+            m["digest"] = want["39"]
+    index_path.write_text(json.dumps(index))
+    srv.clear()
+    result = push(srv, f"oci:{out}", "--output", "json", cwd=tmp_path)
+    assert 0 == result.returncode, result.stderr
+    plan = {e["entry"]: e for e in json.loads(result.stdout)["entries"]}
+    assert {"retag"} == {a["action"] for a in plan["fedora:40"]["arches"]}
+    assert [] == [p for p in srv.paths() if p.endswith(".qcow2")]
+    healed = json.loads(index_path.read_text())
+    got = {m["annotations"][ref]: m["digest"] for m in healed["manifests"]}
+    assert (want["40"], want["40"]) == (got["latest"], got["40-1.14"])
+    assert ["40-1.14", "latest"] == json.loads((tmp_path / "results.json").read_text())[
+        "fedora:40"
+    ]["Tags"]
+
+
+@pytest.mark.parametrize(
+    ("compression", "layer_type"),
+    [
+        ("zstd", "application/vnd.oci.image.layer.v1.tar+zstd"),
+        ("none", "application/vnd.oci.image.layer.v1.tar"),
+    ],
+)
+def test_zstd_and_uncompressed_layers(
+    tmp_path: Path, upstream: Any, compression: str, layer_type: str
+) -> None:
+    srv, disks = upstream
+    out = tmp_path / "out"
+    result = push(
+        srv,
+        f"oci:{out}",
+        "--focus",
+        "fedora:40",
+        "--media-types",
+        "oci",
+        "--layer-compression",
+        compression,
+        cwd=tmp_path,
+    )
+    assert 0 == result.returncode, result.stderr
+    manifest, _, disk = read_image(out / "fedora", "40", "arm64")
+    assert layer_type == manifest["layers"][0]["mediaType"]
+    assert disks[("40", "aarch64")] == disk
