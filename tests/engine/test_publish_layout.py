@@ -309,10 +309,11 @@ def test_same_bytes_give_the_same_digests_anywhere(tmp_path: Path, upstream: Any
         assert a == skopeo_raw(f"oci:{tmp_path / 'b'}/fedora:{tag}")
     index_a = json.loads((tmp_path / "a/fedora/index.json").read_text())
     index_b = json.loads((tmp_path / "b/fedora/index.json").read_text())
-    digests = lambda i: {
-        m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]  # noqa: E731
-        for m in i["manifests"]
-    }
+
+    def digests(index: dict[str, Any]) -> dict[str, str]:
+        ref = "org.opencontainers.image.ref.name"
+        return {m["annotations"][ref]: m["digest"] for m in index["manifests"]}
+
     assert {k: v for k, v in digests(index_a).items() if "-2" not in k} == {
         k: v for k, v in digests(index_b).items() if "-2" not in k
     }
