@@ -1,0 +1,52 @@
+"""Running the `containerdisks` CLI as a real subprocess in tests, with a clean environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.upstream_server import UpstreamServer
+
+
+def command(srv: UpstreamServer, target: str, *extra: str, cwd: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "containerdisks",
+        "images",
+        "push",
+        "--dry-run=false",
+        "--focus",
+        "fedora:*",
+        "--source-registry",
+        target,
+        "--log-format",
+        "json",
+        "--work-dir",
+        str(cwd / "work"),
+        "--results-file",
+        str(cwd / "results.json"),
+        *srv.mirror_args(),
+        *extra,
+    ]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+    env.update(extra)
+    return env
+
+
+def push(
+    srv: UpstreamServer, target: str, *extra: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(srv, target, *extra, cwd=cwd),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or clean_env(),
+        cwd=cwd,
+    )

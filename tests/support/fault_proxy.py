@@ -1,0 +1,268 @@
+"""A fault-injecting reverse proxy for tests, in front of the real registry or upstream server.
+
+One job: forward HTTP to a real backend byte for byte, except where a rule says to misbehave:
+answer a status (5xx, 429 with `Retry-After`) a number of times, reset the connection after
+part of a request body went through, slow a body down, or *hold* a request until the test
+releases it — so that a signal or a kill lands mid-upload deterministically. Every request is
+logged (method, path, status, time) so tests can check the order of writes: no tag before all
+blobs and manifests, moving tags last.
+
+It runs in a background thread with its own event loop (`with FaultProxy(backend) as p:`), so
+a CLI subprocess can be pointed at it. `Location` headers naming the backend are rewritten to the
+proxy, so clients that follow them stay behind the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import aiohttp
+from aiohttp import web
+
+__all__ = ["FaultProxy", "Logged", "Rule"]
+
+_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+@dataclass
+class Rule:
+    """What to do with requests whose method and path match.
+
+    action: "status" (answer `status` with `headers`), "reset" (forward `after_bytes` of the
+    request body, then drop the connection), "truncate" (send `after_bytes` of the response
+    body, then drop the connection), "slow" (forward, sleeping `delay` per body chunk), "hold"
+    (wait until released, then forward), "stall" (never answer).
+    `times` counts matching requests to affect (None: all).
+    """
+
+    method: str
+    path: str  # a regex, searched in the path
+    action: str
+    status: int = 503
+    headers: dict[str, str] = field(default_factory=dict)
+    after_bytes: int = 0
+    delay: float = 0.0
+    times: int | None = 1
+    hits: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        return (self.method in ("*", method)) and re.search(self.path, path) is not None
+
+
+@dataclass(frozen=True)
+class Logged:
+    method: str
+    path: str
+    query: str
+    status: int  # 0: the connection was dropped
+    started: float
+    ended: float
+    action: str
+
+
+class FaultProxy:
+    def __init__(self, backend: str) -> None:
+        self.backend = backend.rstrip("/")
+        self._rules: list[Rule] = []
+        self._log: list[Logged] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._release: asyncio.Event | None = None
+        self._held = threading.Event()
+        self.port = 0
+
+    # -- control from the test thread --------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def add(self, rule: Rule) -> Rule:
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def clear_rules(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    @property
+    def log(self) -> list[Logged]:
+        with self._lock:
+            return list(self._log)
+
+    def wait_held(self, timeout: float = 30.0) -> bool:
+        """Block until a request is being held."""
+        return self._held.wait(timeout)
+
+    def release(self) -> None:
+        loop, event = self._loop, self._release
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.set)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> FaultProxy:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="fault-proxy", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), loop).result(timeout=30)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self.release()
+        asyncio.run_coroutine_threadsafe(self._stop(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
+        self._loop = self._thread = None
+
+    async def _start(self) -> None:
+        self._release = asyncio.Event()
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application(client_max_size=0)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    # -- proxying -------------------------------------------------------------------------------
+
+    def _rule_for(self, method: str, path: str) -> Rule | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule.matches(method, path):
+                    rule.hits += 1
+                    return rule
+        return None
+
+    def _record(self, request: web.Request, status: int, started: float, action: str) -> None:
+        with self._lock:
+            self._log.append(
+                Logged(
+                    request.method,
+                    request.path,
+                    request.query_string,
+                    status,
+                    started,
+                    time.monotonic(),
+                    action,
+                )
+            )
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        rule = self._rule_for(request.method, request.path)
+        action = rule.action if rule else "forward"
+        if rule is not None and rule.action == "status":
+            await request.read()
+            self._record(request, rule.status, started, action)
+            return web.Response(
+                status=rule.status,
+                headers=rule.headers,
+                text='{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}',
+            )
+        if rule is not None and rule.action == "stall":
+            self._record(request, 0, started, action)
+            await asyncio.Event().wait()
+        if rule is not None and rule.action == "hold":
+            assert self._release is not None
+            self._held.set()
+            await self._release.wait()
+        body: AsyncIterator[bytes] | None = None
+        if request.body_exists:
+            body = self._body(request, rule)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        assert self._session is not None
+        url = f"{self.backend}{request.path_qs}"
+        try:
+            async with self._session.request(
+                request.method, url, headers=headers, data=body, allow_redirects=False
+            ) as upstream:
+                out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}
+                if "Location" in out_headers:
+                    out_headers["Location"] = out_headers["Location"].replace(
+                        self.backend, self.url
+                    )
+                response = web.StreamResponse(status=upstream.status, headers=out_headers)
+                if upstream.content_length is not None:
+                    response.content_length = upstream.content_length
+                await response.prepare(request)
+                sent = 0
+                async for chunk in upstream.content.iter_chunked(1 << 16):
+                    if rule is not None and rule.action == "slow":
+                        await asyncio.sleep(rule.delay)
+                    if (
+                        rule is not None
+                        and rule.action == "truncate"
+                        and sent + len(chunk) > rule.after_bytes
+                    ):
+                        await response.write(chunk[: rule.after_bytes - sent])
+                        if request.transport is not None:
+                            request.transport.abort()
+                        raise _DroppedError
+                    sent += len(chunk)
+                    await response.write(chunk)
+                await response.write_eof()
+                self._record(request, upstream.status, started, action)
+                return response
+        except _DroppedError:
+            self._record(request, 0, started, action)
+            raise
+        except (aiohttp.ClientError, ConnectionError):
+            self._record(request, 0, started, action)
+            if request.transport is not None:
+                request.transport.close()
+            raise
+
+    async def _body(self, request: web.Request, rule: Rule | None) -> AsyncIterator[bytes]:
+        sent = 0
+        async for chunk in request.content.iter_any():
+            if rule is not None and rule.action == "reset" and sent + len(chunk) > rule.after_bytes:
+                if request.transport is not None:
+                    request.transport.abort()
+                raise _DroppedError
+            if rule is not None and rule.action == "slow":
+                await asyncio.sleep(rule.delay)
+            sent += len(chunk)
+            yield chunk
+
+
+class _DroppedError(Exception):
+    """The rule dropped the connection mid-body."""
