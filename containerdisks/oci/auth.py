@@ -21,9 +21,10 @@ What it does (distribution ``docs/spec/auth/{token,oauth,scope}.md``, RFC 6750 Â
   ``repository:<name>:pull,push``, a cross-repository mount adds ``repository:<from>:pull`` to
   the same token. Tokens are reused per (host, scope set) until shortly before expiry, and a
   cached token whose scopes cover a request's serves it too (a push token serves the HEADs).
-- A 401 to a cached token drops it and fetches one new token; a 401 to a token fetched during the
-  same flow is final (fail fast: retrying a refused fresh token only hides the real error). A
-  challenge naming a new scope puts it first (some registries read only the first scope).
+- A 401 to a token the registry accepted before drops it and fetches one new token; a 401 to a
+  token it never accepted (just fetched) is final (fail fast: retrying a refused fresh token only
+  hides the real error). A challenge naming a new scope puts it first (some registries read only
+  the first scope); the token fetched for the merged scopes covers the scopes asked for.
 
 Secrets never appear in a ``repr``, a log line or an error message.
 """
@@ -150,10 +151,9 @@ def merge_scopes(*groups: Iterable[str]) -> tuple[str, ...]:
             if parts is None:
                 merged.setdefault(("", scope), None)
                 continue
-            kind, name, actions = parts
-            have = merged.setdefault((kind, name), set())
+            have = merged.setdefault((parts[0], parts[1]), set())
             assert have is not None
-            have.update(actions)
+            have.update(parts[2])
     result: list[str] = []
     for (kind, name), actions in merged.items():
         if actions is None:
@@ -304,10 +304,11 @@ def select_challenge(values: Iterable[str]) -> Challenge | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Token:
     value: str = field(repr=False)
     expires_at: float
+    proven: bool = False  # the registry has accepted it at least once
 
 
 class TokenCache:
@@ -348,6 +349,17 @@ class TokenCache:
         """Forget the token for this scope set."""
         self._tokens.pop((host, frozenset(merge_scopes(scopes))), None)
 
+    def proven(self, host: str, value: str) -> bool:
+        """Whether the registry has accepted ``value`` before (see :meth:`prove`)."""
+        return any(k[0] == host and t.value == value and t.proven for k, t in self._tokens.items())
+
+    def prove(self, host: str, value: str) -> None:
+        """Record that the registry accepted ``value``: a later 401 to it is worth a refresh,
+        whereas a 401 to a token never accepted is final."""
+        for (owner, _), token in self._tokens.items():
+            if owner == host and token.value == value:
+                token.proven = True
+
     def forget(self, host: str, value: str) -> None:
         """Forget every entry holding the token ``value`` (the registry refused it)."""
         for key in [k for k, t in self._tokens.items() if k[0] == host and t.value == value]:
@@ -370,6 +382,7 @@ class Authenticator:
     ) -> None:
         self.host = host
         self._credentials = credentials
+        self._identity_token = credentials.identity_token if credentials else ""
         self._tokens = tokens if tokens is not None else TokenCache(clock)
         self._challenge: Challenge | None = None
 
@@ -383,6 +396,11 @@ class Authenticator:
         """The last challenge this registry sent, if any."""
         return self._challenge
 
+    @property
+    def anonymous(self) -> bool:
+        """Whether requests go without credentials of any kind."""
+        return self._credentials is None
+
     def observe(self, response: Response) -> Challenge | None:
         """Learn the registry's challenge from a 401 (e.g. the answer to ``GET /v2/``)."""
         if response.status != 401:
@@ -392,6 +410,10 @@ class Authenticator:
             self._challenge = challenge
         return challenge
 
+    @property
+    def _registry_token(self) -> str:
+        return self._credentials.registry_token if self._credentials else ""
+
     def needs_token(self, scopes: Iterable[str]) -> bool:
         """Whether a request for ``scopes`` would first fetch a token (Bearer, none cached).
 
@@ -399,58 +421,70 @@ class Authenticator:
         fetching its own (see :meth:`token_flow`).
         """
         challenge = self._challenge
-        if challenge is None or challenge.scheme != "bearer":
+        if challenge is None or challenge.scheme != "bearer" or self._registry_token:
             return False
-        return self._tokens.get(self.host, tuple(dict.fromkeys(scopes))) is None
+        return self._tokens.get(self.host, scopes) is None
 
     def token_flow(self, scopes: Iterable[str]) -> AuthFlow:
         """Only fetch and cache a token for ``scopes``; yields the token request, if any."""
         challenge = self._challenge
-        if challenge is not None and challenge.scheme == "bearer":
-            yield from self._fetch_token(challenge, tuple(dict.fromkeys(scopes)))
+        if challenge is not None and challenge.scheme == "bearer" and not self._registry_token:
+            yield from self._fetch_token(challenge, merge_scopes(scopes))
 
     def flow(self, request: Request, scopes: Iterable[str] = ()) -> AuthFlow:
         """Send ``request`` authenticated for ``scopes``; the last response received is final."""
-        wanted = tuple(dict.fromkeys(scopes))
+        wanted = merge_scopes(scopes)
         challenge = self._challenge
         sent_basic = False
         fresh = False
         token: str | None = None
+        credentials = self._credentials
         if challenge is not None and challenge.scheme == "bearer":
-            token = self._tokens.get(self.host, wanted)
-            if token is None:
-                token = yield from self._fetch_token(challenge, wanted)
-                fresh = True
+            if self._registry_token:
+                token, fresh = self._registry_token, True  # nothing to refresh it with
+            else:
+                token = self._tokens.get(self.host, wanted)
+                if token is None:
+                    token = yield from self._fetch_token(challenge, wanted)
+                # a token the registry never accepted (fetched now, or just before by a
+                # token_flow) is not refreshed when refused: a new one would be refused too
+                fresh = not self._tokens.proven(self.host, token)
             response = yield request.with_header("Authorization", f"Bearer {token}")
-        elif challenge is not None and challenge.scheme == "basic" and self._credentials:
-            sent_basic = True
-            response = yield request.with_header(
-                "Authorization", basic_authorization(self._credentials)
-            )
+        elif challenge is not None and challenge.scheme == "basic" and credentials is not None:
+            sent_basic = credentials.has_basic
+            response = yield self._with_basic(request)
         else:
             response = yield request
         if response.status != 401:
+            if token is not None:
+                self._tokens.prove(self.host, token)
             return
         new = self.observe(response)
         if new is None:
             return
         if new.scheme == "bearer":
-            merged = _merge_scopes(new.scopes, wanted)
-            if fresh and frozenset(merged) == frozenset(wanted):
+            merged = merge_scopes(new.scopes, wanted)
+            if self._registry_token or (fresh and frozenset(merged) == frozenset(wanted)):
                 return  # a token fetched just now was refused: more tries will not help
             if token is not None:
-                self._tokens.drop(self.host, wanted)
+                self._tokens.forget(self.host, token)
             token = yield from self._fetch_token(new, merged)
             final = yield request.with_header("Authorization", f"Bearer {token}")
-            if final.status != 401 and merged != wanted:
-                self._tokens.put(self.host, wanted, token, DEFAULT_TOKEN_LIFETIME)
-        elif new.scheme == "basic" and self._credentials is not None and not sent_basic:
-            yield request.with_header("Authorization", basic_authorization(self._credentials))
+            if final.status != 401:
+                self._tokens.prove(self.host, token)
+        elif new.scheme == "basic" and not sent_basic and credentials and credentials.has_basic:
+            yield self._with_basic(request)
+
+    def _with_basic(self, request: Request) -> Request:
+        credentials = self._credentials
+        if credentials is None or not credentials.has_basic:
+            return request
+        return request.with_header("Authorization", basic_authorization(credentials))
 
     def _fetch_token(
         self, challenge: Challenge, scopes: tuple[str, ...]
     ) -> Generator[Request, Response, str]:
-        """Yield the token request, then cache and return the token from its response."""
+        """Yield the token request(s), then cache and return the token from the response."""
         realm_text = challenge.params.get("realm", "")
         try:
             realm = yarl.URL(realm_text)
@@ -460,15 +494,37 @@ class Authenticator:
             raise ProtocolError(
                 f"{self.host}: Bearer challenge with unusable realm {one_line(realm_text, 80)!r}"
             )
-        query: list[tuple[str, str]] = []
-        if "service" in challenge.params:
-            query.append(("service", challenge.params["service"]))
-        query.extend(("scope", scope) for scope in scopes)
-        request = Request("GET", realm.extend_query(query), purpose=Purpose.TOKEN)
-        if self._credentials is not None:
-            request = request.with_header("Authorization", basic_authorization(self._credentials))
-        response = yield request
         subject = f"token for {self.host} from {realm.host} ({' '.join(scopes) or 'no scope'})"
+        service = challenge.params.get("service")
+        if self._identity_token:
+            form = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", self._identity_token),
+                ("client_id", OAUTH_CLIENT_ID),
+            ]
+            if service is not None:
+                form.append(("service", service))
+            if scopes:
+                form.append(("scope", " ".join(scopes)))
+            response = yield Request(
+                "POST",
+                realm,
+                (("Content-Type", "application/x-www-form-urlencoded"),),
+                Purpose.TOKEN,
+                body=urllib.parse.urlencode(form).encode("ascii"),
+            )
+            if response.status not in {404, 405}:
+                return self._accept_token(response, subject, scopes)
+            # oauth.md: a realm that answers the POST with 404 only speaks the GET flow
+        query: list[tuple[str, str]] = []
+        if service is not None:
+            query.append(("service", service))
+        query.extend(("scope", scope) for scope in scopes)
+        request = self._with_basic(Request("GET", realm.extend_query(query), purpose=Purpose.TOKEN))
+        response = yield request
+        return self._accept_token(response, subject, scopes)
+
+    def _accept_token(self, response: Response, subject: str, scopes: tuple[str, ...]) -> str:
         if response.status != 200:
             raise error_from_response(
                 subject,
@@ -476,13 +532,15 @@ class Authenticator:
                 body=response.body,
                 retry_after=response.header("Retry-After"),
             )
-        value, lifetime = _parse_token_reply(response.body, subject)
+        value, lifetime, refresh = _parse_token_reply(response.body, subject)
+        if refresh and self._identity_token:
+            self._identity_token = refresh  # a rotated refresh token replaces the old one
         self._tokens.put(self.host, scopes, value, lifetime)
         return value
 
 
-def _parse_token_reply(body: bytes, subject: str) -> tuple[str, float]:
-    """(token, lifetime in seconds) from a token service's JSON reply."""
+def _parse_token_reply(body: bytes, subject: str) -> tuple[str, float, str]:
+    """(token, lifetime in seconds, refresh token or "") from a token service's JSON reply."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -496,4 +554,5 @@ def _parse_token_reply(body: bytes, subject: str) -> tuple[str, float]:
     lifetime = DEFAULT_TOKEN_LIFETIME
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
         lifetime = max(DEFAULT_TOKEN_LIFETIME, float(expires_in))
-    return value, lifetime
+    refresh = doc.get("refresh_token")
+    return value, lifetime, refresh if isinstance(refresh, str) else ""

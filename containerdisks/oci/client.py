@@ -3,9 +3,17 @@
 Decision: a client is bound to one registry host, because everything decided per host lives
 here and is learned once: the scheme (HTTPS first; plain HTTP only for the local/private hosts of
 :func:`.reference.http_fallback_allowed`, or any host with ``insecure_skip_tls``, and only when the
-server refuses TLS, never after a certificate failure), the auth challenge, and the tokens.
-The first request pings ``/v2/`` to decide both, as go-containerregistry does. Everything read is
-verified against its digest before it is returned.
+server refuses TLS, never after a certificate failure), the auth challenge, the tokens, and
+whether uploads must go in chunks. The first request pings ``/v2/`` to decide the first two, as
+go-containerregistry does; reads and writes share them. Everything read is verified against its
+digest before it is returned; everything written is checked against the digest the registry
+announces back. Credentials go only to the registry's own origin: a ``Location`` or redirect on
+another host is reached without them.
+
+Writes, in the order a push uses them (go-containerregistry ``remote/write.go``): :meth:`has_blob`
+(HEAD), :meth:`mount_blob` (``POST ?mount=&from=``), :meth:`blob_upload` (a streamed upload
+session, :mod:`.upload`) or :meth:`put_blob` (small blobs, one PUT), then :meth:`put_manifest`
+for each platform manifest by digest, then the index by tag.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
@@ -22,21 +30,33 @@ from typing import Any, Final, Self
 import aiohttp
 import yarl
 
-from containerdisks.oci.auth import Authenticator, AuthFlow, Credentials, TokenCache, pull_scope
+from containerdisks.oci.auth import (
+    Authenticator,
+    AuthFlow,
+    Credentials,
+    TokenCache,
+    pull_scope,
+    push_scope,
+    select_challenge,
+)
 from containerdisks.oci.digest import compute_digest, is_digest, parse_digest, verify_digest
 from containerdisks.oci.errors import (
     BlobUnknownError,
     CertificateError,
     ContentTooLargeError,
+    DeniedError,
     DigestMismatchError,
     InvalidManifestError,
     InvalidReferenceError,
     ManifestUnknownError,
     OCIError,
     PlatformNotFoundError,
+    ProtocolError,
+    RegistryError,
     RepositoryUnknownError,
     TLSError,
     error_from_response,
+    one_line,
 )
 from containerdisks.oci.media import (
     ACCEPT_MANIFESTS,
@@ -60,6 +80,13 @@ from containerdisks.oci.reference import (
     validate_tag,
 )
 from containerdisks.oci.transport import ERROR_BODY_LIMIT, Transport, make_ssl
+from containerdisks.oci.upload import (
+    OCTET_STREAM,
+    BlobUpload,
+    default_chunk_size,
+    next_location,
+    with_digest,
+)
 
 __all__ = ["DEFAULT_USER_AGENT", "RegistryClient", "ResolvedImage"]
 
@@ -71,6 +98,10 @@ DEFAULT_MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024
 #: Image configs are small; a containerdisk's is a few hundred bytes.
 DEFAULT_MAX_CONFIG_SIZE: Final = 4 * 1024 * 1024
 _TOKEN_BODY_LIMIT: Final = 1024 * 1024
+#: Chunk size for registries that refused one streamed PATCH (GHCR's limit; ACR takes it too).
+FALLBACK_CHUNK_SIZE: Final = 4 * 1024 * 1024
+#: Pages of a tag list followed at most (a registry whose ``Link`` never ends is broken).
+_MAX_TAG_PAGES: Final = 10_000
 
 
 @dataclass(frozen=True)
@@ -107,12 +138,16 @@ def _as_credentials(value: Credentials | tuple[str, str] | None) -> Credentials 
 
 
 class RegistryClient:
-    """An async client for one OCI registry (read side: manifests, blobs, platforms).
+    """An async client for one OCI registry: manifests, blobs, tags, platforms; read and write.
 
     Use as ``async with RegistryClient("quay.io") as client: ...``. ``registry`` is a host with
     an optional port (``127.0.0.1:5000``, ``[::1]:5000``); ``docker.io`` is served by
     ``registry-1.docker.io``. Timeouts apply per request: ``connect_timeout`` to open a
-    connection, ``read_timeout`` between two reads, ``request_timeout`` for the whole exchange.
+    connection, ``read_timeout`` between two reads, ``request_timeout`` for the whole exchange;
+    a PATCH that carries a blob is bounded by ``upload_timeout`` instead (None: no bound).
+    ``chunk_size``: None sends each blob as one streamed PATCH (except to registries known to
+    need chunks, :data:`.upload.CHUNKED_UPLOAD_HOSTS`); a number sends PATCHes of that many
+    bytes (raised to the registry's ``OCI-Chunk-Min-Length``).
     """
 
     def __init__(
@@ -131,6 +166,8 @@ class RegistryClient:
         user_agent: str = DEFAULT_USER_AGENT,
         token_cache: TokenCache | None = None,
         clock: Callable[[], float] = time.monotonic,
+        chunk_size: int | None = None,
+        upload_timeout: float | None = None,
     ) -> None:
         parsed = parse_registry(registry)
         if parsed.namespace:
@@ -153,6 +190,12 @@ class RegistryClient:
             user_agent=user_agent,
             session=session,
         )
+        self._upload_timeout = aiohttp.ClientTimeout(
+            total=upload_timeout, connect=connect_timeout, sock_read=read_timeout
+        )
+        if chunk_size is not None and chunk_size <= 0:
+            raise ValueError(f"chunk_size must be > 0, not {chunk_size}")
+        self._chunk_size = chunk_size if chunk_size is not None else default_chunk_size(self.host)
         self._schemes: dict[str, str] = {}
         self._scheme_lock = asyncio.Lock()
         self._token_locks: dict[frozenset[str], asyncio.Lock] = {}
@@ -215,6 +258,14 @@ class RegistryClient:
         self._auth.observe(response)
         return scheme
 
+    async def _url(
+        self, repository: str, path: str, query: Iterable[tuple[str, str]] = ()
+    ) -> yarl.URL:
+        base = await self._base_url()
+        url = base.with_path(f"/v2/{repository}/{path}")
+        query = list(query)
+        return url.with_query(query) if query else url
+
     async def _send(
         self,
         method: str,
@@ -224,29 +275,70 @@ class RegistryClient:
         max_body: int,
         accept: str | None = None,
         query: Iterable[tuple[str, str]] = (),
+        scopes: Sequence[str] | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes | None = None,
     ) -> Response:
-        """One authenticated registry request for ``repository``: drives the auth flow."""
-        base = await self._base_url()
-        url = base.with_path(f"/v2/{repository}/{path}")
-        if query:
-            url = url.with_query(list(query))
-        request = Request(method, url)
+        """One authenticated request to ``/v2/<repository>/<path>`` (pull scope by default)."""
+        url = await self._url(repository, path, query)
+        all_headers = list(headers)
         if accept is not None:
-            request = request.with_header("Accept", accept)
-        scopes = (pull_scope(repository),)
+            all_headers.append(("Accept", accept))
+        return await self._request(
+            method,
+            url,
+            scopes=scopes if scopes is not None else (pull_scope(repository),),
+            headers=all_headers,
+            body=body,
+            max_body=max_body,
+        )
+
+    async def _request(
+        self,
+        method: str,
+        url: yarl.URL,
+        *,
+        scopes: Sequence[str],
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes | None = None,
+        stream: AsyncIterable[bytes] | None = None,
+        max_body: int = ERROR_BODY_LIMIT,
+    ) -> Response:
+        """One request, authenticated for ``scopes`` when it goes to the registry's origin.
+
+        A URL on another origin (an upload ``Location`` may point at a storage front) is sent
+        without credentials. A ``stream`` body is sent once: a 401 to it is final.
+        """
+        request = Request(method, url, tuple(headers), body=body)
+        timeout = self._upload_timeout if stream is not None else None
+        base = await self._base_url()
+        if not _same_origin(url, base):
+            return await self._transport.send(
+                request, max_body=max_body, stream=stream, client_timeout=timeout
+            )
         if self._auth.needs_token(scopes):
             # one token fetch per scope set, however many requests wait for it
             lock = self._token_locks.setdefault(frozenset(scopes), asyncio.Lock())
             async with lock:
                 if self._auth.needs_token(scopes):
                     await self._drive(self._auth.token_flow(scopes), max_body)
-        final = await self._drive(self._auth.flow(request, scopes), max_body)
+        final = await self._drive(
+            self._auth.flow(request, scopes), max_body, stream=stream, client_timeout=timeout
+        )
         assert final is not None
         return final
 
-    async def _drive(self, flow: AuthFlow, max_body: int) -> Response | None:
+    async def _drive(
+        self,
+        flow: AuthFlow,
+        max_body: int,
+        *,
+        stream: AsyncIterable[bytes] | None = None,
+        client_timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Response | None:
         """Run an auth flow: send what it yields, feed back the answers; the last registry
-        response (None if the flow sent only token requests)."""
+        response (None if the flow sent only token requests). With a ``stream``, the first
+        registry request carries it and the flow gets no second try."""
         final: Response | None = None
         try:
             outgoing = next(flow)
@@ -254,15 +346,50 @@ class RegistryClient:
             return final
         while True:
             is_token = outgoing.purpose is Purpose.TOKEN
-            response = await self._transport.send(
-                outgoing, max_body=_TOKEN_BODY_LIMIT if is_token else max_body
-            )
-            if not is_token:
+            if is_token:
+                response = await self._transport.send(outgoing, max_body=_TOKEN_BODY_LIMIT)
+            elif stream is not None and final is not None:
+                flow.close()  # the body is gone: the 401 it got is the answer
+                return final
+            else:
+                response = await self._transport.send(
+                    outgoing, max_body=max_body, stream=stream, client_timeout=client_timeout
+                )
                 final = response
             try:
                 outgoing = flow.send(response)
             except StopIteration:
                 return final
+
+    def _error(
+        self,
+        subject: str,
+        response: Response,
+        *,
+        not_found: type[RegistryError] = RegistryError,
+    ) -> RegistryError:
+        """The error for a failed registry response; a token lacking a scope says so."""
+        error = error_from_response(
+            subject,
+            status=response.status,
+            body=response.body,
+            retry_after=response.header("Retry-After"),
+            not_found=not_found,
+        )
+        if response.status != 401:
+            return error
+        challenge = select_challenge(response.header_all("WWW-Authenticate"))
+        if challenge is None or challenge.params.get("error") != "insufficient_scope":
+            return error
+        scope = challenge.params.get("scope", "")
+        who = "anonymous" if self._auth.anonymous else "these credentials"
+        message = f"{error.message}; " if error.message else ""
+        return DeniedError(
+            subject,
+            status=401,
+            code=error.code,
+            message=one_line(f"{message}token service granted {who} less than {scope}"),
+        )
 
     def _subject(self, what: str, repository: str, reference: str) -> str:
         sep = "@" if ":" in reference else ":"
@@ -480,8 +607,266 @@ class RegistryClient:
             )
         return resolved
 
+    # -- write side -------------------------------------------------------------------------
+
+    async def has_blob(self, repository: str, digest: str) -> bool:
+        """Whether ``repository`` has the blob (one HEAD; a blob in another repository of the
+        same registry does not count: :meth:`mount_blob` it)."""
+        validate_repository(repository)
+        parse_digest(digest)
+        response = await self._send("HEAD", repository, f"blobs/{digest}", max_body=0)
+        if response.status == 200:
+            return True
+        if response.status == 404:
+            return False
+        raise self._error(self._subject("blob", repository, digest), response)
+
+    async def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
+        """Make the blob of ``from_repository`` (same registry) part of ``repository``.
+
+        True when the registry mounted it (201). False when it did not: a 202 (it opened an
+        upload instead, which is cancelled at once) or any error, which is only logged: a
+        refused mount is no failure, the caller uploads instead. One token covers both
+        repositories (``pull,push`` on the target, ``pull`` on the source).
+        """
+        validate_repository(repository)
+        validate_repository(from_repository)
+        parse_digest(digest)
+        subject = self._subject("blob", repository, digest)
+        try:
+            response = await self._send(
+                "POST",
+                repository,
+                "blobs/uploads/",
+                max_body=ERROR_BODY_LIMIT,
+                query=[("mount", digest), ("from", from_repository)],
+                scopes=(push_scope(repository), pull_scope(from_repository)),
+            )
+            if response.status == 201:
+                logger.debug("%s: mounted from %s", subject, from_repository)
+                return True
+            if response.status == 202:
+                location = next_location(response, subject)
+                await self._cancel_upload(repository, location, subject)
+            else:
+                logger.debug(
+                    "%s: mount from %s refused: %s",
+                    subject,
+                    from_repository,
+                    self._error(subject, response),
+                )
+        except OCIError as exc:
+            logger.debug("%s: mount from %s failed: %s", subject, from_repository, exc)
+        return False
+
+    async def _cancel_upload(self, repository: str, location: yarl.URL, subject: str) -> None:
+        try:
+            response = await self._request("DELETE", location, scopes=(push_scope(repository),))
+            logger.debug("%s: upload cancelled (HTTP %d)", subject, response.status)
+        except OCIError as exc:
+            logger.debug("%s: cancelling the upload failed: %s", subject, exc)
+
+    async def _start_upload(self, repository: str) -> tuple[yarl.URL, int]:
+        """``POST /blobs/uploads/``: the upload's Location and ``OCI-Chunk-Min-Length`` (or 0)."""
+        subject = f"blob upload {self.host}/{repository}"
+        response = await self._send(
+            "POST",
+            repository,
+            "blobs/uploads/",
+            max_body=ERROR_BODY_LIMIT,
+            scopes=(push_scope(repository),),
+        )
+        if response.status != 202:
+            raise self._error(subject, response, not_found=RepositoryUnknownError)
+        min_length = (response.header("OCI-Chunk-Min-Length") or "").strip()
+        return next_location(response, subject), int(min_length) if min_length.isdigit() else 0
+
+    def blob_upload(self, repository: str) -> BlobUpload:
+        """A session to stream one blob into ``repository``; use it as an async context manager.
+
+        ::
+
+            async with client.blob_upload(repository) as upload:   # POST
+                await upload.write(chunks)                          # PATCH (streamed or chunks)
+                descriptor = await upload.commit(digest)            # PUT ?digest=
+
+        Leaving the block without ``commit`` cancels the upload (``DELETE``). See
+        :class:`.upload.BlobUpload` for ``sent``, ``size`` and ``digest``.
+        """
+        validate_repository(repository)
+        scopes = (push_scope(repository),)
+
+        def send(
+            method: str,
+            url: yarl.URL,
+            *,
+            headers: Sequence[tuple[str, str]] = (),
+            body: bytes | None = None,
+            stream: AsyncIterable[bytes] | None = None,
+        ) -> Awaitable[Response]:
+            return self._request(
+                method, url, scopes=scopes, headers=headers, body=body, stream=stream
+            )
+
+        async def start() -> tuple[yarl.URL, int]:
+            return await self._start_upload(repository)
+
+        return BlobUpload(
+            send,
+            start,
+            subject=f"blob upload {self.host}/{repository}",
+            chunk_size=self._chunk_size,
+            on_stream_refused=self._use_chunks,
+        )
+
+    def _use_chunks(self) -> None:
+        if self._chunk_size is None:
+            logger.info(
+                "%s refused a streamed upload; sending blobs in chunks of %d bytes from now on",
+                self.host,
+                FALLBACK_CHUNK_SIZE,
+            )
+            self._chunk_size = FALLBACK_CHUNK_SIZE
+
+    async def put_blob(
+        self, repository: str, data: bytes, *, media_type: str = OCTET_STREAM
+    ) -> Descriptor:
+        """Store a small blob (a config) in one request after the POST; skipped when a HEAD
+        says it is there. Returns its descriptor with ``media_type``."""
+        validate_repository(repository)
+        digest = compute_digest(data)
+        descriptor = Descriptor(media_type, digest, len(data))
+        if await self.has_blob(repository, digest):
+            return descriptor
+        subject = self._subject("blob", repository, digest)
+        location, _ = await self._start_upload(repository)
+        try:
+            response = await self._request(
+                "PUT",
+                with_digest(location, digest),
+                scopes=(push_scope(repository),),
+                headers=[("Content-Type", OCTET_STREAM)],
+                body=data,
+            )
+        except BaseException:
+            await self._cancel_upload(repository, location, subject)
+            raise
+        if response.status not in {201, 204}:
+            await self._cancel_upload(repository, location, subject)
+            raise self._error(subject, response)
+        announced = response.header("Docker-Content-Digest")
+        if announced and announced != digest:
+            raise DigestMismatchError(
+                f"{subject} (as the registry stored it)", expected=digest, actual=announced
+            )
+        return descriptor
+
+    async def put_manifest(
+        self, repository: str, reference: str, media_type: str, data: bytes
+    ) -> str:
+        """Store a manifest or index under a tag or its digest; returns the digest.
+
+        ``data`` is stored as these exact bytes with ``Content-Type: media_type`` (Docker
+        schema 2 and OCI types alike). By digest, ``reference`` must be the digest of ``data``
+        (checked before sending); the ``Docker-Content-Digest`` the registry answers must be too.
+        Push the blobs and, for an index, its manifests (by digest) first, or the registry
+        answers ``MANIFEST_BLOB_UNKNOWN``.
+        """
+        validate_repository(repository)
+        self._check_reference(reference)
+        subject = self._subject("manifest", repository, reference)
+        if is_digest(reference):
+            algorithm, _ = parse_digest(reference)
+            digest = compute_digest(data, algorithm)
+            if digest != reference:
+                raise DigestMismatchError(subject, expected=reference, actual=digest)
+        else:
+            digest = compute_digest(data)
+        declared = parse_json_object(data, subject).get("mediaType")
+        if isinstance(declared, str) and declared and declared != media_type:
+            raise InvalidManifestError(
+                f"{subject}: mediaType {declared} in the document, {media_type} given"
+            )
+        response = await self._send(
+            "PUT",
+            repository,
+            f"manifests/{reference}",
+            max_body=ERROR_BODY_LIMIT,
+            scopes=(push_scope(repository),),
+            headers=[("Content-Type", media_type)],
+            body=data,
+        )
+        if not 200 <= response.status < 300:
+            raise self._error(subject, response)
+        announced = response.header("Docker-Content-Digest")
+        if announced and is_digest(announced) and announced != digest:
+            raise DigestMismatchError(
+                f"{subject} (as the registry stored it)", expected=digest, actual=announced
+            )
+        return digest
+
+    async def list_tags(self, repository: str, *, page_size: int | None = None) -> list[str]:
+        """Every tag of ``repository``, following ``Link: <...>; rel="next"`` pages.
+
+        Raises :class:`RepositoryUnknownError` (a :class:`NotFoundError`) when the repository
+        does not exist. ``page_size`` asks for pages of that many tags (``n=``).
+        """
+        validate_repository(repository)
+        subject = f"tags of {self.host}/{repository}"
+        query = [("n", str(page_size))] if page_size else []
+        url = await self._url(repository, "tags/list", query)
+        seen: set[yarl.URL] = set()
+        tags: list[str] = []
+        for _ in range(_MAX_TAG_PAGES):
+            seen.add(url)
+            response = await self._request(
+                "GET",
+                url,
+                scopes=(pull_scope(repository),),
+                max_body=self._max_manifest_size,
+            )
+            if response.status != 200:
+                raise self._error(subject, response, not_found=RepositoryUnknownError)
+            doc = parse_json_object(response.body, subject)
+            page = doc.get("tags")
+            if page is None:
+                page = []
+            if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                raise ProtocolError(f"{subject}: tags is not a list of strings")
+            tags.extend(page)
+            following = _next_link(response)
+            if following is None:
+                return tags
+            url = following
+            if url in seen:
+                raise ProtocolError(f"{subject}: Link pagination loops")
+        raise ProtocolError(f"{subject}: more than {_MAX_TAG_PAGES} pages")
+
 
 def _matches(have: Platform, wanted: Platform) -> bool:
     if have.os != wanted.os or have.architecture != wanted.architecture:
         return False
     return wanted.variant is None or have.variant == wanted.variant
+
+
+def _same_origin(a: yarl.URL, b: yarl.URL) -> bool:
+    """Same scheme, host and (default-aware) port: where credentials may go."""
+    return (a.scheme, (a.host or "").lower(), a.port) == (b.scheme, (b.host or "").lower(), b.port)
+
+
+def _next_link(response: Response) -> yarl.URL | None:
+    """The ``rel="next"`` target of the response's ``Link`` headers, resolved and byte-exact."""
+    for header in response.header_all("Link"):
+        for part in header.split(","):
+            target, _, params = part.partition(";")
+            target = target.strip()
+            if not (target.startswith("<") and target.endswith(">")):
+                continue
+            rels = [
+                p.split("=", 1)[1].strip().strip('"').lower()
+                for p in params.split(";")
+                if p.strip().lower().startswith("rel=")
+            ]
+            if any("next" in rel.split() for rel in rels):
+                return response.url.join(yarl.URL(target[1:-1], encoded=True))
+    return None

@@ -171,14 +171,14 @@ class Transport:
         *,
         max_body: int,
         stream: AsyncIterable[bytes] | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
+        client_timeout: aiohttp.ClientTimeout | None = None,
     ) -> Response:
         """Send ``request``, following redirects for GET and HEAD, and read the body.
 
         A success body larger than ``max_body`` raises :class:`ContentTooLargeError`; an error
         body is cut at :data:`ERROR_BODY_LIMIT`. ``Authorization`` is dropped when a redirect
         leaves the original origin (scheme, host and port). ``stream`` is sent as the body
-        instead of ``request.body``; ``timeout`` replaces the transport's for this request.
+        instead of ``request.body``; ``client_timeout`` replaces the transport's for this request.
         """
         session = self._get_session()
         current = request
@@ -194,7 +194,7 @@ class Transport:
                     data=data,
                     allow_redirects=False,
                     ssl=self._ssl,
-                    timeout=timeout if timeout is not None else self._timeout,
+                    timeout=client_timeout if client_timeout is not None else self._timeout,
                 ) as resp:
                     logger.debug("%s %s -> %d", current.method, safe_url(url), resp.status)
                     if (

@@ -44,11 +44,11 @@ def _put(root: Path, data: bytes) -> str:
     return f"sha256:{hexdigest}"
 
 
-def _layer() -> tuple[bytes, str]:
+def _layer(payload_size: int) -> tuple[bytes, str]:
     """(gzip blob, diff_id) of a tar holding one file of random bytes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        payload = os.urandom(512)
+        payload = os.urandom(payload_size)
         info = tarfile.TarInfo("payload")
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload))
@@ -57,22 +57,33 @@ def _layer() -> tuple[bytes, str]:
 
 
 def write_random_layout(
-    root: Path, tag: str, arches: Sequence[str], *, index: bool = True, os_name: str = "linux"
+    root: Path,
+    tag: str,
+    arches: Sequence[str],
+    *,
+    index: bool = True,
+    os_name: str = "linux",
+    payload_size: int = 512,
+    layers: int = 1,
 ) -> Layout:
     """Write ``root`` as an OCI layout whose ``tag`` is an index of ``arches`` (or, with
-    ``index=False``, the single manifest of ``arches[0]``)."""
+    ``index=False``, the single manifest of ``arches[0]``); each image has ``layers`` layers of
+    ``payload_size`` random bytes (gzip cannot shrink them)."""
     (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     layout = Layout(root, tag)
     entries: list[dict[str, object]] = []
     for arch in arches:
-        layer, diff_id = _layer()
-        layer_digest = _put(root, layer)
+        made = [_layer(payload_size) for _ in range(layers)]
+        layer_descriptors = [
+            {"mediaType": OCI_LAYER_GZIP, "digest": _put(root, blob), "size": len(blob)}
+            for blob, _ in made
+        ]
         config = _canonical(
             {
                 "architecture": arch,
                 "os": os_name,
                 "config": {"Labels": {"test.random": os.urandom(4).hex()}},
-                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in made]},
             }
         )
         config_digest = _put(root, config)
@@ -81,9 +92,7 @@ def write_random_layout(
                 "schemaVersion": 2,
                 "mediaType": OCI_MANIFEST,
                 "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
-                "layers": [
-                    {"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": len(layer)}
-                ],
+                "layers": layer_descriptors,
             }
         )
         manifest_digest = _put(root, manifest)

@@ -193,6 +193,52 @@ class Registry:
         command += [f"oci:{layout}:{ref_name}", f"docker://{self.host}/{repository}:{tag}"]
         self._run(command)
 
+    def pull(
+        self,
+        repository: str,
+        reference: str,
+        destination: str,
+        *,
+        all_images: bool = True,
+        preserve_digests: bool = True,
+        anonymous: bool = False,
+    ) -> None:
+        """``skopeo copy docker://HOST/REPOSITORY:REFERENCE DESTINATION`` (``oci:DIR:TAG`` or
+        ``dir:DIR``): an independent client reading what was pushed.
+
+        ``--all`` copies every child of an index; ``--preserve-digests`` refuses any change
+        (no manifest conversion, no recompression), so what lands is byte-exact or nothing.
+        """
+        sep = "@" if ":" in reference else ":"
+        command = ["skopeo", "--policy", str(self._policy()), "copy", "--quiet"]
+        command += self._tls_args("src") + self._creds_args("src", anonymous)
+        if all_images:
+            command.append("--all")
+        if preserve_digests:
+            command.append("--preserve-digests")
+        command += [f"docker://{self.host}/{repository}{sep}{reference}", destination]
+        self._run(command)
+
+    def list_tags(self, repository: str) -> list[str]:
+        """``skopeo list-tags``: the tags an independent client sees."""
+        command = ["skopeo", "--policy", str(self._policy()), "list-tags"]
+        command += self._tls_args("") + self._creds_args("", anonymous=False)
+        command.append(f"docker://{self.host}/{repository}")
+        tags: list[str] = json.loads(self._run(command))["Tags"]
+        return tags
+
+    def upload_dirs(self, repository: str) -> list[Path]:
+        """Upload sessions the registry still keeps for ``repository`` (filesystem storage).
+
+        A live session has ``startedat`` and ``data``; a cancelled one (``DELETE``) loses both,
+        but distribution 2.8.2 writes its ``hashstates/`` again after deleting, so an empty
+        directory stays behind: those do not count.
+        """
+        uploads = self.data_dir / "docker/registry/v2/repositories" / repository / "_uploads"
+        if not uploads.is_dir():
+            return []
+        return sorted(d for d in uploads.iterdir() if (d / "startedat").exists())
+
     def inspect_raw(self, repository: str, reference: str) -> bytes:
         """The manifest bytes skopeo reads for ``repository:reference`` (or ``@digest``)."""
         sep = "@" if ":" in reference else ":"
