@@ -12,13 +12,16 @@ Modules, one job each:
 - :mod:`.media`      media types, descriptors, platforms, manifests as exact bytes
 - :mod:`.errors`     the exception tree (drawn in its docstring)
 - :mod:`.messages`   immutable request/response values
-- :mod:`.auth`       the sans-I/O authentication flow (Basic, Bearer tokens)
+- :mod:`.auth`       the sans-I/O authentication flow (Basic, Bearer tokens, OAuth2)
+- :mod:`.credentials` credentials from auth.json / config.json files and credential helpers
 - :mod:`.transport`  the one place that does HTTP and maps third-party exceptions
-- :mod:`.client`     :class:`RegistryClient`: the registry operations
+- :mod:`.upload`     :class:`BlobUpload`: one streamed blob upload session
+- :mod:`.client`     :class:`RegistryClient`: the registry operations, read and write
 """
 
 from containerdisks.oci.auth import Credentials, TokenCache
 from containerdisks.oci.client import RegistryClient, ResolvedImage
+from containerdisks.oci.credentials import find_credentials
 from containerdisks.oci.digest import compute_digest, is_digest, parse_digest, verify_digest
 from containerdisks.oci.errors import (
     BlobUnknownError,
@@ -27,6 +30,7 @@ from containerdisks.oci.errors import (
     ConnectionLostError,
     ContentError,
     ContentTooLargeError,
+    CredentialsError,
     DeniedError,
     DigestMismatchError,
     InvalidManifestError,
@@ -72,6 +76,7 @@ from containerdisks.oci.reference import (
     parse_image_reference,
     parse_registry,
 )
+from containerdisks.oci.upload import BlobUpload
 
 __all__ = [
     "ACCEPT_MANIFESTS",
@@ -91,12 +96,14 @@ __all__ = [
     "OCI_LAYER_ZSTD",
     "OCI_MANIFEST",
     "BlobUnknownError",
+    "BlobUpload",
     "CertificateError",
     "ConnectError",
     "ConnectionLostError",
     "ContentError",
     "ContentTooLargeError",
     "Credentials",
+    "CredentialsError",
     "DeniedError",
     "Descriptor",
     "DigestMismatchError",
@@ -122,6 +129,7 @@ __all__ = [
     "TransportTimeoutError",
     "UnauthorizedError",
     "compute_digest",
+    "find_credentials",
     "http_fallback_allowed",
     "is_digest",
     "parse_digest",

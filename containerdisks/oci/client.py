@@ -376,6 +376,15 @@ class RegistryClient:
             retry_after=response.header("Retry-After"),
             not_found=not_found,
         )
+        if response.status in {401, 403} and not error.message:
+            # a HEAD has no body to say why
+            text = "authentication required" if response.status == 401 else "access denied"
+            if self._auth.anonymous:
+                text += " (no credentials given)"
+            error = type(error)(
+                subject, status=response.status, code=error.code, message=text,
+                retry_after=error.retry_after,
+            )  # fmt: skip
         if response.status != 401:
             return error
         challenge = select_challenge(response.header_all("WWW-Authenticate"))
