@@ -1,0 +1,925 @@
+"""How fast `images push` moves a big upstream image into a registry, and with how much memory.
+
+One job: push one synthetic disk image (default 1 GiB, seeded mix of random and zero regions,
+like a qcow2 with sparse areas) from a loopback HTTP server into a fresh local registry, with
+`python -m containerdisks images push` and with two references, interleaved in one run:
+
+- ``floor``: ``curl URL | curl -T - <upload Location>&digest=...`` (POST first, then one
+  monolithic PUT streaming the download): the fastest anything moves those bytes through this
+  registry;
+- ``ours-gzip`` (Docker media types, isal gzip layer), ``ours-none`` (``--media-types oci
+  --layer-compression none``), ``ours-zstd`` (OCI, zstd layer);
+- ``naive``: ``curl -o`` -> ``sha256sum -c`` -> ``tar | gzip -1`` -> an OCI layout written with
+  printf -> ``skopeo copy`` into the registry.
+
+Diagnostics (not run unless named in ``--variants``): ``floor-patch`` (curl: POST, one streamed
+chunked PATCH, then an empty PUT: the request shape our client uses) and ``download`` (only
+``curl URL > /dev/null``).
+
+How it measures: every run gets a fresh ``docker-registry`` (own config, free port, data dir in
+the temp dir), started before and stopped after the timed part; its data is deleted and the
+page cache flushed to disk (``sync``) before the next run, so every run really uploads and no
+run pays for the previous one's writeback. The image stays in the page cache (it is read once
+before the first run). Variants run round-robin, the order rotated every round. A run is one
+process (tree) started with ``subprocess`` and reaped with ``os.wait4``, which gives its wall
+clock time and its peak RSS (``ru_maxrss``: the largest of the process and its waited-for
+children) and CPU time. MB/s is 10^6 bytes of the upstream image per second of wall clock,
+whatever the layer's size. For our runs ``--work-dir`` and ``TMPDIR`` point into an empty
+directory watched every 20 ms, and every file the process holds open for writing
+(``/proc/<pid>/fd`` + ``fdinfo``) is recorded: an uncompressed upstream image must never touch
+the disk. Each run is checked afterwards (exit status, the blob or manifest in the registry) and
+is bounded by ``--run-timeout``; the process group is killed when it is exceeded.
+
+Run from the repository root with the project venv active::
+
+    python benchmarks/push_throughput.py --size 1GiB --rounds 3 --json results.json
+
+The table goes to stdout, progress to stderr, all runs and the summary to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MB = 1_000_000
+MIB = 1 << 20
+UPSTREAM_HOST = "https://example.org/"
+IMAGE_PATH = "images/disk.img"
+SUMS_PATH = "images/SHA256SUMS"
+RSS_TARGET_MIB = 200
+POLL = 0.02
+GNU_TIME = Path("/usr/bin/time") if Path("/usr/bin/time").exists() else None
+
+VARIANTS: dict[str, str] = {
+    "floor": "curl URL | curl -T - (POST + one monolithic PUT)",
+    "ours-gzip": "images push, Docker media types, gzip layer (default)",
+    "ours-none": "images push --media-types oci --layer-compression none",
+    "ours-zstd": "images push --media-types oci --layer-compression zstd",
+    "naive": "curl -o, sha256sum -c, tar | gzip -1, OCI layout, skopeo copy",
+    "floor-patch": "curl: POST, one streamed PATCH, empty PUT (diagnostic)",
+    "download": "curl URL > /dev/null only (diagnostic)",
+}
+DEFAULT_VARIANTS = ("floor", "ours-gzip", "ours-none", "ours-zstd", "naive")
+OURS = {
+    "ours-gzip": [],
+    "ours-none": ["--media-types", "oci", "--layer-compression", "none"],
+    "ours-zstd": ["--media-types", "oci", "--layer-compression", "zstd"],
+}
+
+CATALOG = """\
+entries:
+  - name: bench
+    version: "1"
+    arches: [x86_64]
+    source:
+      kind: checksum-file
+      url: "https://example.org/images/SHA256SUMS"
+      format: gnu
+      match: 'disk\\.img'
+"""
+
+REGISTRY_CONFIG = """\
+version: 0.1
+log:
+  level: error
+  fields: {service: registry}
+storage:
+  filesystem:
+    rootdirectory: /nonexistent
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging: {enabled: false}
+http:
+  addr: 127.0.0.1:5000
+  secret: benchmark-secret
+"""
+
+# The naive pipeline, as a shell script would do it; every step reads or writes the whole image.
+NAIVE_SCRIPT = r"""
+set -euo pipefail
+cd "$WORK"
+mkdir -p stage/disk layout/blobs/sha256
+curl -sSf -o stage/disk/disk.img "$URL"
+echo "$SHA  stage/disk/disk.img" | sha256sum -c --quiet -
+mkfifo tar.fifo
+sha256sum < tar.fifo | cut -d' ' -f1 > tar.sha256 &
+tar --format=gnu --owner=107 --group=107 --numeric-owner --mtime=@0 -C stage -cf - disk \
+  | tee tar.fifo | gzip -1 -n > layer.tar.gz
+wait $!
+test -s tar.sha256
+blob() {  # blob FILE -> moves FILE into the layout, prints "<hex> <size>"
+  local hex size
+  hex=$(sha256sum "$1" | cut -d' ' -f1); size=$(stat -c %s "$1")
+  mv "$1" "layout/blobs/sha256/$hex"; echo "$hex $size"
+}
+read -r lhex lsize < <(blob layer.tar.gz)
+printf '{"architecture":"amd64","config":{"Entrypoint":["no-entrypoint"]},"os":"linux",'\
+'"rootfs":{"diff_ids":["sha256:%s"],"type":"layers"}}' "$(cat tar.sha256)" > config.json
+read -r chex csize < <(blob config.json)
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",'\
+'"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},'\
+'"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s",'\
+'"size":%s}]}' "$chex" "$csize" "$lhex" "$lsize" > manifest.json
+read -r mhex msize < <(blob manifest.json)
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json",'\
+'"digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"1"}}]}' \
+  "$mhex" "$msize" > layout/index.json
+echo '{"imageLayoutVersion":"1.0.0"}' > layout/oci-layout
+skopeo copy --quiet --dest-tls-verify=false oci:layout:1 "docker://$REGISTRY/ns/naive:1"
+"""
+
+FLOOR_SCRIPT = r"""
+set -euo pipefail
+curl -sSf "$URL" | curl -sSf -H 'Expect:' -H 'Content-Type: application/octet-stream' \
+  -T - -o /dev/null -w '%{http_code}\n' "$DEST"
+"""
+
+FLOOR_PATCH_SCRIPT = r"""
+set -euo pipefail
+next=$(curl -sSf "$URL" | curl -sSf -H 'Expect:' -H 'Content-Type: application/octet-stream' \
+  -X PATCH -T - -o /dev/null -D - "$DEST" | tr -d '\r' | sed -n 's/^[Ll]ocation: //p')
+sep='?'; case "$next" in *\?*) sep='&';; esac
+curl -sSf -X PUT -H 'Content-Type: application/octet-stream' -H 'Content-Length: 0' \
+  -o /dev/null -w '%{http_code}\n' "$next${sep}digest=$DIGEST"
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1GiB, 512MiB, 2G)")
+    power = "KMGT".find(m.group(2).upper()) + 1 if m.group(2) else 0
+    base = 1000 if m.group(3).upper() == "B" and m.group(2) else 1024
+    size = int(float(m.group(1)) * base**power)
+    if size < MIB:
+        raise argparse.ArgumentTypeError("the image must be at least 1 MiB")
+    return size
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- the synthetic image ------------------------------------------------------------------------
+
+
+@dataclass
+class Image:
+    path: Path
+    size: int
+    sha256: str
+    zero_bytes: int
+
+
+def make_image(path: Path, size: int, seed: int) -> Image:
+    """Seeded regions of 64 KiB-4 MiB, each random or zero with even odds, written densely."""
+    rng = random.Random(seed)
+    h = hashlib.sha256()
+    written = zeros = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        while written < size:
+            n = min(rng.randrange(1, 65) * (64 << 10), size - written)
+            if rng.random() < 0.5:
+                data = bytes(n)
+                zeros += n
+            else:
+                data = rng.randbytes(n)
+            h.update(data)
+            f.write(data)
+            written += n
+    return Image(path, size, h.hexdigest(), zeros)
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+def serve(root: str) -> None:
+    """The upstream server (run in a child process): aiohttp's static handler (sendfile)."""
+    from aiohttp import web  # noqa: PLC0415 - only the server child needs aiohttp
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_static("/", root)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        site = web.SockSite(runner, sock)
+        await site.start()
+        print(sock.getsockname()[1], flush=True)
+        await asyncio.Event().wait()  # until the parent kills this process
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+class Upstream:
+    def __init__(self, root: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(root)],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError("the upstream server did not start")
+        self.port = int(line)
+        self.base = f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes], grace: float = 5) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(grace)
+
+
+class Registry:
+    """A fresh docker-registry on a free port with its data under `data`; `stop` removes it."""
+
+    def __init__(self, config: Path, data: Path, log_file: Path) -> None:
+        self.data = data
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "REGISTRY_HTTP_ADDR": self.host,
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": str(data),
+        }
+        data.mkdir(parents=True)
+        with log_file.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["docker-registry", "serve", str(config)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"docker-registry did not start (log: {log_file})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        url = path if path.startswith("http") else f"http://{self.host}{path}"
+        req = urllib.request.Request(url, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def start_upload(self, repo: str) -> str:
+        status, headers, _ = self.request("POST", f"/v2/{repo}/blobs/uploads/")
+        if status != 202:
+            raise RuntimeError(f"POST upload: HTTP {status}")
+        return headers["Location"]
+
+    def blob_size(self, repo: str, digest: str) -> int | None:
+        status, headers, _ = self.request("HEAD", f"/v2/{repo}/blobs/{digest}")
+        return int(headers["Content-Length"]) if status == 200 else None
+
+    def manifest(self, repo: str, tag: str) -> dict[str, object] | None:
+        accept = ", ".join(
+            [
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.oci.image.index.v1+json",
+                "application/vnd.docker.distribution.manifest.list.v2+json",
+            ]
+        )
+        status, _, body = self.request("GET", f"/v2/{repo}/manifests/{tag}", {"Accept": accept})
+        if status != 200:
+            return None
+        doc: dict[str, object] = json.loads(body)
+        return doc
+
+
+# -- one timed process --------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    variant: str
+    round: int
+    ok: bool = False
+    error: str = ""
+    seconds: float = 0.0
+    mb_per_s: float = 0.0
+    peak_rss_mib: float = 0.0
+    polled_hwm_mib: float = 0.0
+    cpu_seconds: float = 0.0
+    layer_bytes: int | None = None
+    stream_seconds: float | None = None
+    temp_bytes_max: int | None = None
+    write_fds: list[str] = field(default_factory=list)
+    work_dir_exists_after: bool | None = None
+
+
+@dataclass
+class Proc:
+    returncode: int
+    seconds: float
+    maxrss_kib: int
+    polled_hwm_kib: int
+    cpu_seconds: float
+    timed_out: bool
+    temp_bytes_max: int
+    write_fds: list[str]
+
+
+def _tree_bytes(dirs: Sequence[Path]) -> int:
+    total = 0
+    for d in dirs:
+        for root, _, files in os.walk(d):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _write_fds(pid: int) -> set[str]:
+    """Regular files `pid` holds open for writing (stdin/stdout/stderr excluded)."""
+    found: set[str] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        if int(fd) <= 2:
+            continue
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if not target.startswith("/") or target.startswith(("/dev/", "/proc/")):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                flags = next(int(v.split()[1], 8) for v in info if v.startswith("flags:"))
+        except (OSError, StopIteration, ValueError):
+            continue
+        if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+            found.add(target)
+    return found
+
+
+def _child_of(parent: int) -> int | None:
+    """A child process of `parent` (found by scanning /proc), or None."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                return int(entry)
+    return None
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    with contextlib.suppress(OSError, StopIteration, ValueError), open(f"/proc/{pid}/status") as st:
+        return int(next(v for v in st if v.startswith("VmHWM:")).split()[1])
+    return 0
+
+
+def run_timed(
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    out: Path,
+    timeout: float,
+    watch: Sequence[Path] = (),
+) -> Proc:
+    """Run `cmd` to completion (or kill its process group at `timeout`), measuring it.
+
+    With `watch` (our runs): `cmd` runs under GNU time, whose ``%M`` is the exact peak RSS of
+    `cmd` alone (``ru_maxrss`` of a child this process forks would also count the copy of this
+    process it was forked from); the directories in `watch` and the files `cmd` opens for
+    writing are polled, and so is its ``VmHWM`` (the peak RSS when GNU time is missing).
+    """
+    temp_max = hwm = 0
+    fds: set[str] = set()
+    rss_file = out.with_name(out.name + ".rss")
+    timed = bool(watch) and GNU_TIME is not None
+    if timed:
+        cmd = [str(GNU_TIME), "-f", "%M", "-o", str(rss_file), *cmd]
+    with out.open("wb") as sink:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=sink, stderr=sink, start_new_session=True
+        )
+        target = None if timed else proc.pid
+        timed_out = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if watch:
+                if target is None:
+                    target = _child_of(proc.pid)
+                temp_max = max(temp_max, _tree_bytes(watch))
+                if target is not None:
+                    fds |= _write_fds(target)
+                    hwm = max(hwm, _vm_hwm_kib(target))
+            if not timed_out and time.perf_counter() - start > timeout:
+                timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(POLL)
+        seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    with contextlib.suppress(ProcessLookupError):  # anything the run left behind
+        os.killpg(proc.pid, signal.SIGKILL)
+    rss = usage.ru_maxrss
+    if watch:
+        rss = hwm
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            rss = int(rss_file.read_text().split()[-1])
+    return Proc(
+        returncode=proc.returncode,
+        seconds=seconds,
+        maxrss_kib=rss,
+        polled_hwm_kib=hwm,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        timed_out=timed_out,
+        temp_bytes_max=temp_max,
+        write_fds=sorted(fds),
+    )
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    text = path.read_text(errors="replace").strip().splitlines()
+    return " | ".join(text[-lines:])
+
+
+# -- the variants -------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    tmp: Path
+    image: Image
+    upstream: Upstream
+    registry_config: Path
+    catalog: Path
+    timeout: float
+    profile: str | None = None  # py-spy output prefix for our runs
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.upstream.base + IMAGE_PATH
+
+    def run(self, variant: str, rnd: int) -> Run:
+        run_dir = self.tmp / f"run-{rnd}-{variant}"
+        run_dir.mkdir()
+        result = Run(variant, rnd)
+        registry = Registry(self.registry_config, run_dir / "registry", self.tmp / "registry.log")
+        try:
+            getattr(self, "_" + variant.replace("-", "_"))(registry, run_dir, result)
+        except Exception as e:  # one failed run is reported, the others go on
+            result.ok, result.error = False, f"{type(e).__name__}: {e}"
+        finally:
+            registry.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            os.sync()
+        if result.seconds:
+            result.mb_per_s = self.image.size / MB / result.seconds
+        return result
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "LC_ALL": "C"}
+
+    def _proc(self, result: Run, p: Proc, out: Path) -> bool:
+        result.seconds = p.seconds
+        result.peak_rss_mib = p.maxrss_kib / 1024
+        result.polled_hwm_mib = p.polled_hwm_kib / 1024
+        result.cpu_seconds = p.cpu_seconds
+        if p.timed_out:
+            result.error = f"timed out after {self.timeout:.0f} s"
+            return False
+        if p.returncode != 0:
+            result.error = f"exit {p.returncode}: {_tail(out)}"
+            return False
+        return True
+
+    def _floor(
+        self, registry: Registry, run_dir: Path, result: Run, *, patch: bool = False
+    ) -> None:
+        digest = f"sha256:{self.image.sha256}"
+        out = run_dir / "out.txt"
+        start = time.perf_counter()
+        location = registry.start_upload("bench/floor")
+        sep = "&" if "?" in location else "?"
+        env = {**self._env(), "URL": self.url, "DIGEST": digest}
+        env["DEST"] = location if patch else f"{location}{sep}digest={digest}"
+        script = FLOOR_PATCH_SCRIPT if patch else FLOOR_SCRIPT
+        p = run_timed(["bash", "-c", script], env=env, cwd=run_dir, out=out, timeout=self.timeout)
+        post = time.perf_counter() - start - p.seconds
+        if not self._proc(result, p, out):
+            return
+        result.seconds += post
+        size = registry.blob_size("bench/floor", digest)
+        result.layer_bytes = size
+        result.ok = size == self.image.size
+        if not result.ok:
+            result.error = f"blob not in the registry after the PUT ({_tail(out)})"
+
+    def _floor_patch(self, registry: Registry, run_dir: Path, result: Run) -> None:
+        self._floor(registry, run_dir, result, patch=True)
+
+    def _download(self, registry: Registry, run_dir: Path, result: Run) -> None:
+        out = run_dir / "out.txt"
+        script = 'curl -sSf "$URL" > /dev/null'
+        env = {**self._env(), "URL": self.url}
+        p = run_timed(["bash", "-c", script], env=env, cwd=run_dir, out=out, timeout=self.timeout)
+        result.ok = self._proc(result, p, out)
+
+    def _naive(self, registry: Registry, run_dir: Path, result: Run) -> None:
+        out = run_dir / "out.txt"
+        work = run_dir / "naive"
+        work.mkdir()
+        env = {
+            **self._env(),
+            "WORK": str(work),
+            "URL": self.url,
+            "SHA": self.image.sha256,
+            "REGISTRY": registry.host,
+        }
+        cmd = ["bash", "-c", NAIVE_SCRIPT]
+        p = run_timed(cmd, env=env, cwd=run_dir, out=out, timeout=self.timeout)
+        if not self._proc(result, p, out):
+            return
+        self._check_manifest(registry, "ns/naive", result)
+
+    def _check_manifest(self, registry: Registry, repo: str, result: Run) -> None:
+        doc = registry.manifest(repo, "1")
+        layers = doc.get("layers") if doc else None
+        if not isinstance(layers, list) or len(layers) != 1:
+            result.error = f"no single-layer manifest {repo}:1 in the registry"
+            return
+        layer = layers[0]
+        size = registry.blob_size(repo, layer["digest"])
+        result.layer_bytes = size
+        result.ok = size == layer["size"]
+        if not result.ok:
+            result.error = f"layer {layer['digest']} missing or of the wrong size"
+
+    def _ours(self, registry: Registry, run_dir: Path, result: Run) -> None:
+        out = run_dir / "out.txt"
+        watched = run_dir / "watched"
+        tmpdir, work_dir = watched / "tmp", watched / "work"
+        tmpdir.mkdir(parents=True)
+        env = {**self._env(), "TMPDIR": str(tmpdir)}
+        cmd = [
+            sys.executable,
+            "-m",
+            "containerdisks",
+            "images",
+            "push",
+            "--dry-run=false",
+            "--focus",
+            "bench:1",
+            "--config",
+            str(self.catalog),
+            "--source-registry",
+            f"{registry.host}/ns",
+            "--upstream-mirror",
+            f"{UPSTREAM_HOST}={self.upstream.base}",
+            "--work-dir",
+            str(work_dir),
+            "--log-format",
+            "json",
+            "--results-file",
+            str(run_dir / "results.json"),
+            *OURS[result.variant],
+        ]
+        if self.profile:
+            prof = f"{self.profile}-{result.variant}-r{result.round}"
+            cmd = ["py-spy", "record", "--native", "-r", "200", "-o", f"{prof}.svg", "--", *cmd]
+        p = run_timed(cmd, env=env, cwd=REPO_ROOT, out=out, timeout=self.timeout, watch=[watched])
+        result.temp_bytes_max = p.temp_bytes_max
+        # GNU time's -o file is inherited by the command; the results file is written at the end
+        own = (str(out) + ".rss", str(run_dir / "results.json"))
+        result.write_fds = [f for f in p.write_fds if f not in own]
+        result.work_dir_exists_after = work_dir.exists() and any(work_dir.iterdir())
+        for line in out.read_text(errors="replace").splitlines():
+            if '"layer_pushed"' in line:
+                with contextlib.suppress(ValueError):
+                    result.stream_seconds = json.loads(line).get("seconds")
+        if not self._proc(result, p, out):
+            return
+        self._check_manifest(registry, "ns/bench", result)
+
+    _ours_gzip = _ours_none = _ours_zstd = _ours
+
+
+# -- summary ------------------------------------------------------------------------------------
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize(runs: Sequence[Run], variants: Sequence[str], image_size: int) -> dict[str, object]:
+    good = {v: [r for r in runs if r.variant == v and r.ok] for v in variants}
+    per: dict[str, dict[str, object]] = {}
+    for v in variants:
+        rs = good[v]
+        secs = [r.seconds for r in rs]
+        stream = [r.stream_seconds for r in rs if r.stream_seconds]
+        per[v] = {
+            "runs_ok": len(rs),
+            "runs_failed": sum(1 for r in runs if r.variant == v and not r.ok),
+            "seconds_median": _median(secs),
+            "mb_per_s_median": image_size / MB / _median(secs) if secs else None,
+            "mb_per_s_min": min((r.mb_per_s for r in rs), default=None),
+            "mb_per_s_max": max((r.mb_per_s for r in rs), default=None),
+            "stream_mb_per_s_median": image_size / MB / _median(stream) if stream else None,
+            "peak_rss_mib_max": max((r.peak_rss_mib for r in rs), default=None),
+            "cpu_seconds_median": _median([r.cpu_seconds for r in rs]),
+            "layer_bytes": rs[0].layer_bytes if rs else None,
+        }
+
+    def paired(a: str, b: str) -> float | None:
+        """Median over rounds of seconds(a) / seconds(b), both runs of a round ok."""
+        ratios = []
+        for rnd in sorted({r.round for r in runs}):
+            ra = [r for r in good.get(a, []) if r.round == rnd]
+            rb = [r for r in good.get(b, []) if r.round == rnd]
+            if ra and rb:
+                ratios.append(ra[0].seconds / rb[0].seconds)
+        return _median(ratios)
+
+    for v in variants:
+        per[v]["time_vs_floor"] = paired(v, "floor") if "floor" in variants else None
+        per[v]["naive_time_vs_this"] = paired("naive", v) if "naive" in variants else None
+    return per
+
+
+def targets(per: dict[str, dict[str, object]], runs: Sequence[Run]) -> dict[str, object]:
+    def get(v: str, key: str) -> float | None:
+        value = per.get(v, {}).get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+    ours = [r for r in runs if r.variant in OURS]
+    checks: dict[str, object] = {}
+    g, n = get("ours-gzip", "time_vs_floor"), get("ours-none", "time_vs_floor")
+    checks["gzip_within_1.3x_floor"] = None if g is None else {"ratio": g, "met": g <= 1.3}
+    checks["none_within_1.1x_floor"] = None if n is None else {"ratio": n, "met": n <= 1.1}
+    speed = get("ours-gzip", "naive_time_vs_this")
+    checks["2x_faster_than_naive"] = None if speed is None else {"ratio": speed, "met": speed >= 2}
+    rss = max((r.peak_rss_mib for r in ours), default=None)
+    checks["peak_rss_under_200MiB"] = (
+        None if rss is None else {"max_mib": rss, "met": rss < RSS_TARGET_MIB}
+    )
+    temp = [r for r in ours if r.temp_bytes_max or r.write_fds or r.work_dir_exists_after]
+    checks["no_temp_file"] = (
+        None
+        if not ours
+        else {"met": not temp, "offenders": [f"{r.variant} round {r.round}" for r in temp]}
+    )
+    return checks
+
+
+def _fmt(value: object, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(
+    per: dict[str, dict[str, object]], runs: Sequence[Run], variants: Sequence[str]
+) -> None:
+    head = (
+        f"{'variant':<12} {'MB/s (each round)':<26} {'median':>7} {'s':>6} {'x floor':>7} "
+        f"{'naive/x':>7} {'stream':>7} {'RSS MiB':>7} {'CPU s':>6} {'layer MB':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    for v in variants:
+        p = per[v]
+        each = " ".join(f"{r.mb_per_s:.0f}" if r.ok else "FAIL" for r in runs if r.variant == v)
+        layer = p["layer_bytes"]
+        print(
+            f"{v:<12} {each:<26} {_fmt(p['mb_per_s_median'], '7.0f')} "
+            f"{_fmt(p['seconds_median'], '6.2f')} {_fmt(p['time_vs_floor'], '7.2f')} "
+            f"{_fmt(p['naive_time_vs_this'], '7.2f')} {_fmt(p['stream_mb_per_s_median'], '7.0f')} "
+            f"{_fmt(p['peak_rss_mib_max'], '7.1f')} {_fmt(p['cpu_seconds_median'], '6.1f')} "
+            f"{_fmt(layer / MB if isinstance(layer, int) else None, '8.0f')}"
+        )
+    failed = [r for r in runs if not r.ok]
+    for r in failed:
+        print(f"FAILED {r.variant} round {r.round}: {r.error}")
+
+
+def print_targets(checks: dict[str, object]) -> None:
+    for name, check in checks.items():
+        if check is None:
+            print(f"target {name}: not measured")
+            continue
+        assert isinstance(check, dict)
+        detail = ", ".join(
+            f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in check.items()
+            if k != "met"
+        )
+        print(f"target {name}: {'MET' if check['met'] else 'MISSED'} ({detail})")
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def _machine() -> dict[str, object]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError):
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    registry = subprocess.run(
+        ["docker-registry", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "mem_total": mem,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "registry": registry,
+    }
+
+
+def _git_head() -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+
+
+@contextlib.contextmanager
+def bench_env(args: argparse.Namespace) -> Iterator[Bench]:
+    base = args.tmp_dir or None
+    with tempfile.TemporaryDirectory(prefix="push-bench-", dir=base) as tmp_name:
+        tmp = Path(tmp_name)
+        root = tmp / "upstream"
+        log(f"writing a {args.size / MIB:.0f} MiB image (seed {args.seed}) in {tmp}")
+        image = make_image(root / IMAGE_PATH, args.size, args.seed)
+        (root / SUMS_PATH).write_text(f"{image.sha256}  disk.img\n")
+        with image.path.open("rb") as f:  # into the page cache, as for every later reader
+            while f.read(8 * MIB):
+                pass
+        config = tmp / "registry.yml"
+        config.write_text(REGISTRY_CONFIG)
+        catalog = tmp / "catalog.yaml"
+        catalog.write_text(CATALOG)
+        upstream = Upstream(root)
+        try:
+            yield Bench(tmp, image, upstream, config, catalog, args.run_timeout, args.profile)
+        finally:
+            upstream.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=parse_size, default=1 << 30, help="image size (1GiB)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every variant (3)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated, run in this order, rotated per round; known: {', '.join(VARIANTS)}",
+    )
+    parser.add_argument("--json", type=Path, help="write every run and the summary here")
+    parser.add_argument("--seed", type=int, default=5, help="seed of the image's regions")
+    parser.add_argument("--run-timeout", type=float, default=600, help="seconds per run (600)")
+    parser.add_argument("--tmp-dir", type=Path, help="parent of the temp dir (default $TMPDIR)")
+    parser.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        help="run our variants under `py-spy record` and write PREFIX-<variant>-r<n>.svg "
+        "(timings then include py-spy's overhead)",
+    )
+    parser.add_argument("--serve", metavar="ROOT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants or args.rounds < 1:
+        parser.error(f"unknown variants {unknown}" if unknown else "nothing to run")
+    for tool in ("docker-registry", "curl", "bash", "sha256sum", "tar", "gzip", "skopeo"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is not installed")
+
+    started = dt.datetime.now(dt.UTC)
+    runs: list[Run] = []
+    with bench_env(args) as bench:
+        log(
+            f"image {bench.image.size} bytes, {bench.image.zero_bytes / bench.image.size:.0%} "
+            f"zeros, sha256 {bench.image.sha256[:12]}; upstream {bench.upstream.base}"
+        )
+        for rnd in range(1, args.rounds + 1):
+            shift = (rnd - 1) % len(variants)
+            for v in variants[shift:] + variants[:shift]:
+                r = bench.run(v, rnd)
+                runs.append(r)
+                status = "ok" if r.ok else f"FAILED: {r.error}"
+                log(
+                    f"round {rnd} {v:<12} {r.seconds:6.2f} s {r.mb_per_s:6.0f} MB/s "
+                    f"rss {r.peak_rss_mib:6.1f} MiB  {status}"
+                )
+        image = bench.image
+    per = summarize(runs, variants, image.size)
+    checks = targets(per, runs)
+    print(
+        f"\n{image.size / MIB:.0f} MiB image ({image.zero_bytes / image.size:.0%} zeros), "
+        f"{args.rounds} rounds, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs\n"
+    )
+    print_table(per, runs, variants)
+    print()
+    print_targets(checks)
+    if args.json:
+        doc = {
+            "started": started.isoformat(timespec="seconds"),
+            "git": _git_head(),
+            "machine": _machine(),
+            "image": {
+                "bytes": image.size,
+                "zero_bytes": image.zero_bytes,
+                "sha256": image.sha256,
+                "seed": args.seed,
+            },
+            "rounds": args.rounds,
+            "variants": {v: VARIANTS[v] for v in variants},
+            "summary": per,
+            "targets": checks,
+            "runs": [asdict(r) for r in runs],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"results written to {args.json}")
+    return 0 if all(r.ok for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
