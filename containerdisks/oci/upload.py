@@ -103,7 +103,7 @@ def with_digest(location: yarl.URL, digest: str) -> yarl.URL:
     if "#" in text:
         text, fragment = text.split("#", 1)
         fragment = "#" + fragment
-    sep = "&" if location.raw_query_string else "?"
+    sep = "&" if location.raw_query_string else ("" if text.endswith("?") else "?")
     param = "digest=" + urllib.parse.quote(digest, safe="")
     return yarl.URL(f"{text}{sep}{param}{fragment}", encoded=True)
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.parse
 
 import pytest
 import yarl
 
 from containerdisks.oci import Credentials, DeniedError, ProtocolError, UnauthorizedError
 from containerdisks.oci.auth import (
+    OAUTH_CLIENT_ID,
     Authenticator,
     AuthFlow,
     Challenge,
     TokenCache,
+    merge_scopes,
     parse_www_authenticate,
     pull_scope,
+    push_scope,
     select_challenge,
 )
 from containerdisks.oci.messages import Purpose, Request, Response
@@ -322,3 +326,167 @@ def test_secrets_never_show_in_reprs() -> None:
     assert TOKEN not in repr(cache)
     uploading = Request("PUT", yarl.URL("https://h/v2/x/blobs/uploads/1?_state=SECRETSTATE"))
     assert "SECRETSTATE" not in repr(uploading)
+
+
+# -- write scopes, mounts, identity and registry tokens ------------------------------------
+
+PUSH = push_scope("cd/fedora")
+SOURCE = pull_scope("cd/staging")
+IDENTITY = "identity-refresh-token"
+
+
+def test_merge_scopes_joins_actions_per_resource() -> None:
+    assert merge_scopes(["repository:a:push,pull"], ["repository:a:pull", "repository:b:pull"]) == (
+        "repository:a:pull,push",
+        "repository:b:pull",
+    )
+    assert merge_scopes(["registry:catalog:*", "odd"], ["repository:a:delete,push"]) == (
+        "registry:catalog:*",
+        "odd",
+        "repository:a:push,delete",
+    )
+    assert merge_scopes() == ()
+
+
+def test_a_mount_asks_one_token_for_both_repositories() -> None:
+    auth = Authenticator(HOST, Credentials("user", SECRET))
+    auth.observe(challenge_401())
+    flow = auth.flow(req(), [PUSH, SOURCE])
+    token_request = next(flow)
+    assert token_request.url.query.getall("scope") == [PUSH, SOURCE]
+    flow.send(token_reply())
+    finish(flow, resp(200))
+    # that token covers later requests for either repository's pull, and the target's push
+    for scopes in ([PUSH], [SCOPE], [SOURCE]):
+        assert next(auth.flow(req(), scopes)).header("Authorization") == f"Bearer {TOKEN}"
+    assert next(auth.flow(req(), [push_scope("cd/staging")])).purpose is Purpose.TOKEN
+
+
+def test_a_push_challenge_after_a_pull_token_merges_scopes_challenge_first() -> None:
+    auth = Authenticator(HOST, Credentials("user", SECRET))
+    auth.observe(challenge_401())
+    flow = auth.flow(req(), [SOURCE])
+    next(flow)
+    flow.send(token_reply("pull-token"))
+    finish(flow, resp(200))  # accepted: a proven token
+    flow = auth.flow(req(), [SOURCE])
+    assert next(flow).header("Authorization") == "Bearer pull-token"
+    # the registry wants more than asked (a mount through an older client, say)
+    token_request = flow.send(challenge_401(f'{BEARER},scope="{PUSH}"'))
+    assert token_request.url.query.getall("scope") == [PUSH, SOURCE]
+    assert flow.send(token_reply("wide")).header("Authorization") == "Bearer wide"
+    finish(flow, resp(201))
+    assert next(auth.flow(req(), [SOURCE])).header("Authorization") == "Bearer wide"
+
+
+def test_a_refused_token_never_accepted_is_final_even_when_fetched_before_the_flow() -> None:
+    auth = Authenticator(HOST)
+    auth.observe(challenge_401())
+    fetch = auth.token_flow([PUSH])  # what the client does for concurrent requests
+    next(fetch)
+    finish(fetch, token_reply("pull-only"))  # an anonymous caller gets less than asked
+    flow = auth.flow(req(), [PUSH])
+    assert next(flow).header("Authorization") == "Bearer pull-only"
+    finish(flow, challenge_401(f'{BEARER},scope="repository:cd/fedora:push,pull",error="x"'))
+
+
+def test_a_token_accepted_before_then_refused_is_refreshed_once() -> None:
+    clock = Clock()
+    auth = Authenticator(HOST, Credentials("user", SECRET), clock=clock)
+    auth.observe(challenge_401())
+    flow = auth.flow(req(), [PUSH])
+    next(flow)
+    flow.send(token_reply("first", expires_in=300))
+    finish(flow, resp(202))
+    clock.now += 100  # still valid by its expiry, but the registry revoked it
+    flow = auth.flow(req(), [PUSH])
+    assert next(flow).header("Authorization") == "Bearer first"
+    refresh = flow.send(challenge_401())
+    assert refresh.purpose is Purpose.TOKEN
+    assert refresh.url.query.getall("scope") == [PUSH]
+    assert flow.send(token_reply("second")).header("Authorization") == "Bearer second"
+    finish(flow, challenge_401())  # refused again: no third token
+
+
+def test_identity_token_uses_the_oauth2_post() -> None:
+    auth = Authenticator(HOST, Credentials(identity_token=IDENTITY))
+    auth.observe(challenge_401())
+    flow = auth.flow(req(), [PUSH, SOURCE])
+    post = next(flow)
+    assert (post.method, post.purpose, str(post.url)) == ("POST", Purpose.TOKEN, REALM)
+    assert post.header("Content-Type") == "application/x-www-form-urlencoded"
+    assert post.header("Authorization") is None
+    form = dict(urllib.parse.parse_qsl((post.body or b"").decode()))
+    assert form == {
+        "grant_type": "refresh_token",
+        "refresh_token": IDENTITY,
+        "client_id": OAUTH_CLIENT_ID,
+        "service": "registry.test",
+        "scope": f"{PUSH} {SOURCE}",  # space-separated in one field
+    }
+    assert IDENTITY not in repr(post)
+    rotated = resp(200, body=json.dumps({"access_token": "oauth", "refresh_token": "r2"}).encode())
+    assert flow.send(rotated).header("Authorization") == "Bearer oauth"
+    finish(flow, resp(201))
+    other = auth.flow(req(), [pull_scope("cd/other")])
+    form = dict(urllib.parse.parse_qsl((next(other).body or b"").decode()))
+    assert form["refresh_token"] == "r2"  # a rotated refresh token replaces the old one
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_oauth2_post_falls_back_to_get(status: int) -> None:
+    auth = Authenticator(HOST, Credentials("user", SECRET, identity_token=IDENTITY))
+    auth.observe(challenge_401())
+    flow = auth.flow(req(), [PUSH])
+    assert next(flow).method == "POST"
+    get = flow.send(resp(status))
+    assert (get.method, get.purpose) == ("GET", Purpose.TOKEN)
+    assert get.url.query.getall("scope") == [PUSH]
+    assert (get.header("Authorization") or "").startswith("Basic ")
+    assert flow.send(token_reply()).header("Authorization") == f"Bearer {TOKEN}"
+    finish(flow, resp(201))
+
+
+def test_oauth2_post_refused_is_an_error_without_the_token() -> None:
+    auth = Authenticator(HOST, Credentials(identity_token=IDENTITY))
+    auth.observe(challenge_401())
+    flow = auth.flow(req(), [PUSH])
+    next(flow)
+    with pytest.raises(UnauthorizedError) as caught:
+        flow.send(resp(401, body=b'{"errors":[{"code":"UNAUTHORIZED","message":"expired"}]}'))
+    assert IDENTITY not in str(caught.value)
+    assert (
+        str(caught.value)
+        == f"token for {HOST} from auth.test ({PUSH}): HTTP 401 UNAUTHORIZED: expired"
+    )
+
+
+def test_a_registry_token_is_sent_as_it_is_and_never_refreshed() -> None:
+    auth = Authenticator(HOST, Credentials(registry_token="ready-made"))
+    auth.observe(challenge_401())
+    assert not auth.needs_token([PUSH])
+    flow = auth.flow(req(), [PUSH])
+    assert next(flow).header("Authorization") == "Bearer ready-made"
+    finish(flow, challenge_401())
+
+
+def test_credentials_without_a_password_send_no_basic() -> None:
+    auth = Authenticator(HOST, Credentials(identity_token=IDENTITY))
+    auth.observe(challenge_401('Basic realm="r"'))
+    flow = auth.flow(req(), [SCOPE])
+    assert next(flow).header("Authorization") is None
+    finish(flow, challenge_401('Basic realm="r"'))
+
+
+def test_token_cache_coverage() -> None:
+    cache = TokenCache(Clock())
+    cache.put(HOST, [PUSH, SOURCE], "t", 300)
+    assert cache.get(HOST, [SCOPE]) == "t"
+    assert cache.get(HOST, ["repository:cd/fedora:push"]) == "t"
+    assert cache.get(HOST, [SCOPE, SOURCE]) == "t"
+    assert cache.get(HOST, ["repository:cd/staging:push"]) is None
+    assert cache.get("other.test", [SCOPE]) is None
+    cache.put(HOST, ["registry:catalog:*"], "c", 300)
+    assert cache.get(HOST, ["registry:catalog:*"]) == "c"
+    cache.forget(HOST, "t")
+    assert cache.get(HOST, [SCOPE]) is None
