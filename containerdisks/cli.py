@@ -136,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--work-dir", default=s, help="directory for spooled downloads")
     push.add_argument("--output", default=s, choices=["table", "json"])
     push.set_defaults(handler="images_push")
+
+    catalog = commands.add_parser(
+        "catalog",
+        parents=[_global_flags("sub")],
+        allow_abbrev=False,
+        help="list the catalog: entries, arches, sources and tag policy (no network)",
+    )
+    catalog.add_argument("--output", default=s, choices=["table", "json"])
+    catalog.set_defaults(handler="catalog")
     return root
 
 
@@ -169,9 +178,10 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str], str
 
 
 def _handlers() -> dict[str, Command]:
-    from containerdisks.engine.push import images_push  # noqa: PLC0415 - keeps --help fast
+    from containerdisks.catalog_cmd import catalog_command  # noqa: PLC0415 - keeps --help fast
+    from containerdisks.engine.push import images_push  # noqa: PLC0415
 
-    return {"images_push": images_push}
+    return {"images_push": images_push, "catalog": catalog_command}
 
 
 def _run(command: Command, settings: Settings, config: dict[str, Any], config_name: str) -> int:

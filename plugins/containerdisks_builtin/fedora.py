@@ -207,6 +207,21 @@ class FedoraSource(Source):
         )
         return list(releases)
 
+    def describe(self, request: DiscoveryRequest) -> dict[str, Any]:
+        return {
+            **super().describe(request),
+            "unique_tag": "<version>-<compose>",
+            "rules": [
+                "unique tag from the image file name (40-1.14), stable releases only",
+                "one entry per releases.json version >= min_version, newest first; "
+                "pre-releases (44 Beta -> 44-beta) after stable ones",
+                "variant and subvariant must match; the link must end in qcow2",
+                "latest and docs go to the newest stable version only",
+                "sha256 from releases.json, else from the CHECKSUM file beside the image; "
+                "else the entry waits (fails naming the arch)",
+            ],
+        }
+
     async def _release(
         self,
         version: _Version,

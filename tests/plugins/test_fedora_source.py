@@ -605,4 +605,10 @@ def test_registered_as_a_plugin() -> None:
         "subvariant": "Cloud_Base",
         "exclude": ["40/s390x"],
     }
-    assert expected == source.describe(request(exclude=["40/s390x"]))
+    described = source.describe(request(exclude=["40/s390x"]))
+    # `containerdisks catalog` shows the parameters, the unique-tag rule and the rules.
+    rules = described.pop("rules")
+    assert "<version>-<compose>" == described.pop("unique_tag")
+    assert expected == described
+    assert any("CHECKSUM file" in r for r in rules)
+    assert any("newest stable" in r for r in rules)
