@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.registry import Registry, start_registry
 
+pytest_plugins = ["pytester"]  # tests/oci/test_leak_guard.py runs a small inner session
+
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
