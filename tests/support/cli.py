@@ -10,7 +10,12 @@ from pathlib import Path
 from tests.support.upstream_server import UpstreamServer
 
 
-def command(srv: UpstreamServer, target: str, *extra: str, cwd: Path) -> list[str]:
+def command(
+    srv: UpstreamServer, target: str, *extra: str, cwd: Path, via: str | None = None
+) -> list[str]:
+    """`images push --dry-run=false --focus fedora:*` into `target`, upstream mirrored to `srv`
+    (or to `via`, e.g. a fault proxy in front of it)."""
+    mirrors = ["--upstream-mirror", f"https://={via}/"] if via else srv.mirror_args()
     return [
         sys.executable,
         "-m",
@@ -28,7 +33,7 @@ def command(srv: UpstreamServer, target: str, *extra: str, cwd: Path) -> list[st
         str(cwd / "work"),
         "--results-file",
         str(cwd / "results.json"),
-        *srv.mirror_args(),
+        *mirrors,
         *extra,
     ]
 
@@ -40,10 +45,15 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def push(
-    srv: UpstreamServer, target: str, *extra: str, cwd: Path, env: dict[str, str] | None = None
+    srv: UpstreamServer,
+    target: str,
+    *extra: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    via: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        command(srv, target, *extra, cwd=cwd),
+        command(srv, target, *extra, cwd=cwd, via=via),
         capture_output=True,
         text=True,
         timeout=120,

@@ -80,6 +80,7 @@ class FaultProxy:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._release: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
         self._held = threading.Event()
         self.port = 0
 
@@ -144,10 +145,11 @@ class FaultProxy:
 
     async def _start(self) -> None:
         self._release = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._session = aiohttp.ClientSession(auto_decompress=False)
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -155,6 +157,8 @@ class FaultProxy:
         await web.SockSite(self._runner, sock).start()
 
     async def _stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -198,7 +202,9 @@ class FaultProxy:
             )
         if rule is not None and rule.action == "stall":
             self._record(request, 0, started, action)
-            await asyncio.Event().wait()
+            assert self._stopping is not None
+            await self._stopping.wait()
+            raise _DroppedError
         if rule is not None and rule.action == "hold":
             assert self._release is not None
             self._held.set()
