@@ -35,6 +35,7 @@ from containerdisks.oci.auth import (
     AuthFlow,
     Credentials,
     TokenCache,
+    merge_scopes,
     pull_scope,
     push_scope,
     select_challenge,
@@ -390,7 +391,7 @@ class RegistryClient:
         challenge = select_challenge(response.header_all("WWW-Authenticate"))
         if challenge is None or challenge.params.get("error") != "insufficient_scope":
             return error
-        scope = challenge.params.get("scope", "")
+        scope = " ".join(merge_scopes(challenge.scopes))  # distribution's order varies
         who = "anonymous" if self._auth.anonymous else "these credentials"
         message = f"{error.message}; " if error.message else ""
         return DeniedError(
