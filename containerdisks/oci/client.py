@@ -148,7 +148,10 @@ class RegistryClient:
     a PATCH that carries a blob is bounded by ``upload_timeout`` instead (None: no bound).
     ``chunk_size``: None sends each blob as one streamed PATCH (except to registries known to
     need chunks, :data:`.upload.CHUNKED_UPLOAD_HOSTS`); a number sends PATCHes of that many
-    bytes (raised to the registry's ``OCI-Chunk-Min-Length``).
+    bytes (raised to the registry's ``OCI-Chunk-Min-Length``). ``credentials``: a
+    :class:`Credentials` (e.g. from :func:`.credentials.find_credentials`), a ``(user,
+    password)`` pair, or None for anonymous; they go to this registry's origin and its token
+    service only.
     """
 
     def __init__(

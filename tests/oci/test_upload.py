@@ -144,6 +144,7 @@ async def test_relative_locations_with_encoded_state_stay_byte_exact() -> None:
     ):
         await upload.write(chunks(data))
         described = await upload.commit(sha256(data))
+        assert repr(upload) == f"<BlobUpload blob upload {host}/x committed sent=40000>"
     assert described.digest == sha256(data)
     patch, put = (s for s in fake.seen if s.method in {"PATCH", "PUT"})
     # the POST's relative Location, resolved against the POST URL, query untouched
