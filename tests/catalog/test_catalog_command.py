@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+import containerdisks.log
 from containerdisks.cli import main
 
 
@@ -168,5 +169,7 @@ def test_no_network_at_all(
     monkeypatch.setattr(socket, "create_connection", refuse)
     for key in [k for k in os.environ if k.startswith("CONTAINERDISKS_")]:
         monkeypatch.delenv(key)
+    # Logging stays as the test session configured it (main() would point it at capsys).
+    monkeypatch.setattr(containerdisks.log, "configure", lambda *args, **kwargs: None)
     assert 0 == main(["catalog", "--output", "json", "--log-format", "json"])
     assert 19 == len(json.loads(capsys.readouterr().out)["entries"])
