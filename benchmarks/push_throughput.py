@@ -184,6 +184,36 @@ def parse_size(text: str) -> int:
     return size
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (its threads included)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def system_busy_seconds() -> float:
+    """CPU time all CPUs spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_idle(limit: float, busy_cores: float = 0.15) -> float:
+    """Wait (at most `limit` s) until other processes use under `busy_cores` for a second."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        busy = system_busy_seconds()
+        time.sleep(1)
+        if system_busy_seconds() - busy < busy_cores:
+            break
+    waited = time.monotonic() - start
+    if waited > 1.5:
+        log(f"waited {waited:.0f} s for the host to be idle")
+    return waited
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -367,6 +397,10 @@ class Run:
     peak_rss_mib: float = 0.0
     polled_hwm_mib: float = 0.0
     cpu_seconds: float = 0.0
+    registry_cpu_seconds: float = 0.0
+    upstream_cpu_seconds: float = 0.0
+    other_cpu_seconds: float = 0.0  # used by processes outside the run (a shared host)
+    waited_for_idle: float = 0.0
     layer_bytes: int | None = None
     stream_seconds: float | None = None
     temp_bytes_max: int | None = None
@@ -520,6 +554,7 @@ class Bench:
     catalog: Path
     timeout: float
     profile: str | None = None  # py-spy output prefix for our runs
+    wait_idle: float = 60
     runs: list[Run] = field(default_factory=list)
 
     @property
@@ -530,12 +565,30 @@ class Bench:
         run_dir = self.tmp / f"run-{rnd}-{variant}"
         run_dir.mkdir()
         result = Run(variant, rnd)
+        result.waited_for_idle = wait_for_idle(self.wait_idle)
         registry = Registry(self.registry_config, run_dir / "registry", self.tmp / "registry.log")
+        before = (
+            system_busy_seconds(),
+            time.process_time(),
+            cpu_seconds(registry.proc.pid),
+            cpu_seconds(self.upstream.proc.pid),
+        )
         try:
             getattr(self, "_" + variant.replace("-", "_"))(registry, run_dir, result)
         except Exception as e:  # one failed run is reported, the others go on
             result.ok, result.error = False, f"{type(e).__name__}: {e}"
         finally:
+            result.registry_cpu_seconds = cpu_seconds(registry.proc.pid) - before[2]
+            result.upstream_cpu_seconds = cpu_seconds(self.upstream.proc.pid) - before[3]
+            result.other_cpu_seconds = max(
+                0.0,
+                system_busy_seconds()
+                - before[0]
+                - (time.process_time() - before[1])
+                - result.registry_cpu_seconds
+                - result.upstream_cpu_seconds
+                - result.cpu_seconds,
+            )
             registry.stop()
             shutil.rmtree(run_dir, ignore_errors=True)
             os.sync()
@@ -626,6 +679,7 @@ class Bench:
         watched = run_dir / "watched"
         tmpdir, work_dir = watched / "tmp", watched / "work"
         tmpdir.mkdir(parents=True)
+        (run_dir / "results").mkdir()
         env = {**self._env(), "TMPDIR": str(tmpdir)}
         cmd = [
             sys.executable,
@@ -647,17 +701,18 @@ class Bench:
             "--log-format",
             "json",
             "--results-file",
-            str(run_dir / "results.json"),
+            str(run_dir / "results" / "results.json"),
             *OURS[result.variant],
         ]
         if self.profile:
             prof = f"{self.profile}-{result.variant}-r{result.round}"
-            cmd = ["py-spy", "record", "--native", "-r", "200", "-o", f"{prof}.svg", "--", *cmd]
+            spy = ["py-spy", "record", "--native", "--threads", "-r", "250", "-f", "raw"]
+            cmd = [*spy, "-o", f"{prof}.txt", "--", *cmd]
         p = run_timed(cmd, env=env, cwd=REPO_ROOT, out=out, timeout=self.timeout, watch=[watched])
         result.temp_bytes_max = p.temp_bytes_max
         # GNU time's -o file is inherited by the command; the results file is written at the end
-        own = (str(out) + ".rss", str(run_dir / "results.json"))
-        result.write_fds = [f for f in p.write_fds if f not in own]
+        own = (str(out) + ".rss", str(run_dir / "results") + "/")
+        result.write_fds = [f for f in p.write_fds if not f.startswith(own)]
         result.work_dir_exists_after = work_dir.exists() and any(work_dir.iterdir())
         for line in out.read_text(errors="replace").splitlines():
             if '"layer_pushed"' in line:
@@ -694,6 +749,9 @@ def summarize(runs: Sequence[Run], variants: Sequence[str], image_size: int) -> 
             "stream_mb_per_s_median": image_size / MB / _median(stream) if stream else None,
             "peak_rss_mib_max": max((r.peak_rss_mib for r in rs), default=None),
             "cpu_seconds_median": _median([r.cpu_seconds for r in rs]),
+            "registry_cpu_seconds_median": _median([r.registry_cpu_seconds for r in rs]),
+            "upstream_cpu_seconds_median": _median([r.upstream_cpu_seconds for r in rs]),
+            "other_cpu_seconds_max": max((r.other_cpu_seconds for r in rs), default=None),
             "layer_bytes": rs[0].layer_bytes if rs else None,
         }
 
@@ -746,8 +804,8 @@ def print_table(
     per: dict[str, dict[str, object]], runs: Sequence[Run], variants: Sequence[str]
 ) -> None:
     head = (
-        f"{'variant':<12} {'MB/s (each round)':<26} {'median':>7} {'s':>6} {'x floor':>7} "
-        f"{'naive/x':>7} {'stream':>7} {'RSS MiB':>7} {'CPU s':>6} {'layer MB':>8}"
+        f"{'variant':<12} {'MB/s each round':<18} {'median':>7} {'s':>6} {'x floor':>7} "
+        f"{'naive/x':>7} {'stream':>7} {'RSS MiB':>7} {'CPU s':>6} {'reg CPU':>7} {'layer MB':>8}"
     )
     print(head)
     print("-" * len(head))
@@ -756,10 +814,11 @@ def print_table(
         each = " ".join(f"{r.mb_per_s:.0f}" if r.ok else "FAIL" for r in runs if r.variant == v)
         layer = p["layer_bytes"]
         print(
-            f"{v:<12} {each:<26} {_fmt(p['mb_per_s_median'], '7.0f')} "
+            f"{v:<12} {each:<18} {_fmt(p['mb_per_s_median'], '7.0f')} "
             f"{_fmt(p['seconds_median'], '6.2f')} {_fmt(p['time_vs_floor'], '7.2f')} "
             f"{_fmt(p['naive_time_vs_this'], '7.2f')} {_fmt(p['stream_mb_per_s_median'], '7.0f')} "
             f"{_fmt(p['peak_rss_mib_max'], '7.1f')} {_fmt(p['cpu_seconds_median'], '6.1f')} "
+            f"{_fmt(p['registry_cpu_seconds_median'], '7.1f')} "
             f"{_fmt(layer / MB if isinstance(layer, int) else None, '8.0f')}"
         )
     failed = [r for r in runs if not r.ok]
@@ -834,7 +893,16 @@ def bench_env(args: argparse.Namespace) -> Iterator[Bench]:
         catalog.write_text(CATALOG)
         upstream = Upstream(root)
         try:
-            yield Bench(tmp, image, upstream, config, catalog, args.run_timeout, args.profile)
+            yield Bench(
+                tmp,
+                image,
+                upstream,
+                config,
+                catalog,
+                args.run_timeout,
+                profile=args.profile,
+                wait_idle=args.wait_idle,
+            )
         finally:
             upstream.stop()
 
@@ -851,12 +919,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
     parser.add_argument("--seed", type=int, default=5, help="seed of the image's regions")
     parser.add_argument("--run-timeout", type=float, default=600, help="seconds per run (600)")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=60,
+        help="before each run, wait up to this many seconds for the host to be idle (60; 0: "
+        "never); the CPU other processes use during a run is recorded either way",
+    )
     parser.add_argument("--tmp-dir", type=Path, help="parent of the temp dir (default $TMPDIR)")
     parser.add_argument(
         "--profile",
         metavar="PREFIX",
-        help="run our variants under `py-spy record` and write PREFIX-<variant>-r<n>.svg "
-        "(timings then include py-spy's overhead)",
+        help="run our variants under `py-spy record --native --threads` and write collapsed "
+        "stacks to PREFIX-<variant>-r<n>.txt (timings then include py-spy's overhead)",
     )
     parser.add_argument("--serve", metavar="ROOT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -886,17 +961,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 status = "ok" if r.ok else f"FAILED: {r.error}"
                 log(
                     f"round {rnd} {v:<12} {r.seconds:6.2f} s {r.mb_per_s:6.0f} MB/s "
-                    f"rss {r.peak_rss_mib:6.1f} MiB  {status}"
+                    f"rss {r.peak_rss_mib:6.1f} MiB cpu {r.cpu_seconds:4.1f}+"
+                    f"{r.registry_cpu_seconds:.1f} reg, {r.other_cpu_seconds:.1f} other  {status}"
                 )
         image = bench.image
     per = summarize(runs, variants, image.size)
-    checks = targets(per, runs)
+    checks = targets(per, runs) if not args.profile else {}
     print(
         f"\n{image.size / MIB:.0f} MiB image ({image.zero_bytes / image.size:.0%} zeros), "
         f"{args.rounds} rounds, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs\n"
     )
     print_table(per, runs, variants)
     print()
+    if args.profile:
+        print("profiled: our timings include py-spy's overhead; targets not evaluated")
     print_targets(checks)
     if args.json:
         doc = {
