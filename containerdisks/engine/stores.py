@@ -8,6 +8,7 @@ client (one connection pool, one token cache) serves both.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -116,13 +117,18 @@ async def open_places(settings: Settings) -> AsyncIterator[tuple[Place, Place]]:
                 if isinstance(p, Path):
                     stores[store_key] = LayoutStore(p)
                 else:
+                    try:
+                        credentials = await asyncio.to_thread(oci.find_credentials, spec)
+                    except oci.CredentialsError as e:
+                        raise ConfigError(f"credentials for {store_key}: {e}") from None
                     client = oci.RegistryClient(
                         store_key,
+                        credentials=credentials,
                         insecure_skip_tls=settings.insecure_skip_tls,
                         ca_file=settings.ca_file,
                         connect_timeout=settings.connect_timeout,
                         read_timeout=settings.read_timeout,
                     )
-                    stores[store_key] = await stack.enter_async_context(client)  # type: ignore[arg-type]
+                    stores[store_key] = await stack.enter_async_context(client)
             places[key] = Place(spec, stores[store_key], namespace)
         yield places["source"], places["target"]

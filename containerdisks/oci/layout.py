@@ -6,7 +6,7 @@ umoci read them (`skopeo inspect oci:/dir/<repository>:<tag>`). `LayoutStore` of
 read and write methods as `RegistryClient`, raising the same errors, so planners and publishers
 treat both alike.
 
-Decisions:
+Decision: behave exactly like a registry to callers; on disk, never expose partial content.
 - Writes are atomic: blobs are written to a temporary file and renamed to their digest once the
   digest is verified; `index.json` is replaced (write + rename) last. A crash leaves at most an
   orphan temporary file in `blobs/`, never a tag pointing at missing content.
@@ -213,7 +213,9 @@ class LayoutStore:
         os.replace(tmp, target)
         return True
 
-    async def put_blob(self, repository: str, data: bytes) -> Descriptor:
+    async def put_blob(
+        self, repository: str, data: bytes, *, media_type: str = "application/octet-stream"
+    ) -> Descriptor:
         digest = compute_digest(data)
         layout = self._dir(repository)
         self._ensure_layout(layout)
@@ -221,7 +223,7 @@ class LayoutStore:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_write(path, data)
-        return Descriptor("application/octet-stream", digest, len(data))
+        return Descriptor(media_type, digest, len(data))
 
     async def put_manifest(
         self, repository: str, reference: str, media_type: str, data: bytes

@@ -7,6 +7,7 @@ importer uses) and `podman pull --arch` + `podman cp` (the path CRI-O takes).
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.support.disks import fedora_tree, sha256
+from tests.support.registry import start_registry
 from tests.support.upstream_server import UpstreamServer
 
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -198,3 +200,59 @@ def test_podman_pulls_each_arch_and_copies_the_disk_out(
         podman("rm", container)
         podman("rmi", "-f", f"{ns}/fedora:40")
         assert disks[("40", arch)] == out.read_bytes()
+
+
+@pytest.mark.parametrize("auth", ["basic", "token"])
+def test_publish_with_credentials_from_the_auth_file(
+    tmp_path: Path, upstream: Any, auth: str
+) -> None:
+    srv, _ = upstream
+    with start_registry(tmp_path / "reg", auth=auth) as reg:  # type: ignore[arg-type]
+        assert reg.credentials is not None
+        user, password = reg.credentials
+        auth_file = tmp_path / "auth.json"
+        secret = base64.b64encode(f"{user}:{password}".encode()).decode()
+        auth_file.write_text(json.dumps({"auths": {reg.host: {"auth": secret}}}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+        env["REGISTRY_AUTH_FILE"] = str(auth_file)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "containerdisks",
+                "images",
+                "push",
+                "--dry-run=false",
+                "--focus",
+                "fedora:40",
+                "--source-registry",
+                f"{reg.host}/cd",
+                "--log-format",
+                "json",
+                *srv.mirror_args(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert 0 == result.returncode, result.stderr
+        for text in (result.stdout, result.stderr):
+            assert password not in text
+            assert secret not in text
+        out = subprocess.run(
+            [
+                "skopeo",
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                f"--creds={user}:{password}",
+                f"docker://{reg.host}/cd/fedora:latest",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert DOCKER_LIST == json.loads(out.stdout)["mediaType"]
