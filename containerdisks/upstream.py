@@ -33,7 +33,14 @@ import yarl
 from containerdisks.api import SourceError, UpstreamError
 from containerdisks.checksums import ChecksumFormat, ChecksumParseError, parse_checksum_file
 
-__all__ = ["Download", "HttpUpstream", "Mirrors", "RetryPolicy", "parse_mirror"]
+__all__ = [
+    "Download",
+    "DownloadInterruptedError",
+    "HttpUpstream",
+    "Mirrors",
+    "RetryPolicy",
+    "parse_mirror",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -290,12 +297,16 @@ class Download:
     chunks: AsyncIterator[bytes]
 
 
+class DownloadInterruptedError(UpstreamError):
+    """The connection broke or stalled while an image was streaming: worth another try."""
+
+
 async def _body(url: str, resp: aiohttp.ClientResponse, chunk_size: int) -> AsyncIterator[bytes]:
     try:
         async for chunk in resp.content.iter_chunked(chunk_size):
             yield chunk
     except (TimeoutError, aiohttp.ClientError) as e:
-        raise UpstreamError(url, f"download interrupted: {_describe(e)}") from None
+        raise DownloadInterruptedError(url, f"download interrupted: {_describe(e)}") from None
 
 
 class _TransientError(Exception):

@@ -24,6 +24,7 @@ from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.published import RegistryReader
 from containerdisks.engine.report import render_plans
 from containerdisks.engine.results import Result, write_results
+from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import open_places
 from containerdisks.engine.sync import Publisher, PublishError
 from containerdisks.pipeline.image import MediaFamily
@@ -66,7 +67,8 @@ async def run_pass(
         read_timeout=settings.read_timeout,
         retry=RetryPolicy(attempts=settings.retries),
     )
-    async with upstream, open_places(settings) as (source, target):
+    backoff = Backoff(attempts=settings.retries)
+    async with upstream, open_places(settings, backoff) as (source, target):
         reader = RegistryReader(source)
         # The oci: target always writes OCI media types (DESIGN.md "The image contract").
         family: MediaFamily = "oci" if target.is_layout else settings.media_types
@@ -78,6 +80,7 @@ async def run_pass(
             compression=settings.layer_compression,
             work_dir=settings.work_dir,
             max_spool_bytes=settings.max_spool_bytes,
+            backoff=backoff,
         )
         found = await asyncio.gather(*(catalog.discover(b, upstream, focus) for b in items))
         entries: list[Entry] = []

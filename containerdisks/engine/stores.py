@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Protocol
 
 from containerdisks import oci
+from containerdisks.engine.retry import Backoff, RetryingStore
 from containerdisks.oci.layout import LayoutStore
 from containerdisks.settings import ConfigError, Settings
 
@@ -73,16 +74,13 @@ class Place:
     spec: str
     store: Store
     namespace: str
+    is_layout: bool = False
 
     def repo(self, name: str) -> str:
         return f"{self.namespace}/{name}" if self.namespace else name
 
     def where(self, name: str, tag: str | None = None) -> str:
         return f"{self.store.host}/{self.repo(name)}" + (f":{tag}" if tag else "")
-
-    @property
-    def is_layout(self) -> bool:
-        return isinstance(self.store, LayoutStore)
 
 
 def _parse(spec: str, setting: str) -> tuple[str, str] | Path:
@@ -99,8 +97,11 @@ def _parse(spec: str, setting: str) -> tuple[str, str] | Path:
 
 
 @asynccontextmanager
-async def open_places(settings: Settings) -> AsyncIterator[tuple[Place, Place]]:
-    """The source and target places of one run."""
+async def open_places(
+    settings: Settings, backoff: Backoff | None = None
+) -> AsyncIterator[tuple[Place, Place]]:
+    """The source and target places of one run; store operations retried under `backoff`."""
+    policy = backoff or Backoff(attempts=settings.retries)
     specs = {"source": settings.source_registry, "target": settings.target}
     parsed = {k: _parse(v, f"{k}_registry") for k, v in specs.items()}
     async with AsyncExitStack() as stack:
@@ -115,7 +116,7 @@ async def open_places(settings: Settings) -> AsyncIterator[tuple[Place, Place]]:
                 store_key, namespace = p
             if store_key not in stores:
                 if isinstance(p, Path):
-                    stores[store_key] = LayoutStore(p)
+                    stores[store_key] = RetryingStore(LayoutStore(p), policy)
                 else:
                     try:
                         credentials = await asyncio.to_thread(oci.find_credentials, spec)
@@ -129,6 +130,7 @@ async def open_places(settings: Settings) -> AsyncIterator[tuple[Place, Place]]:
                         connect_timeout=settings.connect_timeout,
                         read_timeout=settings.read_timeout,
                     )
-                    stores[store_key] = await stack.enter_async_context(client)
-            places[key] = Place(spec, stores[store_key], namespace)
+                    opened = await stack.enter_async_context(client)
+                    stores[store_key] = RetryingStore(opened, policy)
+            places[key] = Place(spec, stores[store_key], namespace, isinstance(p, Path))
         yield places["source"], places["target"]

@@ -34,6 +34,7 @@ from containerdisks import oci
 from containerdisks.api import GOARCH, Artifact
 from containerdisks.catalog import Entry
 from containerdisks.engine.plan import ArchPlan, EntryPlan
+from containerdisks.engine.retry import Backoff, retrying
 from containerdisks.engine.stores import Place
 from containerdisks.oci.media import parse_image_manifest
 from containerdisks.pipeline.image import (
@@ -83,6 +84,7 @@ class Publisher:
         compression: LayerCompression,
         work_dir: Path,
         max_spool_bytes: int,
+        backoff: Backoff | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.upstream = upstream
@@ -92,6 +94,7 @@ class Publisher:
         self.compression = compression
         self.work_dir = work_dir
         self.max_spool_bytes = max_spool_bytes
+        self.backoff = backoff or Backoff()
         self.clock = clock
 
     async def publish(self, entry: Entry, plan: EntryPlan) -> list[str]:
@@ -164,12 +167,18 @@ class Publisher:
     async def _build(self, entry: Entry, artifact: Artifact, row: ArchPlan) -> _Built:
         repo = self.target.repo(entry.name)
         layer_type = layer_media_type(self.family, self.compression)
-        layer: oci.Descriptor | None = None
-        diff_id = row.diff_id
-        if row.layer is not None and diff_id is not None:
-            layer = await self._existing_layer(entry, row.layer, layer_type)
-        if layer is None or diff_id is None:
-            layer, diff_id = await self._stream_layer(entry, artifact, layer_type)
+        reused = None
+        if row.layer is not None and row.diff_id is not None:
+            reused = await self._existing_layer(entry, row.layer, layer_type)
+        if reused is not None and row.diff_id is not None:
+            layer, diff_id = reused, row.diff_id
+        else:
+            # A transient failure mid-stream (upstream or registry) restreams the arch.
+            layer, diff_id = await retrying(
+                f"layer of {entry.key} {artifact.arch}",
+                lambda: self._stream_layer(entry, artifact, layer_type),
+                self.backoff,
+            )
         core = config_core(
             arch=artifact.arch,
             checksum=artifact.checksum,

@@ -1,0 +1,130 @@
+"""Retrying what failed for a reason that may pass: bounded, with backoff, jitter, Retry-After.
+
+One policy for the engine's registry operations and for whole arch builds. What is worth a retry
+is decided by the error itself: `OCIError.temporary` (connection trouble, timeouts, 408/429/5xx)
+and an interrupted upstream download. Everything else (a checksum mismatch, 401/403/404, a bad
+manifest) fails at once: retrying it only delays the one clear line the user needs.
+
+A transient failure in the middle of a layer upload is handled by streaming the arch again from
+upstream (DESIGN.md allows resuming or restreaming; restreaming needs no replay buffer and keeps
+memory flat, at the price of downloading the arch's bytes again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import structlog
+
+from containerdisks import oci
+from containerdisks.upstream import DownloadInterruptedError
+
+if TYPE_CHECKING:
+    from containerdisks.engine.stores import BlobUpload, Store
+
+__all__ = ["Backoff", "RetryingStore", "is_temporary", "retrying"]
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    attempts: int = 4
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def delay(self, failures: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_delay)
+        backoff = min(self.base_delay * (2.0 ** (failures - 1)), self.max_delay)
+        jitter: float = 0.5 + random.random() / 2  # noqa: S311 - jitter, not crypto
+        return backoff * jitter
+
+
+def is_temporary(error: BaseException) -> bool:
+    if isinstance(error, oci.OCIError):
+        return bool(getattr(error, "temporary", False))
+    return isinstance(error, DownloadInterruptedError)
+
+
+async def retrying(what: str, operation: Callable[[], Awaitable[_T]], policy: Backoff) -> _T:
+    """Run `operation` until it succeeds or fails for good; log each retry as one event."""
+    failures = 0
+    while True:
+        try:
+            return await operation()
+        except (oci.OCIError, DownloadInterruptedError) as e:
+            failures += 1
+            if not is_temporary(e) or failures >= policy.attempts:
+                raise
+            delay = policy.delay(failures, getattr(e, "retry_after", None))
+            log.warning("retry", what=what, error=str(e), attempt=failures, delay=round(delay, 2))
+            await policy.sleep(delay)
+
+
+class RetryingStore:
+    """A `Store` whose idempotent operations are retried under `policy`.
+
+    Uploads pass through untouched: a broken stream cannot be replayed here; the publisher
+    restreams the whole arch instead.
+    """
+
+    def __init__(self, store: Store, policy: Backoff) -> None:
+        self.inner = store
+        self.policy = policy
+
+    @property
+    def host(self) -> str:
+        return self.inner.host
+
+    def _run(self, what: str, op: Callable[[], Awaitable[_T]]) -> Awaitable[_T]:
+        return retrying(f"{what} {self.inner.host}", op, self.policy)
+
+    async def get_manifest(self, repository: str, reference: str) -> oci.Manifest:
+        return await self._run(
+            f"GET {repository}:{reference}",
+            lambda: self.inner.get_manifest(repository, reference),
+        )
+
+    async def head_manifest(self, repository: str, reference: str) -> oci.Descriptor | None:
+        return await self._run(
+            f"HEAD {repository}:{reference}",
+            lambda: self.inner.head_manifest(repository, reference),
+        )
+
+    async def get_blob(self, repository: str, digest: str, *, max_size: int) -> bytes:
+        return await self._run(
+            f"GET {repository}@{digest}",
+            lambda: self.inner.get_blob(repository, digest, max_size=max_size),
+        )
+
+    async def has_blob(self, repository: str, digest: str) -> bool:
+        return await self._run(
+            f"HEAD {repository}@{digest}", lambda: self.inner.has_blob(repository, digest)
+        )
+
+    async def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
+        return await self.inner.mount_blob(repository, digest, from_repository)
+
+    def blob_upload(self, repository: str) -> BlobUpload:
+        return self.inner.blob_upload(repository)
+
+    async def put_blob(self, repository: str, data: bytes) -> oci.Descriptor:
+        return await self._run(
+            f"PUT blob into {repository}", lambda: self.inner.put_blob(repository, data)
+        )
+
+    async def put_manifest(
+        self, repository: str, reference: str, media_type: str, data: bytes
+    ) -> str:
+        return await self._run(
+            f"PUT {repository}:{reference}",
+            lambda: self.inner.put_manifest(repository, reference, media_type, data),
+        )
