@@ -106,10 +106,10 @@ class Publisher:
         artifacts = [a for a in entry.artifacts if isinstance(a, Artifact)]
         built: list[_Built] = []
         for artifact, row in zip(artifacts, plan.arches, strict=True):
+            reused = None
             if row.action == "reuse" and row.published_digest:
-                built.append(await self._reuse(entry, row))
-            else:
-                built.append(await self._build(entry, artifact, row))
+                reused = await self._reuse(entry, row)
+            built.append(reused or await self._build(entry, artifact, row))
         types = MEDIA_TYPES[self.family]
         if len(built) == 1:
             top_type, top = types["manifest"], built[0].manifest
@@ -136,8 +136,12 @@ class Publisher:
 
     # -- reuse ----------------------------------------------------------------------------------
 
-    async def _reuse(self, entry: Entry, row: ArchPlan) -> _Built:
-        """Keep the published manifest of an unchanged arch; bring it into the target if needed."""
+    async def _reuse(self, entry: Entry, row: ArchPlan) -> _Built | None:
+        """Keep the published manifest of an unchanged arch; bring it into the target if needed.
+
+        None when the target is another registry that lacks it: blobs are not copied between
+        registries yet, so the arch is rebuilt from upstream (reproducibly: same digests).
+        """
         assert row.published_digest is not None
         src_repo = self.source.repo(entry.name)
         manifest = await self.source.store.get_manifest(src_repo, row.published_digest)
@@ -148,10 +152,13 @@ class Publisher:
             return _Built(descriptor, manifest.data)
         if await self.target.store.head_manifest(dst_repo, manifest.digest) is None:
             if self.source.store is not self.target.store:
-                raise PublishError(
-                    f"{entry.key} {row.arch}: reusing a manifest across registries is not "
-                    "supported yet; run with --force to rebuild from upstream"
+                log.warning(
+                    "rebuilding_unchanged_arch",
+                    entry=entry.key,
+                    arch=row.arch,
+                    reason="copying blobs between registries is not supported yet",
                 )
+                return None
             image = parse_image_manifest(manifest, self.source.where(entry.name))
             for blob in (image.config, *image.layers):
                 if not await self.target.store.has_blob(dst_repo, blob.digest):

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.disks import fedora_tree, sha256
+from tests.support.disks import fedora_tree, make_qcow2, replace_fedora_image, sha256
 from tests.support.registry import start_registry
 from tests.support.upstream_server import UpstreamServer
 
@@ -256,3 +256,33 @@ def test_publish_with_credentials_from_the_auth_file(
             check=True,
         )
         assert DOCKER_LIST == json.loads(out.stdout)["mediaType"]
+
+
+def test_source_and_target_in_different_registries(
+    tmp_path: Path, registry: Any, upstream: Any
+) -> None:
+    """medius's periodic job: decide against production, push to another registry."""
+    srv, _ = upstream
+    source = f"{registry.host}/production"
+    assert 0 == push(srv, source, "--focus", "fedora:39", cwd=tmp_path).returncode
+    published = raw(f"{source}/fedora:39")
+    replace_fedora_image(srv.root, "39", "s390x", make_qcow2(tmp_path / "n.qcow2", "new s390x"))
+    target = tmp_path / "staging"
+    result = push(
+        srv,
+        source,
+        "--focus",
+        "fedora:39",
+        "--target-registry",
+        f"oci:{target}",
+        "--media-types",
+        "oci",
+        cwd=tmp_path,
+    )
+    assert 0 == result.returncode, result.stderr
+    staged = json.loads(skopeo("inspect", "--raw", f"oci:{target}/fedora:39"))
+    assert ["amd64", "arm64", "s390x"] == [
+        m["platform"]["architecture"] for m in staged["manifests"]
+    ]
+    assert published == raw(f"{source}/fedora:39")  # the source is only read
+    assert 3 == len({m["digest"] for m in staged["manifests"]})
