@@ -102,6 +102,8 @@ class EntryPlan:
     arches: list[ArchPlan]
     tags: list[str] = field(default_factory=list)
     error: str | None = None
+    #: The digest `<name>:<version>` had when it was read (None: not published).
+    published_digest: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -209,6 +211,8 @@ async def plan_entry(
         rows.append(_compare(entry, artifact, have, family, compression, force=force))
 
     plan = EntryPlan(entry.key, rows, tags_for(entry))
+    if not isinstance(published, str):
+        plan.published_digest = published.digest
     if isinstance(published, str) or plan.needs_publish:
         for row in rows:
             if row.action == "up-to-date":

@@ -1,0 +1,214 @@
+"""The one sync core behind every command: discover the catalog, then sync entries one by one.
+
+`images push` and the daemon (`serve`, `serve --once`) run the same two calls, as regsync's
+`server`/`once`/`check` all run one `process(action)`:
+- `discover()`: every focused catalog item asked upstream once per pass; a failed item is an
+  `Outcome` recorded under `name:version` or `name:*`;
+- `sync(entry)`: plan the entry against the source, then (unless a dry run) publish it.
+
+An `Engine` lives as long as its process: the upstream answers' validators (conditional GETs),
+registry connections and tokens carry over from pass to pass, and so does what the engine saw
+published: when an entry's upstream is unchanged since the last pass and `<name>:<version>`
+still has the digest the engine left or saw there, the entry is up to date for the cost of one
+manifest HEAD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from containerdisks import oci
+from containerdisks.api import Artifact, SourceError
+from containerdisks.catalog import Catalog, Entry, Focus, ItemFailure, load_catalog
+from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
+from containerdisks.engine.published import RegistryReader
+from containerdisks.engine.results import Result
+from containerdisks.engine.retry import Backoff
+from containerdisks.engine.stores import Place, open_places
+from containerdisks.engine.sync import Publisher, PublishError
+from containerdisks.pipeline.image import MediaFamily
+from containerdisks.settings import ConfigError, Settings
+from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
+
+__all__ = ["Engine", "Outcome"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What one pass did for one entry (or one item whose discovery failed)."""
+
+    plan: EntryPlan
+    tags: list[str]
+    error: str | None
+
+    @property
+    def key(self) -> str:
+        return self.plan.key
+
+    @property
+    def result(self) -> Result | None:
+        """The results-file record; None for an entry that was up to date."""
+        if self.error:
+            return Result(error=self.error)
+        if self.tags:
+            return Result(tags=self.tags)
+        return None
+
+
+def _fingerprint(entry: Entry, family: str, compression: str) -> tuple[object, ...]:
+    """Everything upstream or the catalog says about an entry that its image depends on."""
+    return (
+        entry.artifacts,
+        tuple(entry.item.env(a.arch) for a in entry.artifacts if isinstance(a, Artifact)),
+        entry.latest,
+        family,
+        compression,
+    )
+
+
+class Engine:
+    """Discovery and sync of entries, sharing upstream, registries and memory across passes."""
+
+    def __init__(self, settings: Settings, config: dict[str, Any], config_name: str) -> None:
+        self.settings = settings
+        self.focus = Focus(settings.focus)
+        self.catalog: Catalog = load_catalog(config, config_name=config_name)
+        self.items = self.catalog.select(self.focus)
+        self.publish = not settings.dry_run
+        self.backoff = Backoff(attempts=settings.retries)
+        self.upstream = HttpUpstream(
+            Mirrors(settings.upstream_mirrors),
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            retry=RetryPolicy(attempts=settings.retries),
+        )
+        self._stack = AsyncExitStack()
+        self._seen: dict[str, tuple[tuple[object, ...], str]] = {}
+        self.source: Place
+        self.target: Place
+        self.family: MediaFamily = settings.media_types
+
+    async def __aenter__(self) -> Engine:
+        try:
+            await self._stack.enter_async_context(self.upstream)
+            places = open_places(self.settings, self.backoff)
+            self.source, self.target = await self._stack.enter_async_context(places)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        # The oci: target always writes OCI media types (DESIGN.md "The image contract").
+        self.family = "oci" if self.target.is_layout else self.settings.media_types
+        self._reader = RegistryReader(self.source)
+        self._publisher = Publisher(
+            upstream=self.upstream,
+            source=self.source,
+            target=self.target,
+            family=self.family,
+            compression=self.settings.layer_compression,
+            work_dir=self.settings.work_dir,
+            max_spool_bytes=self.settings.max_spool_bytes,
+            backoff=self.backoff,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def discover(self) -> tuple[list[Entry], list[Outcome]]:
+        """One pass's discovery: the entries to sync, and the items that failed to discover."""
+        self.upstream.new_pass()
+        found = await asyncio.gather(
+            *(self.catalog.discover(b, self.upstream, self.focus) for b in self.items)
+        )
+        entries: list[Entry] = []
+        failures: list[Outcome] = []
+        for bound, result in zip(self.items, found, strict=True):
+            if isinstance(result, ItemFailure):
+                log.error("discovery_failed", entry=result.key, error=result.message)
+                rows = [
+                    ArchPlan(a, None, None, "failed", result.message) for a in bound.item.arches
+                ]
+                failures.append(
+                    Outcome(EntryPlan(result.key, rows, error=result.message), [], result.message)
+                )
+            else:
+                entries.extend(result)
+        if self.focus.version is not None and not entries and not failures:
+            raise ConfigError(f"focus {self.focus.spec!r} matches no catalog entry")
+        return entries, failures
+
+    async def sync(self, entry: Entry) -> Outcome:
+        """Plan one entry and, unless this is a dry run, publish what the plan says."""
+        shortcut = await self._unchanged(entry)
+        if shortcut is not None:
+            return shortcut
+        plan = await plan_entry(
+            entry,
+            self._reader,
+            family=self.family,
+            compression=self.settings.layer_compression,
+            force=self.settings.force,
+        )
+        if plan.error:
+            log.error("plan_failed", entry=plan.key, error=plan.error)
+            return Outcome(plan, [], plan.error)
+        log.info("planned", entry=plan.key, actions={r.arch: r.action for r in plan.arches})
+        if not plan.needs_publish:
+            self._remember(entry, plan)
+            return Outcome(plan, [], None)
+        if not self.publish:
+            return Outcome(plan, [], None)
+        log.info("publishing", entry=plan.key)
+        try:
+            tags = await self._publisher.publish(entry, plan)
+        except (PublishError, SourceError, oci.OCIError) as e:
+            message = str(e) if str(e).startswith(entry.key) else f"{entry.key}: {e}"
+            log.error("publish_failed", entry=plan.key, error=message)
+            return Outcome(plan, [], message)
+        log.info("published", entry=plan.key, tags=tags)
+        self._seen.pop(entry.key, None)  # the next pass reads what was written
+        return Outcome(plan, tags, None)
+
+    # -- memory across passes -------------------------------------------------------------------
+
+    def _remember(self, entry: Entry, plan: EntryPlan) -> None:
+        if plan.published_digest is not None:
+            fingerprint = _fingerprint(entry, self.family, self.settings.layer_compression)
+            self._seen[entry.key] = (fingerprint, plan.published_digest)
+
+    async def _unchanged(self, entry: Entry) -> Outcome | None:
+        """Up to date for one HEAD, when nothing changed since this engine last looked."""
+        seen = self._seen.get(entry.key)
+        if seen is None or self.settings.force:
+            return None
+        fingerprint, digest = seen
+        if fingerprint != _fingerprint(entry, self.family, self.settings.layer_compression):
+            return None
+        try:
+            head = await self.source.store.head_manifest(
+                self.source.repo(entry.name), entry.version
+            )
+        except oci.OCIError:
+            return None
+        if head is None or head.digest != digest:
+            return None
+        rows = [
+            ArchPlan(a.arch, a.checksum, a.checksum, "up-to-date", "unchanged since last pass")
+            for a in entry.artifacts
+            if isinstance(a, Artifact)
+        ]
+        log.info("unchanged", entry=entry.key, digest=digest)
+        return Outcome(EntryPlan(entry.key, rows), [], None)
