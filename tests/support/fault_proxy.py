@@ -221,6 +221,9 @@ class FaultProxy:
             async with self._session.request(
                 request.method, url, headers=headers, data=body, allow_redirects=False
             ) as upstream:
+                # Logged when the backend has answered, before the client can see the answer:
+                # a test that reads the log after the client finished sees this request.
+                self._record(request, upstream.status, started, action)
                 out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}
                 if "Location" in out_headers:
                     out_headers["Location"] = out_headers["Location"].replace(
@@ -246,7 +249,6 @@ class FaultProxy:
                     sent += len(chunk)
                     await response.write(chunk)
                 await response.write_eof()
-                self._record(request, upstream.status, started, action)
                 return response
         except _DroppedError:
             self._record(request, 0, started, action)
