@@ -105,6 +105,12 @@ class RetryingStore:
             lambda: self.inner.get_blob(repository, digest, max_size=max_size),
         )
 
+    async def read_blob(
+        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]]
+    ) -> int:
+        # Not retried: the sink has already consumed what arrived.
+        return await self.inner.read_blob(repository, digest, sink)
+
     async def has_blob(self, repository: str, digest: str) -> bool:
         return await self._run(
             f"HEAD {repository}@{digest}", lambda: self.inner.has_blob(repository, digest)

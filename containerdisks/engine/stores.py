@@ -9,7 +9,7 @@ client (one connection pool, one token cache) serves both.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,10 @@ class Store(Protocol):
     async def head_manifest(self, repository: str, reference: str) -> oci.Descriptor | None: ...
 
     async def get_blob(self, repository: str, digest: str, *, max_size: int) -> bytes: ...
+
+    async def read_blob(
+        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]]
+    ) -> int: ...
 
     async def has_blob(self, repository: str, digest: str) -> bool: ...
 

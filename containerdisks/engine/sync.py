@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 import uuid
@@ -106,10 +107,10 @@ class Publisher:
         artifacts = [a for a in entry.artifacts if isinstance(a, Artifact)]
         built: list[_Built] = []
         for artifact, row in zip(artifacts, plan.arches, strict=True):
-            reused = None
             if row.action == "reuse" and row.published_digest:
-                reused = await self._reuse(entry, row)
-            built.append(reused or await self._build(entry, artifact, row))
+                built.append(await self._reuse(entry, row))
+            else:
+                built.append(await self._build(entry, artifact, row))
         types = MEDIA_TYPES[self.family]
         if len(built) == 1:
             top_type, top = types["manifest"], built[0].manifest
@@ -136,12 +137,10 @@ class Publisher:
 
     # -- reuse ----------------------------------------------------------------------------------
 
-    async def _reuse(self, entry: Entry, row: ArchPlan) -> _Built | None:
-        """Keep the published manifest of an unchanged arch; bring it into the target if needed.
-
-        None when the target is another registry that lacks it: blobs are not copied between
-        registries yet, so the arch is rebuilt from upstream (reproducibly: same digests).
-        """
+    async def _reuse(self, entry: Entry, row: ArchPlan) -> _Built:
+        """Keep the published manifest of an unchanged arch; bring it into the target if needed:
+        blobs are mounted within one registry and streamed from registry to registry otherwise,
+        never downloaded from upstream again."""
         assert row.published_digest is not None
         src_repo = self.source.repo(entry.name)
         manifest = await self.source.store.get_manifest(src_repo, row.published_digest)
@@ -151,23 +150,55 @@ class Publisher:
         if self.source.store is self.target.store and src_repo == dst_repo:
             return _Built(descriptor, manifest.data)
         if await self.target.store.head_manifest(dst_repo, manifest.digest) is None:
-            if self.source.store is not self.target.store:
-                log.warning(
-                    "rebuilding_unchanged_arch",
-                    entry=entry.key,
-                    arch=row.arch,
-                    reason="copying blobs between registries is not supported yet",
-                )
-                return None
             image = parse_image_manifest(manifest, self.source.where(entry.name))
             for blob in (image.config, *image.layers):
-                if not await self.target.store.has_blob(dst_repo, blob.digest):
-                    await self.target.store.mount_blob(dst_repo, blob.digest, src_repo)
+                if await self.target.store.has_blob(dst_repo, blob.digest):
+                    continue
+                same_store = self.source.store is self.target.store
+                if not (
+                    same_store
+                    and await self.target.store.mount_blob(dst_repo, blob.digest, src_repo)
+                ):
+                    await retrying(
+                        f"copy of {blob.digest} for {entry.key} {row.arch}",
+                        functools.partial(self._copy_blob, src_repo, dst_repo, blob.digest),
+                        self.backoff,
+                    )
             await self.target.store.put_manifest(
                 dst_repo, manifest.digest, manifest.media_type, manifest.data
             )
         log.info("reused", entry=entry.key, arch=row.arch, digest=manifest.digest)
         return _Built(descriptor, manifest.data)
+
+    async def _copy_blob(self, src_repo: str, dst_repo: str, digest: str) -> None:
+        """Stream one blob from the source store into the target, through a small bounded
+        queue (memory stays flat whatever the blob's size)."""
+        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=8)
+
+        async def produce() -> None:
+            try:
+                await self.source.store.read_blob(src_repo, digest, queue.put)
+            except BaseException as e:  # handed to the consumer, which re-raises it
+                await queue.put(e)
+            else:
+                await queue.put(None)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+        producer = asyncio.create_task(produce())
+        try:
+            async with self.target.store.blob_upload(dst_repo) as upload:
+                await upload.write(chunks())
+                await upload.commit(digest)
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+        log.info("blob_copied", digest=digest, repository=dst_repo, host=self.target.store.host)
 
     # -- build ----------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ for each platform manifest by digest, then the index by tag.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -80,7 +81,7 @@ from containerdisks.oci.reference import (
     validate_repository,
     validate_tag,
 )
-from containerdisks.oci.transport import ERROR_BODY_LIMIT, Transport, make_ssl
+from containerdisks.oci.transport import ERROR_BODY_LIMIT, Sink, Transport, make_ssl
 from containerdisks.oci.upload import (
     OCTET_STREAM,
     BlobUpload,
@@ -282,6 +283,7 @@ class RegistryClient:
         scopes: Sequence[str] | None = None,
         headers: Sequence[tuple[str, str]] = (),
         body: bytes | None = None,
+        sink: Sink | None = None,
     ) -> Response:
         """One authenticated request to ``/v2/<repository>/<path>`` (pull scope by default)."""
         url = await self._url(repository, path, query)
@@ -295,6 +297,7 @@ class RegistryClient:
             headers=all_headers,
             body=body,
             max_body=max_body,
+            sink=sink,
         )
 
     async def _request(
@@ -307,6 +310,7 @@ class RegistryClient:
         body: bytes | None = None,
         stream: AsyncIterable[bytes] | None = None,
         max_body: int = ERROR_BODY_LIMIT,
+        sink: Sink | None = None,
     ) -> Response:
         """One request, authenticated for ``scopes`` when it goes to the registry's origin.
 
@@ -318,7 +322,7 @@ class RegistryClient:
         base = await self._base_url()
         if not _same_origin(url, base):
             return await self._transport.send(
-                request, max_body=max_body, stream=stream, client_timeout=timeout
+                request, max_body=max_body, stream=stream, client_timeout=timeout, sink=sink
             )
         if self._auth.needs_token(scopes):
             # one token fetch per scope set, however many requests wait for it
@@ -327,7 +331,11 @@ class RegistryClient:
                 if self._auth.needs_token(scopes):
                     await self._drive(self._auth.token_flow(scopes), max_body)
         final = await self._drive(
-            self._auth.flow(request, scopes), max_body, stream=stream, client_timeout=timeout
+            self._auth.flow(request, scopes),
+            max_body,
+            stream=stream,
+            client_timeout=timeout,
+            sink=sink,
         )
         assert final is not None
         return final
@@ -339,6 +347,7 @@ class RegistryClient:
         *,
         stream: AsyncIterable[bytes] | None = None,
         client_timeout: aiohttp.ClientTimeout | None = None,
+        sink: Sink | None = None,
     ) -> Response | None:
         """Run an auth flow: send what it yields, feed back the answers; the last registry
         response (None if the flow sent only token requests). With a ``stream``, the first
@@ -357,7 +366,11 @@ class RegistryClient:
                 return final
             else:
                 response = await self._transport.send(
-                    outgoing, max_body=max_body, stream=stream, client_timeout=client_timeout
+                    outgoing,
+                    max_body=max_body,
+                    stream=stream,
+                    client_timeout=client_timeout,
+                    sink=sink,
                 )
                 final = response
             try:
@@ -550,6 +563,44 @@ class RegistryClient:
             )
         verify_digest(response.body, digest, subject=subject)
         return response.body
+
+    async def read_blob(self, repository: str, digest: str, sink: Sink) -> int:
+        """Stream a blob of any size into ``sink``, verified against ``digest``; its size.
+
+        The digest is checked when the stream ends: a mismatch raises
+        :class:`DigestMismatchError` after ``sink`` has seen the bytes, so a consumer must not
+        commit what it received before this returns.
+        """
+        validate_repository(repository)
+        algorithm, _ = parse_digest(digest)
+        subject = self._subject("blob", repository, digest)
+        hasher = hashlib.new(algorithm)
+        size = 0
+
+        async def counted(chunk: bytes) -> None:
+            nonlocal size
+            size += len(chunk)
+            if len(chunk) >= 1 << 16:
+                await asyncio.to_thread(hasher.update, chunk)
+            else:
+                hasher.update(chunk)
+            await sink(chunk)
+
+        response = await self._send(
+            "GET", repository, f"blobs/{digest}", max_body=ERROR_BODY_LIMIT, sink=counted
+        )
+        if response.status != 200:
+            raise error_from_response(
+                subject,
+                status=response.status,
+                body=response.body,
+                retry_after=response.header("Retry-After"),
+                not_found=BlobUnknownError,
+            )
+        actual = f"{algorithm}:{hasher.hexdigest()}"
+        if actual != digest:
+            raise DigestMismatchError(subject, expected=digest, actual=actual)
+        return size
 
     async def resolve_platform(
         self,

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -165,6 +165,35 @@ class LayoutStore:
 
     async def get_blob(self, repository: str, digest: str, *, max_size: int) -> bytes:
         return self._read_blob(repository, digest, max_size)
+
+    async def read_blob(
+        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]]
+    ) -> int:
+        """Stream a blob into `sink`, verified against `digest` at the end; its size."""
+        path = self._blob_path(self._dir(repository), digest)
+        algorithm = parse_digest(digest)[0]
+        hasher = hashlib.new(algorithm)
+        size = 0
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            raise BlobUnknownError(
+                self._subject(repository, digest),
+                status=404,
+                code="BLOB_UNKNOWN",
+                message="blob unknown",
+            ) from None
+        with f:
+            while chunk := await asyncio.to_thread(f.read, 1 << 20):
+                await asyncio.to_thread(hasher.update, chunk)
+                size += len(chunk)
+                await sink(chunk)
+        actual = f"{algorithm}:{hasher.hexdigest()}"
+        if actual != digest:
+            raise DigestMismatchError(
+                self._subject(repository, digest), expected=digest, actual=actual
+            )
+        return size
 
     async def has_blob(self, repository: str, digest: str) -> bool:
         return self._blob_path(self._dir(repository), digest).is_file()

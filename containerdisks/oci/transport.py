@@ -16,7 +16,7 @@ import errno
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import replace
 from typing import Final
 
@@ -38,6 +38,9 @@ from containerdisks.oci.errors import (
 from containerdisks.oci.messages import Request, Response, safe_url
 
 __all__ = ["ERROR_BODY_LIMIT", "Transport", "make_ssl"]
+
+#: Receives a streamed response body, chunk by chunk (backpressure: it is awaited).
+Sink = Callable[[bytes], Awaitable[None]]
 
 logger = logging.getLogger("containerdisks.oci")
 
@@ -172,8 +175,12 @@ class Transport:
         max_body: int,
         stream: AsyncIterable[bytes] | None = None,
         client_timeout: aiohttp.ClientTimeout | None = None,
+        sink: Sink | None = None,
     ) -> Response:
         """Send ``request``, following redirects for GET and HEAD, and read the body.
+
+        With a ``sink``, a successful (2xx) body is handed to it chunk by chunk instead of being
+        held in memory (no ``max_body`` limit then); the response's body is empty.
 
         A success body larger than ``max_body`` raises :class:`ContentTooLargeError`; an error
         body is cut at :data:`ERROR_BODY_LIMIT`. ``Authorization`` is dropped when a redirect
@@ -204,7 +211,12 @@ class Transport:
                     ):
                         current = self._redirect(current, resp)
                         continue
-                    body = await self._read(current, resp, max_body)
+                    if sink is not None and 200 <= resp.status < 300:
+                        async for chunk in resp.content.iter_chunked(_READ_BUFSIZE):
+                            await sink(chunk)
+                        body = b""
+                    else:
+                        body = await self._read(current, resp, max_body)
                     return Response.build(resp.status, resp.url, resp.headers.items(), body)
             except OCIError:
                 raise

@@ -22,7 +22,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.disks import fedora_tree, make_qcow2, replace_fedora_image, sha256
+from tests.support.disks import (
+    fedora_link,
+    fedora_tree,
+    make_qcow2,
+    replace_fedora_image,
+    sha256,
+)
 from tests.support.registry import start_registry
 from tests.support.upstream_server import UpstreamServer
 
@@ -261,28 +267,29 @@ def test_publish_with_credentials_from_the_auth_file(
 def test_source_and_target_in_different_registries(
     tmp_path: Path, registry: Any, upstream: Any
 ) -> None:
-    """medius's periodic job: decide against production, push to another registry."""
-    srv, _ = upstream
+    """medius's periodic job: decide against production, push to another registry. Unchanged
+    arches are copied from registry to registry, never downloaded from upstream again."""
+    srv, disks = upstream
     source = f"{registry.host}/production"
     assert 0 == push(srv, source, "--focus", "fedora:39", cwd=tmp_path).returncode
     published = raw(f"{source}/fedora:39")
-    replace_fedora_image(srv.root, "39", "s390x", make_qcow2(tmp_path / "n.qcow2", "new s390x"))
-    target = tmp_path / "staging"
-    result = push(
-        srv,
-        source,
-        "--focus",
-        "fedora:39",
-        "--target-registry",
-        f"oci:{target}",
-        "--media-types",
-        "oci",
-        cwd=tmp_path,
-    )
-    assert 0 == result.returncode, result.stderr
-    staged = json.loads(skopeo("inspect", "--raw", f"oci:{target}/fedora:39"))
-    assert ["amd64", "arm64", "s390x"] == [
-        m["platform"]["architecture"] for m in staged["manifests"]
-    ]
+    new = make_qcow2(tmp_path / "n.qcow2", "new s390x")
+    replace_fedora_image(srv.root, "39", "s390x", new)
+    srv.clear()
+    with start_registry(tmp_path / "staging-registry") as staging:
+        target = f"{staging.host}/staging"
+        result = push(
+            srv, source, "--focus", "fedora:39", "--target-registry", target, cwd=tmp_path
+        )
+        assert 0 == result.returncode, result.stderr
+        staged = raw(f"{target}/fedora:39")
+        assert ["/" + fedora_link("39", "s390x").removeprefix("https://")] == [
+            p for p in srv.paths() if p.endswith(".qcow2")
+        ]
+        assert published["manifests"][:2] == staged["manifests"][:2]  # copied, same digests
+        assert published["manifests"][2]["digest"] != staged["manifests"][2]["digest"]
+        _, disk = disk_via_skopeo(tmp_path, f"{target}/fedora:39", "amd64")
+        _, s390x = disk_via_skopeo(tmp_path, f"{target}/fedora:39", "s390x")
+        assert new == s390x
+        assert disks[("39", "x86_64")] == disk
     assert published == raw(f"{source}/fedora:39")  # the source is only read
-    assert 3 == len({m["digest"] for m in staged["manifests"]})
