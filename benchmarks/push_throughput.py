@@ -81,12 +81,16 @@ VARIANTS: dict[str, str] = {
     "naive": "curl -o, sha256sum -c, tar | gzip -1, OCI layout, skopeo copy",
     "floor-patch": "curl: POST, one streamed PATCH, empty PUT (diagnostic)",
     "download": "curl URL > /dev/null only (diagnostic)",
+    "alt-gzip": "ours-gzip run from --alt-repo (A/B a change)",
+    "alt-none": "ours-none run from --alt-repo",
+    "alt-zstd": "ours-zstd run from --alt-repo",
 }
 DEFAULT_VARIANTS = ("floor", "ours-gzip", "ours-none", "ours-zstd", "naive")
-OURS = {
-    "ours-gzip": [],
-    "ours-none": ["--media-types", "oci", "--layer-compression", "none"],
-    "ours-zstd": ["--media-types", "oci", "--layer-compression", "zstd"],
+OURS = ("ours-gzip", "ours-none", "ours-zstd")
+PUSH_ARGS = {
+    "gzip": [],
+    "none": ["--media-types", "oci", "--layer-compression", "none"],
+    "zstd": ["--media-types", "oci", "--layer-compression", "zstd"],
 }
 
 CATALOG = """\
@@ -555,6 +559,8 @@ class Bench:
     timeout: float
     profile: str | None = None  # py-spy output prefix for our runs
     wait_idle: float = 60
+    alt_repo: Path | None = None
+    repo: Path = REPO_ROOT
     runs: list[Run] = field(default_factory=list)
 
     @property
@@ -702,13 +708,16 @@ class Bench:
             "json",
             "--results-file",
             str(run_dir / "results" / "results.json"),
-            *OURS[result.variant],
+            *PUSH_ARGS[result.variant.split("-", 1)[1]],
         ]
         if self.profile:
             prof = f"{self.profile}-{result.variant}-r{result.round}"
             spy = ["py-spy", "record", "--native", "--threads", "-r", "250", "-f", "raw"]
             cmd = [*spy, "-o", f"{prof}.txt", "--", *cmd]
-        p = run_timed(cmd, env=env, cwd=REPO_ROOT, out=out, timeout=self.timeout, watch=[watched])
+        repo = self.alt_repo if result.variant.startswith("alt-") else self.repo
+        assert repo is not None
+        # `python -m` puts the working directory first on sys.path: the tree under test is cwd
+        p = run_timed(cmd, env=env, cwd=repo, out=out, timeout=self.timeout, watch=[watched])
         result.temp_bytes_max = p.temp_bytes_max
         # GNU time's -o file is inherited by the command; the results file is written at the end
         own = (str(out) + ".rss", str(run_dir / "results") + "/")
@@ -723,6 +732,7 @@ class Bench:
         self._check_manifest(registry, "ns/bench", result)
 
     _ours_gzip = _ours_none = _ours_zstd = _ours
+    _alt_gzip = _alt_none = _alt_zstd = _ours
 
 
 # -- summary ------------------------------------------------------------------------------------
@@ -768,6 +778,8 @@ def summarize(runs: Sequence[Run], variants: Sequence[str], image_size: int) -> 
     for v in variants:
         per[v]["time_vs_floor"] = paired(v, "floor") if "floor" in variants else None
         per[v]["naive_time_vs_this"] = paired("naive", v) if "naive" in variants else None
+        if v.startswith("alt-"):
+            per[v]["time_vs_ours"] = paired(v, "ours-" + v.split("-", 1)[1])
     return per
 
 
@@ -821,6 +833,10 @@ def print_table(
             f"{_fmt(p['registry_cpu_seconds_median'], '7.1f')} "
             f"{_fmt(layer / MB if isinstance(layer, int) else None, '8.0f')}"
         )
+    for v in variants:
+        if per[v].get("time_vs_ours") is not None:
+            base = "ours-" + v.split("-", 1)[1]
+            print(f"{v} / {base}: {per[v]['time_vs_ours']:.2f} of the time (median over rounds)")
     failed = [r for r in runs if not r.ok]
     for r in failed:
         print(f"FAILED {r.variant} round {r.round}: {r.error}")
@@ -902,6 +918,8 @@ def bench_env(args: argparse.Namespace) -> Iterator[Bench]:
                 args.run_timeout,
                 profile=args.profile,
                 wait_idle=args.wait_idle,
+                alt_repo=args.alt_repo,
+                repo=args.repo,
             )
         finally:
             upstream.stop()
@@ -926,6 +944,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="before each run, wait up to this many seconds for the host to be idle (60; 0: "
         "never); the CPU other processes use during a run is recorded either way",
     )
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=REPO_ROOT,
+        help="the source tree the ours-* variants run from (default: this one)",
+    )
+    parser.add_argument(
+        "--alt-repo",
+        type=Path,
+        help="a copy of the source tree with a change to measure: the alt-* variants run "
+        "`python -m containerdisks` from there",
+    )
     parser.add_argument("--tmp-dir", type=Path, help="parent of the temp dir (default $TMPDIR)")
     parser.add_argument(
         "--profile",
@@ -942,6 +972,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants or args.rounds < 1:
         parser.error(f"unknown variants {unknown}" if unknown else "nothing to run")
+    if any(v.startswith("alt-") for v in variants) and not args.alt_repo:
+        parser.error("the alt-* variants need --alt-repo")
+    args.repo = args.repo.resolve()
+    if args.alt_repo:
+        args.alt_repo = args.alt_repo.resolve()
     for tool in ("docker-registry", "curl", "bash", "sha256sum", "tar", "gzip", "skopeo"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not installed")
@@ -980,6 +1015,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = {
             "started": started.isoformat(timespec="seconds"),
             "git": _git_head(),
+            "repo": str(args.repo),
+            "alt_repo": str(args.alt_repo) if args.alt_repo else None,
             "machine": _machine(),
             "image": {
                 "bytes": image.size,
