@@ -406,6 +406,7 @@ class Run:
     other_cpu_seconds: float = 0.0  # used by processes outside the run (a shared host)
     waited_for_idle: float = 0.0
     layer_bytes: int | None = None
+    layer_digest: str | None = None
     stream_seconds: float | None = None
     temp_bytes_max: int | None = None
     write_fds: list[str] = field(default_factory=list)
@@ -675,7 +676,7 @@ class Bench:
             return
         layer = layers[0]
         size = registry.blob_size(repo, layer["digest"])
-        result.layer_bytes = size
+        result.layer_bytes, result.layer_digest = size, layer["digest"]
         result.ok = size == layer["size"]
         if not result.ok:
             result.error = f"layer {layer['digest']} missing or of the wrong size"
