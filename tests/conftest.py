@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.disks import fedora_tree
 from tests.support.registry import Registry, start_registry
+from tests.support.upstream_server import UpstreamServer
 
 pytest_plugins = ["pytester"]  # tests/oci/test_leak_guard.py runs a small inner session
 
@@ -45,3 +47,13 @@ def session_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regis
     """A plain-HTTP registry shared by the whole session: use repositories of your own."""
     with start_registry(tmp_path_factory.mktemp("session-registry")) as reg:
         yield reg
+
+
+@pytest.fixture
+def fedora(tmp_path: Path) -> Iterator[tuple[UpstreamServer, dict[tuple[str, str], bytes]]]:
+    """A loopback upstream serving the real releases.json, pointed at real tiny qcow2 images
+    (one per Fedora version and arch); yields the server and the disks by (version, arch)."""
+    root = tmp_path / "up"
+    disks = fedora_tree(root)
+    with UpstreamServer(root) as srv:
+        yield srv, disks

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ import pytest
 import yaml
 import zstandard
 
+from tests.support.cli import push
 from tests.support.disks import (
     fedora_link,
-    fedora_tree,
     make_qcow2,
     pack,
     replace_fedora_image,
@@ -32,45 +31,6 @@ from tests.support.disks import (
 from tests.support.upstream_server import UpstreamServer, put
 
 ENV = "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.medium"
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[tuple[UpstreamServer, dict[tuple[str, str], bytes]]]:
-    root = tmp_path / "up"
-    disks = fedora_tree(root)
-    with UpstreamServer(root) as srv:
-        yield srv, disks
-
-
-def push(
-    srv: UpstreamServer, target: str, *extra: str, cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "containerdisks",
-            "images",
-            "push",
-            "--dry-run=false",
-            "--focus",
-            "fedora:*",
-            "--source-registry",
-            target,
-            "--log-format",
-            "json",
-            "--work-dir",
-            str(cwd / "work"),
-            *srv.mirror_args(),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=cwd,
-    )
 
 
 def skopeo_raw(ref: str) -> dict[str, Any]:
@@ -126,8 +86,8 @@ def read_image(layout: Path, tag: str, arch: str) -> tuple[dict[str, Any], dict[
     return manifest, config, disk
 
 
-def test_publish_fedora_into_oci_layouts(tmp_path: Path, upstream: Any) -> None:
-    srv, disks = upstream
+def test_publish_fedora_into_oci_layouts(tmp_path: Path, fedora: Any) -> None:
+    srv, disks = fedora
     out = tmp_path / "out"
     result = push(srv, f"oci:{out}", cwd=tmp_path)
     assert 0 == result.returncode, result.stderr
@@ -176,8 +136,8 @@ def test_publish_fedora_into_oci_layouts(tmp_path: Path, upstream: Any) -> None:
     assert {} == json.loads((tmp_path / "results.json").read_text())
 
 
-def test_one_changed_arch_is_the_only_download(tmp_path: Path, upstream: Any) -> None:
-    srv, _ = upstream
+def test_one_changed_arch_is_the_only_download(tmp_path: Path, fedora: Any) -> None:
+    srv, _ = fedora
     out = tmp_path / "out"
     assert 0 == push(srv, f"oci:{out}", cwd=tmp_path).returncode
     before = skopeo_raw(f"oci:{out}/fedora:39")["manifests"]
@@ -278,8 +238,8 @@ def fedora_config(tmp_path: Path, preference: str = "fedora") -> Path:
     return config
 
 
-def test_changed_env_rebuilds_configs_without_downloading(tmp_path: Path, upstream: Any) -> None:
-    srv, disks = upstream
+def test_changed_env_rebuilds_configs_without_downloading(tmp_path: Path, fedora: Any) -> None:
+    srv, disks = fedora
     out = tmp_path / "out"
     assert (
         0
@@ -300,8 +260,8 @@ def test_changed_env_rebuilds_configs_without_downloading(tmp_path: Path, upstre
     assert disks[("40", "x86_64")] == disk
 
 
-def test_same_bytes_give_the_same_digests_anywhere(tmp_path: Path, upstream: Any) -> None:
-    srv, _ = upstream
+def test_same_bytes_give_the_same_digests_anywhere(tmp_path: Path, fedora: Any) -> None:
+    srv, _ = fedora
     for name in ("a", "b"):
         assert 0 == push(srv, f"oci:{tmp_path / name}", cwd=tmp_path).returncode
     for tag in ("40", "39", "41-beta", "latest"):
@@ -319,8 +279,8 @@ def test_same_bytes_give_the_same_digests_anywhere(tmp_path: Path, upstream: Any
     }
 
 
-def test_a_run_killed_between_tag_writes_is_healed(tmp_path: Path, upstream: Any) -> None:
-    srv, _ = upstream
+def test_a_run_killed_between_tag_writes_is_healed(tmp_path: Path, fedora: Any) -> None:
+    srv, _ = fedora
     out = tmp_path / "out"
     assert 0 == push(srv, f"oci:{out}", cwd=tmp_path).returncode
     index_path = out / "fedora/index.json"
@@ -355,9 +315,9 @@ def test_a_run_killed_between_tag_writes_is_healed(tmp_path: Path, upstream: Any
     ],
 )
 def test_zstd_and_uncompressed_layers(
-    tmp_path: Path, upstream: Any, compression: str, layer_type: str
+    tmp_path: Path, fedora: Any, compression: str, layer_type: str
 ) -> None:
-    srv, disks = upstream
+    srv, disks = fedora
     out = tmp_path / "out"
     result = push(
         srv,

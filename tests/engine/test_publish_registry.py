@@ -16,65 +16,24 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.cli import push
 from tests.support.disks import (
     fedora_link,
-    fedora_tree,
     make_qcow2,
     replace_fedora_image,
     sha256,
 )
 from tests.support.registry import start_registry
-from tests.support.upstream_server import UpstreamServer
 
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[tuple[UpstreamServer, dict[tuple[str, str], bytes]]]:
-    root = tmp_path / "up"
-    disks = fedora_tree(root)
-    with UpstreamServer(root) as srv:
-        yield srv, disks
-
-
-def push(
-    srv: UpstreamServer, target: str, *extra: str, cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "containerdisks",
-            "images",
-            "push",
-            "--dry-run=false",
-            "--focus",
-            "fedora:*",
-            "--source-registry",
-            target,
-            "--log-format",
-            "json",
-            "--work-dir",
-            str(cwd / "work"),
-            *srv.mirror_args(),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=cwd,
-    )
 
 
 def skopeo(*args: str) -> str:
@@ -118,8 +77,8 @@ def disk_via_skopeo(tmp_path: Path, ref: str, goarch: str) -> tuple[dict[str, An
         return config, f.read()
 
 
-def test_publish_fedora_into_the_registry(tmp_path: Path, registry: Any, upstream: Any) -> None:
-    srv, disks = upstream
+def test_publish_fedora_into_the_registry(tmp_path: Path, registry: Any, fedora: Any) -> None:
+    srv, disks = fedora
     ns = f"{registry.host}/containerdisks"
     result = push(srv, ns, cwd=tmp_path)
     assert 0 == result.returncode, result.stderr
@@ -163,9 +122,9 @@ def test_publish_fedora_into_the_registry(tmp_path: Path, registry: Any, upstrea
 
 
 def test_switching_to_oci_media_types_rebuilds_without_mixing(
-    tmp_path: Path, registry: Any, upstream: Any
+    tmp_path: Path, registry: Any, fedora: Any
 ) -> None:
-    srv, _ = upstream
+    srv, _ = fedora
     ns = f"{registry.host}/cd"
     assert 0 == push(srv, ns, "--focus", "fedora:39", cwd=tmp_path).returncode
     srv.clear()
@@ -182,9 +141,9 @@ def test_switching_to_oci_media_types_rebuilds_without_mixing(
 
 @pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
 def test_podman_pulls_each_arch_and_copies_the_disk_out(
-    tmp_path: Path, registry: Any, upstream: Any
+    tmp_path: Path, registry: Any, fedora: Any
 ) -> None:
-    srv, disks = upstream
+    srv, disks = fedora
     ns = f"{registry.host}/containerdisks"
     assert 0 == push(srv, ns, "--focus", "fedora:40", cwd=tmp_path).returncode
     storage = tmp_path / "storage.conf"
@@ -210,9 +169,9 @@ def test_podman_pulls_each_arch_and_copies_the_disk_out(
 
 @pytest.mark.parametrize("auth", ["basic", "token"])
 def test_publish_with_credentials_from_the_auth_file(
-    tmp_path: Path, upstream: Any, auth: str
+    tmp_path: Path, fedora: Any, auth: str
 ) -> None:
-    srv, _ = upstream
+    srv, _ = fedora
     with start_registry(tmp_path / "reg", auth=auth) as reg:  # type: ignore[arg-type]
         assert reg.credentials is not None
         user, password = reg.credentials
@@ -265,11 +224,11 @@ def test_publish_with_credentials_from_the_auth_file(
 
 
 def test_source_and_target_in_different_registries(
-    tmp_path: Path, registry: Any, upstream: Any
+    tmp_path: Path, registry: Any, fedora: Any
 ) -> None:
     """medius's periodic job: decide against production, push to another registry. Unchanged
     arches are copied from registry to registry, never downloaded from upstream again."""
-    srv, disks = upstream
+    srv, disks = fedora
     source = f"{registry.host}/production"
     assert 0 == push(srv, source, "--focus", "fedora:39", cwd=tmp_path).returncode
     published = raw(f"{source}/fedora:39")
