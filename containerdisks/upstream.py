@@ -21,7 +21,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -116,8 +116,10 @@ class HttpUpstream:
         max_metadata_bytes: int = 64 << 20,
         user_agent: str = "containerdisks",
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
         self.mirrors = mirrors or Mirrors()
+        self._trace_configs = list(trace_configs)
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
@@ -133,7 +135,10 @@ class HttpUpstream:
 
     async def __aenter__(self) -> HttpUpstream:
         self._session = aiohttp.ClientSession(
-            timeout=self._timeout, headers=self._headers, read_bufsize=1 << 20
+            timeout=self._timeout,
+            headers=self._headers,
+            read_bufsize=1 << 20,
+            trace_configs=self._trace_configs or None,
         )
         return self
 

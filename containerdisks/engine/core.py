@@ -16,11 +16,13 @@ manifest HEAD.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import structlog
 
 from containerdisks import oci
@@ -77,8 +79,19 @@ def _fingerprint(entry: Entry, family: str, compression: str) -> tuple[object, .
 class Engine:
     """Discovery and sync of entries, sharing upstream, registries and memory across passes."""
 
-    def __init__(self, settings: Settings, config: dict[str, Any], config_name: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config: dict[str, Any],
+        config_name: str,
+        *,
+        upstream_traces: Sequence[aiohttp.TraceConfig] = (),
+        registry_traces: Sequence[aiohttp.TraceConfig] = (),
+    ) -> None:
+        """`upstream_traces` / `registry_traces`: aiohttp tracing attached to the upstream and
+        the registry sessions (the daemon's metrics)."""
         self.settings = settings
+        self._registry_traces = registry_traces
         self.focus = Focus(settings.focus)
         self.catalog: Catalog = load_catalog(config, config_name=config_name)
         self.items = self.catalog.select(self.focus)
@@ -89,6 +102,7 @@ class Engine:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             retry=RetryPolicy(attempts=settings.retries),
+            trace_configs=upstream_traces,
         )
         self._stack = AsyncExitStack()
         self._seen: dict[str, tuple[tuple[object, ...], str]] = {}
@@ -99,7 +113,7 @@ class Engine:
     async def __aenter__(self) -> Engine:
         try:
             await self._stack.enter_async_context(self.upstream)
-            places = open_places(self.settings, self.backoff)
+            places = open_places(self.settings, self.backoff, trace_configs=self._registry_traces)
             self.source, self.target = await self._stack.enter_async_context(places)
         except BaseException:
             await self._stack.aclose()

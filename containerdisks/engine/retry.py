@@ -54,8 +54,11 @@ def is_temporary(error: BaseException) -> bool:
     return isinstance(error, DownloadInterruptedError)
 
 
-async def retrying(what: str, operation: Callable[[], Awaitable[_T]], policy: Backoff) -> _T:
-    """Run `operation` until it succeeds or fails for good; log each retry as one event."""
+async def retrying(
+    what: str, operation: Callable[[], Awaitable[_T]], policy: Backoff, *, host: str | None = None
+) -> _T:
+    """Run `operation` until it succeeds or fails for good; log each retry as one event
+    (with the registry `host` when it is one registry's operation)."""
     failures = 0
     while True:
         try:
@@ -65,7 +68,14 @@ async def retrying(what: str, operation: Callable[[], Awaitable[_T]], policy: Ba
             if not is_temporary(e) or failures >= policy.attempts:
                 raise
             delay = policy.delay(failures, getattr(e, "retry_after", None))
-            log.warning("retry", what=what, error=str(e), attempt=failures, delay=round(delay, 2))
+            log.warning(
+                "retry",
+                what=what,
+                host=host,
+                error=str(e),
+                attempt=failures,
+                delay=round(delay, 2),
+            )
             await policy.sleep(delay)
 
 
@@ -85,7 +95,7 @@ class RetryingStore:
         return self.inner.host
 
     def _run(self, what: str, op: Callable[[], Awaitable[_T]]) -> Awaitable[_T]:
-        return retrying(f"{what} {self.inner.host}", op, self.policy)
+        return retrying(f"{what} {self.inner.host}", op, self.policy, host=self.inner.host)
 
     async def get_manifest(self, repository: str, reference: str) -> oci.Manifest:
         return await self._run(

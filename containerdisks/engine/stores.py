@@ -9,12 +9,14 @@ client (one connection pool, one token cache) serves both.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
+
+import aiohttp
 
 from containerdisks import oci
 from containerdisks.engine.retry import Backoff, RetryingStore
@@ -102,9 +104,15 @@ def _parse(spec: str, setting: str) -> tuple[str, str] | Path:
 
 @asynccontextmanager
 async def open_places(
-    settings: Settings, backoff: Backoff | None = None
+    settings: Settings,
+    backoff: Backoff | None = None,
+    *,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> AsyncIterator[tuple[Place, Place]]:
-    """The source and target places of one run; store operations retried under `backoff`."""
+    """The source and target places of one run; store operations retried under `backoff`.
+
+    `trace_configs` (aiohttp tracing, e.g. the daemon's metrics) observe every registry request.
+    """
     policy = backoff or Backoff(attempts=settings.retries)
     specs = {"source": settings.source_registry, "target": settings.target}
     parsed = {k: _parse(v, f"{k}_registry") for k, v in specs.items()}
@@ -126,8 +134,17 @@ async def open_places(
                         credentials = await asyncio.to_thread(oci.find_credentials, spec)
                     except oci.CredentialsError as e:
                         raise ConfigError(f"credentials for {store_key}: {e}") from None
+                    session = None
+                    if trace_configs:
+                        session = aiohttp.ClientSession(
+                            read_bufsize=1 << 20,
+                            cookie_jar=aiohttp.DummyCookieJar(),
+                            trace_configs=list(trace_configs),
+                        )
+                        stack.push_async_callback(session.close)
                     client = oci.RegistryClient(
                         store_key,
+                        session=session,
                         credentials=credentials,
                         insecure_skip_tls=settings.insecure_skip_tls,
                         ca_file=settings.ca_file,
