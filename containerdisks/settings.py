@@ -31,7 +31,14 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["CATALOG_KEYS", "ConfigError", "Settings", "load_config_file", "load_settings"]
+__all__ = [
+    "CATALOG_KEYS",
+    "ConfigError",
+    "Settings",
+    "load_config_file",
+    "load_settings",
+    "parse_listen",
+]
 
 ENV_PREFIX = "CONTAINERDISKS_"
 #: Keys of the config file that belong to the catalog, not to the settings.
@@ -103,6 +110,36 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="`json` lines, readable `console`, or `auto` (console on a terminal)."
     )
+    # -- the daemon (`serve`) -------------------------------------------------------------------
+    once: bool = Field(False, description="`serve`: run exactly one pass, then exit.")
+    interval: PositiveFloat = Field(1800.0, description="`serve`: seconds between passes.")
+    interval_jitter: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="`serve`: up to this fraction of `interval` is added at random to each wait.",
+    )
+    queue_size: PositiveInt = Field(
+        64, description="`serve`: entries waiting for a worker; a full queue holds the pass back."
+    )
+    listen: str = Field(
+        "0.0.0.0:8080",  # a pod's probes and Prometheus reach it from outside
+        description="`serve`: HOST:PORT of the health, readiness, metrics and status server.",
+    )
+    shutdown_grace: float = Field(
+        30.0,
+        ge=0.0,
+        description="`serve`: seconds in-flight syncs get to finish after SIGTERM/SIGINT.",
+    )
+    backoff_initial: PositiveFloat = Field(
+        60.0, description="`serve`: seconds before a failed entry is tried again (doubles)."
+    )
+    backoff_max: PositiveFloat = Field(
+        1800.0, description="`serve`: the longest wait before a failed entry is tried again."
+    )
+    heartbeat_timeout: PositiveFloat = Field(
+        60.0, description="`serve`: `/healthz` fails when the scheduler has not ticked this long."
+    )
 
     @field_validator("upstream_mirrors")
     @classmethod
@@ -110,6 +147,12 @@ class Settings(BaseSettings):
         for src, dst in v.items():
             if not src or not dst:
                 raise ValueError("mirror prefixes must not be empty")
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, v: str) -> str:
+        parse_listen(v)
         return v
 
     @model_validator(mode="after")
@@ -136,6 +179,18 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         file_data = _FILE_LAYER.get(settings_cls, {})
         return (init_settings, env_settings, InitSettingsSource(settings_cls, file_data))
+
+
+def parse_listen(spec: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[V6]:PORT` -> (host, port); raises ValueError."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{spec!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{spec!r}: write an IPv6 address as [ADDRESS]:PORT")
+    return host, int(port)
 
 
 # The file layer is handed to `settings_customise_sources` through this map, keyed by the class
