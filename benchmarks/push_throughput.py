@@ -407,7 +407,9 @@ class Run:
     waited_for_idle: float = 0.0
     layer_bytes: int | None = None
     layer_digest: str | None = None
-    stream_seconds: float | None = None
+    stream_seconds: float | None = None  # the layer upload, as the command logs it
+    before_stream_seconds: float | None = None  # start-up, planning, opening the download
+    after_stream_seconds: float | None = None  # config, manifest, tags, exit
     temp_bytes_max: int | None = None
     write_fds: list[str] = field(default_factory=list)
     work_dir_exists_after: bool | None = None
@@ -416,6 +418,7 @@ class Run:
 @dataclass
 class Proc:
     returncode: int
+    started: float  # time.time() at the start, to place the command's log timestamps
     seconds: float
     maxrss_kib: int
     polled_hwm_kib: int
@@ -499,6 +502,7 @@ def run_timed(
     if timed:
         cmd = [str(GNU_TIME), "-f", "%M", "-o", str(rss_file), *cmd]
     with out.open("wb") as sink:
+        started = time.time()
         start = time.perf_counter()
         proc = subprocess.Popen(
             cmd, env=env, cwd=cwd, stdout=sink, stderr=sink, start_new_session=True
@@ -532,6 +536,7 @@ def run_timed(
             rss = int(rss_file.read_text().split()[-1])
     return Proc(
         returncode=proc.returncode,
+        started=started,
         seconds=seconds,
         maxrss_kib=rss,
         polled_hwm_kib=hwm,
@@ -724,10 +729,19 @@ class Bench:
         own = (str(out) + ".rss", str(run_dir / "results") + "/")
         result.write_fds = [f for f in p.write_fds if not f.startswith(own)]
         result.work_dir_exists_after = work_dir.exists() and any(work_dir.iterdir())
+        events: dict[str, float] = {}
         for line in out.read_text(errors="replace").splitlines():
-            if '"layer_pushed"' in line:
-                with contextlib.suppress(ValueError):
-                    result.stream_seconds = json.loads(line).get("seconds")
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                event = json.loads(line)
+                when = dt.datetime.fromisoformat(event["timestamp"]).timestamp()
+                events.setdefault(event["event"], when)
+                if event["event"] == "layer_pushed":
+                    result.stream_seconds = event.get("seconds")
+        if "layer_pushed" in events and result.stream_seconds:
+            # the command's time outside the stream: start-up and planning, then the rest
+            pushed = events["layer_pushed"]
+            result.before_stream_seconds = pushed - result.stream_seconds - p.started
+            result.after_stream_seconds = p.started + p.seconds - pushed
         if not self._proc(result, p, out):
             return
         self._check_manifest(registry, "ns/bench", result)
@@ -758,6 +772,12 @@ def summarize(runs: Sequence[Run], variants: Sequence[str], image_size: int) -> 
             "mb_per_s_min": min((r.mb_per_s for r in rs), default=None),
             "mb_per_s_max": max((r.mb_per_s for r in rs), default=None),
             "stream_mb_per_s_median": image_size / MB / _median(stream) if stream else None,
+            "before_stream_seconds_median": _median(
+                [r.before_stream_seconds for r in rs if r.before_stream_seconds is not None]
+            ),
+            "after_stream_seconds_median": _median(
+                [r.after_stream_seconds for r in rs if r.after_stream_seconds is not None]
+            ),
             "peak_rss_mib_max": max((r.peak_rss_mib for r in rs), default=None),
             "cpu_seconds_median": _median([r.cpu_seconds for r in rs]),
             "registry_cpu_seconds_median": _median([r.registry_cpu_seconds for r in rs]),
@@ -908,6 +928,17 @@ def bench_env(args: argparse.Namespace) -> Iterator[Bench]:
         config.write_text(REGISTRY_CONFIG)
         catalog = tmp / "catalog.yaml"
         catalog.write_text(CATALOG)
+        if args.ref:  # a frozen tree: the working tree may change while the benchmark runs
+            tree = tmp / "tree"
+            tree.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(REPO_ROOT), "archive", args.ref],
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-C", str(tree), "-xf", "-"], input=archive, check=True)
+            args.repo = tree
+            log(f"ours-* run from {args.ref} ({args.commit[:12]}), extracted in {tree}")
         upstream = Upstream(root)
         try:
             yield Bench(
@@ -936,6 +967,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated, run in this order, rotated per round; known: {', '.join(VARIANTS)}",
     )
     parser.add_argument("--json", type=Path, help="write every run and the summary here")
+    parser.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start with one floor run that is not counted (the first run of a session is "
+        "often slower)",
+    )
     parser.add_argument("--seed", type=int, default=5, help="seed of the image's regions")
     parser.add_argument("--run-timeout", type=float, default=600, help="seconds per run (600)")
     parser.add_argument(
@@ -952,10 +990,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the source tree the ours-* variants run from (default: this one)",
     )
     parser.add_argument(
+        "--ref",
+        help="run the ours-* variants from this git commit (extracted with `git archive`), not "
+        "from the working tree",
+    )
+    parser.add_argument(
         "--alt-repo",
         type=Path,
         help="a copy of the source tree with a change to measure: the alt-* variants run "
         "`python -m containerdisks` from there",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=3600,
+        help="seconds after which no further run starts (3600)",
     )
     parser.add_argument("--tmp-dir", type=Path, help="parent of the temp dir (default $TMPDIR)")
     parser.add_argument(
@@ -976,6 +1025,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(v.startswith("alt-") for v in variants) and not args.alt_repo:
         parser.error("the alt-* variants need --alt-repo")
     args.repo = args.repo.resolve()
+    args.commit = None
+    if args.ref:
+        args.commit = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--verify", args.ref + "^{commit}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if not args.commit:
+            parser.error(f"--ref {args.ref}: not a commit")
     if args.alt_repo:
         args.alt_repo = args.alt_repo.resolve()
     for tool in ("docker-registry", "curl", "bash", "sha256sum", "tar", "gzip", "skopeo"):
@@ -989,9 +1048,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"image {bench.image.size} bytes, {bench.image.zero_bytes / bench.image.size:.0%} "
             f"zeros, sha256 {bench.image.sha256[:12]}; upstream {bench.upstream.base}"
         )
+        if args.warmup:
+            r = bench.run("floor", 0)
+            log(f"warm-up (not counted): floor {r.seconds:.2f} s {'ok' if r.ok else r.error}")
+        deadline = time.monotonic() + args.budget
         for rnd in range(1, args.rounds + 1):
             shift = (rnd - 1) % len(variants)
             for v in variants[shift:] + variants[:shift]:
+                if time.monotonic() > deadline:
+                    log(f"over the --budget of {args.budget:.0f} s: round {rnd} {v} not run")
+                    continue
                 r = bench.run(v, rnd)
                 runs.append(r)
                 status = "ok" if r.ok else f"FAILED: {r.error}"
@@ -1016,6 +1082,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = {
             "started": started.isoformat(timespec="seconds"),
             "git": _git_head(),
+            "ours_commit": args.commit,
             "repo": str(args.repo),
             "alt_repo": str(args.alt_repo) if args.alt_repo else None,
             "machine": _machine(),
