@@ -32,7 +32,7 @@ EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 Command = Callable[[Settings, dict[str, Any], str], Awaitable[int]]
 
-_BOOL_FLAGS = ("--dry-run", "--insecure-skip-tls", "--force", "--no-fail")
+_BOOL_FLAGS = ("--dry-run", "--insecure-skip-tls", "--force", "--no-fail", "--once")
 _TRUE = {"true", "t", "1", "yes"}
 _FALSE = {"false", "f", "0", "no"}
 
@@ -88,6 +88,49 @@ def _global_flags(where: str) -> _Parser:
     return p
 
 
+def _push_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `images push`, which `serve` shares (one sync core, one set of flags)."""
+    s = argparse.SUPPRESS
+    p.add_argument("--results-file", default=s, help="results file (default results.json)")
+    p.add_argument("--workers", type=int, default=s, help="entries processed in parallel")
+    p.add_argument(
+        "--force",
+        type=_bool,
+        default=s,
+        metavar="BOOL",
+        help="rebuild every arch of the focused entries",
+    )
+    p.add_argument(
+        "--no-fail", type=_bool, default=s, metavar="BOOL", help="exit 0 even if an entry failed"
+    )
+    p.add_argument(
+        "--source-registry",
+        default=s,
+        help="registry read to decide what is needed (default quay.io/containerdisks)",
+    )
+    p.add_argument(
+        "--target-registry", default=s, help="registry to push to (default: the source registry)"
+    )
+    p.add_argument("--media-types", default=s, choices=["docker", "oci"])
+    p.add_argument("--layer-compression", default=s, choices=["gzip", "zstd", "none"])
+    p.add_argument("--work-dir", default=s, help="directory for spooled downloads")
+    p.add_argument("--output", default=s, choices=["table", "json"])
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS
+    p.add_argument("--once", type=_bool, default=s, metavar="BOOL", help="run one pass, then exit")
+    p.add_argument("--interval", type=float, default=s, help="seconds between passes")
+    p.add_argument("--queue-size", type=int, default=s, help="entries waiting for a worker")
+    p.add_argument("--listen", default=s, metavar="HOST:PORT", help="health/metrics server address")
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=s,
+        help="seconds in-flight syncs get after SIGTERM/SIGINT",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     root = _Parser(
         prog="containerdisks",
@@ -97,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     root.add_argument("--version", action="version", version=f"containerdisks {__version__}")
     commands = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    s = argparse.SUPPRESS
 
     images = commands.add_parser(
         "images", help="publish containerdisks", parents=[_global_flags("sub")], allow_abbrev=False
@@ -111,31 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         help="determine which containerdisks need an update and push them",
     )
-    push.add_argument("--results-file", default=s, help="results file (default results.json)")
-    push.add_argument("--workers", type=int, default=s, help="entries processed in parallel")
-    push.add_argument(
-        "--force",
-        type=_bool,
-        default=s,
-        metavar="BOOL",
-        help="rebuild every arch of the focused entries",
-    )
-    push.add_argument(
-        "--no-fail", type=_bool, default=s, metavar="BOOL", help="exit 0 even if an entry failed"
-    )
-    push.add_argument(
-        "--source-registry",
-        default=s,
-        help="registry read to decide what is needed (default quay.io/containerdisks)",
-    )
-    push.add_argument(
-        "--target-registry", default=s, help="registry to push to (default: the source registry)"
-    )
-    push.add_argument("--media-types", default=s, choices=["docker", "oci"])
-    push.add_argument("--layer-compression", default=s, choices=["gzip", "zstd", "none"])
-    push.add_argument("--work-dir", default=s, help="directory for spooled downloads")
-    push.add_argument("--output", default=s, choices=["table", "json"])
+    _push_flags(push)
     push.set_defaults(handler="images_push")
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[_global_flags("sub")],
+        allow_abbrev=False,
+        help="keep the registry current: a pass now and every --interval, with health and metrics",
+    )
+    _push_flags(serve)
+    _serve_flags(serve)
+    serve.set_defaults(handler="serve")
 
     catalog = commands.add_parser(
         "catalog",
@@ -143,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         help="list the catalog: entries, arches, sources and tag policy (no network)",
     )
-    catalog.add_argument("--output", default=s, choices=["table", "json"])
+    catalog.add_argument("--output", default=argparse.SUPPRESS, choices=["table", "json"])
     catalog.set_defaults(handler="catalog")
     return root
 
@@ -179,9 +208,10 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str], str
 
 def _handlers() -> dict[str, Command]:
     from containerdisks.catalog_cmd import catalog_command  # noqa: PLC0415 - keeps --help fast
+    from containerdisks.daemon import serve  # noqa: PLC0415
     from containerdisks.engine.push import images_push  # noqa: PLC0415
 
-    return {"images_push": images_push, "catalog": catalog_command}
+    return {"images_push": images_push, "catalog": catalog_command, "serve": serve}
 
 
 def _run(command: Command, settings: Settings, config: dict[str, Any], config_name: str) -> int:

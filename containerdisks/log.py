@@ -2,24 +2,132 @@
 
 stdout belongs to plans, tables and results; logs never go there. Configuration happens once, in
 the command-line entry point; library modules only call `structlog.get_logger()`.
+
+Decisions:
+- The level filter is a processor, placed after the *observers* (the daemon counts retries from
+  the engine's events), so observers see every event whatever the level.
+- On a terminal with the console format, a `ProgressConsole` owns stderr: log lines are written
+  above a block of progress bars (downloads and pushes in flight), which is cleared and drawn
+  again around each line, so bars never tear log lines. Off a terminal there are no bars: JSON
+  lines only, one event per stage.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal, TextIO
+import threading
+from collections.abc import MutableMapping, Sequence
+from typing import Any, Literal, TextIO
 
 import structlog
+from structlog.typing import Processor
 
-__all__ = ["configure"]
+__all__ = ["ProgressConsole", "add_observer", "configure", "console", "format_bar"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
     "warning": logging.WARNING,
+    "warn": logging.WARNING,
     "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
 }
+
+_state: dict[str, Any] = {"console": None, "observers": [], "level": "info", "fmt": "auto"}
+
+
+class ProgressConsole:
+    """A terminal: log lines scroll above, progress bars stay below them."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._bars: list[str] = []
+        self._drawn = 0
+        self._lock = threading.Lock()  # log lines may come from worker threads
+
+    def _clear(self) -> None:
+        if self._drawn:
+            # Up to the first bar's line, then erase to the end of the screen.
+            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+
+    def _draw(self) -> None:
+        for bar in self._bars:
+            self.stream.write(bar + "\n")
+        self._drawn = len(self._bars)
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            self._clear()
+            self.stream.write(text + "\n")
+            self._draw()
+            self.stream.flush()
+
+    def bars(self, bars: Sequence[str]) -> None:
+        with self._lock:
+            if not bars and not self._drawn:
+                return
+            self._clear()
+            self._bars = list(bars)
+            self._draw()
+            self.stream.flush()
+
+
+class _ConsoleLogger:
+    """The structlog logger that writes rendered lines through a `ProgressConsole`."""
+
+    def __init__(self, console: ProgressConsole) -> None:
+        self._console = console
+
+    def msg(self, message: str) -> None:
+        self._console.line(message)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _units(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover - the loop returns
+
+
+def format_bar(
+    label: str,
+    done: int,
+    total: int | None,
+    seconds: float,
+    *,
+    width: int = 30,
+    label_width: int = 40,
+) -> str:
+    """One progress line: label, bar (or a spinner-less count when the size is unknown), rate."""
+    rate = f"{_units(done / seconds)}/s" if seconds > 0 else ""
+    name = label if len(label) <= label_width else label[: label_width - 1] + "…"
+    if total:
+        filled = min(width, int(width * done / total))
+        bar = "█" * filled + "·" * (width - filled)
+        pct = f"{100 * done / total:5.1f}%"
+        return f"{name:<{label_width}} {bar} {pct} {_units(done)}/{_units(total)} {rate}".rstrip()
+    return f"{name:<{label_width}} {_units(done)} {rate}".rstrip()
+
+
+def _level_filter(min_level: int) -> Processor:
+    def drop_below(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if _LEVELS.get(str(event.get("level", "info")), logging.INFO) < min_level:
+            raise structlog.DropEvent
+        return event
+
+    return drop_below
+
+
+def _observe(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for observer in _state["observers"]:
+        event = observer(_, method, event)
+    return event
 
 
 def configure(
@@ -28,21 +136,42 @@ def configure(
     stream: TextIO | None = None,
 ) -> None:
     out = stream or sys.stderr
-    console = fmt == "console" or (fmt == "auto" and out.isatty())
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=out.isatty())
-        if console
+    tty = out.isatty()
+    use_console = fmt == "console" or (fmt == "auto" and tty)
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=tty)
+        if use_console
         else structlog.processors.JSONRenderer(sort_keys=True)
+    )
+    progress = ProgressConsole(out) if use_console and tty else None
+    _state.update(console=progress, level=level, fmt=fmt, observers=[])
+    logger_factory: Any = (
+        (lambda *_: _ConsoleLogger(progress))
+        if progress is not None
+        else structlog.PrintLoggerFactory(out)
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _observe,
+            _level_filter(_LEVELS[level]),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=False,
     )
+
+
+def add_observer(observer: Processor) -> None:
+    """Let `observer` see every event (before the level filter); it must return the event."""
+    _state["observers"].append(observer)
+
+
+def console() -> ProgressConsole | None:
+    """The progress console, when logs go to a terminal in the console format."""
+    progress: ProgressConsole | None = _state["console"]
+    return progress

@@ -1,0 +1,474 @@
+"""The daemon's scheduler: passes on an interval, a bounded queue, workers, backoff, drain.
+
+One job: decide *when* each entry is synced; *how* is `Engine.sync`, the one code path that
+`images push` runs too (regsync's `process(action)` behind `server` and `once`).
+
+Shape (kopf's reactor, with anyio's memory object stream as the queue):
+- The *tick loop* beats the heartbeat every `tick` seconds, starts a pass when one is due
+  (`interval` plus up to `interval_jitter` of it, start to start) and hands entries whose backoff
+  ran out to the queue. It awaits nothing but its own sleep, so no upstream, registry or slow
+  entry can stall it: `/healthz` reports a stuck loop, never a slow network.
+- A *pass* (a task) discovers the catalog, then sends each entry into the bounded queue
+  (`queue_size`): a full queue holds the pass back, not the tick loop. A pass whose discovery or
+  feeding is still running when the next is due is not doubled. An entry already queued or
+  running is not queued twice; an entry waiting out a backoff is skipped. The pass completes when
+  its own entries are synced: then the results file is rewritten (not in a dry run).
+- `workers` tasks receive entries and run `Engine.sync`, one entry at a time each.
+- A failed entry is tried again after `backoff_initial` seconds, doubled per further failure up to
+  `backoff_max`, with jitter; the others go on as scheduled.
+- Shutdown: stop ticking, cancel passes, drop what is queued, give in-flight syncs
+  `shutdown_grace` seconds, then cancel them (an open upload is cancelled and its temporary files
+  removed by the engine's own cleanup, which a plain asyncio cancellation lets run).
+
+`once` runs exactly one pass and closes the queue behind it, so the workers drain and stop.
+Workers are plain asyncio tasks, not an anyio task group: anyio cancellation is level-triggered
+and would cancel the cleanup (the upload's DELETE) too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from containerdisks.catalog import Entry
+from containerdisks.engine.core import Outcome
+from containerdisks.engine.plan import EntryPlan
+from containerdisks.engine.results import write_results
+from containerdisks.metrics import Metrics
+from containerdisks.settings import ConfigError
+from containerdisks.status import ArchState, Status
+
+__all__ = ["Scheduler", "SyncEngine", "Timing"]
+
+log = structlog.get_logger(__name__)
+
+#: How long cancelled syncs get to clean up (cancel uploads, remove files) before we give up.
+_CLEANUP_TIMEOUT = 15.0
+
+
+class SyncEngine(Protocol):
+    """What the scheduler needs of the engine (`containerdisks.engine.core.Engine`)."""
+
+    async def discover(self) -> tuple[list[Entry], list[Outcome]]: ...
+
+    async def sync(self, entry: Entry) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class Timing:
+    interval: float = 1800.0
+    jitter: float = 0.1  # fraction of `interval`
+    backoff_initial: float = 60.0
+    backoff_max: float = 1800.0
+    shutdown_grace: float = 30.0
+
+    @property
+    def tick(self) -> float:
+        """The tick loop's period: at most a second, finer for very short intervals."""
+        return max(0.02, min(1.0, self.interval / 4, self.backoff_initial / 4))
+
+
+@dataclass
+class _Pass:
+    """One pass's bookkeeping: the entries it sent, and their outcomes as they come."""
+
+    number: int
+    started: float  # monotonic
+    started_wall: float = 0.0
+    order: list[str] = field(default_factory=list)
+    pending: set[str] = field(default_factory=set)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    fed: bool = False  # discovery and feeding are over
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finished(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.key] = outcome
+        self.pending.discard(outcome.key)
+        if self.fed and not self.pending:
+            self.done.set()
+
+
+@dataclass(frozen=True)
+class _Job:
+    entry: Entry
+    run: _Pass | None  # None: a retry after backoff, outside any pass
+
+
+def result_of(outcome: Outcome, dry_run: bool) -> str:
+    """The entry's result for status and metrics: failed, published, pending, up-to-date."""
+    if outcome.error:
+        return "failed"
+    if outcome.tags:
+        return "published"
+    if dry_run and outcome.plan.needs_publish:
+        return "pending"
+    return "up-to-date"
+
+
+class Scheduler:
+    """Runs passes over the catalog through `engine`, recording into `status` and `metrics`."""
+
+    def __init__(
+        self,
+        engine: SyncEngine,
+        status: Status,
+        metrics: Metrics,
+        *,
+        timing: Timing,
+        workers: int = 1,
+        queue_size: int = 64,
+        dry_run: bool = True,
+        results_path: Path | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.engine = engine
+        self.status = status
+        self.metrics = metrics
+        self.timing = timing
+        self.workers = workers
+        self.dry_run = dry_run
+        self.results_path = results_path
+        self.monotonic = monotonic
+        self.wall = wall
+        self.rand = rand
+        send, receive = anyio.create_memory_object_stream[_Job](queue_size)
+        self._send: MemoryObjectSendStream[_Job] = send
+        self._receive: MemoryObjectReceiveStream[_Job] = receive
+        self._active: set[str] = set()  # queued or running
+        self._running: set[str] = set()
+        self._latest: dict[str, Entry] = {}  # as last discovered, for retries after backoff
+        self._not_before: dict[str, float] = {}  # monotonic time a failed entry may run again
+        self._failures: dict[str, int] = {}
+        self._last_outcome: dict[str, Outcome] = {}
+        self._passes: list[asyncio.Task[list[Outcome]]] = []
+        self._feeding: _Pass | None = None
+        self._number = 0
+        self._stopping = False
+        self._fatal: BaseException | None = None
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    async def run_once(self) -> list[Outcome]:
+        """Exactly one pass; the queue is closed behind it and the workers drain."""
+        workers = self._start_workers()
+        try:
+            outcomes = await self._pass(first=True)
+            self._send.close()
+            await asyncio.gather(*workers)
+            return outcomes
+        except BaseException:
+            await self._cancel(workers)
+            raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pass after pass until `stop` is set; then drain within the grace time and return.
+
+        Raises the `ConfigError` of a first pass whose focus matches nothing.
+        """
+        workers = self._start_workers()
+        next_pass = self.monotonic()
+        try:
+            while not stop.is_set() and self._fatal is None:
+                self.status.beat()
+                now = self.monotonic()
+                if now >= next_pass:
+                    self._start_pass(stop)
+                    next_pass = now + self.timing.interval * (1 + self.timing.jitter * self.rand())
+                    self.status.next_pass = self.wall() + (next_pass - now)
+                self._feed_retries(now)
+                self.metrics.queue_depth.set(self._queued())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.timing.tick)
+        finally:
+            await self._shutdown(workers)
+        if self._fatal is not None:
+            raise self._fatal
+
+    # -- passes ---------------------------------------------------------------------------------
+
+    def _start_pass(self, stop: asyncio.Event) -> None:
+        self._passes = [t for t in self._passes if not t.done()]
+        if self._feeding is not None:
+            log.warning("pass_skipped", reason="the previous pass is still discovering or queueing")
+            return
+        first = self._number == 0
+        task = asyncio.create_task(self._pass(first=first))
+
+        def finished(t: asyncio.Task[list[Outcome]]) -> None:
+            error = None if t.cancelled() else t.exception()
+            if isinstance(error, ConfigError) and first:
+                self._fatal = error
+                stop.set()
+            elif error is not None:
+                log.error("pass_crashed", error=f"{type(error).__name__}: {error}")
+
+        task.add_done_callback(finished)
+        self._passes.append(task)
+
+    async def _pass(self, *, first: bool) -> list[Outcome]:
+        self._number += 1
+        run = _Pass(self._number, self.monotonic())
+        self._feeding = run
+        run.started_wall = self.status.pass_started()
+        log.info("pass_started", number=run.number)
+        try:
+            try:
+                entries, failures = await self.engine.discover()
+            except ConfigError as e:
+                if first:
+                    raise
+                entries, failures = [], []
+                log.error("pass_failed", number=run.number, error=str(e))
+            except Exception as e:
+                # A bug in discovery must not end the daemon: the next pass tries again.
+                log.exception("pass_failed", number=run.number, error=str(e))
+                entries, failures = [], []
+            log.info(
+                "discovered",
+                number=run.number,
+                entries=len(entries),
+                failed=len(failures),
+                seconds=round(self.monotonic() - run.started, 3),
+            )
+            for failure in failures:
+                self._record_failure_outcome(failure)
+                run.order.append(failure.key)
+                run.outcomes[failure.key] = failure
+            now = self.monotonic()
+            for entry in entries:
+                key = entry.key
+                self._latest[key] = entry
+                if key in self._active:
+                    log.info("skipped", entry=key, reason="already queued or running")
+                    continue
+                if self._not_before.get(key, 0.0) > now:
+                    log.info("skipped", entry=key, reason="backing off after a failure")
+                    if key in self._last_outcome:
+                        run.order.append(key)
+                        run.outcomes[key] = self._last_outcome[key]
+                    continue
+                run.order.append(key)
+                run.pending.add(key)
+                self._mark_queued(key)
+                await self._send.send(_Job(entry, run))
+                self.metrics.queue_depth.set(self._queued())
+        finally:
+            run.fed = True
+            if self._feeding is run:
+                self._feeding = None
+        if run.pending:
+            await run.done.wait()
+        return self._finish(run)
+
+    def _finish(self, run: _Pass) -> list[Outcome]:
+        outcomes = [run.outcomes[k] for k in run.order if k in run.outcomes]
+        failed = [o.key for o in outcomes if o.error]
+        seconds = self.monotonic() - run.started
+        if self.results_path is not None:
+            results = {o.key: r for o in outcomes if (r := o.result) is not None}
+            try:
+                write_results(self.results_path, results)
+            except OSError as e:
+                log.error("results_not_written", path=str(self.results_path), error=str(e))
+        self.status.pass_finished(
+            run.started_wall, len(outcomes), len(failed), first=run.number == 1
+        )
+        self.metrics.pass_finished(seconds, self.wall())
+        log.info(
+            "pass_finished",
+            number=run.number,
+            seconds=round(seconds, 3),
+            entries=len(outcomes),
+            failed=len(failed),
+            published=sum(1 for o in outcomes if o.tags),
+        )
+        return outcomes
+
+    def _feed_retries(self, now: float) -> None:
+        """Queue the failed entries whose backoff ran out, as far as the queue has room."""
+        for key, when in sorted(self._not_before.items(), key=lambda kv: kv[1]):
+            if when > now or key in self._active or key not in self._latest:
+                continue
+            try:
+                self._send.send_nowait(_Job(self._latest[key], None))
+            except anyio.WouldBlock:
+                return
+            self._mark_queued(key)
+            log.info("retrying", entry=key, failures=self._failures.get(key, 0))
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def _start_workers(self) -> list[asyncio.Task[None]]:
+        tasks = []
+        with self._receive:
+            for n in range(self.workers):
+                tasks.append(asyncio.create_task(self._worker(self._receive.clone(), n)))
+        return tasks
+
+    async def _worker(self, receive: MemoryObjectReceiveStream[_Job], n: int) -> None:
+        async with receive:
+            async for job in receive:
+                self.metrics.queue_depth.set(self._queued())
+                if self._stopping:
+                    self._active.discard(job.entry.key)
+                    self.status.entry(job.entry.key).step = "idle"
+                    continue
+                await self._process(job)
+
+    async def _process(self, job: _Job) -> None:
+        entry = job.entry
+        key = entry.key
+        state = self.status.entry(key)
+        state.step = "running"
+        state.last_attempt = self.wall()
+        self._running.add(key)
+        self.metrics.in_flight.inc()
+        started = self.monotonic()
+        outcome: Outcome | None = None
+        try:
+            try:
+                outcome = await self.engine.sync(entry)
+            except Exception as e:
+                # A bug or an unexpected OS error fails this entry only.
+                message = f"{key}: internal error: {type(e).__name__}: {e}"
+                log.exception("sync_crashed", entry=key, error=message)
+                outcome = Outcome(EntryPlan(key, [], error=message), [], message)
+        finally:
+            self._running.discard(key)
+            self._active.discard(key)
+            self.metrics.in_flight.dec()
+            if outcome is None:  # cancelled
+                state.step = "idle"
+        assert outcome is not None
+        self._record(outcome, self.monotonic() - started)
+        if job.run is not None:
+            job.run.finished(outcome)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _queued(self) -> int:
+        return len(self._active) - len(self._running)
+
+    def _mark_queued(self, key: str) -> None:
+        self._active.add(key)
+        self.status.entry(key).step = "queued"
+
+    def _backoff(self, key: str) -> float:
+        failures = self._failures.get(key, 0)
+        delay = min(self.timing.backoff_initial * 2.0 ** (failures - 1), self.timing.backoff_max)
+        return delay * (0.75 + 0.25 * self.rand())
+
+    def _record(self, outcome: Outcome, seconds: float) -> None:
+        key = outcome.key
+        state = self.status.entry(key)
+        result = result_of(outcome, self.dry_run)
+        now_wall = self.wall()
+        self._last_outcome[key] = outcome
+        if outcome.error:
+            self._failures[key] = self._failures.get(key, 0) + 1
+            delay = self._backoff(key)
+            self._not_before[key] = self.monotonic() + delay
+            state.step, state.next_poll = "backoff", now_wall + delay
+            log.warning(
+                "synced",
+                entry=key,
+                result=result,
+                error=outcome.error,
+                seconds=round(seconds, 3),
+                failures=self._failures[key],
+                retry_in=round(delay, 1),
+            )
+        else:
+            self._failures.pop(key, None)
+            self._not_before.pop(key, None)
+            state.step, state.next_poll = "idle", None
+            state.last_success = now_wall
+            log.info(
+                "synced", entry=key, result=result, seconds=round(seconds, 3), tags=outcome.tags
+            )
+        state.result, state.error = result, outcome.error
+        state.failures = self._failures.get(key, 0)
+        if outcome.tags:
+            state.tags = list(outcome.tags)
+        self._record_arches(outcome, result)
+        self.metrics.sync_finished(key, result, seconds, now_wall, state.failures)
+
+    def _record_arches(self, outcome: Outcome, result: str) -> None:
+        state = self.status.entry(outcome.key)
+        plan = outcome.plan
+        rebuilt = result == "published" and any(r.action in ("build", "reuse") for r in plan.arches)
+        if rebuilt:
+            state.digest = None  # what was written is read back by the next pass
+        elif plan.published_digest is not None:
+            state.digest = plan.published_digest
+        for row in plan.arches:
+            old = state.arches.get(row.arch) or ArchState()
+            # A failed row, or "unchanged since last pass" (nothing was read): keep what we knew.
+            unread = row.action == "failed" or (
+                row.action == "up-to-date" and row.published_digest is None
+            )
+            arch = ArchState(
+                upstream=row.upstream or (old.upstream if unread else None),
+                published=old.published if unread else row.published,
+                digest=old.digest if unread else row.published_digest,
+                action=row.action,
+                reason=row.reason,
+            )
+            if rebuilt and row.action in ("build", "reuse"):
+                arch.published, arch.digest = row.upstream, None
+            state.arches[row.arch] = arch
+
+    def _record_failure_outcome(self, outcome: Outcome) -> None:
+        """A catalog item whose discovery failed: recorded under its key (`name:*`)."""
+        state = self.status.entry(outcome.key)
+        state.step, state.result, state.error = "idle", "failed", outcome.error
+        state.last_attempt = self.wall()
+        self._failures[outcome.key] = self._failures.get(outcome.key, 0) + 1
+        state.failures = self._failures[outcome.key]
+        self._record_arches(outcome, "failed")
+        self.metrics.discovery_failures.inc()
+        self.metrics.last_result.labels(outcome.key).state("failed")
+        self.metrics.failures.labels(outcome.key).set(state.failures)
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
+        self._stopping = True
+        self.status.stopping = True
+        in_flight = sorted(self._running)
+        log.info(
+            "shutdown_started",
+            in_flight=in_flight,
+            queued=self._queued(),
+            grace=self.timing.shutdown_grace,
+        )
+        for task in self._passes:
+            task.cancel()
+        await asyncio.gather(*self._passes, return_exceptions=True)
+        self._send.close()
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=self.timing.shutdown_grace)
+            if pending:
+                log.warning("shutdown_cancelling", entries=sorted(self._running))
+                await self._cancel(list(pending))
+        log.info("shutdown_finished")
+
+    async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_CLEANUP_TIMEOUT)
+            if pending:
+                log.error("cleanup_timed_out", seconds=_CLEANUP_TIMEOUT)

@@ -1,0 +1,308 @@
+"""The daemon's Prometheus metrics, and the HTTP meter that feeds the per-host ones.
+
+One job: own every `containerdisks_*` metric in a registry of its own (built per daemon, never
+prometheus-client's global one, so tests and several daemons in one process do not collide) and
+give the scheduler a few verbs to update them.
+
+Decisions:
+- HTTP traffic is measured where it happens, with aiohttp's own tracing signals (`TraceConfig`)
+  attached to the engine's sessions: every request sent (redirect hops and token requests
+  included), every body chunk sent, and the bytes of every upstream response as they arrive
+  (read from the response's stream counter when polled, because aiohttp signals received chunks
+  only for fully read bodies, not for streamed downloads). The engine needs no metrics code.
+- Retries are counted from the log events the engine already emits for each one (`retry`,
+  `upstream_retry`, `download_retry`), through a structlog processor that runs before the level
+  filter, so they are counted whatever the log level.
+- The same meter lists the transfers in flight, which the console uses for progress bars.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Literal
+
+import aiohttp
+import yarl
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from containerdisks import __version__
+
+__all__ = ["CONTENT_TYPE", "RESULTS", "HttpMeter", "Metrics", "Transfer"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The last result of an entry's sync.
+RESULTS = ["up-to-date", "published", "pending", "failed"]
+Kind = Literal["upstream", "registry"]
+
+_SYNC_BUCKETS = (0.05, 0.25, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200)
+_PASS_BUCKETS = (0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200)
+
+
+def host_of(url: yarl.URL | str) -> str:
+    """`host[:port]` of a URL, the port only when the URL names one."""
+    u = url if isinstance(url, yarl.URL) else yarl.URL(url)
+    host = u.host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{u.explicit_port}" if u.explicit_port else host
+
+
+@dataclass
+class Transfer:
+    """One body on the wire: an image download or a blob upload."""
+
+    label: str
+    direction: Literal["down", "up"]
+    host: str
+    done: int = 0
+    total: int | None = None
+    started: float = 0.0
+
+
+class HttpMeter:
+    """Counts requests and bytes by host for one kind of peer, from aiohttp's tracing signals."""
+
+    def __init__(self, metrics: Metrics, kind: Kind) -> None:
+        self.metrics = metrics
+        self.kind = kind
+        self.sent: Tally[str] = Tally()
+        self.received: Tally[str] = Tally()
+        self._uploads: dict[int, Transfer] = {}
+        self._downloads: dict[int, tuple[Transfer, aiohttp.ClientResponse]] = {}
+
+    def trace_config(self) -> aiohttp.TraceConfig:
+        config = aiohttp.TraceConfig()
+        config.on_request_start.append(self._on_start)
+        config.on_request_chunk_sent.append(self._on_chunk_sent)
+        config.on_request_end.append(self._on_end)
+        config.on_request_exception.append(self._on_exception)
+        return config
+
+    # -- signals -------------------------------------------------------------------------------
+
+    async def _on_start(
+        self, _s: aiohttp.ClientSession, ctx: SimpleNamespace, p: aiohttp.TraceRequestStartParams
+    ) -> None:
+        self.metrics.http_requests.labels(self.kind, host_of(p.url)).inc()
+
+    async def _on_chunk_sent(
+        self,
+        _s: aiohttp.ClientSession,
+        ctx: SimpleNamespace,
+        p: aiohttp.TraceRequestChunkSentParams,
+    ) -> None:
+        host = host_of(p.url)
+        self.sent[host] += len(p.chunk)
+        upload = self._uploads.get(id(ctx))
+        if upload is None and "/blobs/uploads/" in p.url.path:
+            repo = p.url.path.removeprefix("/v2/").split("/blobs/uploads/")[0]
+            upload = Transfer(f"push {repo}", "up", host, started=time.monotonic())
+            self._uploads[id(ctx)] = upload
+        if upload is not None:
+            upload.done += len(p.chunk)
+
+    async def _on_end(
+        self, _s: aiohttp.ClientSession, ctx: SimpleNamespace, p: aiohttp.TraceRequestEndParams
+    ) -> None:
+        self._uploads.pop(id(ctx), None)
+        if self.kind == "upstream" and p.method == "GET" and p.response.status == 200:
+            name = p.url.path.rsplit("/", 1)[-1] or p.url.path
+            transfer = Transfer(
+                f"fetch {name}",
+                "down",
+                host_of(p.url),
+                total=p.response.content_length,
+                started=time.monotonic(),
+            )
+            self._downloads[id(p.response)] = (transfer, p.response)
+
+    async def _on_exception(
+        self,
+        _s: aiohttp.ClientSession,
+        ctx: SimpleNamespace,
+        p: aiohttp.TraceRequestExceptionParams,
+    ) -> None:
+        self._uploads.pop(id(ctx), None)
+
+    # -- polling -------------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Account the bytes that arrived since the last poll; forget finished downloads."""
+        for key, (transfer, response) in list(self._downloads.items()):
+            total = response.content.total_bytes
+            self.received[transfer.host] += total - transfer.done
+            transfer.done = total
+            if response.closed:
+                del self._downloads[key]
+
+    def transfers(self) -> list[Transfer]:
+        """Bodies on the wire now (downloads as of the last poll)."""
+        return [t for t, _ in self._downloads.values()] + list(self._uploads.values())
+
+
+class _BytesCollector(Collector):
+    """Bytes downloaded from upstream and pushed to registries, polled at scrape time."""
+
+    def __init__(self, upstream: HttpMeter, registry: HttpMeter) -> None:
+        self.upstream = upstream
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        self.upstream.poll()
+        down = CounterMetricFamily(
+            "containerdisks_downloaded_bytes",
+            "Bytes received from upstream hosts (metadata and images), by host contacted.",
+            labels=["host"],
+        )
+        for host, n in sorted(self.upstream.received.items()):
+            down.add_metric([host], n)
+        up = CounterMetricFamily(
+            "containerdisks_pushed_bytes",
+            "Request body bytes sent to registries (blobs and manifests), by registry.",
+            labels=["registry"],
+        )
+        for host, n in sorted(self.registry.sent.items()):
+            up.add_metric([host], n)
+        yield down
+        yield up
+
+
+class Metrics:
+    """Every metric of one daemon, in a registry of its own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        Info("containerdisks_build", "Version of containerdisks.", registry=r).info(
+            {"version": __version__}
+        )
+        self.passes = Counter(
+            "containerdisks_passes", "Passes completed over the catalog.", registry=r
+        )
+        self.pass_duration = Histogram(
+            "containerdisks_pass_duration_seconds",
+            "Wall time of a pass, from discovery to the last entry synced.",
+            buckets=_PASS_BUCKETS,
+            registry=r,
+        )
+        self.last_pass = Gauge(
+            "containerdisks_last_pass_timestamp_seconds",
+            "When the last pass completed (Unix time).",
+            registry=r,
+        )
+        self.discovery_failures = Counter(
+            "containerdisks_discovery_failures",
+            "Catalog items whose upstream metadata could not be read in a pass.",
+            registry=r,
+        )
+        self.syncs = Counter(
+            "containerdisks_syncs", "Entry syncs finished, by result.", ["result"], registry=r
+        )
+        self.sync_duration = Histogram(
+            "containerdisks_sync_duration_seconds",
+            "Wall time of one entry's sync (plan and publish), by result.",
+            ["result"],
+            buckets=_SYNC_BUCKETS,
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "containerdisks_entry_last_success_timestamp_seconds",
+            "When the entry last synced without error (Unix time).",
+            ["entry"],
+            registry=r,
+        )
+        self.last_result = Enum(
+            "containerdisks_entry_last_result",
+            "The result of the entry's last sync.",
+            ["entry"],
+            states=RESULTS,
+            registry=r,
+        )
+        self.failures = Gauge(
+            "containerdisks_entry_consecutive_failures",
+            "Syncs of the entry that failed in a row (0 after a success).",
+            ["entry"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "containerdisks_queue_depth", "Entries waiting for a worker.", registry=r
+        )
+        self.in_flight = Gauge(
+            "containerdisks_syncs_in_flight", "Entry syncs running now.", registry=r
+        )
+        self.http_requests = Counter(
+            "containerdisks_http_requests",
+            "HTTP requests sent, by kind of peer (upstream, registry) and host contacted.",
+            ["kind", "host"],
+            registry=r,
+        )
+        self.http_retries = Counter(
+            "containerdisks_http_retries",
+            "Requests retried after a transient failure, by kind of peer and host.",
+            ["kind", "host"],
+            registry=r,
+        )
+        self.restreams = Counter(
+            "containerdisks_layer_restreams",
+            "Arch builds streamed again from upstream after a transient failure mid-stream.",
+            registry=r,
+        )
+        self.upstream = HttpMeter(self, "upstream")
+        self.registry_meter = HttpMeter(self, "registry")
+        r.register(_BytesCollector(self.upstream, self.registry_meter))
+
+    # -- verbs for the scheduler ----------------------------------------------------------------
+
+    def sync_finished(
+        self, entry: str, result: str, seconds: float, when: float, failures: int
+    ) -> None:
+        self.syncs.labels(result).inc()
+        self.sync_duration.labels(result).observe(seconds)
+        self.last_result.labels(entry).state(result)
+        self.failures.labels(entry).set(failures)
+        if result != "failed":
+            self.last_success.labels(entry).set(when)
+
+    def pass_finished(self, seconds: float, when: float) -> None:
+        self.passes.inc()
+        self.pass_duration.observe(seconds)
+        self.last_pass.set(when)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- retries, from the engine's log events ---------------------------------------------------
+
+    def observer(
+        self, rewrite: Callable[[str], str] = lambda url: url
+    ) -> Callable[[Any, str, MutableMapping[str, Any]], MutableMapping[str, Any]]:
+        """A structlog processor counting retries; `rewrite` maps a canonical upstream URL to
+        the one contacted (the mirror table), so retries and requests name the same host."""
+
+        def observe(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+            name = event.get("event")
+            if name in ("upstream_retry", "download_retry") and isinstance(event.get("url"), str):
+                self.http_retries.labels("upstream", host_of(rewrite(event["url"]))).inc()
+            elif name == "retry":
+                host = event.get("host")
+                if isinstance(host, str) and host:
+                    self.http_retries.labels("registry", host).inc()
+                else:
+                    self.restreams.inc()
+            return event
+
+        return observe
