@@ -49,6 +49,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 RESULTS = ["up-to-date", "published", "pending", "failed"]
 Kind = Literal["upstream", "registry"]
 
+_LINGER = 5.0
 _SYNC_BUCKETS = (0.05, 0.25, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200)
 _PASS_BUCKETS = (0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200)
 
@@ -72,6 +73,7 @@ class Transfer:
     done: int = 0
     total: int | None = None
     started: float = 0.0
+    closed: float | None = None  # when the body had fully arrived (downloads)
 
 
 class HttpMeter:
@@ -142,13 +144,22 @@ class HttpMeter:
     # -- polling -------------------------------------------------------------------------------
 
     def poll(self) -> None:
-        """Account the bytes that arrived since the last poll; forget finished downloads."""
+        """Account the bytes that arrived since the last poll; forget finished downloads.
+
+        aiohttp marks a response closed once its body has fully *arrived*; the download stays
+        listed (for the progress bars) until its reader has consumed it, or for at most
+        `_LINGER` seconds after that, in case the reader gave up early.
+        """
+        now = time.monotonic()
         for key, (transfer, response) in list(self._downloads.items()):
             total = response.content.total_bytes
             self.received[transfer.host] += total - transfer.done
             transfer.done = total
             if response.closed:
-                del self._downloads[key]
+                if transfer.closed is None:
+                    transfer.closed = now
+                if response.content.at_eof() or now - transfer.closed > _LINGER:
+                    del self._downloads[key]
 
     def transfers(self) -> list[Transfer]:
         """Bodies on the wire now (downloads as of the last poll)."""
