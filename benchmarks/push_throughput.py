@@ -401,6 +401,8 @@ class Run:
     peak_rss_mib: float = 0.0
     polled_hwm_mib: float = 0.0
     cpu_seconds: float = 0.0
+    loop_thread_cpu: float | None = None  # ours: CPU of the event-loop thread
+    worker_threads_cpu: float | None = None  # ours: CPU of all other threads
     registry_cpu_seconds: float = 0.0
     upstream_cpu_seconds: float = 0.0
     other_cpu_seconds: float = 0.0  # used by processes outside the run (a shared host)
@@ -426,6 +428,8 @@ class Proc:
     timed_out: bool
     temp_bytes_max: int
     write_fds: list[str]
+    loop_thread_cpu: float = 0.0  # the main (event loop) thread, last poll before the exit
+    other_threads_cpu: float = 0.0  # worker threads (hashing, compression), the same
 
 
 def _tree_bytes(dirs: Sequence[Path]) -> int:
@@ -473,6 +477,18 @@ def _child_of(parent: int) -> int | None:
     return None
 
 
+def _thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of `pid` so far."""
+    found: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+                utime, stime = fields.split()[11:13]
+                found[int(tid)] = (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
 def _vm_hwm_kib(pid: int) -> int:
     with contextlib.suppress(OSError, StopIteration, ValueError), open(f"/proc/{pid}/status") as st:
         return int(next(v for v in st if v.startswith("VmHWM:")).split()[1])
@@ -497,6 +513,7 @@ def run_timed(
     """
     temp_max = hwm = 0
     fds: set[str] = set()
+    threads: dict[int, float] = {}
     rss_file = out.with_name(out.name + ".rss")
     timed = bool(watch) and GNU_TIME is not None
     if timed:
@@ -520,6 +537,7 @@ def run_timed(
                 if target is not None:
                     fds |= _write_fds(target)
                     hwm = max(hwm, _vm_hwm_kib(target))
+                    threads.update(_thread_cpu(target))
             if not timed_out and time.perf_counter() - start > timeout:
                 timed_out = True
                 with contextlib.suppress(ProcessLookupError):
@@ -544,6 +562,8 @@ def run_timed(
         timed_out=timed_out,
         temp_bytes_max=temp_max,
         write_fds=sorted(fds),
+        loop_thread_cpu=threads.get(target or 0, 0.0),
+        other_threads_cpu=sum(v for k, v in threads.items() if k != target),
     )
 
 
@@ -718,13 +738,15 @@ class Bench:
         ]
         if self.profile:
             prof = f"{self.profile}-{result.variant}-r{result.round}"
-            spy = ["py-spy", "record", "--native", "--threads", "-r", "250", "-f", "raw"]
+            spy = ["py-spy", "record", "--native", "--threads", "-r", "100", "-f", "raw"]
             cmd = [*spy, "-o", f"{prof}.txt", "--", *cmd]
         repo = self.alt_repo if result.variant.startswith("alt-") else self.repo
         assert repo is not None
         # `python -m` puts the working directory first on sys.path: the tree under test is cwd
         p = run_timed(cmd, env=env, cwd=repo, out=out, timeout=self.timeout, watch=[watched])
         result.temp_bytes_max = p.temp_bytes_max
+        result.loop_thread_cpu = p.loop_thread_cpu
+        result.worker_threads_cpu = p.other_threads_cpu
         # GNU time's -o file is inherited by the command; the results file is written at the end
         own = (str(out) + ".rss", str(run_dir / "results") + "/")
         result.write_fds = [f for f in p.write_fds if not f.startswith(own)]
@@ -780,6 +802,12 @@ def summarize(runs: Sequence[Run], variants: Sequence[str], image_size: int) -> 
             ),
             "peak_rss_mib_max": max((r.peak_rss_mib for r in rs), default=None),
             "cpu_seconds_median": _median([r.cpu_seconds for r in rs]),
+            "loop_thread_cpu_median": _median(
+                [r.loop_thread_cpu for r in rs if r.loop_thread_cpu is not None]
+            ),
+            "worker_threads_cpu_median": _median(
+                [r.worker_threads_cpu for r in rs if r.worker_threads_cpu is not None]
+            ),
             "registry_cpu_seconds_median": _median([r.registry_cpu_seconds for r in rs]),
             "upstream_cpu_seconds_median": _median([r.upstream_cpu_seconds for r in rs]),
             "other_cpu_seconds_max": max((r.other_cpu_seconds for r in rs), default=None),
