@@ -18,6 +18,7 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, MutableMapping
@@ -287,6 +288,12 @@ class Metrics:
         self.failures.labels(entry).set(failures)
         if result != "failed":
             self.last_success.labels(entry).set(when)
+
+    def forget(self, entry: str) -> None:
+        """Drop an entry's series (it is no longer in the catalog upstream)."""
+        for metric in (self.last_success, self.last_result, self.failures):
+            with contextlib.suppress(KeyError):
+                metric.remove(entry)
 
     def pass_finished(self, seconds: float, when: float) -> None:
         self.passes.inc()

@@ -226,6 +226,7 @@ class Scheduler:
         try:
             try:
                 entries, failures = await self.engine.discover()
+                self._reconcile(entries, failures)
             except ConfigError as e:
                 if first:
                     raise
@@ -429,6 +430,23 @@ class Scheduler:
             if rebuilt and row.action in ("build", "reuse"):
                 arch.published, arch.digest = row.upstream, None
             state.arches[row.arch] = arch
+
+    def _reconcile(self, entries: list[Entry], failures: list[Outcome]) -> None:
+        """Forget what upstream no longer lists (a Fedora release gone, a discovery failure
+        healed), so that nothing is retried or shown for ever. An item that failed to discover
+        this pass keeps its entries: they are unknown, not gone."""
+        current = {e.key for e in entries} | {f.key for f in failures}
+        unknown = {f.key.split(":", 1)[0] for f in failures}
+        for key in sorted(set(self.status.entries) | set(self._latest)):
+            if key in current or key in self._active or key.split(":", 1)[0] in unknown:
+                continue
+            log.info("forgotten", entry=key, reason="no longer discovered")
+            self._latest.pop(key, None)
+            self._not_before.pop(key, None)
+            self._failures.pop(key, None)
+            self._last_outcome.pop(key, None)
+            self.status.entries.pop(key, None)
+            self.metrics.forget(key)
 
     def _record_failure_outcome(self, outcome: Outcome) -> None:
         """A catalog item whose discovery failed: recorded under its key (`name:*`)."""

@@ -1,8 +1,8 @@
 """`serve --once`: exactly one pass through the daemon's scheduler, with DESIGN.md's exit statuses.
 
 0 all good (results file written, plan on stdout); 1 when an entry failed, 0 with `--no-fail`;
-2 for a focus that matches nothing; a dry run publishes and writes nothing; a signal ends the
-one-shot run with 130/143 after cleanup, like `images push`.
+2 for a focus that matches nothing; dry run is the default, and publishes and writes nothing;
+a signal ends the one-shot run with 130/143 after cleanup, like `images push`.
 """
 
 from __future__ import annotations
@@ -78,10 +78,15 @@ def test_once_focus_matching_nothing_is_a_usage_error(
     ]
 
 
-def test_once_dry_run_publishes_and_writes_nothing(
+def test_dry_run_is_the_default_and_publishes_and_writes_nothing(
     tmp_path: Path, registry: Registry, fedora_upstream: Fedora
 ) -> None:
-    result = once(fedora_upstream, f"{registry.host}/cd", tmp_path, "--dry-run=true")
+    srv, _, _ = fedora_upstream
+    command = serve_command(srv, f"{registry.host}/cd", tmp_path, "--once")
+    command.remove("--dry-run=false")
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env=clean_env(), cwd=tmp_path
+    )
     assert 0 == result.returncode, result.stderr
     assert not (tmp_path / "results.json").exists()
     assert not (tmp_path / "work").exists()

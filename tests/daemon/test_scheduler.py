@@ -49,6 +49,7 @@ class FakeEngine:
         self.running: Counter[str] = Counter()
         self.overlaps = 0
         self.discover_error: Exception | None = None
+        self.undiscoverable: set[str] = set()  # items whose discovery fails (`name:*`)
         self.passes = 0
 
     def hold(self, key: str) -> asyncio.Event:
@@ -59,7 +60,12 @@ class FakeEngine:
         self.passes += 1
         if self.discover_error is not None:
             raise self.discover_error
-        return [FakeEntry(k) for k in self.keys], []
+        failures = [
+            Outcome(EntryPlan(f"{n}:*", [], error=f"{n}:*: HTTP 503"), [], f"{n}:*: HTTP 503")
+            for n in sorted(self.undiscoverable)
+        ]
+        entries = [FakeEntry(k) for k in self.keys if k.split(":")[0] not in self.undiscoverable]
+        return entries, failures
 
     async def sync(self, entry: Any) -> Outcome:
         key = entry.key
@@ -314,6 +320,42 @@ async def test_a_later_discovery_error_is_logged_and_the_daemon_goes_on() -> Non
         engine.discover_error = RuntimeError("upstream parser bug")
         await until("two more passes", lambda: engine.passes >= 4)
         assert scheduler.status.alive()
+
+    await running(scheduler, body)
+
+
+async def test_what_upstream_no_longer_lists_is_forgotten() -> None:
+    engine = FakeEngine("gone:1", "stays:1")
+    engine.failing.add("gone:1")
+    scheduler = make(engine, backoff=(10.0, 10.0))
+
+    async def body(_: asyncio.Event) -> None:
+        await until("gone failed", lambda: "gone:1" in scheduler.status.entries)
+        await until("backing off", lambda: scheduler.status.entries["gone:1"].step == "backoff")
+        engine.keys = ["stays:1"]
+        await until("forgotten", lambda: "gone:1" not in scheduler.status.entries)
+
+    await running(scheduler, body)
+    assert 1 == engine.count("gone:1")
+    metrics = scheduler.metrics.render().decode()
+    assert 'entry="gone:1"' not in metrics
+    assert 'entry="stays:1"' in metrics
+
+
+async def test_entries_of_an_item_that_failed_to_discover_are_kept_until_it_heals() -> None:
+    engine = FakeEngine("fedora:40", "other:1")
+    scheduler = make(engine)
+
+    async def body(_: asyncio.Event) -> None:
+        await until("first pass", lambda: scheduler.status.passes >= 1)
+        engine.undiscoverable.add("fedora")
+        await until("the failure", lambda: "fedora:*" in scheduler.status.entries)
+        assert "fedora:40" in scheduler.status.entries  # unknown this pass, not gone
+        failed = scheduler.status.entries["fedora:*"]
+        assert ("failed", "fedora:*: HTTP 503") == (failed.result, failed.error)
+        engine.undiscoverable.clear()
+        await until("healed", lambda: "fedora:*" not in scheduler.status.entries)
+        assert "fedora:40" in scheduler.status.entries
 
     await running(scheduler, body)
 
