@@ -258,3 +258,35 @@ def test_the_port_changes_nothing_and_reveals_no_secret(
     daemon.signal(signal.SIGINT)
     assert 0 == daemon.wait(30)
     assert before >= 1
+
+
+def test_retries_are_counted_by_upstream_host_and_registry(
+    registry: Registry, fedora_upstream: Fedora, start_daemon: StartDaemon
+) -> None:
+    srv, _, _ = fedora_upstream
+    srv.respond("https://getfedora.org/releases.json", 503, times=1)
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(Rule("GET", r"/v2/cd/fedora/manifests/40$", "status", status=503, times=1))
+        daemon = start_daemon(
+            srv, f"{proxy.host}/cd", "--focus", "fedora:40", env={"CONTAINERDISKS_RETRIES": "3"}
+        )
+        daemon.ready()
+        upstream = metric(
+            daemon,
+            "containerdisks_http_retries_total",
+            kind="upstream",
+            host=f"127.0.0.1:{srv.port}",
+        )
+        registry_retries = metric(
+            daemon, "containerdisks_http_retries_total", kind="registry", host=proxy.host
+        )
+        requests = metric(
+            daemon, "containerdisks_http_requests_total", kind="registry", host=proxy.host
+        )
+        daemon.signal(signal.SIGTERM)
+        assert 0 == daemon.wait(30)
+    assert 1 == upstream
+    assert 1 == registry_retries
+    assert requests is not None
+    assert requests >= 2
+    assert "40" in registry.list_tags("cd/fedora")
