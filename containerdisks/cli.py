@@ -208,8 +208,7 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str], str
 
 def _handlers() -> dict[str, Command]:
     from containerdisks.catalog_cmd import catalog_command  # noqa: PLC0415 - keeps --help fast
-    from containerdisks.daemon import serve  # noqa: PLC0415
-    from containerdisks.engine.push import images_push  # noqa: PLC0415
+    from containerdisks.daemon import images_push, serve  # noqa: PLC0415
 
     return {"images_push": images_push, "catalog": catalog_command, "serve": serve}
 

@@ -104,10 +104,26 @@ async def serve(
     return await _daemon(settings, config, config_name)
 
 
-async def _once(settings: Settings, config: dict[str, Any], config_name: str, out: TextIO) -> int:
+async def images_push(
+    settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
+) -> int:
+    """`images push`: the same single pass as `serve --once` (one code path, as regsync's
+    `once`), except that the work dir may be shared with other runs, so nothing in it is
+    removed at start."""
+    return await _once(settings, config, config_name, out or sys.stdout, owns_work_dir=False)
+
+
+async def _once(
+    settings: Settings,
+    config: dict[str, Any],
+    config_name: str,
+    out: TextIO,
+    *,
+    owns_work_dir: bool = True,
+) -> int:
     metrics = Metrics()
     status = Status(heartbeat_timeout=settings.heartbeat_timeout, dry_run=settings.dry_run)
-    if not settings.dry_run:
+    if not settings.dry_run and owns_work_dir:
         _remove_stale_files(settings.work_dir)
     meter = asyncio.create_task(_meter(metrics))
     try:
