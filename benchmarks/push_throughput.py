@@ -71,6 +71,7 @@ IMAGE_PATH = "images/disk.img"
 SUMS_PATH = "images/SHA256SUMS"
 RSS_TARGET_MIB = 200
 POLL = 0.02
+NOISY_CORES = 0.25  # a run during which other processes used more is marked in the table
 GNU_TIME = Path("/usr/bin/time") if Path("/usr/bin/time").exists() else None
 
 VARIANTS: dict[str, str] = {
@@ -407,6 +408,7 @@ class Run:
     upstream_cpu_seconds: float = 0.0
     other_cpu_seconds: float = 0.0  # used by processes outside the run (a shared host)
     waited_for_idle: float = 0.0
+    attempts: int = 1  # runs made for this slot (--retry-noisy); the quietest is kept
     layer_bytes: int | None = None
     layer_digest: str | None = None
     stream_seconds: float | None = None  # the layer upload, as the command logs it
@@ -861,6 +863,10 @@ def _fmt(value: object, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _noisy(r: Run) -> bool:
+    return r.seconds > 0 and r.other_cpu_seconds / r.seconds > NOISY_CORES
+
+
 def print_table(
     per: dict[str, dict[str, object]], runs: Sequence[Run], variants: Sequence[str]
 ) -> None:
@@ -872,7 +878,11 @@ def print_table(
     print("-" * len(head))
     for v in variants:
         p = per[v]
-        each = " ".join(f"{r.mb_per_s:.0f}" if r.ok else "FAIL" for r in runs if r.variant == v)
+        each = " ".join(
+            (f"{r.mb_per_s:.0f}" + ("*" if _noisy(r) else "")) if r.ok else "FAIL"
+            for r in runs
+            if r.variant == v
+        )
         layer = p["layer_bytes"]
         print(
             f"{v:<12} {each:<18} {_fmt(p['mb_per_s_median'], '7.0f')} "
@@ -882,6 +892,8 @@ def print_table(
             f"{_fmt(p['registry_cpu_seconds_median'], '7.1f')} "
             f"{_fmt(layer / MB if isinstance(layer, int) else None, '8.0f')}"
         )
+    if any(_noisy(r) for r in runs):
+        print(f"* other processes used over {NOISY_CORES} cores on average during that run")
     for v in variants:
         if per[v].get("time_vs_ours") is not None:
             base = "ours-" + v.split("-", 1)[1]
@@ -1029,6 +1041,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "`python -m containerdisks` from there",
     )
     parser.add_argument(
+        "--retry-noisy",
+        type=int,
+        default=2,
+        help=f"repeat a run during which other processes used over {NOISY_CORES} cores, up to "
+        "this many times, keeping the quietest (2)",
+    )
+    parser.add_argument(
         "--budget",
         type=float,
         default=3600,
@@ -1087,6 +1106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log(f"over the --budget of {args.budget:.0f} s: round {rnd} {v} not run")
                     continue
                 r = bench.run(v, rnd)
+                made = 1
+                for attempt in range(2, args.retry_noisy + 2):
+                    if not (r.ok and _noisy(r)) or time.monotonic() > deadline:
+                        break
+                    log(
+                        f"round {rnd} {v}: other processes used {r.other_cpu_seconds:.1f} CPU s "
+                        f"in {r.seconds:.1f} s; again (attempt {attempt})"
+                    )
+                    again = bench.run(v, rnd)
+                    made = attempt
+                    if again.ok and again.other_cpu_seconds <= r.other_cpu_seconds:
+                        r = again
+                r.attempts = made
                 runs.append(r)
                 status = "ok" if r.ok else f"FAILED: {r.error}"
                 log(
