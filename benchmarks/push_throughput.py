@@ -12,27 +12,32 @@ like a qcow2 with sparse areas) from a loopback HTTP server into a fresh local r
 - ``naive``: ``curl -o`` -> ``sha256sum -c`` -> ``tar | gzip -1`` -> an OCI layout written with
   printf -> ``skopeo copy`` into the registry.
 
-Diagnostics (not run unless named in ``--variants``): ``floor-patch`` (curl: POST, one streamed
-chunked PATCH, then an empty PUT: the request shape our client uses) and ``download`` (only
-``curl URL > /dev/null``).
+Not run unless named in ``--variants``: ``floor-patch`` (curl: POST, one streamed chunked PATCH,
+then an empty PUT: the request shape our client uses), ``download`` (``curl URL > /dev/null``)
+and ``alt-gzip|none|zstd``: our command run from another source tree (``--alt-repo``), to A/B a
+change in the same interleaved run.
 
 How it measures: every run gets a fresh ``docker-registry`` (own config, free port, data dir in
 the temp dir), started before and stopped after the timed part; its data is deleted and the
 page cache flushed to disk (``sync``) before the next run, so every run really uploads and no
 run pays for the previous one's writeback. The image stays in the page cache (it is read once
-before the first run). Variants run round-robin, the order rotated every round. A run is one
-process (tree) started with ``subprocess`` and reaped with ``os.wait4``, which gives its wall
-clock time and its peak RSS (``ru_maxrss``: the largest of the process and its waited-for
-children) and CPU time. MB/s is 10^6 bytes of the upstream image per second of wall clock,
-whatever the layer's size. For our runs ``--work-dir`` and ``TMPDIR`` point into an empty
-directory watched every 20 ms, and every file the process holds open for writing
-(``/proc/<pid>/fd`` + ``fdinfo``) is recorded: an uncompressed upstream image must never touch
-the disk. Each run is checked afterwards (exit status, the blob or manifest in the registry) and
-is bounded by ``--run-timeout``; the process group is killed when it is exceeded.
+before the first run); one uncounted floor run warms the rest up. Variants run round-robin, the
+order rotated every round. A run is one process (tree) started with ``subprocess`` and reaped
+with ``os.wait4``: wall clock and CPU time. MB/s is 10^6 bytes of the upstream image per second
+of wall clock, whatever the layer's size. Our command runs under GNU time, whose ``%M`` is its
+exact peak RSS (a child forked from this script would count the script's pages too); its
+``--work-dir`` and ``TMPDIR`` point into an empty directory watched every 20 ms, and every file
+it holds open for writing (``/proc/<pid>/fd`` + ``fdinfo``) is recorded: an uncompressed upstream
+image must never touch the disk. The CPU time of the registry, of the upstream server, of our
+event-loop thread and worker threads, and of everything else on the host is recorded per run:
+the host may be shared, so each run first waits (bounded) for an idle host, and a run during
+which other processes used over a quarter of a core is repeated (``--retry-noisy``). Each run
+is checked afterwards (exit status, the blob or manifest in the registry) and bounded by
+``--run-timeout``, the whole by ``--budget``; process groups are killed, temp files removed.
 
 Run from the repository root with the project venv active::
 
-    python benchmarks/push_throughput.py --size 1GiB --rounds 3 --json results.json
+    python benchmarks/push_throughput.py --ref HEAD --size 1GiB --rounds 3 --json results.json
 
 The table goes to stdout, progress to stderr, all runs and the summary to ``--json``.
 """
