@@ -264,14 +264,19 @@ class Publisher:
                     spool, size = await self._spool(entry, artifact, source)
                     _verify(artifact, upstream_digest)  # before a single byte is uploaded
                     body = _read_file(spool)
-                diff, layer = Digest(), Digest()
-                stream = hashed(
-                    compress(hashed(tar_disk(size, body), diff), self.compression), layer
-                )
+                # The upload hashes what it sends (the layer digest); without compression
+                # that is the tar itself, so the diff_id needs no hash of its own.
+                tar = tar_disk(size, body)
+                diff: Digest | None = None
+                if self.compression != "none":
+                    diff = Digest()
+                    tar = hashed(tar, diff)
                 async with self.target.store.blob_upload(repo) as upload:
-                    await upload.write(stream)
+                    await upload.write(compress(tar, self.compression))
                     _verify(artifact, upstream_digest)  # commit only verified bytes
-                    await upload.commit(layer.digest)
+                    layer_digest, layer_size = upload.digest, upload.size
+                    await upload.commit(layer_digest)
+                diff_id = diff.digest if diff is not None else layer_digest
             finally:
                 if spool is not None:
                     with contextlib.suppress(FileNotFoundError):
@@ -282,10 +287,10 @@ class Publisher:
             arch=artifact.arch,
             downloaded=upstream_digest.size,
             disk=size,
-            layer=layer.size,
+            layer=layer_size,
             seconds=round(time.monotonic() - started, 2),
         )
-        return oci.Descriptor(layer_type, layer.digest, layer.size), diff.digest
+        return oci.Descriptor(layer_type, layer_digest, layer_size), diff_id
 
     async def _spool(self, entry: Entry, artifact: Artifact, source: Chunks) -> tuple[Path, int]:
         """Write `source` to a file in the work dir (bounded); the caller removes it."""
