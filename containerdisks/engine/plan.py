@@ -213,6 +213,17 @@ async def plan_entry(
     plan = EntryPlan(entry.key, rows, tags_for(entry))
     if not isinstance(published, str):
         plan.published_digest = published.digest
+        # A published index never loses an arch: if upstream stopped listing one the catalog
+        # publishes, the entry waits (fails, naming it) instead of shrinking the index.
+        catalog = {GOARCH[a] for a in entry.item.arches}
+        lost = [p for p in published.platforms if p in catalog and p not in goarches]
+        if lost:
+            names = ", ".join(lost)
+            return _failed(
+                entry,
+                f"upstream no longer lists {names}, which the published {entry.key} has; "
+                "a published index never loses an arch",
+            )
     if isinstance(published, str) or plan.needs_publish:
         for row in rows:
             if row.action == "up-to-date":

@@ -334,3 +334,19 @@ def test_zstd_and_uncompressed_layers(
     manifest, _, disk = read_image(out / "fedora", "40", "arm64")
     assert layer_type == manifest["layers"][0]["mediaType"]
     assert disks[("40", "aarch64")] == disk
+
+
+def test_a_published_index_never_loses_an_arch(tmp_path: Path, fedora: Any) -> None:
+    srv, _ = fedora
+    out = tmp_path / "out"
+    assert 0 == push(srv, f"oci:{out}", "--focus", "fedora:39", cwd=tmp_path).returncode
+    before = skopeo_raw(f"oci:{out}/fedora:39")
+    releases = srv.root / "getfedora.org" / "releases.json"
+    items = json.loads(releases.read_text())
+    releases.write_text(
+        json.dumps([i for i in items if not (i["version"] == "39" and i["arch"] == "s390x")])
+    )
+    result = push(srv, f"oci:{out}", "--focus", "fedora:39", cwd=tmp_path)
+    assert 1 == result.returncode
+    assert "upstream no longer lists s390x" in result.stderr
+    assert before == skopeo_raw(f"oci:{out}/fedora:39")
