@@ -67,6 +67,21 @@ def _engine(settings: Settings, config: dict[str, Any], name: str, metrics: Metr
     )
 
 
+def _scheduler(
+    settings: Settings, engine: Engine, status: Status, metrics: Metrics, results: Path | None
+) -> Scheduler:
+    return Scheduler(
+        engine,
+        status,
+        metrics,
+        timing=_timing(settings),
+        workers=settings.workers,
+        queue_size=settings.queue_size,
+        dry_run=settings.dry_run,
+        results_path=results,
+    )
+
+
 def _remove_stale_files(work_dir: Path) -> None:
     """Spool files and half-written results left by a killed predecessor."""
     if not work_dir.is_dir():
@@ -128,16 +143,8 @@ async def _once(
     meter = asyncio.create_task(_meter(metrics))
     try:
         async with _engine(settings, config, config_name, metrics) as engine:
-            scheduler = Scheduler(
-                engine,
-                status,
-                metrics,
-                timing=_timing(settings),
-                workers=settings.workers,
-                queue_size=settings.queue_size,
-                dry_run=settings.dry_run,
-                results_path=None if settings.dry_run else settings.results_file,
-            )
+            results = None if settings.dry_run else settings.results_file
+            scheduler = _scheduler(settings, engine, status, metrics, results)
             outcomes = await scheduler.run_once()
     finally:
         meter.cancel()
@@ -203,16 +210,7 @@ async def _daemon(settings: Settings, config: dict[str, Any], config_name: str) 
             workers=settings.workers,
         )
         async with _engine(settings, config, config_name, metrics) as engine:
-            scheduler = Scheduler(
-                engine,
-                status,
-                metrics,
-                timing=_timing(settings),
-                workers=settings.workers,
-                queue_size=settings.queue_size,
-                dry_run=settings.dry_run,
-                results_path=results,
-            )
+            scheduler = _scheduler(settings, engine, status, metrics, results)
             await scheduler.run(stop)
     finally:
         meter.cancel()

@@ -13,7 +13,6 @@ memory flat, at the price of downloading the arch's bytes again).
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 import structlog
 
 from containerdisks import oci
-from containerdisks.upstream import DownloadInterruptedError
+from containerdisks.upstream import DownloadInterruptedError, RetryPolicy
 
 if TYPE_CHECKING:
     from containerdisks.engine.stores import BlobUpload, Store
@@ -34,18 +33,12 @@ _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class Backoff:
-    attempts: int = 4
-    base_delay: float = 1.0
-    max_delay: float = 30.0
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+class Backoff(RetryPolicy):
+    """The upstream retry policy (same formula: exponential, capped, jittered, Retry-After
+    first), with a slower start for registries and an injectable sleep."""
 
-    def delay(self, failures: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_delay)
-        backoff = min(self.base_delay * (2.0 ** (failures - 1)), self.max_delay)
-        jitter: float = 0.5 + random.random() / 2  # noqa: S311 - jitter, not crypto
-        return backoff * jitter
+    base_delay: float = 1.0
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 def is_temporary(error: BaseException) -> bool:
@@ -67,7 +60,7 @@ async def retrying(
             failures += 1
             if not is_temporary(e) or failures >= policy.attempts:
                 raise
-            delay = policy.delay(failures, getattr(e, "retry_after", None))
+            delay = policy.delay(failures - 1, getattr(e, "retry_after", None))
             log.warning(
                 "retry",
                 what=what,
