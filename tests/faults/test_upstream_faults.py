@@ -56,9 +56,7 @@ def test_checksum_mismatch_fails_that_entry_only(
     assert f"{link}: checksum mismatch: expected sha256 " in failed["fedora:39"]
     assert "\n" not in failed["fedora:39"]
     # No manifest was written for 39 and its upload was cancelled; the others are published.
-    assert [] == tags(f"{registry.host}/cd/fedora:39")[:0] + [
-        t for t in tags(f"{registry.host}/cd/fedora") if t.startswith("39")
-    ]
+    assert [] == [t for t in tags(f"{registry.host}/cd/fedora") if t.startswith("39")]
     assert {"40", "41-beta", "latest"} <= set(tags(f"{registry.host}/cd/fedora"))
     assert any(e.method == "DELETE" and "/blobs/uploads/" in e.path for e in log)
     results = json.loads((tmp_path / "results.json").read_text())
