@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -47,6 +47,7 @@ __all__ = [
     "SourceParams",
     "Upstream",
     "UpstreamError",
+    "check_placeholders",
     "parse_checksum_file",
     "render",
 ]
@@ -154,6 +155,26 @@ def render(template: str, values: Mapping[str, str], *, regex: bool = False) -> 
         return re.escape(values[key]) if regex else values[key]
 
     return _PLACEHOLDER.sub(sub, template)
+
+
+#: Anything that looks like a placeholder (`{name}`; not a quantifier like `{2}`).
+_ANY_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
+
+
+def check_placeholders(field: str, template: str, known: Iterable[str], hint: str = "") -> None:
+    """Raise `ValueError` (for a params validator) if `template` uses a placeholder not `known`.
+
+    `render` leaves unknown placeholders as they are, so a typo like `{vesion}` would otherwise
+    reach upstream as a literal URL; sources check their templates when the catalog is loaded.
+    """
+    allowed = set(known)
+    for m in _ANY_PLACEHOLDER.finditer(template):
+        if m.group(1) not in allowed:
+            names = ", ".join("{" + k + "}" for k in sorted(allowed))
+            more = f"; {hint}" if hint else ""
+            raise ValueError(
+                f"{field} uses unknown placeholder {m.group(0)} (known: {names}{more})"
+            )
 
 
 @dataclass(frozen=True)

@@ -50,14 +50,13 @@ from containerdisks.api import (
     SourceError,
     SourceParams,
     Upstream,
+    check_placeholders,
     render,
 )
 
 __all__ = ["ChecksumFileParams", "ChecksumFileSource"]
 
-#: Anything that looks like a placeholder (`{name}`; not a quantifier like `{2}`). Only names
-#: of lowercase letters and `_` are substituted by `api.render`.
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
+#: Only group names of lowercase letters and `_` are substituted by `api.render`.
 _RENDERED = re.compile(r"[a-z_]+")
 _CONTEXT = frozenset({"name", "version", "arch", "goarch"})
 #: A valid image tag (the OCI distribution spec's rule).
@@ -107,14 +106,9 @@ class ChecksumFileParams(SourceParams):
 
 
 def _known_placeholders(field: str, template: str, known: Iterable[str]) -> None:
-    allowed = set(known)
-    for m in _PLACEHOLDER.finditer(template):
-        if m.group(1) not in allowed:
-            names = ", ".join("{" + k + "}" for k in sorted(allowed))
-            raise ValueError(
-                f"{field} uses unknown placeholder {m.group(0)} (known: {names}; group names "
-                "used as placeholders must be lowercase letters and _)"
-            )
+    check_placeholders(
+        field, template, known, "group names used as placeholders must be lowercase letters and _"
+    )
 
 
 class ChecksumFileSource(Source):

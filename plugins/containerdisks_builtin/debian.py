@@ -47,6 +47,7 @@ from containerdisks.api import (
     SourceError,
     SourceParams,
     Upstream,
+    check_placeholders,
     render,
 )
 
@@ -56,7 +57,6 @@ FORMAT_LABEL = "upload.cloud.debian.org/image-format"
 VERSION_LABEL = "cloud.debian.org/version"
 DIGEST_ANNOTATION = "cloud.debian.org/digest"
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 _URL_VALUES = frozenset({"name", "version", "arch", "goarch", "codename"})
 #: A valid image tag (the OCI distribution spec's rule).
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -94,10 +94,7 @@ class DebianParams(SourceParams):
 
     @model_validator(mode="after")
     def _templates(self) -> DebianParams:
-        for m in _PLACEHOLDER.finditer(self.url):
-            if m.group(1) not in _URL_VALUES:
-                known = ", ".join("{" + k + "}" for k in sorted(_URL_VALUES))
-                raise ValueError(f"url uses unknown placeholder {m.group(0)} (known: {known})")
+        check_placeholders("url", self.url, _URL_VALUES)
         if not self.download_base.endswith("/"):
             raise ValueError(f"download_base {self.download_base!r} must end with '/'")
         return self

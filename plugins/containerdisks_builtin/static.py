@@ -34,13 +34,13 @@ from containerdisks.api import (
     SourceError,
     SourceParams,
     Upstream,
+    check_placeholders,
     render,
 )
 
 __all__ = ["StaticParams", "StaticSource"]
 
 _HEX = {"sha256": 64, "sha512": 128}
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
 _URL_VALUES = frozenset({"name", "version", "arch", "goarch"})
 
 
@@ -61,10 +61,7 @@ class StaticParams(SourceParams):
             raise ValueError(
                 f"checksum {self.checksum!r} is not {want} lowercase hex digits ({self.algorithm})"
             )
-        for m in _PLACEHOLDER.finditer(self.url):
-            if m.group(1) not in _URL_VALUES:
-                known = ", ".join("{" + k + "}" for k in sorted(_URL_VALUES))
-                raise ValueError(f"url uses unknown placeholder {m.group(0)} (known: {known})")
+        check_placeholders("url", self.url, _URL_VALUES)
         return self
 
 
