@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -95,6 +96,21 @@ def _remove_stale_files(work_dir: Path) -> None:
         log.info("removed_stale_files", work_dir=str(work_dir), files=sorted(removed))
 
 
+@contextlib.asynccontextmanager
+async def _metering(metrics: Metrics) -> AsyncIterator[None]:
+    """Poll transfer meters (and draw progress bars on a console) while the body runs."""
+    meter = asyncio.create_task(_meter(metrics))
+    try:
+        yield
+    finally:
+        meter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await meter
+        console = logging_setup.console()
+        if console is not None:
+            console.bars([])
+
+
 async def _meter(metrics: Metrics) -> None:
     """Account streamed downloads; draw progress bars when logging to a terminal."""
     console = logging_setup.console()
@@ -140,19 +156,10 @@ async def _once(
     status = Status(heartbeat_timeout=settings.heartbeat_timeout, dry_run=settings.dry_run)
     if not settings.dry_run and owns_work_dir:
         _remove_stale_files(settings.work_dir)
-    meter = asyncio.create_task(_meter(metrics))
-    try:
-        async with _engine(settings, config, config_name, metrics) as engine:
-            results = None if settings.dry_run else settings.results_file
-            scheduler = _scheduler(settings, engine, status, metrics, results)
-            outcomes = await scheduler.run_once()
-    finally:
-        meter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await meter
-        console = logging_setup.console()
-        if console is not None:
-            console.bars([])
+    async with _metering(metrics), _engine(settings, config, config_name, metrics) as engine:
+        results = None if settings.dry_run else settings.results_file
+        scheduler = _scheduler(settings, engine, status, metrics, results)
+        outcomes = await scheduler.run_once()
     render_plans([o.plan for o in outcomes], out, settings.output)
     failed = [o.key for o in outcomes if o.error]
     if failed:
@@ -200,7 +207,6 @@ async def _daemon(settings: Settings, config: dict[str, Any], config_name: str) 
         addresses = await server.__aenter__()
     except OSError as e:
         raise ConfigError(f"cannot listen on {settings.listen}: {e.strerror or e}") from None
-    meter = asyncio.create_task(_meter(metrics))
     try:
         log.info(
             "listening",
@@ -209,16 +215,10 @@ async def _daemon(settings: Settings, config: dict[str, Any], config_name: str) 
             interval=settings.interval,
             workers=settings.workers,
         )
-        async with _engine(settings, config, config_name, metrics) as engine:
+        async with _metering(metrics), _engine(settings, config, config_name, metrics) as engine:
             scheduler = _scheduler(settings, engine, status, metrics, results)
             await scheduler.run(stop)
     finally:
-        meter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await meter
-        console = logging_setup.console()
-        if console is not None:
-            console.bars([])
         await server.__aexit__(None, None, None)
     log.info("stopped")
     return 0
