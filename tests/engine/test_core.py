@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from containerdisks.api import Artifact
 from containerdisks.engine.core import Engine
+from containerdisks.engine.plan import tags_for
 from containerdisks.settings import load_settings
 from tests.support.cli import push
 from tests.support.disks import fedora_tree, make_qcow2, replace_fedora_image
@@ -22,6 +25,54 @@ async def one_pass(engine: Engine) -> dict[str, str]:
     outcomes = [await engine.sync(e) for e in entries]
     assert [] == [o.error for o in outcomes if o.error]
     return {o.key: ",".join(sorted({r.action for r in o.plan.arches})) for o in outcomes}
+
+
+async def test_a_fresh_pass_reads_each_arch_once_and_heads_each_extra_tag(
+    tmp_path: Path, registry: Any
+) -> None:
+    """What a process that has never seen the registry asks it, everything being up to date:
+    per entry the top manifest, a platform manifest and a config per arch (1 + 2 x arches),
+    one HEAD per tag besides `<version>` (DESIGN.md's tag check), and one `/v2/` per process."""
+    root = tmp_path / "up"
+    fedora_tree(root)
+    with UpstreamServer(root) as srv, FaultProxy(registry.url) as proxy:
+        ns = f"{proxy.host}/cd"
+        assert 0 == push(srv, ns, cwd=tmp_path).returncode
+        settings = load_settings(
+            {"focus": "fedora:*", "source_registry": ns, "dry_run": False},
+            extra_mirrors=srv.mirrors(),
+        )
+        async with Engine(settings, {}, "test") as engine:
+            t0 = time.monotonic()
+            entries, failures = await engine.discover()
+            assert [] == failures
+            outcomes = [await engine.sync(e) for e in entries]
+            assert {"up-to-date"} == {a.action for o in outcomes for a in o.plan.arches}
+
+        expected: Counter[tuple[str, str]] = Counter({("GET", "/v2/"): 1})
+        for entry in entries:
+            arches = [a for a in entry.artifacts if isinstance(a, Artifact)]
+            base = f"/v2/cd/{entry.name}"
+            expected["GET", f"{base}/manifests/{entry.version}"] += 1
+            if len(arches) > 1:
+                expected["GET", f"{base}/manifests/<digest>"] += len(arches)
+            expected["GET", f"{base}/blobs/<digest>"] += len(arches)
+            for tag in tags_for(entry):
+                if tag != entry.version:
+                    expected["HEAD", f"{base}/manifests/{tag}"] += 1
+        assert any(k[0] == "HEAD" for k in expected), "the tree has no entry with extra tags"
+        assert any("manifests/<digest>" in k[1] for k in expected), "no multi-arch entry"
+        # The proxy logs a request when its response is done: let the last one land.
+        for _ in range(50):
+            seen = [e for e in proxy.log if e.started >= t0]
+            if len(seen) >= sum(expected.values()):
+                break
+            await asyncio.sleep(0.02)
+        shapes = Counter(
+            (e.method, e.path.split("sha256:")[0] + "<digest>" if "sha256:" in e.path else e.path)
+            for e in seen
+        )
+        assert expected == shapes
 
 
 async def test_second_pass_costs_one_head_per_entry(tmp_path: Path, registry: Any) -> None:
