@@ -106,6 +106,7 @@ class Engine:
         )
         self._stack = AsyncExitStack()
         self._seen: dict[str, tuple[tuple[object, ...], str]] = {}
+        self._passes = 0
         self.source: Place
         self.target: Place
         self.family: MediaFamily = settings.media_types
@@ -142,7 +143,13 @@ class Engine:
         await self._stack.aclose()
 
     async def discover(self) -> tuple[list[Entry], list[Outcome]]:
-        """One pass's discovery: the entries to sync, and the items that failed to discover."""
+        """One pass's discovery: the entries to sync, and the items that failed to discover.
+
+        From the second pass on, registry credentials are read again first: a daemon follows a
+        rotated Secret without a restart."""
+        if self._passes:
+            await self._reload_credentials()
+        self._passes += 1
         self.upstream.new_pass()
         found = await asyncio.gather(
             *(self.catalog.discover(b, self.upstream, self.focus) for b in self.items)
@@ -195,6 +202,12 @@ class Engine:
         log.info("published", entry=plan.key, tags=tags)
         self._seen.pop(entry.key, None)  # the next pass reads what was written
         return Outcome(plan, tags, None)
+
+    async def _reload_credentials(self) -> None:
+        reloads = {id(p.store): p.reload_credentials for p in (self.source, self.target)}
+        for reload in reloads.values():
+            if reload is not None:
+                await reload()
 
     # -- memory across passes -------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 `--source-registry` / `--target-registry` take `host[:port]/namespace` or `oci:/dir`. Both
 become a `Place`: a store (a `RegistryClient` or a `LayoutStore`, which share one surface) plus
 the namespace repositories live under. When source and target name the same registry host, one
-client (one connection pool, one token cache) serves both.
+client (one connection pool, one token cache) serves both. A registry place can re-read its
+credentials, so that a long-running process follows a rotated Secret.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 import aiohttp
+import structlog
 
 from containerdisks import oci
 from containerdisks.engine.retry import Backoff, RetryingStore
@@ -24,6 +26,8 @@ from containerdisks.oci.layout import LayoutStore
 from containerdisks.settings import ConfigError, Settings
 
 __all__ = ["BlobUpload", "Place", "Store", "open_places"]
+
+log = structlog.get_logger(__name__)
 
 
 class BlobUpload(Protocol):
@@ -89,6 +93,9 @@ class Place:
     store: Store
     namespace: str
     is_layout: bool = False
+    #: Re-reads this registry's credentials and starts using them if they changed (returns
+    #: whether they did); None for a layout directory.
+    reload_credentials: Callable[[], Awaitable[bool]] | None = field(default=None, compare=False)
 
     def repo(self, name: str) -> str:
         return f"{self.namespace}/{name}" if self.namespace else name
@@ -126,6 +133,7 @@ async def open_places(
     parsed = {k: _parse(v, f"{k}_registry") for k, v in specs.items()}
     async with AsyncExitStack() as stack:
         stores: dict[str, Store] = {}
+        reloaders: dict[str, Callable[[], Awaitable[bool]]] = {}
         places: dict[str, Place] = {}
         for key, spec in specs.items():
             p = parsed[key]
@@ -161,5 +169,28 @@ async def open_places(
                     )
                     opened = await stack.enter_async_context(client)
                     stores[store_key] = RetryingStore(opened, policy)
-            places[key] = Place(spec, stores[store_key], namespace, isinstance(p, Path))
+                    reloaders[store_key] = _reloader(opened, spec, store_key)
+            places[key] = Place(
+                spec, stores[store_key], namespace, isinstance(p, Path), reloaders.get(store_key)
+            )
         yield places["source"], places["target"]
+
+
+def _reloader(
+    client: oci.RegistryClient, spec: str, registry: str
+) -> Callable[[], Awaitable[bool]]:
+    async def reload() -> bool:
+        """Look the credentials up again (files and helpers, as at start); when they cannot be
+        read now (a Secret half-updated), keep the current ones and say so."""
+        try:
+            credentials = await asyncio.to_thread(oci.find_credentials, spec)
+        except oci.CredentialsError as e:
+            log.warning("credentials_unreadable", registry=registry, error=str(e))
+            return False
+        changed = client.use_credentials(credentials)
+        if changed:
+            source = credentials.source if credentials else "none: anonymous"
+            log.info("credentials_reloaded", registry=registry, source=source)
+        return changed
+
+    return reload

@@ -365,6 +365,11 @@ class TokenCache:
         for key in [k for k, t in self._tokens.items() if k[0] == host and t.value == value]:
             del self._tokens[key]
 
+    def clear(self, host: str) -> None:
+        """Forget every token of ``host`` (its credentials changed)."""
+        for key in [k for k in self._tokens if k[0] == host]:
+            del self._tokens[key]
+
     def __repr__(self) -> str:
         return f"<TokenCache {len(self._tokens)} tokens>"
 
@@ -400,6 +405,16 @@ class Authenticator:
     def anonymous(self) -> bool:
         """Whether requests go without credentials of any kind."""
         return self._credentials is None
+
+    def use_credentials(self, credentials: Credentials | None) -> bool:
+        """Authenticate with ``credentials`` from now on (rotated ones, say); tokens obtained
+        with the old ones are dropped. Returns whether anything changed."""
+        if credentials == self._credentials:
+            return False
+        self._credentials = credentials
+        self._identity_token = credentials.identity_token if credentials else ""
+        self._tokens.clear(self.host)
+        return True
 
     def observe(self, response: Response) -> Challenge | None:
         """Learn the registry's challenge from a 401 (e.g. the answer to ``GET /v2/``)."""

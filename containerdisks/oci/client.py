@@ -205,6 +205,11 @@ class RegistryClient:
         self._scheme_lock = asyncio.Lock()
         self._token_locks: dict[frozenset[str], asyncio.Lock] = {}
 
+    def use_credentials(self, credentials: Credentials | tuple[str, str] | None) -> bool:
+        """Send ``credentials`` from the next request on, e.g. after a mounted Secret rotated;
+        tokens fetched with the old ones are dropped. Returns whether they differ."""
+        return self._auth.use_credentials(_as_credentials(credentials))
+
     def __repr__(self) -> str:
         scheme = self._schemes.get(self.api_host, "undecided")
         return f"<RegistryClient {self.host} scheme={scheme}>"

@@ -223,8 +223,9 @@ def find_credentials(name: str, *, environ: Mapping[str, str] | None = None) -> 
     ``127.0.0.1:5000/ns/repo``), or None to go anonymous.
 
     The namespace part only matters for containers-auth.json keys of the form ``host/namespace``.
-    Blocking: it reads files and may run a helper; call it once, before connecting (in async
-    code, through ``asyncio.to_thread``). ``environ`` replaces ``os.environ`` (for tests).
+    Blocking: it reads files and may run a helper; call it before connecting, and again to follow
+    rotated files (in async code, through ``asyncio.to_thread``). ``environ`` replaces
+    ``os.environ`` (for tests).
     """
     env = os.environ if environ is None else environ
     parsed = parse_registry(name)

@@ -165,6 +165,9 @@ def test_mounts_work_dir_config_and_credentials(
     # Read-only mounts for what the daemon must not write.
     read_only = {m["mountPath"] for m in container["volumeMounts"] if m.get("readOnly")}
     assert {str(auth.parent), str(config.parent)} == read_only
+    # Whole-volume mounts: the kubelet updates those when the Secret rotates (never a subPath
+    # one), and each pass reads the auth file again.
+    assert not [m for m in container["volumeMounts"] if "subPath" in m]
 
 
 def test_non_root_read_only_with_requests(

@@ -4,10 +4,14 @@ and upstream metadata is asked again with conditional requests."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from containerdisks.api import Artifact
 from containerdisks.engine.core import Engine
@@ -119,3 +123,46 @@ async def test_second_pass_costs_one_head_per_entry(tmp_path: Path, registry: An
             replace_fedora_image(root, "39", "x86_64", new)
             third = await one_pass(engine)
             assert "build,reuse" == third["fedora:39"]
+
+
+async def test_a_later_pass_follows_rotated_credentials(
+    tmp_path: Path, basic_registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mounted Secret changes under a running daemon: the next pass reads the auth file again
+    and uses what it says; a file it cannot read keeps the credentials it has."""
+    root = tmp_path / "up"
+    fedora_tree(root)
+    user, password = basic_registry.credentials
+    auth = tmp_path / "auth.json"
+
+    def write_auth(secret: str) -> None:
+        token = base64.b64encode(f"{user}:{secret}".encode()).decode()
+        auth.write_text(json.dumps({"auths": {basic_registry.host: {"auth": token}}}))
+
+    write_auth("not-the-password")
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    with UpstreamServer(root) as srv:
+        values = {"focus": "fedora:40", "dry_run": False}
+        values["source_registry"] = f"{basic_registry.host}/cd"
+        settings = load_settings(values, extra_mirrors=srv.mirrors())
+        async with Engine(settings, {}, "test") as engine:
+
+            async def errors() -> list[str | None]:
+                entries, failures = await engine.discover()
+                assert [] == failures
+                return [(await engine.sync(e)).error for e in entries]
+
+            (refused,) = await errors()
+            assert refused is not None
+            assert "401" in refused
+            assert password not in refused
+            assert "not-the-password" not in refused
+
+            write_auth(password)  # the Secret rotated
+            assert [None] == await errors()
+            assert "40" in basic_registry.list_tags("cd/fedora")
+
+            auth.write_text("{ half written")  # unreadable: the current credentials stay
+            assert [None] == await errors()

@@ -245,6 +245,30 @@ def test_basic_challenge_sends_credentials() -> None:
     finish(flow, challenge_401('Basic realm="basic-realm"'))  # wrong password: no loop
 
 
+def test_rotated_credentials_drop_the_tokens_fetched_with_the_old_ones() -> None:
+    tokens = TokenCache()
+    auth = Authenticator(HOST, Credentials("user", SECRET), tokens=tokens)
+    tokens.put("other.test", [SCOPE], "theirs", 300)
+    auth.observe(challenge_401())
+    flow = auth.flow(req(), [SCOPE])
+    first = next(flow)
+    assert first.purpose is Purpose.TOKEN
+    flow.send(token_reply())
+    finish(flow, resp(200))
+
+    assert not auth.use_credentials(Credentials("user", SECRET))  # the same: nothing changes
+    assert tokens.get(HOST, [SCOPE]) == TOKEN
+
+    assert auth.use_credentials(Credentials("user", "rotated"))
+    assert tokens.get(HOST, [SCOPE]) is None
+    assert tokens.get("other.test", [SCOPE]) == "theirs"  # another registry's stay
+    flow = auth.flow(req(), [SCOPE])
+    again = next(flow)
+    assert again.purpose is Purpose.TOKEN
+    assert again.header("Authorization") != first.header("Authorization")  # the new password
+    assert again.header("Authorization") == "Basic " + base64.b64encode(b"user:rotated").decode()
+
+
 def test_basic_challenge_unknown_before_is_answered_once() -> None:
     auth = Authenticator(HOST, Credentials("user", SECRET))
     flow = auth.flow(req(), [SCOPE])
