@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,10 @@ import pytest
 from containerdisks.api import Artifact
 from containerdisks.engine.core import Engine
 from containerdisks.engine.plan import tags_for
-from containerdisks.settings import load_settings
+from containerdisks.settings import Settings, load_settings
 from tests.support.cli import push
 from tests.support.disks import fedora_tree, make_qcow2, replace_fedora_image
-from tests.support.fault_proxy import FaultProxy
+from tests.support.fault_proxy import FaultProxy, Logged
 from tests.support.upstream_server import UpstreamServer
 
 
@@ -31,12 +33,13 @@ async def one_pass(engine: Engine) -> dict[str, str]:
     return {o.key: ",".join(sorted({r.action for r in o.plan.arches})) for o in outcomes}
 
 
-async def test_a_fresh_pass_reads_each_arch_once_and_heads_each_extra_tag(
+@contextlib.contextmanager
+def published_fedora(
     tmp_path: Path, registry: Any
-) -> None:
-    """What a process that has never seen the registry asks it, everything being up to date:
-    per entry the top manifest, a platform manifest and a config per arch (1 + 2 x arches),
-    one HEAD per tag besides `<version>` (DESIGN.md's tag check), and one `/v2/` per process."""
+) -> Iterator[tuple[UpstreamServer, FaultProxy, Settings]]:
+    """The Fedora tree (under `tmp_path/"up"`) published into `registry`, seen through a logging
+    proxy; the settings
+    of an engine that publishes there."""
     root = tmp_path / "up"
     fedora_tree(root)
     with UpstreamServer(root) as srv, FaultProxy(registry.url) as proxy:
@@ -46,6 +49,27 @@ async def test_a_fresh_pass_reads_each_arch_once_and_heads_each_extra_tag(
             {"focus": "fedora:*", "source_registry": ns, "dry_run": False},
             extra_mirrors=srv.mirrors(),
         )
+        yield srv, proxy, settings
+
+
+async def logged_since(proxy: FaultProxy, t0: float, count: int) -> list[Logged]:
+    """The proxy's log from `t0` on, once it holds `count` requests (it logs a request when its
+    response is done: let the last one land), or after a second."""
+    for _ in range(50):
+        seen = [e for e in proxy.log if e.started >= t0]
+        if len(seen) >= count:
+            break
+        await asyncio.sleep(0.02)
+    return seen
+
+
+async def test_a_fresh_pass_reads_each_arch_once_and_heads_each_extra_tag(
+    tmp_path: Path, registry: Any
+) -> None:
+    """What a process that has never seen the registry asks it, everything being up to date:
+    per entry the top manifest, a platform manifest and a config per arch (1 + 2 x arches),
+    one HEAD per tag besides `<version>` (DESIGN.md's tag check), and one `/v2/` per process."""
+    with published_fedora(tmp_path, registry) as (_, proxy, settings):
         async with Engine(settings, {}, "test") as engine:
             t0 = time.monotonic()
             entries, failures = await engine.discover()
@@ -66,12 +90,7 @@ async def test_a_fresh_pass_reads_each_arch_once_and_heads_each_extra_tag(
                     expected["HEAD", f"{base}/manifests/{tag}"] += 1
         assert any(k[0] == "HEAD" for k in expected), "the tree has no entry with extra tags"
         assert any("manifests/<digest>" in k[1] for k in expected), "no multi-arch entry"
-        # The proxy logs a request when its response is done: let the last one land.
-        for _ in range(50):
-            seen = [e for e in proxy.log if e.started >= t0]
-            if len(seen) >= sum(expected.values()):
-                break
-            await asyncio.sleep(0.02)
+        seen = await logged_since(proxy, t0, sum(expected.values()))
         shapes = Counter(
             (e.method, e.path.split("sha256:")[0] + "<digest>" if "sha256:" in e.path else e.path)
             for e in seen
@@ -80,15 +99,7 @@ async def test_a_fresh_pass_reads_each_arch_once_and_heads_each_extra_tag(
 
 
 async def test_second_pass_costs_one_head_per_entry(tmp_path: Path, registry: Any) -> None:
-    root = tmp_path / "up"
-    fedora_tree(root)
-    with UpstreamServer(root) as srv, FaultProxy(registry.url) as proxy:
-        ns = f"{proxy.host}/cd"
-        assert 0 == push(srv, ns, cwd=tmp_path).returncode
-        settings = load_settings(
-            {"focus": "fedora:*", "source_registry": ns, "dry_run": False},
-            extra_mirrors=srv.mirrors(),
-        )
+    with published_fedora(tmp_path, registry) as (srv, proxy, settings):
         async with Engine(settings, {}, "test") as engine:
             first = await one_pass(engine)
             assert {
@@ -98,12 +109,7 @@ async def test_second_pass_costs_one_head_per_entry(tmp_path: Path, registry: An
             } == first
             t0, up_before = time.monotonic(), len(srv.requests)
             second = await one_pass(engine)
-            # The proxy logs a request when its response is done: let the last one land.
-            for _ in range(50):
-                registry_requests = [e for e in proxy.log if e.started >= t0]
-                if len(registry_requests) >= 3:
-                    break
-                await asyncio.sleep(0.02)
+            registry_requests = await logged_since(proxy, t0, 3)
             upstream_requests = srv.requests[up_before:]
             assert first == second
             assert [("HEAD", "/v2/cd/fedora/manifests/" + v) for v in ("40", "39", "41-beta")] == [
@@ -120,7 +126,7 @@ async def test_second_pass_costs_one_head_per_entry(tmp_path: Path, registry: An
 
             # An upstream change is seen on the next pass and published.
             new = make_qcow2(tmp_path / "n.qcow2", "changed upstream")
-            replace_fedora_image(root, "39", "x86_64", new)
+            replace_fedora_image(tmp_path / "up", "39", "x86_64", new)
             third = await one_pass(engine)
             assert "build,reuse" == third["fedora:39"]
 
