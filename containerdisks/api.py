@@ -25,9 +25,9 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from containerdisks.checksums import ChecksumFormat, ChecksumParseError, parse_checksum_file
 
@@ -59,6 +59,8 @@ Compression = Literal["gzip", "xz"]
 GOARCH: Mapping[str, str] = {"x86_64": "amd64", "aarch64": "arm64", "s390x": "s390x"}
 
 _HEX = {"sha256": 64, "sha512": 128}
+
+P = TypeVar("P", bound="SourceParams")
 
 
 class SourceError(Exception):
@@ -189,6 +191,19 @@ class DiscoveryRequest:
 
     def context(self, arch: str) -> ArchContext:
         return ArchContext(name=self.name, version=self.version, arch=arch)
+
+    def params_for(self, arch: str, kind: type[P]) -> P:
+        """`arch`'s parameters as the source's `kind`; its defaults when the catalog gives none
+        and `kind` has defaults for every field."""
+        p = self.params.get(arch)
+        if p is None:
+            try:
+                return kind()
+            except ValidationError:
+                raise SourceError(f"{self.name}: no {kind.__name__} for {arch}") from None
+        if not isinstance(p, kind):
+            raise SourceError(f"{self.name}: {type(p).__name__} for {arch}, not {kind.__name__}")
+        return p
 
 
 class Upstream(Protocol):

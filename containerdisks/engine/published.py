@@ -8,12 +8,12 @@ reference, so that the entry fails and the others go on.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from containerdisks import oci
 from containerdisks.engine.plan import PublishedArch, PublishedImage, ReadError
 from containerdisks.engine.stores import Place
+from containerdisks.oci.media import parse_json_object
 from containerdisks.pipeline.image import family_of
 
 __all__ = ["RegistryReader"]
@@ -109,9 +109,6 @@ class RegistryReader:
 
 def _parse(data: bytes, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ReadError(f"{what}: not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise ReadError(f"{what}: not a JSON object")
-    return doc
+        return parse_json_object(data, what)
+    except oci.InvalidManifestError as e:
+        raise ReadError(str(e)) from None

@@ -128,7 +128,7 @@ class ChecksumFileSource(Source):
     async def _arch(
         self, request: DiscoveryRequest, arch: str, upstream: Upstream
     ) -> Artifact | ArchError:
-        p = _params(request, arch)
+        p = request.params_for(arch, ChecksumFileParams)
         if arch not in GOARCH:
             return ArchError(arch, f"unknown arch {arch!r}")
         values = request.context(arch).values()
@@ -185,10 +185,3 @@ def _compression(setting: str, url: str) -> Compression | None:
     if path.endswith(".xz"):
         return "xz"
     return None
-
-
-def _params(request: DiscoveryRequest, arch: str) -> ChecksumFileParams:
-    p = request.params.get(arch)
-    if not isinstance(p, ChecksumFileParams):
-        raise SourceError(f"{request.name}: no checksum-file parameters for {arch}")
-    return p

@@ -134,7 +134,7 @@ class DebianSource(Source):
         if version is None:
             raise SourceError(f"{request.name}: the debian source needs a version")
         for arch in request.arches:
-            codenames = _params(request, arch).codenames
+            codenames = request.params_for(arch, DebianParams).codenames
             if version not in codenames:
                 known = ", ".join(sorted(codenames)) or "none"
                 raise SourceError(
@@ -151,7 +151,7 @@ class DebianSource(Source):
     ) -> Artifact | ArchError:
         if arch not in GOARCH:
             return ArchError(arch, f"unknown arch {arch!r}")
-        p = _params(request, arch)
+        p = request.params_for(arch, DebianParams)
         url = render(p.url, request.context(arch).values(codename=p.codenames[version]))
         try:
             document = await upstream.get_json(url)
@@ -206,12 +206,3 @@ def _artifact(document: Any, version: str, arch: str, p: DebianParams) -> Artifa
         algorithm="sha512",
         unique_tags=(tag,),
     )
-
-
-def _params(request: DiscoveryRequest, arch: str) -> DebianParams:
-    p = request.params.get(arch)
-    if p is None:
-        return DebianParams()
-    if not isinstance(p, DebianParams):
-        raise SourceError(f"{request.name}: no debian parameters for {arch}")
-    return p

@@ -182,7 +182,7 @@ class FedoraSource(Source):
     discovers_versions: ClassVar[bool] = True
 
     async def discover(self, request: DiscoveryRequest, upstream: Upstream) -> list[Release]:
-        params = {arch: _params(request, arch) for arch in request.arches}
+        params = {arch: request.params_for(arch, FedoraParams) for arch in request.arches}
         urls = sorted({p.url for p in params.values()})
         documents = await asyncio.gather(*(upstream.get_json(u) for u in urls))
         items = {u: _items(u, doc) for u, doc in zip(urls, documents, strict=True)}
@@ -287,15 +287,6 @@ async def _from_checksum_file(item: _Item, arch: str, upstream: Upstream) -> str
     if not _SHA256.fullmatch(checksum):
         return ArchError(arch, f"{why} {url} lists {checksum!r} for it, not a sha256")
     return checksum
-
-
-def _params(request: DiscoveryRequest, arch: str) -> FedoraParams:
-    p = request.params.get(arch)
-    if p is None:
-        return FedoraParams()
-    if not isinstance(p, FedoraParams):
-        raise TypeError(f"fedora source got {type(p).__name__} parameters for {arch}")
-    return p
 
 
 def _select(items: Sequence[_Item], arch: str, p: FedoraParams) -> Iterable[_Item]:

@@ -76,9 +76,7 @@ class StaticSource(Source):
             raise SourceError(f"{request.name}: the static source needs a version")
         artifacts: list[Artifact | ArchError] = []
         for arch in request.arches:
-            p = request.params.get(arch)
-            if not isinstance(p, StaticParams):
-                raise SourceError(f"{request.name}: no static parameters for {arch}")
+            p = request.params_for(arch, StaticParams)
             if arch not in GOARCH:
                 artifacts.append(ArchError(arch, f"unknown arch {arch!r}"))
                 continue
