@@ -522,13 +522,7 @@ class RegistryClient:
         if response.status == 404:
             return None
         if response.status != 200:
-            raise error_from_response(
-                subject,
-                status=response.status,
-                body=b"",
-                retry_after=response.header("Retry-After"),
-                not_found=ManifestUnknownError,
-            )
+            raise self._error(subject, response, not_found=ManifestUnknownError)
         digest = response.header("Docker-Content-Digest")
         media_type = (response.header("Content-Type") or "").split(";", 1)[0].strip()
         length = response.header("Content-Length")
@@ -559,13 +553,7 @@ class RegistryClient:
         subject = self._subject("blob", repository, digest)
         response = await self._send("GET", repository, f"blobs/{digest}", max_body=max_size)
         if response.status != 200:
-            raise error_from_response(
-                subject,
-                status=response.status,
-                body=response.body,
-                retry_after=response.header("Retry-After"),
-                not_found=BlobUnknownError,
-            )
+            raise self._error(subject, response, not_found=BlobUnknownError)
         verify_digest(response.body, digest, subject=subject)
         return response.body
 
@@ -595,13 +583,7 @@ class RegistryClient:
             "GET", repository, f"blobs/{digest}", max_body=ERROR_BODY_LIMIT, sink=counted
         )
         if response.status != 200:
-            raise error_from_response(
-                subject,
-                status=response.status,
-                body=response.body,
-                retry_after=response.header("Retry-After"),
-                not_found=BlobUnknownError,
-            )
+            raise self._error(subject, response, not_found=BlobUnknownError)
         actual = f"{algorithm}:{hasher.hexdigest()}"
         if actual != digest:
             raise DigestMismatchError(subject, expected=digest, actual=actual)

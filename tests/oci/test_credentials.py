@@ -353,3 +353,11 @@ async def test_no_credentials_found_means_anonymous_and_refused(
         with pytest.raises(UnauthorizedError) as caught:
             await client.put_blob("creds/test", b"anonymous")
     assert str(caught.value).endswith(": HTTP 401: authentication required (no credentials given)")
+
+
+async def test_a_refused_head_says_why(basic_registry_module: Registry) -> None:
+    """A HEAD has no body to explain a 401: the client says that credentials are missing."""
+    async with RegistryClient(basic_registry_module.host, credentials=None) as client:
+        with pytest.raises(UnauthorizedError) as caught:
+            await client.head_manifest("creds/test", "latest")
+    assert str(caught.value).endswith(": HTTP 401: authentication required (no credentials given)")
