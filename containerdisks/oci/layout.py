@@ -81,6 +81,11 @@ class LayoutStore:
         sep = "@" if is_digest(reference) else ":"
         return f"{self.host}/{repository}{sep + reference if reference else ''}"
 
+    def _blob_unknown(self, repository: str, digest: str) -> BlobUnknownError:
+        """What a registry answers for a blob it does not have."""
+        subject = self._subject(repository, digest)
+        return BlobUnknownError(subject, status=404, code="BLOB_UNKNOWN", message="blob unknown")
+
     @staticmethod
     def _blob_path(layout: Path, digest: str) -> Path:
         algorithm, hexpart = parse_digest(digest)
@@ -150,12 +155,7 @@ class LayoutStore:
                 )
             data = path.read_bytes()
         except FileNotFoundError:
-            raise BlobUnknownError(
-                self._subject(repository, digest),
-                status=404,
-                code="BLOB_UNKNOWN",
-                message="blob unknown",
-            ) from None
+            raise self._blob_unknown(repository, digest) from None
         actual = compute_digest(data, parse_digest(digest)[0])
         if actual != digest:
             raise DigestMismatchError(
@@ -177,12 +177,7 @@ class LayoutStore:
         try:
             f = path.open("rb")
         except FileNotFoundError:
-            raise BlobUnknownError(
-                self._subject(repository, digest),
-                status=404,
-                code="BLOB_UNKNOWN",
-                message="blob unknown",
-            ) from None
+            raise self._blob_unknown(repository, digest) from None
         with f:
             while chunk := await asyncio.to_thread(f.read, 1 << 20):
                 await asyncio.to_thread(hasher.update, chunk)
