@@ -46,6 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.engine.test_catalog_publish import build_tree
+from tests.support.cli import clean_env
 from tests.support.fault_proxy import FaultProxy, Logged
 from tests.support.registry import free_port, start_registry
 from tests.support.upstream_server import RecordedRequest, UpstreamServer
@@ -59,7 +60,7 @@ def progress(message: str) -> None:
 
 
 def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+    out = clean_env()
     out["CONTAINERDISKS_INTERVAL_JITTER"] = "0"
     return out
 

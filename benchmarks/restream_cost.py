@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.support.cli import clean_env
 from tests.support.fault_proxy import FaultProxy, Rule
 from tests.support.registry import start_registry
 from tests.support.upstream_server import UpstreamServer, put
@@ -73,7 +73,7 @@ def run(root: Path, work: Path, size: int, *, fault: bool) -> dict[str, float]:
     ):
         if fault:
             proxy.add(Rule("PATCH", r"/blobs/uploads/", "reset", after_bytes=size // 2))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+        env = clean_env()
         started = time.monotonic()
         result = subprocess.run(
             [

@@ -6,7 +6,6 @@ Parsing is tested in-process; exit statuses and "no traceback" through real subp
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from containerdisks.cli import UsageError, parse
+from tests.support.cli import clean_env
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,7 @@ def test_bad_flags_are_usage_errors(argv: list[str], message: str) -> None:
 def run(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+    full_env = clean_env()
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "containerdisks", *args],

@@ -15,10 +15,11 @@ import yaml
 
 import containerdisks.log
 from containerdisks.cli import main
+from tests.support.cli import clean_env
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+    env = clean_env()
     return subprocess.run(
         [sys.executable, "-m", "containerdisks", *args],
         capture_output=True,

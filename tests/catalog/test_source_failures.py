@@ -10,7 +10,6 @@ and arch is planned (`build`: nothing is published in the empty oci: source).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from containerdisks.catalog import load_catalog
+from tests.support.cli import clean_env
 from tests.support.upstream_server import (
     DEFAULT_FIXTURES,
     FIXTURES_DIR,
@@ -171,7 +171,7 @@ def test_bad_upstream_fails_that_entry_only(tmp_path: Path, scenario: str) -> No
     ubuntu = (FIXTURES_DIR / "ubuntu/SHA256SUM").read_text()
     for version in ("26.04", "25.04", "24.04", "20.04"):  # the fixture is 22.04's
         put(root, UBUNTU_SUMS.format(version), ubuntu.replace("22.04", version))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+    env = clean_env()
     env["CONTAINERDISKS_RETRIES"] = "2"
     with UpstreamServer(root) as srv:
         for brk in breakers:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.cli import clean_env
 from tests.support.disks import make_qcow2, sha256
 from tests.support.upstream_server import UpstreamServer, put
 
@@ -186,7 +186,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(
     *args: str, site: Path | None, cwd: Path, srv: UpstreamServer | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+    env = clean_env()
     env.pop("PYTHONPATH", None)
     if site is not None:
         env["PYTHONPATH"] = str(site)

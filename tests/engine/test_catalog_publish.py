@@ -27,7 +27,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import pytest
 import yaml
 
 from containerdisks import oci
+from tests.support.cli import clean_env
 from tests.support.disks import make_qcow2
 from tests.support.upstream_server import FIXTURES_DIR, UpstreamServer, put
 
@@ -353,7 +353,7 @@ class Reader:
 
 
 def push(srv: UpstreamServer, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+    env = clean_env()
     return subprocess.run(
         [
             sys.executable,

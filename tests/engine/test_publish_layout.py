@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -20,7 +19,7 @@ import pytest
 import yaml
 import zstandard
 
-from tests.support.cli import push
+from tests.support.cli import clean_env, push
 from tests.support.disks import (
     fedora_link,
     make_qcow2,
@@ -185,7 +184,7 @@ def test_compressed_upstream_images_are_decompressed(tmp_path: Path, compression
     )
     out = tmp_path / "out"
     with UpstreamServer(root) as srv:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+        env = clean_env()
         result = subprocess.run(
             [
                 sys.executable,

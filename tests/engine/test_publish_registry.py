@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cli import push
+from tests.support.cli import clean_env, push
 from tests.support.disks import (
     fedora_link,
     make_qcow2,
@@ -178,7 +178,7 @@ def test_publish_with_credentials_from_the_auth_file(
         auth_file = tmp_path / "auth.json"
         secret = base64.b64encode(f"{user}:{password}".encode()).decode()
         auth_file.write_text(json.dumps({"auths": {reg.host: {"auth": secret}}}))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+        env = clean_env()
         env["REGISTRY_AUTH_FILE"] = str(auth_file)
         result = subprocess.run(
             [

@@ -7,7 +7,6 @@ failing source, exit 1, no traceback.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from containerdisks.catalog import load_catalog
+from tests.support.cli import clean_env
 from tests.support.upstream_server import FIXTURES_DIR, UpstreamServer, lay_out_upstream, put
 
 
@@ -28,7 +28,7 @@ def closed_port() -> int:
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+    env = clean_env()
     env["CONTAINERDISKS_RETRIES"] = "2"
     return subprocess.run(
         [sys.executable, "-m", "containerdisks", *args, "--log-format", "json"],
@@ -130,7 +130,7 @@ def test_signal_ends_a_one_shot_run_with_its_status(sig: signal.Signals, status:
         hold.bind(("127.0.0.1", 0))
         hold.listen()
         port = hold.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+        env = clean_env()
         proc = subprocess.Popen(
             [
                 sys.executable,
