@@ -50,6 +50,7 @@ class Outcome:
     plan: EntryPlan
     tags: list[str]
     error: str | None
+    digest: str = ""
 
     @property
     def key(self) -> str:
@@ -61,7 +62,7 @@ class Outcome:
         if self.error:
             return Result(error=self.error)
         if self.tags:
-            return Result(tags=self.tags)
+            return Result(tags=self.tags, digest=self.digest)
         return None
 
 
@@ -194,14 +195,14 @@ class Engine:
             return Outcome(plan, [], None)
         log.info("publishing", entry=plan.key)
         try:
-            tags = await self._publisher.publish(entry, plan)
+            tags, digest = await self._publisher.publish(entry, plan)
         except (PublishError, SourceError, oci.OCIError) as e:
             message = str(e) if str(e).startswith(entry.key) else f"{entry.key}: {e}"
             log.error("publish_failed", entry=plan.key, error=message)
             return Outcome(plan, [], message)
-        log.info("published", entry=plan.key, tags=tags)
+        log.info("published", entry=plan.key, tags=tags, digest=digest)
         self._seen.pop(entry.key, None)  # the next pass reads what was written
-        return Outcome(plan, tags, None)
+        return Outcome(plan, tags, None, digest)
 
     async def _reload_credentials(self) -> None:
         reloads = {id(p.store): p.reload_credentials for p in (self.source, self.target)}

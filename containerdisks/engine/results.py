@@ -1,9 +1,16 @@
 """The medius-compatible results file: what each entry published, or why it failed.
 
-`{"name:version": {"Tags": [...], "Stage": "push", "Err": "..."}}` with `Tags` and `Err` left
-out when empty, no key at all for an entry that was up to date, 2-space indent, mode 0600
-(medius's `json.MarshalIndent` and `os.WriteFile(..., 0600)`). Written atomically (temporary
-file + rename) so a reader never sees half a file.
+`{"name:version": {"Tags": [...], "Stage": "push", "Digest": "sha256:...", "Err": "..."}}` with
+`Tags`, `Digest` and `Err` left out when empty, no key at all for an entry that was up to date,
+2-space indent, mode 0600 (medius's `json.MarshalIndent` and `os.WriteFile(..., 0600)`). Written
+atomically (temporary file + rename) so a reader never sees half a file.
+
+`Digest` is ours (medius's readers ignore unknown keys): the digest the tags pointed to when push
+wrote them. verify pulls and boots exactly that digest, and promote copies exactly the digest
+verify passed, so a staging tag that moved in between cannot slip unverified bytes through.
+
+The stages chain through this file (`push` -> `verify` -> `promote`); `read_results` is the
+reading side, with one-line errors naming the file.
 """
 
 from __future__ import annotations
@@ -14,7 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Result", "write_results"]
+__all__ = ["Result", "ResultsError", "read_results", "write_results"]
+
+STAGES = ("push", "verify", "promote")
+
+
+class ResultsError(Exception):
+    """The results file is missing or malformed; the message is one line naming it."""
 
 
 @dataclass(frozen=True)
@@ -22,15 +35,53 @@ class Result:
     tags: list[str] = field(default_factory=list)
     error: str = ""
     stage: str = "push"
+    digest: str = ""
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {}
         if self.tags:
             out["Tags"] = self.tags
         out["Stage"] = self.stage
+        if self.digest:
+            out["Digest"] = self.digest
         if self.error:
             out["Err"] = self.error
         return out
+
+    @classmethod
+    def from_json(cls, key: str, data: object, where: str) -> Result:
+        if not isinstance(data, dict):
+            raise ResultsError(f"{where}: entry {key!r} is not an object")
+        tags = data.get("Tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ResultsError(f"{where}: entry {key!r}: Tags must be a list of strings")
+        values: dict[str, str] = {}
+        for name in ("Stage", "Err", "Digest"):
+            value = data.get(name, "")
+            if not isinstance(value, str):
+                raise ResultsError(f"{where}: entry {key!r}: {name} must be a string")
+            values[name] = value
+        if values["Stage"] not in STAGES:
+            raise ResultsError(f"{where}: entry {key!r}: unknown Stage {values['Stage']!r}")
+        return cls(tags=tags, error=values["Err"], stage=values["Stage"], digest=values["Digest"])
+
+
+def read_results(path: Path) -> dict[str, Result]:
+    """Read a results file written by any stage (ours or medius's)."""
+    where = f"results file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ResultsError(f"{where} does not exist (run `images push` first)") from None
+    except OSError as e:
+        raise ResultsError(f"{where}: {e.strerror or e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{where}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{where}: expected a JSON object")
+    return {key: Result.from_json(key, value, where) for key, value in data.items()}
 
 
 def write_results(path: Path, results: Mapping[str, Result]) -> None:

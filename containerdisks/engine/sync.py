@@ -98,8 +98,9 @@ class Publisher:
         self.backoff = backoff or Backoff()
         self.clock = clock
 
-    async def publish(self, entry: Entry, plan: EntryPlan) -> list[str]:
-        """Publish `entry` as `plan` says; return the tags written, in order."""
+    async def publish(self, entry: Entry, plan: EntryPlan) -> tuple[list[str], str]:
+        """Publish `entry` as `plan` says; return the tags written, in order, and the digest
+        they point to (what verify pulls and promote copies)."""
         stamp = f"{entry.version}-{self.clock().astimezone(UTC):%y%m%d%H%M}"
         repo = self.target.repo(entry.name)
         if all(row.action == "retag" for row in plan.arches):
@@ -117,12 +118,13 @@ class Publisher:
         else:
             top_type, top = types["index"], index_bytes(self.family, [b.descriptor for b in built])
         tags = [stamp, *plan.tags]
+        digest = ""
         for tag in tags:
             digest = await self.target.store.put_manifest(repo, tag, top_type, top)
             log.info("tagged", entry=entry.key, tag=tag, digest=digest)
-        return tags
+        return tags, digest
 
-    async def _retag(self, entry: Entry, plan: EntryPlan) -> list[str]:
+    async def _retag(self, entry: Entry, plan: EntryPlan) -> tuple[list[str], str]:
         """Content is current; point the tags that drifted at what `<version>` points to."""
         top = await self.source.store.get_manifest(self.source.repo(entry.name), entry.version)
         repo = self.target.repo(entry.name)
@@ -133,7 +135,7 @@ class Publisher:
                 await self.target.store.put_manifest(repo, tag, top.media_type, top.data)
                 written.append(tag)
                 log.info("retagged", entry=entry.key, tag=tag, digest=top.digest)
-        return written
+        return written, top.digest
 
     # -- reuse ----------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ a signal ends the one-shot run with 130/143 after cleanup, like `images push`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -43,6 +44,9 @@ def test_once_publishes_writes_results_and_exits_0(
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"fedora:40", "fedora:39", "fedora:41-beta"} == set(results)
     assert ["40-1.14", "40", "latest"] == results["fedora:40"]["Tags"][1:]
+    # The digest the tags were written at, which verify boots and promote copies.
+    index = registry.inspect_raw("cd/fedora", "40")
+    assert f"sha256:{hashlib.sha256(index).hexdigest()}" == results["fedora:40"]["Digest"]
     assert "fedora:40" in result.stdout  # the plan
     assert "build" in result.stdout
     assert {"40", "39", "latest"} <= set(registry.list_tags("cd/fedora"))
