@@ -62,7 +62,9 @@ class Outcome:
         if self.error:
             return Result(error=self.error)
         if self.tags:
-            return Result(tags=self.tags, digest=self.digest)
+            # medius's form, `name:tag`: its verify pulls `path.Join(registry, Tags[0])`.
+            name = self.key.partition(":")[0]
+            return Result(tags=[f"{name}:{t}" for t in self.tags], digest=self.digest)
         return None
 
 

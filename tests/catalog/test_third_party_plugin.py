@@ -267,7 +267,7 @@ def test_a_plugin_package_needs_no_change_to_the_core(tmp_path: Path, plugin_sit
         assert 2 == len([p for p in srv.paths() if p.endswith(".qcow2")])
 
     results = json.loads((tmp_path / "results.json").read_text())
-    assert ["7-b42", "7"] == results["example:7"]["Tags"][1:]
+    assert ["example:7-b42", "example:7"] == results["example:7"]["Tags"][1:]
     index = json.loads(
         subprocess.run(
             ["skopeo", "inspect", "--raw", f"oci:{out}/example:7-b42"],

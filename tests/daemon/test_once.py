@@ -43,7 +43,7 @@ def test_once_publishes_writes_results_and_exits_0(
     assert 0 == result.returncode, result.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"fedora:40", "fedora:39", "fedora:41-beta"} == set(results)
-    assert ["40-1.14", "40", "latest"] == results["fedora:40"]["Tags"][1:]
+    assert ["fedora:40-1.14", "fedora:40", "fedora:latest"] == results["fedora:40"]["Tags"][1:]
     # The digest the tags were written at, which verify boots and promote copies.
     index = registry.inspect_raw("cd/fedora", "40")
     assert f"sha256:{hashlib.sha256(index).hexdigest()}" == results["fedora:40"]["Digest"]

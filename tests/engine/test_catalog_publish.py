@@ -392,7 +392,8 @@ def check_published(
         else "application/vnd.docker.distribution.manifest.list.v2+json"
     )
     for want in wants:
-        written = results[want.key]["Tags"]
+        written = [t.removeprefix(f"{want.name}:") for t in results[want.key]["Tags"]]
+        assert [f"{want.name}:{t}" for t in written] == results[want.key]["Tags"]
         assert re.fullmatch(rf"{re.escape(want.version)}-\d{{10}}", written[0]), written
         assert want.tags() == written[1:], want.key
         assert set(written) <= set(reader.tags(want.name)), want.key

@@ -119,9 +119,9 @@ def test_publish_fedora_into_oci_layouts(tmp_path: Path, fedora: Any) -> None:
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"fedora:40", "fedora:39", "fedora:41-beta"} == set(results)
-    assert ["40-1.14", "40", "latest"] == results["fedora:40"]["Tags"][1:]
-    assert results["fedora:40"]["Tags"][0].startswith("40-")
-    assert ["41-beta"] == results["fedora:41-beta"]["Tags"][1:]
+    assert ["fedora:40-1.14", "fedora:40", "fedora:latest"] == results["fedora:40"]["Tags"][1:]
+    assert results["fedora:40"]["Tags"][0].startswith("fedora:40-")
+    assert ["fedora:41-beta"] == results["fedora:41-beta"]["Tags"][1:]
     assert 0o600 == (tmp_path / "results.json").stat().st_mode & 0o777
     assert not (tmp_path / "work").exists()  # known size, no decompression: nothing spooled
 
@@ -301,9 +301,9 @@ def test_a_run_killed_between_tag_writes_is_healed(tmp_path: Path, fedora: Any) 
     healed = json.loads(index_path.read_text())
     got = {m["annotations"][ref]: m["digest"] for m in healed["manifests"]}
     assert (want["40"], want["40"]) == (got["latest"], got["40-1.14"])
-    assert ["40-1.14", "latest"] == json.loads((tmp_path / "results.json").read_text())[
-        "fedora:40"
-    ]["Tags"]
+    assert ["fedora:40-1.14", "fedora:latest"] == json.loads(
+        (tmp_path / "results.json").read_text()
+    )["fedora:40"]["Tags"]
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,7 @@ def test_checksum_mismatch_fails_that_entry_only(
     results = json.loads((tmp_path / "results.json").read_text())
     assert failed["fedora:39"] == results["fedora:39"]["Err"]
     assert "Tags" not in results["fedora:39"]
-    assert "40" in results["fedora:40"]["Tags"]
+    assert "fedora:40" in results["fedora:40"]["Tags"]
     again = push(srv, f"{registry.host}/cd", "--no-fail", cwd=tmp_path)
     assert 0 == again.returncode
 
