@@ -48,6 +48,11 @@ class Result:
             out["Err"] = self.error
         return out
 
+    def bare_tags(self) -> list[str]:
+        """The tags without their `name:` (medius writes `fedora:40-2406011530`); a tag read
+        from an older file of ours, without a name, is taken as it is."""
+        return [t.rpartition(":")[2] for t in self.tags]
+
     @classmethod
     def from_json(cls, key: str, data: object, where: str) -> Result:
         if not isinstance(data, dict):

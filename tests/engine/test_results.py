@@ -59,3 +59,8 @@ def test_a_bad_results_file_is_one_line_naming_it(
     assert str(path) in str(e.value)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_bare_tags_drop_the_name_medius_writes() -> None:
+    result = Result(tags=["fedora:40-2406011530", "fedora:40", "40-1.14"])
+    assert ["40-2406011530", "40", "40-1.14"] == result.bare_tags()
