@@ -88,6 +88,14 @@ class CatalogItem(BaseModel):
         description="Use for the repository's docs (for a discovering source: newest stable).",
     )
     skip_unless_focused: bool = Field(False, description="Only published when focused by name.")
+    secure_boot: bool | dict[Arch, bool] = Field(
+        False,
+        description="Verify boots the image with UEFI Secure Boot (and SMM), for all arches or "
+        "per arch (medius: Fedora except s390x).",
+    )
+    guest_agent: bool = Field(
+        False, description="The image runs qemu-guest-agent; KubeVirt verify waits for it."
+    )
     source: dict[str, Any] = Field(
         description="`kind` plus the source's parameters; `per_arch: {arch: {...}}` overrides."
     )
@@ -114,7 +122,7 @@ class CatalogItem(BaseModel):
             raise ValueError("arches must not repeat")
         if self.version is not None and not _VERSION.match(self.version):
             raise ValueError(f"version {self.version!r} is not a valid tag")
-        for field in ("instancetype", "preference"):
+        for field in ("instancetype", "preference", "secure_boot"):
             value = getattr(self, field)
             if isinstance(value, dict) and set(value) - set(self.arches):
                 extra = sorted(set(value) - set(self.arches))[0]
@@ -122,6 +130,12 @@ class CatalogItem(BaseModel):
         if "kind" not in self.source or not isinstance(self.source["kind"], str):
             raise ValueError("source.kind is required")
         return self
+
+    def secure_boot_for(self, arch: str) -> bool:
+        """Whether verify boots `arch` (an upstream arch name) with Secure Boot."""
+        if isinstance(self.secure_boot, dict):
+            return bool(self.secure_boot.get(arch, False))  # type: ignore[call-overload]
+        return self.secure_boot
 
     @property
     def label(self) -> str:
@@ -207,6 +221,10 @@ class Focus:
         if item.name != self.name:
             return False
         return item.version is None or self.version is None or item.version == self.version
+
+    def selects_key(self, name: str, version: str) -> bool:
+        """For a results-file key `name:version` (the later stages select by it)."""
+        return self.name is None or (self.name == name and self.selects_version(version))
 
     def selects_version(self, version: str) -> bool:
         return self.version is None or self.version == version

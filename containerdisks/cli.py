@@ -32,7 +32,7 @@ EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 Command = Callable[[Settings, dict[str, Any], str], Awaitable[int]]
 
-_BOOL_FLAGS = ("--dry-run", "--insecure-skip-tls", "--force", "--no-fail", "--once")
+_BOOL_FLAGS = ("--dry-run", "--insecure-skip-tls", "--force", "--no-fail", "--once", "--local")
 _TRUE = {"true", "t", "1", "yes"}
 _FALSE = {"false", "f", "0", "no"}
 
@@ -131,6 +131,43 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _verify_flags(p: argparse.ArgumentParser) -> None:
+    """medius's `images verify` flags, and those of the local boot."""
+    s = argparse.SUPPRESS
+    p.add_argument(
+        "--registry",
+        dest="verify_registry",
+        default=s,
+        help="registry holding the pushed images (default for --local: the target registry)",
+    )
+    p.add_argument(
+        "--local",
+        dest="verify_local",
+        type=_bool,
+        default=s,
+        metavar="BOOL",
+        help="boot under qemu on this host instead of in KubeVirt",
+    )
+    p.add_argument(
+        "--timeout",
+        dest="verify_timeout",
+        type=float,
+        default=s,
+        help="seconds from power-on to SSH login (default 600)",
+    )
+    p.add_argument(
+        "--target-architecture", default=s, help="amd64, arm64 or s390x (default: this host's)"
+    )
+    p.add_argument("--firmware", dest="verify_firmware", default=s, choices=["uefi", "bios"])
+    p.add_argument("--accel", dest="verify_accel", default=s, choices=["auto", "kvm", "tcg"])
+    p.add_argument("--results-file", default=s, help="results file (default results.json)")
+    p.add_argument("--workers", type=int, default=s, help="entries verified in parallel")
+    p.add_argument(
+        "--no-fail", type=_bool, default=s, metavar="BOOL", help="exit 0 even if an entry failed"
+    )
+    p.add_argument("--work-dir", default=s, help="directory for pulled disks and serial logs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     root = _Parser(
         prog="containerdisks",
@@ -155,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _push_flags(push)
     push.set_defaults(handler="images_push")
+
+    verify = image_cmds.add_parser(
+        "verify",
+        parents=[_global_flags("sub")],
+        allow_abbrev=False,
+        help="boot each pushed containerdisk and log in over SSH",
+    )
+    _verify_flags(verify)
+    verify.set_defaults(handler="images_verify")
 
     serve = commands.add_parser(
         "serve",
@@ -209,8 +255,14 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str], str
 def _handlers() -> dict[str, Command]:
     from containerdisks.catalog_cmd import catalog_command  # noqa: PLC0415 - keeps --help fast
     from containerdisks.daemon import images_push, serve  # noqa: PLC0415
+    from containerdisks.verify.command import images_verify  # noqa: PLC0415
 
-    return {"images_push": images_push, "catalog": catalog_command, "serve": serve}
+    return {
+        "images_push": images_push,
+        "images_verify": images_verify,
+        "catalog": catalog_command,
+        "serve": serve,
+    }
 
 
 def _run(command: Command, settings: Settings, config: dict[str, Any], config_name: str) -> int:

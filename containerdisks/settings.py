@@ -141,6 +141,42 @@ class Settings(BaseSettings):
         60.0, description="`serve`: `/healthz` fails when the scheduler has not ticked this long."
     )
 
+    # -- `images verify` -------------------------------------------------------------------------
+    verify_registry: str = Field(
+        "",
+        description="`images verify --registry`: registry (`host[:port]/namespace`) the pushed "
+        "images are pulled from; empty means the target registry (`--local` only).",
+    )
+    verify_local: bool = Field(
+        False, description="`images verify --local`: boot under qemu on this host, no cluster."
+    )
+    verify_timeout: PositiveFloat = Field(
+        600.0,
+        description="`images verify --timeout`: seconds a guest gets from power-on to a "
+        "successful SSH login.",
+    )
+    target_architecture: Literal["", "amd64", "arm64", "s390x"] = Field(
+        "",
+        description="`images verify --target-architecture`: the arch to verify; empty means "
+        "this host's arch (`--local`).",
+    )
+    verify_firmware: Literal["uefi", "bios"] = Field(
+        "uefi",
+        description="`images verify --firmware`: how `--local` boots images whose catalog entry "
+        "does not ask for Secure Boot (UEFI from OVMF, or SeaBIOS).",
+    )
+    verify_accel: Literal["auto", "kvm", "tcg"] = Field(
+        "auto",
+        description="`images verify --accel`: qemu accelerator for `--local`; `auto` uses KVM "
+        "when /dev/kvm is usable, else TCG.",
+    )
+    verify_memory_mib: PositiveInt = Field(
+        1024, description="`images verify`: guest memory in MiB (medius's VM has 1Gi)."
+    )
+    verify_ssh_attempts: PositiveInt = Field(
+        30, description="`images verify`: SSH login attempts once the guest answers (medius: 30)."
+    )
+
     @field_validator("upstream_mirrors")
     @classmethod
     def _mirrors_nonempty(cls, v: dict[str, str]) -> dict[str, str]:
@@ -244,6 +280,16 @@ def load_settings(
     return settings
 
 
+#: Settings whose flag is not spelled like the field (medius's `images verify` flags).
+_FLAG_NAMES = {
+    "verify_registry": "registry",
+    "verify_local": "local",
+    "verify_timeout": "timeout",
+    "verify_firmware": "firmware",
+    "verify_accel": "accel",
+}
+
+
 def _one_line(
     e: ValidationError, flags: dict[str, Any], file_settings: dict[str, Any], file_name: str
 ) -> str:
@@ -252,7 +298,7 @@ def _one_line(
         return f"invalid settings: {err['msg'].removeprefix('Value error, ')}"
     field = str(err["loc"][0])
     if field in flags:
-        where = f"flag --{field.replace('_', '-')}"
+        where = f"flag --{_FLAG_NAMES.get(field, field).replace('_', '-')}"
     elif ENV_PREFIX + field.upper() in os.environ:
         where = f"environment variable {ENV_PREFIX}{field.upper()}"
     elif field in file_settings:

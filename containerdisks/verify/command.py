@@ -1,0 +1,134 @@
+"""`images verify`: read the results file, verify every entry at stage `push`, write stage
+`verify` back, print one row per entry, exit as medius.
+
+One job: wiring. Selection is `target.select_targets`, the flow `flow.verify_all`, the boot
+`local.LocalBooter` (qemu here; KubeVirt is the other booter). Decisions:
+- Dry run (the default, as for every command here; medius's verify ignored it) prints what would
+  be booted and boots, pulls and writes nothing.
+- The image is pulled by the digest push recorded; a results file without one (medius's) has
+  `Tags[0]` resolved once, and the digest found is recorded for promote.
+- Entries the flow did not verify (skipped, other stages, other arches) keep their record as it
+  was; the file is rewritten atomically, only when not a dry run.
+- Exit 1 when an entry failed, 0 with `--no-fail`; a skip is not a failure, and not a pass.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from containerdisks import oci
+from containerdisks.catalog import Focus, load_catalog
+from containerdisks.engine.results import Result, ResultsError, read_results, write_results
+from containerdisks.engine.retry import Backoff
+from containerdisks.engine.stores import Place, open_places
+from containerdisks.settings import ConfigError, Settings
+from containerdisks.verify import qemu
+from containerdisks.verify.flow import Verdict, render, verify_all
+from containerdisks.verify.local import LocalBooter, remove_stale_work
+from containerdisks.verify.ssh import SshCheck
+from containerdisks.verify.target import Skipped, Target, select_targets
+
+__all__ = ["images_verify"]
+
+log = structlog.get_logger(__name__)
+
+
+async def _with_digest(place: Place, target: Target) -> Target | Verdict:
+    """The target with the digest to boot: the recorded one, else what `Tags[0]` names now."""
+    if target.digest:
+        return target
+    repo = place.repo(target.name)
+    where = f"{place.store.host}/{repo}:{target.first_tag}"
+    try:
+        head = await place.store.head_manifest(repo, target.first_tag)
+    except oci.OCIError as e:
+        head, why = None, str(e)
+    else:
+        why = "not found"
+    if head is None:
+        message = f"{target.key}: {where}: {why}"
+        result = Result(target.result.tags, message, "verify")
+        return Verdict(target.key, target.arch, "failed", f"{where}: {why}", result=result)
+    return Target(**{**target.__dict__, "digest": head.digest})
+
+
+async def images_verify(
+    settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
+    if not settings.verify_local:
+        raise ConfigError(
+            "images verify: verification in KubeVirt is not available yet; use --local"
+        )
+    try:
+        results = read_results(settings.results_file)
+    except ResultsError as e:
+        raise ConfigError(str(e)) from None
+    catalog = load_catalog(config, config_name=config_name)
+    focus = Focus(settings.focus)
+    if focus.name is not None:
+        catalog.select(focus)  # a focus that names no catalog entry is a usage error
+    host = qemu.probe_host()
+    goarch = settings.target_architecture or host.goarch
+    chosen, problems = select_targets(results, (b.item for b in catalog.items), focus, goarch)
+    registry = settings.verify_registry or settings.target
+    verdicts: list[Verdict] = []
+    for key, message in problems.items():
+        log.error("verify_failed", entry=key, error=message)
+        prior = results[key]
+        verdicts.append(
+            Verdict(
+                key,
+                goarch,
+                "failed",
+                message.removeprefix(f"{key}: "),
+                result=Result(prior.tags, message, "verify", prior.digest),
+            )
+        )
+    backoff = Backoff(attempts=settings.retries)
+    source = settings.model_copy(update={"source_registry": registry, "target_registry": ""})
+    async with open_places(source, backoff) as (place, _):
+        if not settings.dry_run:
+            remove_stale_work(settings.work_dir)
+        ready: list[Target | Skipped] = []
+        for c in chosen:
+            if isinstance(c, Target) and not settings.dry_run:
+                got = await _with_digest(place, c)
+                if isinstance(got, Verdict):
+                    verdicts.append(got)
+                else:
+                    ready.append(got)
+            else:
+                ready.append(c)
+        booter = LocalBooter(
+            store=place.store,
+            namespace=place.namespace,
+            host_name=place.store.host,
+            work_dir=settings.work_dir,
+            host=host,
+            firmware=settings.verify_firmware,
+            accel=settings.verify_accel,
+            memory_mib=settings.verify_memory_mib,
+            backoff=backoff,
+        )
+        check = SshCheck(timeout=settings.verify_timeout, attempts=settings.verify_ssh_attempts)
+        verdicts += await verify_all(
+            ready, booter, check, workers=settings.workers, dry_run=settings.dry_run
+        )
+    order = {key: i for i, key in enumerate(results)}
+    verdicts.sort(key=lambda v: order.get(v.key, len(order)))
+    render(verdicts, out)
+    if not settings.dry_run:
+        updated = dict(results)
+        for v in verdicts:
+            if v.result is not None:
+                updated[v.key] = v.result
+        write_results(Path(settings.results_file), updated)
+    failed = [v for v in verdicts if v.status == "failed"]
+    if failed and not settings.no_fail:
+        return 1
+    return 0

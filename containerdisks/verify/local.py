@@ -1,0 +1,133 @@
+"""Booting a pushed image on this host: pull its disk, write the seed, run it under qemu.
+
+`LocalBooter.boot()` is the local way to get a `Guest` for the one verify flow in
+`containerdisks.verify.flow`; KubeVirt is the other. Each boot has a private work directory
+under `<work_dir>/verify/` (disk, seed, firmware vars, serial log) that is removed when the boot
+ends, however it ends. The serial log of a failed boot is kept, under `<work_dir>/serial-logs/`,
+and its path is put into the error so that a person can read why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from containerdisks.engine.retry import Backoff
+from containerdisks.engine.stores import Store
+from containerdisks.verify import qemu
+from containerdisks.verify.pull import pull_disk
+from containerdisks.verify.seed import meta_data, write_seed
+from containerdisks.verify.ssh import CheckFailedError, Guest
+from containerdisks.verify.target import Target
+
+__all__ = ["LocalBooter", "remove_stale_work"]
+
+log = structlog.get_logger(__name__)
+
+
+def remove_stale_work(work_dir: Path) -> None:
+    """Boot directories a killed predecessor left behind (their qemu died with it)."""
+    root = work_dir / "verify"
+    if root.is_dir():
+        for child in root.iterdir():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+@dataclass
+class LocalBooter:
+    """Boots targets on this host; `store`/`namespace` say where the images are pulled from."""
+
+    store: Store
+    namespace: str
+    host_name: str
+    work_dir: Path
+    host: qemu.Host
+    firmware: qemu.Firmware
+    accel: qemu.Accel
+    memory_mib: int
+    backoff: Backoff
+
+    def firmware_for(self, target: Target) -> qemu.Firmware:
+        return "secure" if target.secure_boot else self.firmware
+
+    def describe(self, target: Target) -> str:
+        """What a boot of `target` would be (the dry run's words)."""
+        accel = "kvm" if self.host.accelerated(target.goarch, self.accel) else "tcg"
+        return f"{self.firmware_for(target)}, {accel}"
+
+    def cannot_boot(self, target: Target) -> str | None:
+        return self.host.cannot_boot(target.goarch)
+
+    def repository(self, target: Target) -> str:
+        return f"{self.namespace}/{target.name}" if self.namespace else target.name
+
+    @contextlib.asynccontextmanager
+    async def boot(self, target: Target, user_data: str) -> AsyncIterator[Guest]:
+        root = self.work_dir / "verify"
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{target.name}-{target.version}-", dir=root))
+        try:
+            async with self._vm(target, user_data, work) as vm:
+                try:
+                    yield vm
+                except CheckFailedError as e:
+                    kept = self._keep(vm, target)
+                    raise CheckFailedError(e.kind, f"{e} (serial log: {kept})") from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    @contextlib.asynccontextmanager
+    async def _vm(
+        self, target: Target, user_data: str, work: Path
+    ) -> AsyncIterator[qemu.VirtualMachine]:
+        disk = work / "disk.img"
+        where = f"{self.host_name}/{self.repository(target)}@{target.digest}"
+        await pull_disk(
+            self.store,
+            self.repository(target),
+            target.digest,
+            target.goarch,
+            disk,
+            where=where,
+            backoff=self.backoff,
+        )
+        seed = await write_seed(work, user_data, meta_data(target.name))
+        firmware = self.firmware_for(target)
+        template = qemu.firmware_vars(target.goarch, firmware)
+        vars_copy = None
+        if template is not None:
+            vars_copy = work / "vars.fd"
+            await asyncio.to_thread(shutil.copyfile, template, vars_copy)
+        port = qemu.free_port()
+        serial = work / "serial.log"
+        command = qemu.command_line(
+            goarch=target.goarch,
+            disk=disk,
+            seed=seed,
+            serial_log=serial,
+            ssh_port=port,
+            firmware=firmware,
+            vars_copy=vars_copy,
+            kvm=self.host.accelerated(target.goarch, self.accel),
+            memory_mib=self.memory_mib,
+        )
+        log.info("booting", entry=target.key, arch=target.arch, firmware=firmware)
+        async with qemu.VirtualMachine(command, serial, port) as vm:
+            yield vm
+
+    def _keep(self, vm: qemu.VirtualMachine, target: Target) -> Path:
+        kept = self.work_dir / "serial-logs"
+        kept.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = kept / f"{target.name}-{target.version}-{target.arch}-{stamp}.log"
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copyfile(vm.serial_log, path)
+        return path

@@ -1,0 +1,360 @@
+"""Pull a containerdisk's disk by digest: registry -> layer digest check -> decompress -> untar
+-> `disk.img`, in one streaming pass with no copy of the layer on disk.
+
+Decisions:
+- By digest only: the image verified is exactly the one push recorded (the results' `Digest`).
+- Network, hashing and unpacking overlap: the registry read (which hashes as it goes) feeds a
+  bounded queue; a consumer coalesces chunks and decompresses, parses and writes them in a
+  worker thread. The file is only used after `read_blob` confirmed the layer digest; a
+  mismatch or a cut stream deletes it. A transient failure pulls the layer again, bounded.
+- The tar reader is written here because `tarfile` reads only from a blocking file object, and
+  a containerdisk needs little of it: regular files, directories, PAX and GNU long names, sizes
+  in octal or base-256. Nothing is created from member names: the one file under `disk/` is
+  written to the path the caller gave; zero or several files there is an error, as KubeVirt
+  refuses such an image. Later layers win, as in an overlay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import structlog
+import zstandard
+from isal import isal_zlib
+
+from containerdisks import oci
+from containerdisks.engine.retry import Backoff, retrying
+from containerdisks.engine.stores import Store
+from containerdisks.oci.media import parse_image_manifest, parse_index
+
+__all__ = ["PullError", "Pulled", "pull_disk"]
+
+log = structlog.get_logger(__name__)
+
+_BLOCK = 512
+_BATCH = 4 << 20  # bytes handed to the worker thread at once
+_QUEUE = 16  # chunks in flight between the network and the worker
+
+
+_ISAL_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment] # stubs call it an instance
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class PullError(Exception):
+    """The image or its disk could not be pulled; one line."""
+
+
+@dataclass(frozen=True)
+class Pulled:
+    manifest_digest: str
+    layer_bytes: int
+    disk_bytes: int
+    seconds: float
+
+
+class _Decompressor(Protocol):
+    def feed(self, data: bytes) -> bytes: ...
+    def finish(self) -> None: ...
+
+
+class _Gzip:
+    def __init__(self) -> None:
+        self._d = isal_zlib.decompressobj(wbits=31)
+        self._open = False
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            self._open = True
+            out.append(self._d.decompress(data))
+            data = b""
+            if self._d.eof:
+                data, self._open = self._d.unused_data, False
+                self._d = isal_zlib.decompressobj(wbits=31)
+        return b"".join(out)
+
+    def finish(self) -> None:
+        if self._open:
+            raise PullError("the layer's gzip stream is truncated")
+
+
+class _Zstd:
+    def __init__(self) -> None:
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            out.append(self._d.decompress(data))
+            data = b""
+            if self._d.eof:
+                data = self._d.unused_data
+                self._d = zstandard.ZstdDecompressor().decompressobj()
+        return b"".join(out)
+
+    def finish(self) -> None:
+        return None
+
+
+class _Plain:
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+    def finish(self) -> None:
+        return None
+
+
+def _decompressor(media_type: str) -> _Decompressor:
+    if media_type.endswith("gzip"):
+        return _Gzip()
+    if media_type.endswith("+zstd"):
+        return _Zstd()
+    if media_type.endswith((".tar", "layer.v1.tar")):
+        return _Plain()
+    raise PullError(f"unsupported layer media type {media_type}")
+
+
+def _number(field: bytes) -> int:
+    if field and field[0] & 0x80:  # GNU base-256
+        return int.from_bytes(field, "big") & ~(0x80 << (8 * (len(field) - 1)))
+    text = field.split(b"\0", 1)[0].strip(b" \0")
+    return int(text, 8) if text else 0
+
+
+def _pax(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    while data:
+        length_text, _, rest = data.partition(b" ")
+        length = int(length_text)
+        record = data[len(length_text) + 1 : length]
+        key, _, value = record.rstrip(b"\n").partition(b"=")
+        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        data = data[length:]
+        del rest
+    return out
+
+
+class _TarDisk:
+    """A push parser for a tar stream that writes the one regular file under `disk/` to `out`."""
+
+    def __init__(self, out: IO[bytes], layer: str) -> None:
+        self._out = out
+        self._layer = layer
+        self._buf = bytearray()
+        self._left = 0  # bytes of the current member's data still to come
+        self._pad = 0
+        self._sink: Callable[[memoryview], object] | None = None
+        self._meta: bytearray | None = None  # collecting a PAX or GNU long-name member
+        self._meta_kind = b""
+        self._pending: dict[str, str] = {}
+        self._ended = False
+        self.found: list[str] = []
+        self.disk_bytes = 0
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._left:
+                n = min(self._left, len(view))
+                self._data(view[:n])
+                view = view[n:]
+                self._left -= n
+                if not self._left:
+                    self._end_member()
+                continue
+            if self._pad:
+                n = min(self._pad, len(view))
+                view, self._pad = view[n:], self._pad - n
+                continue
+            need = _BLOCK - len(self._buf)
+            self._buf += view[:need]
+            view = view[need:]
+            if len(self._buf) == _BLOCK:
+                header, self._buf = bytes(self._buf), bytearray()
+                self._header(header)
+
+    def _data(self, chunk: memoryview) -> None:
+        if self._meta is not None:
+            self._meta += chunk
+        elif self._sink is not None:
+            self._sink(chunk)
+            self.disk_bytes += len(chunk)
+
+    def _end_member(self) -> None:
+        if self._meta is not None:
+            meta, kind, self._meta = bytes(self._meta), self._meta_kind, None
+            if kind == b"x":
+                self._pending.update(_pax(meta))
+            elif kind == b"L":
+                self._pending["path"] = meta.split(b"\0", 1)[0].decode("utf-8", "replace")
+        self._sink = None
+
+    def _header(self, header: bytes) -> None:
+        if self._ended:
+            return
+        if header == b"\0" * _BLOCK:
+            self._ended = True
+            return
+        stored = _number(header[148:156])
+        if stored != sum(header[:148]) + 8 * 32 + sum(header[156:]):
+            raise PullError(f"{self._layer}: not a tar archive (bad header checksum)")
+        kind = header[156:157] or b"0"
+        name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if header[257:262] == b"ustar" and header[345] != 0:
+            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
+            name = f"{prefix}/{name}"
+        size = _number(header[124:136])
+        pending, self._pending = self._pending, {}
+        if kind in (b"x", b"L"):
+            self._meta, self._meta_kind = bytearray(), kind
+            self._pending = pending  # a long name may follow a PAX header and vice versa
+        elif kind == b"g":
+            self._meta, self._meta_kind = None, kind
+        else:
+            name = pending.get("path", name)
+            size = int(pending.get("size", size))
+            path = name.removeprefix("./").lstrip("/")
+            if path.startswith("disk/") and path.rstrip("/") != "disk":
+                if kind not in (b"0", b"\0", b"7"):
+                    raise PullError(f"{self._layer}: {path} is not a regular file")
+                if "/" in path.removeprefix("disk/"):
+                    raise PullError(f"{self._layer}: {path}: disk/ holds a subdirectory")
+                self.found.append(path)
+                self._out.seek(0)
+                self._out.truncate()
+                self.disk_bytes = 0
+                self._sink = self._out.write
+        self._left = size
+        self._pad = -size % _BLOCK
+        if not size:
+            self._end_member()
+
+    def finish(self) -> None:
+        if self._left or self._buf:
+            raise PullError(f"{self._layer}: the tar stream is truncated")
+
+
+async def _pull_layer(
+    store: Store, repository: str, layer: oci.Descriptor, out: IO[bytes], where: str
+) -> tuple[int, list[str], int]:
+    """One attempt: stream `layer` into `out`; (layer bytes, files under disk/, disk bytes)."""
+    decompressor = _decompressor(layer.media_type)
+    tar = _TarDisk(out, f"layer {layer.digest[:19]} of {where}")
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE)
+
+    def work(batch: bytes) -> None:
+        tar.feed(decompressor.feed(batch))
+
+    async def consume() -> None:
+        batch: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await queue.get()
+            if chunk is not None:
+                batch.append(chunk)
+                size += len(chunk)
+            if batch and (chunk is None or size >= _BATCH or queue.empty()):
+                data = b"".join(batch)
+                batch, size = [], 0
+                await asyncio.to_thread(work, data)
+            if chunk is None:
+                return
+
+    consumer = asyncio.create_task(consume())
+
+    async def sink(chunk: bytes) -> None:
+        if consumer.done():  # the worker failed: stop reading
+            consumer.result()
+        await queue.put(chunk)
+
+    try:
+        layer_bytes = await store.read_blob(repository, layer.digest, sink)
+        await queue.put(None)
+        await consumer
+    finally:
+        if not consumer.done():
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, PullError, ValueError):
+                await consumer
+    decompressor.finish()
+    tar.finish()
+    return layer_bytes, tar.found, tar.disk_bytes
+
+
+async def pull_disk(
+    store: Store,
+    repository: str,
+    digest: str,
+    goarch: str,
+    dest: Path,
+    *,
+    where: str,
+    backoff: Backoff | None = None,
+) -> Pulled:
+    """Write the disk of `repository@digest` for linux/`goarch` to `dest`."""
+    start = time.monotonic()
+    policy = backoff or Backoff()
+    try:
+        top = await store.get_manifest(repository, digest)
+        manifest = top
+        if top.is_index:
+            wanted = oci.Platform("linux", goarch)
+            match = next(
+                (
+                    e
+                    for e in parse_index(top, where)
+                    if e.platform is not None
+                    and (e.platform.os, e.platform.architecture) == (wanted.os, goarch)
+                ),
+                None,
+            )
+            if match is None:
+                raise PullError(f"{where} has no linux/{goarch} image")
+            manifest = await store.get_manifest(repository, match.digest)
+        image = parse_image_manifest(manifest, where)
+        if not image.layers:
+            raise PullError(f"{where}: the image has no layers")
+        found: list[str] = []
+        layer_total = disk_bytes = 0
+        with dest.open("wb") as out:
+            for layer in image.layers:
+
+                async def attempt(layer: oci.Descriptor = layer) -> tuple[int, list[str], int]:
+                    out.seek(0)
+                    out.truncate()
+                    return await _pull_layer(store, repository, layer, out, where)
+
+                got, files, size = await retrying(f"pull {where}", attempt, policy)
+                layer_total += got
+                if files:
+                    found, disk_bytes = files, size
+        if len(found) != 1:
+            what = "no file" if not found else f"{len(found)} files ({', '.join(found)})"
+            raise PullError(f"{where}: disk/ holds {what}; a containerdisk has exactly one")
+    except (oci.OCIError, ValueError, zstandard.ZstdError, _ISAL_ERROR) as e:
+        _remove(dest)
+        raise PullError(f"{where}: {e}") from None
+    except BaseException:
+        _remove(dest)
+        raise
+    seconds = time.monotonic() - start
+    log.info(
+        "disk_pulled",
+        image=where,
+        layer_bytes=layer_total,
+        disk_bytes=disk_bytes,
+        seconds=round(seconds, 2),
+        mb_per_s=round(layer_total / 1e6 / max(seconds, 1e-6), 1),
+    )
+    return Pulled(manifest.digest, layer_total, disk_bytes, seconds)

@@ -1,0 +1,160 @@
+"""The check that a guest is really up: an SSH login with the injected key runs `echo hello`.
+
+Shared by every way of booting (local qemu, KubeVirt through a port-forward bridge): the guest
+is reached at a host and port, and `Guest.failure()` says when waiting is pointless.
+
+Decisions (`verify-local-qemu.md` §5):
+- Wait for the server's `SSH-` identification line, not for the port: qemu's user networking,
+  like a port-forward, accepts TCP connections long before anything listens in the guest.
+- Then log in with asyncssh (the key from memory, no host-key check: the VM was born a minute
+  ago) and require exit status 0 and `hello` on stdout.
+- Retries are bounded twice: by the deadline and by a number of login attempts (medius: 30).
+  A refused key is retried too, because real images start sshd before cloud-init has written
+  the key; when the attempts or the time run out, the error says what the last attempt saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from containerdisks.verify.seed import Credentials
+from containerdisks.verify.sshlib import asyncssh
+
+__all__ = ["CheckFailedError", "Guest", "SshCheck", "check_login"]
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], float]
+
+
+class Guest(Protocol):
+    """A booted machine whose SSH port is reachable at `ssh_host:ssh_port`."""
+
+    ssh_host: str
+    ssh_port: int
+
+    def failure(self) -> str | None:
+        """Why the guest can no longer come up, or None while it still may."""
+        ...
+
+
+class CheckFailedError(Exception):
+    """The guest did not pass; `kind` is one of `no-boot`, `no-banner`, `key-refused`,
+    `ssh-error`, `wrong-output`, and the message is one line."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class SshCheck:
+    """How hard to try: the whole wait, login attempts, the pause between tries."""
+
+    timeout: float = 600.0
+    attempts: int = 30
+    pause: float = 0.5
+    banner_timeout: float = 3.0
+    login_timeout: float = 30.0
+
+
+async def _banner(host: str, port: int, wait: float) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        line = await asyncio.wait_for(reader.readline(), wait)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return line.startswith(b"SSH-")
+
+
+async def _login(guest: Guest, credentials: Credentials, wait: float) -> str:
+    """One login; the output of `echo hello`, or raises asyncssh / OS errors."""
+    async with asyncssh.connect(
+        guest.ssh_host,
+        port=guest.ssh_port,
+        username=credentials.user,
+        client_keys=[credentials.key],
+        known_hosts=None,
+        agent_path=None,
+        config=[],
+        connect_timeout=wait,
+        login_timeout=wait,
+    ) as connection:
+        result = await connection.run("echo hello", check=False, timeout=wait)
+    if result.exit_status != 0:
+        raise CheckFailedError(
+            "wrong-output", f"`echo hello` exited with status {result.exit_status}"
+        )
+    return result.stdout if isinstance(result.stdout, str) else ""
+
+
+async def check_login(
+    guest: Guest,
+    credentials: Credentials,
+    check: SshCheck,
+    *,
+    clock: Clock = time.monotonic,
+) -> float:
+    """Wait for the guest and log in; the seconds it took, or raises `CheckFailedError`."""
+    start = clock()
+    deadline = start + check.timeout
+    attempts = 0
+    banner_seen = False
+    last = ""
+    while True:
+        why = guest.failure()
+        if why is not None:
+            raise CheckFailedError("no-boot", f"did not boot: {why}")
+        if clock() >= deadline:
+            break
+        left = deadline - clock()
+        if await _banner(guest.ssh_host, guest.ssh_port, min(check.banner_timeout, left)):
+            if not banner_seen:
+                log.info("ssh_banner", port=guest.ssh_port, seconds=round(clock() - start, 2))
+            banner_seen = True
+            attempts += 1
+            try:
+                out = await _login(guest, credentials, max(1.0, min(check.login_timeout, left)))
+            except asyncssh.PermissionDenied:
+                last = "key-refused"
+            except (OSError, TimeoutError, asyncssh.Error) as e:
+                last = f"ssh-error: {type(e).__name__}: {e}"
+            else:
+                if out.strip() != "hello":
+                    raise CheckFailedError(
+                        "wrong-output", f"`echo hello` printed {out.strip()[:80]!r}, not 'hello'"
+                    )
+                return clock() - start
+            if attempts >= check.attempts:
+                break
+        await asyncio.sleep(min(check.pause, max(0.0, deadline - clock())))
+    return _give_up(credentials, check, banner_seen, attempts, last)
+
+
+def _give_up(
+    credentials: Credentials, check: SshCheck, banner_seen: bool, attempts: int, last: str
+) -> float:
+    if not banner_seen:
+        raise CheckFailedError("no-banner", f"no SSH banner within {check.timeout:g} s")
+    tried = f"after {attempts} login attempt{'s' if attempts != 1 else ''}"
+    if last == "key-refused":
+        raise CheckFailedError(
+            "key-refused", f"SSH refused the key for user {credentials.user!r} {tried}"
+        )
+    raise CheckFailedError(
+        "ssh-error", f"SSH login failed {tried}: {last.removeprefix('ssh-error: ')}"
+    )
