@@ -206,7 +206,10 @@ class _TarDisk:
         if header == b"\0" * _BLOCK:
             self._ended = True
             return
-        stored = _number(header[148:156])
+        try:
+            stored = _number(header[148:156])
+        except ValueError:
+            stored = -1
         if stored != sum(header[:148]) + 8 * 32 + sum(header[156:]):
             raise PullError(f"{self._layer}: not a tar archive (bad header checksum)")
         kind = header[156:157] or b"0"
