@@ -21,6 +21,9 @@ from tests.support.cli import clean_env
 from tests.support.tinycloud import qemu_processes
 from tests.verify.conftest import Published
 
+# Real boots under TCG: a few seconds each on an idle host, much more on a loaded one.
+pytestmark = pytest.mark.timeout(300)
+
 
 def _kept_log(err: str) -> Path:
     match = re.search(r"\(serial log: ([^)]+)\)", err)
