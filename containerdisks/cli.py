@@ -138,6 +138,7 @@ def _verify_flags(p: argparse.ArgumentParser) -> None:
         "--registry",
         dest="verify_registry",
         default=s,
+        metavar="HOST/NAMESPACE",
         help="registry holding the pushed images (default for --local: the target registry)",
     )
     p.add_argument(
@@ -153,10 +154,14 @@ def _verify_flags(p: argparse.ArgumentParser) -> None:
         dest="verify_timeout",
         type=float,
         default=s,
+        metavar="SECONDS",
         help="seconds from power-on to SSH login (default 600)",
     )
     p.add_argument(
-        "--target-architecture", default=s, help="amd64, arm64 or s390x (default: this host's)"
+        "--target-architecture",
+        default=s,
+        metavar="ARCH",
+        help="amd64, arm64 or s390x (default: this host's)",
     )
     p.add_argument("--firmware", dest="verify_firmware", default=s, choices=["uefi", "bios"])
     p.add_argument("--accel", dest="verify_accel", default=s, choices=["auto", "kvm", "tcg"])

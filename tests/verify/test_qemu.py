@@ -3,6 +3,7 @@ themselves are in test_verify_local.py."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,10 @@ def test_what_the_host_cannot_boot() -> None:
 def test_arm64_boots_uefi_only(tmp_path: Path) -> None:
     with pytest.raises(qemu.QemuError, match="arm64 boots UEFI only"):
         _line(tmp_path, "bios", goarch="arm64")
+
+
+@pytest.mark.skipif(
+    shutil.which("qemu-system-aarch64") is not None, reason="this host can emulate arm64"
+)
+def test_arm64_without_its_emulator_cannot_boot() -> None:
+    assert "qemu-system-aarch64 is not installed" == qemu.Host("amd64", False).cannot_boot("arm64")
