@@ -58,6 +58,7 @@ ENV_PREFERENCE = "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE"
 
 Arch = Literal["x86_64", "aarch64", "s390x"]
 PerArch = str | dict[Arch, str]
+PerArchBool = bool | dict[Arch, bool]
 _NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -79,6 +80,14 @@ class CatalogItem(BaseModel):
         None, description="Default preference env value, one for all arches or per arch."
     )
     user: str | None = Field(None, description="Default login user of the image (docs, verify).")
+    secure_boot: PerArchBool = Field(
+        False,
+        description="The image boots with UEFI secure boot (and SMM): one value, or per arch "
+        "(an arch left out is false).",
+    )
+    guest_agent: bool = Field(
+        False, description="The image runs the QEMU guest agent (verify asks it for guest info)."
+    )
     latest: bool = Field(
         False,
         description="Also tag `latest` (for a discovering source: its newest stable version).",
@@ -114,7 +123,7 @@ class CatalogItem(BaseModel):
             raise ValueError("arches must not repeat")
         if self.version is not None and not _VERSION.match(self.version):
             raise ValueError(f"version {self.version!r} is not a valid tag")
-        for field in ("instancetype", "preference"):
+        for field in ("instancetype", "preference", "secure_boot"):
             value = getattr(self, field)
             if isinstance(value, dict) and set(value) - set(self.arches):
                 extra = sorted(set(value) - set(self.arches))[0]
@@ -126,6 +135,12 @@ class CatalogItem(BaseModel):
     @property
     def label(self) -> str:
         return f"{self.name}:{self.version or '*'}"
+
+    def secure_boot_for(self, arch: str) -> bool:
+        """Whether the image boots with secure boot on `arch` (per-arch map: absent is false)."""
+        if isinstance(self.secure_boot, dict):
+            return self.secure_boot.get(arch, False)  # type: ignore[call-overload,no-any-return]
+        return self.secure_boot
 
     def env(self, arch: str) -> tuple[str, ...]:
         """The image env for an arch, sorted (reproducible config digests)."""

@@ -99,9 +99,28 @@ def test_env_is_sorted_and_per_arch() -> None:
     assert () == catalog(entry()).items[0].item.env("x86_64")
 
 
+def test_secure_boot_is_one_value_or_per_arch() -> None:
+    everywhere = catalog(entry(secure_boot=True)).items[0].item
+    assert (True, True) == (
+        everywhere.secure_boot_for("x86_64"),
+        everywhere.secure_boot_for("aarch64"),
+    )
+    per_arch = catalog(entry(secure_boot={"x86_64": True})).items[0].item
+    # An arch the map leaves out boots without secure boot.
+    assert (True, False) == (
+        per_arch.secure_boot_for("x86_64"),
+        per_arch.secure_boot_for("aarch64"),
+    )
+    default = catalog(entry()).items[0].item
+    assert (False, False) == (default.secure_boot_for("x86_64"), default.guest_agent)
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
+        (entry(secure_boot={"s390x": True}), "secure_boot names arch 's390x' not in arches"),
+        (entry(secure_boot="sometimes"), "secure_boot"),
+        (entry(guest_agent="maybe"), "guest_agent"),
         (entry(version=9), "version 9 must be a quoted string"),
         (entry(version=20.10), "version 20.1 must be a quoted string"),
         (entry(arches=["x86_64", "ppc64le"]), "arches.1"),
