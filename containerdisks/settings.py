@@ -42,7 +42,7 @@ __all__ = [
 
 ENV_PREFIX = "CONTAINERDISKS_"
 #: Keys of the config file that belong to the catalog, not to the settings.
-CATALOG_KEYS = frozenset({"entries", "catalog"})
+CATALOG_KEYS = frozenset({"entries", "catalog", "repositories"})
 
 
 class ConfigError(Exception):

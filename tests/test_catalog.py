@@ -230,3 +230,48 @@ def test_config_entries_replace_or_extend_the_default_catalog() -> None:
     assert ["distro:9"] == [b.item.label for b in replaced.items]
     assert "distro:9" in [b.item.label for b in extended.items]
     assert len(extended.items) == len(load_catalog(None).items) + 1
+
+
+REPO_DOCS = {"title": "Distro", "homepage": "https://distro.example/", "description": "A distro."}
+
+
+def test_repositories_of_a_replacing_file_are_its_own() -> None:
+    c = load_catalog(
+        {"entries": [entry()], "repositories": {"distro": REPO_DOCS}}, SOURCES, config_name="t"
+    )
+    assert ["distro"] == list(c.repositories)
+    assert ("Distro", None) == (c.repositories["distro"].title, c.repositories["distro"].logo)
+
+
+def test_a_file_with_only_repositories_rewords_the_default_catalog() -> None:
+    c = load_catalog({"repositories": {"fedora": REPO_DOCS}}, load_sources())
+    default = load_catalog(None, load_sources())
+    assert [b.item.label for b in default.items] == [b.item.label for b in c.items]
+    assert "Distro" == c.repositories["fedora"].title
+    assert default.repositories["debian"] == c.repositories["debian"]
+
+
+def test_an_extending_file_lays_its_repositories_over_the_default() -> None:
+    c = load_catalog({"catalog": "extend", "repositories": {"mine": REPO_DOCS}}, load_sources())
+    assert {"mine", "fedora", "centos-stream"} <= set(c.repositories)
+
+
+@pytest.mark.parametrize(
+    ("docs", "message"),
+    [
+        (
+            {**REPO_DOCS, "homepage": "distro.example"},
+            "homepage 'distro.example' is not an absolute",
+        ),
+        ({**REPO_DOCS, "logo": "/logo.png"}, "logo '/logo.png' is not an absolute"),
+        ({**REPO_DOCS, "colour": "red"}, "repositories.distro.colour: Extra inputs"),
+        ({"title": "Distro", "homepage": "https://d.example/"}, "repositories.distro.description"),
+    ],
+)
+def test_bad_repository_docs_are_one_line(docs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_catalog(
+            {"entries": [entry()], "repositories": {"distro": docs}}, SOURCES, config_name="t.yaml"
+        )
+    assert message in str(err.value)
+    assert str(err.value).startswith("t.yaml: ")
