@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         60.0, description="Seconds a server may stay silent while answering."
     )
     retries: PositiveInt = Field(
-        4, description="Attempts for a transient upstream or registry failure (>= 1)."
+        4, description="Attempts for a transient upstream, registry or Quay API failure (>= 1)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Minimum level of log events on stderr."
@@ -139,6 +139,23 @@ class Settings(BaseSettings):
     )
     heartbeat_timeout: PositiveFloat = Field(
         60.0, description="`serve`: `/healthz` fails when the scheduler has not ticked this long."
+    )
+
+    # -- `docs publish` --------------------------------------------------------------------------
+    docs_registry: str = Field(
+        "quay.io/containerdisks",
+        description="`docs publish` (flag `--registry`): the Quay namespace, `quay.io/<org>`, "
+        "whose repository descriptions are written.",
+    )
+    quay_token_file: Path | None = Field(
+        None,
+        description="`docs publish`: file holding the Quay OAuth token (required with "
+        "`--dry-run=false`; never read in a dry run, never shown).",
+    )
+    quay_api_url: str = Field(
+        "https://quay.io",
+        description="`docs publish`: base URL of the Quay API (another Quay, or a local test "
+        "server).",
     )
 
     @field_validator("upstream_mirrors")
