@@ -12,6 +12,11 @@ Decisions:
 - Focus is applied in two steps: on names before discovery (so `--focus 'fedora:*'` asks nothing
   of other distributions), then on versions after discovery for sources that discover versions.
 - The default catalog lives in `config/catalog.yaml` and is installed with the package.
+- What a repository's docs page says about the distribution (title, site, logo, description)
+  belongs to the repository, not to one `name:version` item: it is the catalog file's
+  `repositories` map, by name. A config file's `repositories` are laid over the default
+  catalog's one name at a time, and a file that gives only `repositories` keeps the default
+  entries, so a description can be reworded without restating the catalog.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -47,6 +53,7 @@ __all__ = [
     "Entry",
     "Focus",
     "ItemFailure",
+    "RepositoryDocs",
     "default_catalog_path",
     "load_catalog",
     "load_sources",
@@ -58,6 +65,7 @@ ENV_PREFERENCE = "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE"
 
 Arch = Literal["x86_64", "aarch64", "s390x"]
 PerArch = str | dict[Arch, str]
+PerArchBool = bool | dict[Arch, bool]
 _NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -79,6 +87,14 @@ class CatalogItem(BaseModel):
         None, description="Default preference env value, one for all arches or per arch."
     )
     user: str | None = Field(None, description="Default login user of the image (docs, verify).")
+    secure_boot: PerArchBool = Field(
+        False,
+        description="The image boots with UEFI secure boot (and SMM): one value, or per arch "
+        "(an arch left out is false).",
+    )
+    guest_agent: bool = Field(
+        False, description="The image runs the QEMU guest agent (verify asks it for guest info)."
+    )
     latest: bool = Field(
         False,
         description="Also tag `latest` (for a discovering source: its newest stable version).",
@@ -88,14 +104,6 @@ class CatalogItem(BaseModel):
         description="Use for the repository's docs (for a discovering source: newest stable).",
     )
     skip_unless_focused: bool = Field(False, description="Only published when focused by name.")
-    secure_boot: bool | dict[Arch, bool] = Field(
-        False,
-        description="Verify boots the image with UEFI Secure Boot (and SMM), for all arches or "
-        "per arch (medius: Fedora except s390x).",
-    )
-    guest_agent: bool = Field(
-        False, description="The image runs qemu-guest-agent; KubeVirt verify waits for it."
-    )
     source: dict[str, Any] = Field(
         description="`kind` plus the source's parameters; `per_arch: {arch: {...}}` overrides."
     )
@@ -131,15 +139,15 @@ class CatalogItem(BaseModel):
             raise ValueError("source.kind is required")
         return self
 
-    def secure_boot_for(self, arch: str) -> bool:
-        """Whether verify boots `arch` (an upstream arch name) with Secure Boot."""
-        if isinstance(self.secure_boot, dict):
-            return bool(self.secure_boot.get(arch, False))  # type: ignore[call-overload]
-        return self.secure_boot
-
     @property
     def label(self) -> str:
         return f"{self.name}:{self.version or '*'}"
+
+    def secure_boot_for(self, arch: str) -> bool:
+        """Whether the image boots with secure boot on `arch` (per-arch map: absent is false)."""
+        if isinstance(self.secure_boot, dict):
+            return self.secure_boot.get(arch, False)  # type: ignore[call-overload,no-any-return]
+        return self.secure_boot
 
     def env(self, arch: str) -> tuple[str, ...]:
         """The image env for an arch, sorted (reproducible config digests)."""
@@ -154,10 +162,43 @@ class CatalogItem(BaseModel):
         return tuple(sorted(out))
 
 
+def _absolute_url(field: str, v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{field} {v!r} is not an absolute http(s) URL")
+    return v
+
+
+class RepositoryDocs(BaseModel):
+    """What a repository's docs page says about its distribution (`docs publish`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str = Field(
+        min_length=1, description="Display name of the distribution (`CentOS Stream`)."
+    )
+    homepage: str = Field(description="The distribution's website (absolute URL), linked.")
+    logo: str | None = Field(None, description="Absolute URL of a logo image shown by the title.")
+    description: str = Field(
+        min_length=1, description="Markdown: what the distribution and these images are."
+    )
+
+    @field_validator("homepage")
+    @classmethod
+    def _homepage_url(cls, v: str) -> str:
+        return _absolute_url("homepage", v)
+
+    @field_validator("logo")
+    @classmethod
+    def _logo_url(cls, v: str | None) -> str | None:
+        return None if v is None else _absolute_url("logo", v)
+
+
 class _CatalogFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     catalog: Literal["replace", "extend"] = "replace"
     entries: list[dict[str, Any]] = Field(default_factory=list)
+    repositories: dict[str, RepositoryDocs] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -263,8 +304,12 @@ def default_catalog_path() -> Path:
 class Catalog:
     """The validated catalog with its sources bound."""
 
-    def __init__(self, items: Iterable[BoundItem]) -> None:
+    def __init__(
+        self, items: Iterable[BoundItem], repositories: Mapping[str, RepositoryDocs] | None = None
+    ) -> None:
         self.items = tuple(items)
+        #: Docs content per repository name (the catalog file's `repositories`).
+        self.repositories: Mapping[str, RepositoryDocs] = dict(repositories or {})
 
     def select(self, focus: Focus) -> list[BoundItem]:
         chosen = [b for b in self.items if focus.selects_item(b.item)]
@@ -311,24 +356,38 @@ def load_catalog(
     """Build the catalog: the default one, replaced or extended by the config file's entries."""
     sources = load_sources() if sources is None else sources
     raw: list[tuple[str, dict[str, Any]]] = []
-    user = _parse_file(config or {}, config_name)
-    if user is None or user.catalog == "extend":
+    repositories: dict[str, RepositoryDocs] = {}
+    config = config or {}
+    user = _parse_file(config, config_name)
+    # A file with only `repositories` rewords docs; it keeps the default entries.
+    replaces = (
+        user is not None and user.catalog == "replace" and bool(_CATALOG_ENTRY_KEYS & set(config))
+    )
+    if not replaces:
         path = default_catalog_path()
         default = _parse_file(_read_yaml(path), str(path))
         raw += [(str(path), e) for e in (default.entries if default else [])]
+        repositories.update(default.repositories if default else {})
     if user is not None:
         raw += [(config_name, e) for e in user.entries]
+        repositories.update(user.repositories)
     items = [_bind(origin, i, data, sources) for i, (origin, data) in enumerate(raw)]
     seen: set[str] = set()
     for b in items:
         if b.item.label in seen:
             raise ConfigError(f"catalog entry {b.item.label} is listed twice")
         seen.add(b.item.label)
-    return Catalog(items)
+    return Catalog(items, repositories)
+
+
+#: Keys of a config file that replace (or explicitly extend) the default catalog's entries.
+_CATALOG_ENTRY_KEYS = frozenset({"entries", "catalog"})
 
 
 def _parse_file(data: Mapping[str, Any], name: str) -> _CatalogFile | None:
-    catalog_part = {k: v for k, v in data.items() if k in ("entries", "catalog")}
+    catalog_part = {
+        k: v for k, v in data.items() if k in _CATALOG_ENTRY_KEYS or k == "repositories"
+    }
     if not catalog_part:
         return None
     try:

@@ -63,6 +63,8 @@ def describe_item(bound: BoundItem) -> dict[str, Any]:
         "per_arch": per_arch,
         "env": {arch: list(item.env(arch)) for arch in item.arches},
         "user": item.user,
+        "secure_boot": {arch: item.secure_boot_for(arch) for arch in item.arches},
+        "guest_agent": item.guest_agent,
         "tags": tags,
         "unique_tag": unique,
         "latest": item.latest,

@@ -225,7 +225,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     catalog.add_argument("--output", default=argparse.SUPPRESS, choices=["table", "json"])
     catalog.set_defaults(handler="catalog")
+
+    docs = commands.add_parser(
+        "docs", help="repository descriptions", parents=[_global_flags("sub")], allow_abbrev=False
+    )
+    docs_cmds = docs.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+    publish = docs_cmds.add_parser(
+        "publish",
+        parents=[_global_flags("sub")],
+        allow_abbrev=False,
+        help="synchronize the containerdisk descriptions with quay.io",
+    )
+    _docs_flags(publish)
+    publish.set_defaults(handler="docs_publish")
     return root
+
+
+def _docs_flags(p: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS
+    p.add_argument(
+        "--registry",
+        dest="docs_registry",
+        metavar="quay.io/ORG",
+        default=s,
+        help="Quay namespace whose descriptions are written (default quay.io/containerdisks)",
+    )
+    p.add_argument("--quay-token-file", default=s, metavar="FILE", help="quay.io OAuth token file")
+    p.add_argument(
+        "--quay-api-url",
+        default=s,
+        metavar="URL",
+        help="Quay API base URL (default https://quay.io)",
+    )
 
 
 def _normalise(argv: Sequence[str]) -> list[str]:
@@ -260,6 +291,7 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str], str
 def _handlers() -> dict[str, Command]:
     from containerdisks.catalog_cmd import catalog_command  # noqa: PLC0415 - keeps --help fast
     from containerdisks.daemon import images_push, serve  # noqa: PLC0415
+    from containerdisks.docs.publish import docs_publish  # noqa: PLC0415
     from containerdisks.verify.command import images_verify  # noqa: PLC0415
 
     return {
@@ -267,6 +299,7 @@ def _handlers() -> dict[str, Command]:
         "images_verify": images_verify,
         "catalog": catalog_command,
         "serve": serve,
+        "docs_publish": docs_publish,
     }
 
 

@@ -42,7 +42,7 @@ __all__ = [
 
 ENV_PREFIX = "CONTAINERDISKS_"
 #: Keys of the config file that belong to the catalog, not to the settings.
-CATALOG_KEYS = frozenset({"entries", "catalog"})
+CATALOG_KEYS = frozenset({"entries", "catalog", "repositories"})
 
 
 class ConfigError(Exception):
@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         60.0, description="Seconds a server may stay silent while answering."
     )
     retries: PositiveInt = Field(
-        4, description="Attempts for a transient upstream or registry failure (>= 1)."
+        4, description="Attempts for a transient upstream, registry or Quay API failure (>= 1)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Minimum level of log events on stderr."
@@ -175,6 +175,22 @@ class Settings(BaseSettings):
     )
     verify_ssh_attempts: PositiveInt = Field(
         30, description="`images verify`: SSH login attempts once the guest answers (medius: 30)."
+    )
+    # -- `docs publish` --------------------------------------------------------------------------
+    docs_registry: str = Field(
+        "quay.io/containerdisks",
+        description="`docs publish` (flag `--registry`): the Quay namespace, `quay.io/<org>`, "
+        "whose repository descriptions are written.",
+    )
+    quay_token_file: Path | None = Field(
+        None,
+        description="`docs publish`: file holding the Quay OAuth token (required with "
+        "`--dry-run=false`; never read in a dry run, never shown).",
+    )
+    quay_api_url: str = Field(
+        "https://quay.io",
+        description="`docs publish`: base URL of the Quay API (another Quay, or a local test "
+        "server).",
     )
 
     @field_validator("upstream_mirrors")
@@ -287,6 +303,7 @@ _FLAG_NAMES = {
     "verify_timeout": "timeout",
     "verify_firmware": "firmware",
     "verify_accel": "accel",
+    "docs_registry": "registry",
 }
 
 

@@ -99,9 +99,28 @@ def test_env_is_sorted_and_per_arch() -> None:
     assert () == catalog(entry()).items[0].item.env("x86_64")
 
 
+def test_secure_boot_is_one_value_or_per_arch() -> None:
+    everywhere = catalog(entry(secure_boot=True)).items[0].item
+    assert (True, True) == (
+        everywhere.secure_boot_for("x86_64"),
+        everywhere.secure_boot_for("aarch64"),
+    )
+    per_arch = catalog(entry(secure_boot={"x86_64": True})).items[0].item
+    # An arch the map leaves out boots without secure boot.
+    assert (True, False) == (
+        per_arch.secure_boot_for("x86_64"),
+        per_arch.secure_boot_for("aarch64"),
+    )
+    default = catalog(entry()).items[0].item
+    assert (False, False) == (default.secure_boot_for("x86_64"), default.guest_agent)
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
+        (entry(secure_boot={"s390x": True}), "secure_boot names arch 's390x' not in arches"),
+        (entry(secure_boot="sometimes"), "secure_boot"),
+        (entry(guest_agent="maybe"), "guest_agent"),
         (entry(version=9), "version 9 must be a quoted string"),
         (entry(version=20.10), "version 20.1 must be a quoted string"),
         (entry(arches=["x86_64", "ppc64le"]), "arches.1"),
@@ -211,3 +230,48 @@ def test_config_entries_replace_or_extend_the_default_catalog() -> None:
     assert ["distro:9"] == [b.item.label for b in replaced.items]
     assert "distro:9" in [b.item.label for b in extended.items]
     assert len(extended.items) == len(load_catalog(None).items) + 1
+
+
+REPO_DOCS = {"title": "Distro", "homepage": "https://distro.example/", "description": "A distro."}
+
+
+def test_repositories_of_a_replacing_file_are_its_own() -> None:
+    c = load_catalog(
+        {"entries": [entry()], "repositories": {"distro": REPO_DOCS}}, SOURCES, config_name="t"
+    )
+    assert ["distro"] == list(c.repositories)
+    assert ("Distro", None) == (c.repositories["distro"].title, c.repositories["distro"].logo)
+
+
+def test_a_file_with_only_repositories_rewords_the_default_catalog() -> None:
+    c = load_catalog({"repositories": {"fedora": REPO_DOCS}}, load_sources())
+    default = load_catalog(None, load_sources())
+    assert [b.item.label for b in default.items] == [b.item.label for b in c.items]
+    assert "Distro" == c.repositories["fedora"].title
+    assert default.repositories["debian"] == c.repositories["debian"]
+
+
+def test_an_extending_file_lays_its_repositories_over_the_default() -> None:
+    c = load_catalog({"catalog": "extend", "repositories": {"mine": REPO_DOCS}}, load_sources())
+    assert {"mine", "fedora", "centos-stream"} <= set(c.repositories)
+
+
+@pytest.mark.parametrize(
+    ("docs", "message"),
+    [
+        (
+            {**REPO_DOCS, "homepage": "distro.example"},
+            "homepage 'distro.example' is not an absolute",
+        ),
+        ({**REPO_DOCS, "logo": "/logo.png"}, "logo '/logo.png' is not an absolute"),
+        ({**REPO_DOCS, "colour": "red"}, "repositories.distro.colour: Extra inputs"),
+        ({"title": "Distro", "homepage": "https://d.example/"}, "repositories.distro.description"),
+    ],
+)
+def test_bad_repository_docs_are_one_line(docs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_catalog(
+            {"entries": [entry()], "repositories": {"distro": docs}}, SOURCES, config_name="t.yaml"
+        )
+    assert message in str(err.value)
+    assert str(err.value).startswith("t.yaml: ")

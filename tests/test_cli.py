@@ -47,6 +47,20 @@ def test_flags_parse_like_pflag(argv: list[str], expected: dict[str, object]) ->
     )
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--dry-run=false", "docs", "publish", "--registry", "quay.io/x", "--quay-token-file=t"],
+        ["docs", "--dry-run=false", "publish", "--registry=quay.io/x", "--quay-token-file", "t"],
+        ["docs", "publish", "--quay-token-file", "t", "--registry", "quay.io/x", "--dry-run=false"],
+    ],
+)
+def test_docs_publish_flags_with_global_flags_on_either_side(argv: list[str]) -> None:
+    handler, flags, _, _ = parse(argv)
+    assert "docs_publish" == handler
+    assert {"dry_run": False, "docs_registry": "quay.io/x", "quay_token_file": "t"} == flags
+
+
 def test_mirror_flags_before_and_after_the_subcommand_all_count() -> None:
     _, _, mirrors, config = parse(
         [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from containerdisks.catalog import CatalogItem, load_sources
+from containerdisks.catalog import CatalogItem, RepositoryDocs, load_sources
 from containerdisks.settings import Settings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -28,6 +28,11 @@ def test_every_setting_is_documented() -> None:
 
 def test_every_catalog_field_is_documented() -> None:
     assert set(CatalogItem.model_fields) - documented("catalog.md") == set()
+
+
+def test_every_repository_docs_field_is_documented() -> None:
+    fields = documented("catalog.md", "### Repository fields")
+    assert set(RepositoryDocs.model_fields) - fields == set()
 
 
 @pytest.mark.parametrize("kind", sorted(load_sources()))

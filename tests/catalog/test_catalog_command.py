@@ -94,6 +94,8 @@ def test_fedora_is_listed_as_a_discovering_source() -> None:
     assert 38 == fedora["source"]["min_version"]
     assert any("CHECKSUM file" in rule for rule in fedora["source"]["rules"])
     assert "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE=fedora.s390x" in fedora["env"]["s390x"]
+    assert {"x86_64": True, "aarch64": True, "s390x": False} == fedora["secure_boot"]
+    assert fedora["guest_agent"]
     # A version focus cannot be checked without asking upstream: the item is listed.
     assert ["fedora:*"] == list(entries("--focus", "fedora:99"))
 

@@ -119,6 +119,21 @@ def test_entries_are_medius_catalog() -> None:
             assert env == item.env(arch), (expected.key, arch)
 
 
+def test_verify_facts_are_medius_vm_options_and_tests() -> None:
+    """medius boots Fedora with secure boot except on s390x (PR #281), and runs its GuestOsInfo
+    test (qemu-ga in the guest) for AlmaLinux, CentOS Stream and Fedora only (§7)."""
+    catalog = load_catalog(None)
+    agent = {b.item.name for b in catalog.items if b.item.guest_agent}
+    assert {"almalinux", "centos-stream", "fedora"} == agent
+    secure = {
+        (b.item.name, arch)
+        for b in catalog.items
+        for arch in b.item.arches
+        if b.item.secure_boot_for(arch)
+    }
+    assert {("fedora", X), ("fedora", A)} == secure
+
+
 def test_only_newest_fedora_and_debian_13_carry_latest() -> None:
     latest = [b.item.label for b in load_catalog(None).items if b.item.latest]
     assert ["debian:13", "fedora:*"] == latest

@@ -1,0 +1,188 @@
+"""The two Quay API calls `docs publish` makes: set a repository's description, make it public.
+
+One job: `PUT /api/v1/repository/<org>/<repo>` with `{"description": ...}` and
+`POST /api/v1/repository/<org>/<repo>/changevisibility` with `{"visibility": "public"}`, as
+medius's `pkg/quay` does, with `Authorization: Bearer <token>` and `Content-Type:
+application/json`.
+
+Decisions that shaped it:
+- Errors are one line naming the method, the API path and the status, with Quay's own words
+  (`error_message`, else `detail`, else the start of the body); they never carry the token,
+  and any echo of it in a server's answer is masked before it is shown.
+- Both calls are idempotent, so connection failures, timeouts and 408/429/5xx are retried with
+  the project's backoff formula (bounded attempts, `Retry-After` honoured); any other status
+  fails at once (a 401 or 404 will not pass by waiting). medius had no retries and no timeouts.
+- The base URL is a setting (`quay_api_url`), so tests talk to a fake Quay on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import structlog
+
+from containerdisks import __version__
+from containerdisks.upstream import RetryPolicy
+
+__all__ = ["QuayClient", "QuayError"]
+
+log = structlog.get_logger(__name__)
+
+_TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
+_MASK = "<token>"
+
+
+class QuayError(Exception):
+    """A Quay API call failed for good; the message is one line, without the token."""
+
+
+class _TransientError(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QuayClient:
+    """A Quay API session. Use as an async context manager."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        connect_timeout: float = 15.0,
+        read_timeout: float = 60.0,
+        attempts: int = 4,
+        ca_file: Path | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not token:
+            raise ValueError("empty Quay token")
+        self._base = base_url.rstrip("/")
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._read = read_timeout
+        self._retry = retry or RetryPolicy(attempts=attempts)
+        self._ca_file = ca_file
+        self._sleep = sleep
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> QuayClient:
+        connector = None
+        if self._ca_file is not None:
+            context = ssl.create_default_context()
+            context.load_verify_locations(cafile=str(self._ca_file))
+            connector = aiohttp.TCPConnector(ssl=context)
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            connector=connector,
+            headers={
+                "Authorization": f"Bearer {self._token}",
+                "Content-Type": "application/json",
+                "User-Agent": f"containerdisks/{__version__}",
+            },
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def set_description(self, org: str, repository: str, markdown: str) -> None:
+        await self._call("PUT", f"/api/v1/repository/{org}/{repository}", {"description": markdown})
+
+    async def make_public(self, org: str, repository: str) -> None:
+        await self._call(
+            "POST",
+            f"/api/v1/repository/{org}/{repository}/changevisibility",
+            {"visibility": "public"},
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _mask(self, text: str) -> str:
+        return text.replace(self._token, _MASK)
+
+    async def _call(self, method: str, path: str, body: dict[str, Any]) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._once(method, path, body)
+            except _TransientError as e:
+                failures += 1
+                message = self._mask(str(e))
+                if failures >= self._retry.attempts:
+                    raise QuayError(
+                        f"{message} (after {failures} attempt{'s' if failures > 1 else ''})"
+                    ) from None
+                delay = self._retry.delay(failures - 1, e.retry_after)
+                log.warning(
+                    "quay_retry", request=f"{method} {path}", error=message, attempt=failures
+                )
+                await self._sleep(delay)
+            else:
+                return
+
+    async def _once(self, method: str, path: str, body: dict[str, Any]) -> None:
+        assert self._session is not None, "use QuayClient as an async context manager"
+        what = f"{method} {path}"
+        data = json.dumps(body).encode()
+        try:
+            async with self._session.request(method, self._base + path, data=data) as resp:
+                if 200 <= resp.status < 300:
+                    await resp.read()
+                    return
+                text = await resp.text(errors="replace")
+                status = f"HTTP {resp.status} {resp.reason or ''}".rstrip()
+                message = self._mask(f"{what}: {status}{_reason(text)}")
+                if resp.status in _TRANSIENT:
+                    raise _TransientError(message, _retry_after(resp.headers.get("Retry-After")))
+                raise QuayError(message)
+        except TimeoutError:  # before ClientError: aiohttp's timeouts are both
+            raise _TransientError(f"{what}: timed out (no answer within {self._read}s)") from None
+        except aiohttp.ClientConnectorError as e:
+            raise _TransientError(f"{what}: cannot connect to {self._base}: {e.os_error}") from None
+        except aiohttp.ClientError as e:
+            raise _TransientError(f"{what}: {type(e).__name__}: {e}") from None
+
+
+def _reason(text: str) -> str:
+    """Quay's explanation: `error_message`, else `detail`, else the body's first line."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("error_message", "detail", "message", "error"):
+            value = data.get(key)
+            if isinstance(value, str) and value.strip():
+                return ": " + _one_line(value)
+    line = _one_line(text)
+    return f": {line}" if line else ""
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())

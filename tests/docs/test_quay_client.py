@@ -1,0 +1,116 @@
+"""The Quay API client against the fake Quay (tests/support/fake_quay.py) on loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from containerdisks.docs.quay import QuayClient, QuayError
+from tests.support.fake_quay import FakeQuay, free_port
+
+TOKEN = "s3cr3t-quay-token"
+REPO = "/api/v1/repository/containerdisks/fedora"
+
+
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+def client(
+    url: str, *, token: str = TOKEN, attempts: int = 3, read_timeout: float = 5.0
+) -> QuayClient:
+    return QuayClient(url, token, attempts=attempts, read_timeout=read_timeout, sleep=_no_sleep)
+
+
+async def test_description_then_visibility_exact_requests() -> None:
+    async with FakeQuay(TOKEN, ["containerdisks/fedora"]) as quay, client(quay.url + "/") as c:
+        await c.set_description("containerdisks", "fedora", "# Fedora\n\nhello `x`\n")
+        await c.make_public("containerdisks", "fedora")
+    sent = [(r.method, r.path, r.json) for r in quay.requests]
+    assert [
+        ("PUT", REPO, {"description": "# Fedora\n\nhello `x`\n"}),
+        ("POST", REPO + "/changevisibility", {"visibility": "public"}),
+    ] == sent
+    for r in quay.requests:
+        assert f"Bearer {TOKEN}" == r.headers["Authorization"]
+        assert "application/json" == r.headers["Content-Type"]
+        assert json.loads(r.body) == r.json  # the body is exactly the JSON document
+    state = quay.repositories["containerdisks/fedora"]
+    assert ("# Fedora\n\nhello `x`\n", "public") == (state.description, state.visibility)
+
+
+async def test_401_is_one_line_with_quays_message_and_not_retried() -> None:
+    async with FakeQuay("another-token", ["containerdisks/fedora"]) as quay, client(quay.url) as c:
+        with pytest.raises(QuayError) as err:
+            await c.set_description("containerdisks", "fedora", "x")
+    assert f"PUT {REPO}: HTTP 401 Unauthorized: Invalid bearer token format" == str(err.value)
+    assert 1 == len(quay.requests)
+
+
+async def test_404_names_the_path() -> None:
+    async with FakeQuay(TOKEN, []) as quay, client(quay.url) as c:
+        with pytest.raises(QuayError, match=f"^PUT {REPO}: HTTP 404 Not Found: Not Found$"):
+            await c.set_description("containerdisks", "fedora", "x")
+
+
+async def test_500_is_retried_then_succeeds() -> None:
+    async with FakeQuay(TOKEN, ["containerdisks/fedora"]) as quay, client(quay.url) as c:
+        quay.respond("PUT", REPO, 500, times=2)
+        await c.set_description("containerdisks", "fedora", "x")
+    assert ["PUT", "PUT", "PUT"] == [r.method for r in quay.requests]
+    assert ["description"] == quay.repositories["containerdisks/fedora"].history
+
+
+async def test_5xx_retries_are_bounded() -> None:
+    async with FakeQuay(TOKEN, ["containerdisks/fedora"]) as quay, client(quay.url) as c:
+        quay.respond("PUT", REPO, 503, times=None, body={"detail": "down for maintenance"})
+        with pytest.raises(QuayError) as err:
+            await c.set_description("containerdisks", "fedora", "x")
+    assert (
+        f"PUT {REPO}: HTTP 503 Service Unavailable: down for maintenance (after 3 attempts)"
+        == str(err.value)
+    )
+    assert 3 == len(quay.requests)
+
+
+async def test_connection_refused_is_retried_then_one_line() -> None:
+    port = free_port()
+    async with client(f"http://127.0.0.1:{port}", attempts=2) as c:
+        with pytest.raises(QuayError) as err:
+            await c.make_public("containerdisks", "fedora")
+    message = str(err.value)
+    assert message.startswith(
+        f"POST {REPO}/changevisibility: cannot connect to http://127.0.0.1:{port}"
+    )
+    assert message.endswith("(after 2 attempts)")
+    assert "\n" not in message
+
+
+async def test_a_silent_server_times_out() -> None:
+    async with FakeQuay(TOKEN, ["containerdisks/fedora"]) as quay:
+        quay.respond("PUT", REPO, 200, body={}, delay=2.0, times=None)
+        async with client(quay.url, attempts=2, read_timeout=0.2) as c:
+            with pytest.raises(
+                QuayError, match=re.escape("timed out (no answer within 0.2s) (after 2 attempts)")
+            ):
+                await c.set_description("containerdisks", "fedora", "x")
+    assert 2 == len(quay.requests)
+
+
+async def test_a_token_echoed_by_the_server_is_masked() -> None:
+    async with FakeQuay(TOKEN, ["containerdisks/fedora"]) as quay, client(quay.url) as c:
+        quay.respond("PUT", REPO, 400, body={"error_message": f"bad token {TOKEN}"})
+        with pytest.raises(QuayError) as err:
+            await c.set_description("containerdisks", "fedora", "x")
+    assert TOKEN not in str(err.value)
+    assert "bad token <token>" in str(err.value)
+
+
+async def test_a_body_that_is_not_json_is_shown_on_one_line() -> None:
+    async with FakeQuay(TOKEN, ["containerdisks/fedora"]) as quay, client(quay.url) as c:
+        quay.respond("PUT", REPO, 403, body="<html>\n<b>Forbidden</b>\n</html>")
+        with pytest.raises(QuayError) as err:
+            await c.set_description("containerdisks", "fedora", "x")
+    assert f"PUT {REPO}: HTTP 403 Forbidden: <html> <b>Forbidden</b> </html>" == str(err.value)
