@@ -569,19 +569,29 @@ class RegistryClient:
         subject = self._subject("blob", repository, digest)
         hasher = hashlib.new(algorithm)
         size = 0
+        hashing: asyncio.Future[None] | None = None
 
         async def counted(chunk: bytes) -> None:
-            nonlocal size
+            # Pipelined: a chunk's hash runs in a thread while the sink takes it and the next
+            # chunk is read; hashes stay in order (each waits for the one before).
+            nonlocal size, hashing
             size += len(chunk)
+            if hashing is not None:
+                await hashing
+                hashing = None
             if len(chunk) >= 1 << 16:
-                await asyncio.to_thread(hasher.update, chunk)
+                hashing = asyncio.ensure_future(asyncio.to_thread(hasher.update, chunk))
             else:
                 hasher.update(chunk)
             await sink(chunk)
 
-        response = await self._send(
-            "GET", repository, f"blobs/{digest}", max_body=ERROR_BODY_LIMIT, sink=counted
-        )
+        try:
+            response = await self._send(
+                "GET", repository, f"blobs/{digest}", max_body=ERROR_BODY_LIMIT, sink=counted
+            )
+        finally:
+            if hashing is not None:
+                await asyncio.shield(hashing)
         if response.status != 200:
             raise self._error(subject, response, not_found=BlobUnknownError)
         actual = f"{algorithm}:{hasher.hexdigest()}"
