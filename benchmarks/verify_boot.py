@@ -11,7 +11,8 @@ One job, two measurements, in one run (the host is shared and noisy: compare wit
 2. Pull: a 1 GiB incompressible disk pushed into the registry; `pull_disk` (registry -> digest
    check -> gunzip -> untar -> file) against curl of the same layer blob, to `/dev/null` (the
    registry's download speed) and to a file in the same directory (the same bytes landing on the
-   same disk), rotated, `--rounds` each; ratio = curl's time / ours.
+   same disk), rotated, `--rounds` each, `sync` before each run so that none pays for the
+   previous one's writeback; ratio = curl's time / ours.
 
 Run from the repository root with the project venv active (needs the packages of .ci/run)::
 
@@ -159,6 +160,7 @@ def pull_runs(tmp: Path, rounds: int, size: int) -> dict[str, list[float]]:
             order = ["curl", "curl-file", "ours"]
             for variant in order[i % 3 :] + order[: i % 3]:
                 dest = tmp / "pulled.img"
+                os.sync()  # no run pays for the previous one's writeback
                 if variant.startswith("curl"):
                     sink = str(dest) if variant == "curl-file" else "/dev/null"
                     started = time.monotonic()
