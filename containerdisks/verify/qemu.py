@@ -159,6 +159,14 @@ def _firmware_files(goarch: str, firmware: Firmware) -> tuple[str, str] | None:
     return None
 
 
+def _require_firmware(goarch: str, firmware: Firmware) -> tuple[str, str]:
+    files = _firmware_files(goarch, firmware)
+    if files is None:
+        what = "Secure Boot " if firmware == "secure" else ""
+        raise QemuError(f"no {what}UEFI firmware for {goarch} found (install ovmf)")
+    return files
+
+
 def command_line(
     *,
     goarch: str,
@@ -186,10 +194,7 @@ def command_line(
     args += ["-accel", "kvm" if kvm else "tcg", "-m", str(memory_mib), "-smp", "2" if kvm else "1"]
     args += ["-nographic", "-no-reboot", "-monitor", "none", "-serial", f"file:{serial_log}"]
     if firmware != "bios":
-        files = _firmware_files(goarch, firmware)
-        if files is None:
-            what = "Secure Boot " if firmware == "secure" else ""
-            raise QemuError(f"no {what}UEFI firmware for {goarch} found (install ovmf)")
+        files = _require_firmware(goarch, firmware)
         assert vars_copy is not None
         if firmware == "secure":
             args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
@@ -214,11 +219,7 @@ def firmware_vars(goarch: str, firmware: Firmware) -> Path | None:
     """The vars template to copy per VM (None for BIOS)."""
     if firmware == "bios":
         return None
-    files = _firmware_files(goarch, firmware)
-    if files is None:
-        what = "Secure Boot " if firmware == "secure" else ""
-        raise QemuError(f"no {what}UEFI firmware for {goarch} found (install ovmf)")
-    return Path(files[1])
+    return Path(_require_firmware(goarch, firmware)[1])
 
 
 class VirtualMachine:

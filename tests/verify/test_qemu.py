@@ -79,3 +79,10 @@ def test_arm64_boots_uefi_only(tmp_path: Path) -> None:
 )
 def test_arm64_without_its_emulator_cannot_boot() -> None:
     assert "qemu-system-aarch64 is not installed" == qemu.Host("amd64", False).cannot_boot("arm64")
+
+
+@pytest.mark.skipif(Path("/usr/share/AAVMF/AAVMF_CODE.fd").exists(), reason="AAVMF is installed")
+def test_missing_firmware_is_one_line_naming_the_package(tmp_path: Path) -> None:
+    with pytest.raises(qemu.QemuError) as e:
+        qemu.firmware_vars("arm64", "uefi")
+    assert "no UEFI firmware for arm64 found (install ovmf)" == str(e.value)
