@@ -104,6 +104,7 @@ _TOKEN_BODY_LIMIT: Final = 1024 * 1024
 FALLBACK_CHUNK_SIZE: Final = 4 * 1024 * 1024
 #: Pages of a tag list followed at most (a registry whose ``Link`` never ends is broken).
 _MAX_TAG_PAGES: Final = 10_000
+_HASH_BATCH: Final = 8 << 20  # bytes of a blob hashed per thread hop in read_blob
 
 
 @dataclass(frozen=True)
@@ -569,26 +570,41 @@ class RegistryClient:
         subject = self._subject("blob", repository, digest)
         hasher = hashlib.new(algorithm)
         size = 0
+        batch: list[bytes] = []
+        batched = 0
         hashing: asyncio.Future[None] | None = None
 
-        async def counted(chunk: bytes) -> None:
-            # Pipelined: a chunk's hash runs in a thread while the sink takes it and the next
-            # chunk is read; hashes stay in order (each waits for the one before).
-            nonlocal size, hashing
-            size += len(chunk)
+        def digest_all(chunks: list[bytes]) -> None:
+            for chunk in chunks:
+                hasher.update(chunk)
+
+        async def flush() -> None:
+            # One batch hashes in a thread while the sink takes the next chunks and the socket
+            # is read; batches stay in order (each waits for the one before). Big batches keep
+            # the thread hops (and the event loop's share of the CPU) small.
+            nonlocal hashing, batch, batched
             if hashing is not None:
                 await hashing
                 hashing = None
-            if len(chunk) >= 1 << 16:
-                hashing = asyncio.ensure_future(asyncio.to_thread(hasher.update, chunk))
-            else:
-                hasher.update(chunk)
+            if batch:
+                hashing = asyncio.ensure_future(asyncio.to_thread(digest_all, batch))
+                batch, batched = [], 0
+
+        async def counted(chunk: bytes) -> None:
+            nonlocal size, batched
+            size += len(chunk)
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= _HASH_BATCH:
+                await flush()
             await sink(chunk)
 
         try:
             response = await self._send(
                 "GET", repository, f"blobs/{digest}", max_body=ERROR_BODY_LIMIT, sink=counted
             )
+            await flush()
+            await flush()
         finally:
             if hashing is not None:
                 await asyncio.shield(hashing)

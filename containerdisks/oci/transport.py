@@ -212,7 +212,9 @@ class Transport:
                         current = self._redirect(current, resp)
                         continue
                     if sink is not None and 200 <= resp.status < 300:
-                        async for chunk in resp.content.iter_chunked(_READ_BUFSIZE):
+                        # iter_any: what has arrived, as it is (iter_chunked would copy
+                        # to re-cut it into fixed sizes).
+                        async for chunk in resp.content.iter_any():
                             await sink(chunk)
                         body = b""
                     else:

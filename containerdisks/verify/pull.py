@@ -256,8 +256,9 @@ async def _pull_layer(
     tar = _TarDisk(out, f"layer {layer.digest[:19]} of {where}")
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE)
 
-    def work(batch: bytes) -> None:
-        tar.feed(decompressor.feed(batch))
+    def work(batch: list[bytes]) -> None:
+        for chunk in batch:
+            tar.feed(decompressor.feed(chunk))
 
     async def consume() -> None:
         batch: list[bytes] = []
@@ -268,8 +269,8 @@ async def _pull_layer(
                 batch.append(chunk)
                 size += len(chunk)
             if batch and (chunk is None or size >= _BATCH or queue.empty()):
-                data = b"".join(batch)
-                batch, size = [], 0
+                # Handed over as a list: joining would copy every byte once more.
+                data, batch, size = batch, [], 0
                 await asyncio.to_thread(work, data)
             if chunk is None:
                 return

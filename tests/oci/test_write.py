@@ -363,3 +363,35 @@ async def test_put_manifest_checks(session_registry: Registry) -> None:
     assert str(error).startswith(
         f"manifest {host}/write/manifest:v1: HTTP 400 MANIFEST_BLOB_UNKNOWN"
     )
+
+
+async def test_read_blob_streams_a_big_blob_and_catches_rot_past_the_first_hash_batch(
+    session_registry: Registry,
+) -> None:
+    # Bigger than two of read_blob's hash batches and not a multiple of any read size, so the
+    # hash sees every chunk once and in order, and the tail batch is hashed too.
+    data = os.urandom((21 << 20) + 123)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    async with RegistryClient(session_registry.host) as client:
+        async with client.blob_upload("read/big") as upload:
+            await upload.write(from_bytes(data, 1 << 20))
+            assert (await upload.commit(digest)).size == len(data)
+        got: list[bytes] = []
+
+        async def sink(chunk: bytes) -> None:
+            got.append(chunk)
+
+        assert await client.read_blob("read/big", digest, sink) == len(data)
+        assert b"".join(got) == data
+        # Bit rot in the registry's storage, 17 MiB in (the third batch): the registry serves
+        # the bytes as they are, and the read must refuse them after the sink saw them all.
+        stored = session_registry.data_dir / (
+            f"docker/registry/v2/blobs/sha256/{digest[7:9]}/{digest[7:]}/data"
+        )
+        rotten = bytearray(stored.read_bytes())
+        rotten[17 << 20] ^= 0xFF
+        stored.write_bytes(bytes(rotten))
+        got.clear()
+        with pytest.raises(DigestMismatchError):
+            await client.read_blob("read/big", digest, sink)
+        assert sum(map(len, got)) == len(data)
