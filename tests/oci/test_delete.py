@@ -20,25 +20,8 @@ from containerdisks.oci import (
     UnsupportedError,
 )
 from containerdisks.oci.layout import LayoutStore
-from tests.support.images import ArchImage, write_layout
+from tests.support.images import seeded_layout as image
 from tests.support.registry import Registry
-
-
-def image(root: Path, seed: str, arm64_seed: str | None = None) -> Path:
-    """A two-arch OCI layout tagged `t` whose images depend on `seed` (the arm64 one on
-    `arm64_seed` when given: two layouts with the same arm64 seed share that child)."""
-    arches = [("amd64", seed), ("arm64", arm64_seed or seed)]
-    write_layout(
-        root,
-        "t",
-        [
-            ArchImage(goarch, hashlib.sha256(s.encode()).hexdigest(), f"https://x/{s}",
-                      disk=f"{goarch} {s}".encode())
-            for goarch, s in arches
-        ],
-        index=True,
-    )  # fmt: skip
-    return root
 
 
 def digest_of(reg: Registry, repository: str, tag: str) -> str:
