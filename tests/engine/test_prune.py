@@ -270,3 +270,25 @@ def test_prune_an_oci_layout_target(tmp_path: Path) -> None:
              f"oci:{out}/debian:{tag}", f"oci:{tmp_path / 'check'}:{tag}"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
+
+
+def test_an_old_tag_on_a_platform_manifest_of_a_kept_index_stays(
+    registry: Registry, tmp_path: Path
+) -> None:
+    src = seeded_layout(tmp_path / "src", "a")
+    # Without --all skopeo pushes only this host's platform manifest (amd64), digest kept:
+    # the old publish was single-arch; the new one lists that very manifest in its index.
+    registry.push_layout(src, "t", "cd/debian", "13-2401010000", preserve_digests=True)
+    for tag in ("13-2402010000", "13"):
+        registry.push_layout(src, "t", "cd/debian", tag, all_images=True, preserve_digests=True)
+    old = digest(registry.inspect_raw("cd/debian", "13-2401010000"))
+    assert old in children(registry, "13")
+
+    result = prune(
+        f"{registry.host}/cd", tmp_path, "--focus", "debian:13", "--keep-timestamp-tags=1",
+        "--dry-run=false",
+    )  # fmt: skip
+    assert 0 == result.returncode, result.stderr
+    assert "keep: part of a kept index" in result.stdout
+    assert ["13", "13-2401010000", "13-2402010000"] == sorted(registry.list_tags("cd/debian"))
+    registry.pull("cd/debian", "13", f"oci:{tmp_path / 'check'}:13")
