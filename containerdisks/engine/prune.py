@@ -218,7 +218,11 @@ class Pruner:
                     )
                 return plan
             except oci.ManifestUnknownError:
+                # gone already (a retried DELETE whose first answer was lost), or an untagged
+                # child a registry leaves to its own garbage collection (Quay)
                 log.debug("already_gone", repository=plan.where, digest=digest)
+                if any(r.digest == digest for r in plan.rows):
+                    plan.deleted.append(digest)
             except oci.OCIError as e:
                 plan.error = f"{plan.key}: retention: {e}"
                 log.error("retention_failed", entry=plan.key, error=plan.error)

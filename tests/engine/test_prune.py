@@ -19,6 +19,7 @@ import pytest
 
 from containerdisks.engine.prune import is_timestamp_tag, published_versions, timestamp_tags
 from tests.support.cli import clean_env
+from tests.support.fault_proxy import FaultProxy, Rule
 from tests.support.images import seeded_layout
 from tests.support.registry import Registry
 
@@ -59,7 +60,9 @@ def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def prune(target: str, cwd: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+def prune(
+    target: str, cwd: Path, *flags: str, retries: int = 1
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -76,7 +79,7 @@ def prune(target: str, cwd: Path, *flags: str) -> subprocess.CompletedProcess[st
         capture_output=True,
         text=True,
         timeout=120,
-        env=clean_env(CONTAINERDISKS_RETRIES="1"),
+        env=clean_env(CONTAINERDISKS_RETRIES=str(retries)),
         cwd=cwd,
     )
 
@@ -292,3 +295,27 @@ def test_an_old_tag_on_a_platform_manifest_of_a_kept_index_stays(
     assert "keep: part of a kept index" in result.stdout
     assert ["13", "13-2401010000", "13-2402010000"] == sorted(registry.list_tags("cd/debian"))
     registry.pull("cd/debian", "13", f"oci:{tmp_path / 'check'}:13")
+
+
+def test_a_refused_delete_fails_the_entry_and_a_lost_one_is_retried(
+    registry: Registry, tmp_path: Path
+) -> None:
+    fill(registry, tmp_path)
+    flags = ("--focus", "debian:13", "--keep-timestamp-tags=2", "--dry-run=false")
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(Rule("DELETE", r"/v2/cd/debian/manifests/", "status", status=403, times=None))
+        denied = prune(f"{proxy.host}/cd", tmp_path, *flags)
+    assert 1 == denied.returncode, denied.stderr
+    assert "failed: debian:13: retention: " in denied.stdout
+    assert "HTTP 403" in denied.stdout
+    assert "Traceback" not in denied.stderr
+    assert sorted(TAGS) == sorted(registry.list_tags("cd/debian"))
+
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(Rule("DELETE", r"/v2/cd/debian/manifests/", "status", status=503, times=1))
+        retried = prune(f"{proxy.host}/cd", tmp_path, *flags, retries=3)
+        deletes = [e for e in proxy.log if e.method == "DELETE"]
+    assert 0 == retried.returncode, retried.stderr
+    assert EXPECTED_AFTER == sorted(registry.list_tags("cd/debian"))
+    # the 503, a and b, then 3 platform manifests (b shares its arm64 one with e)
+    assert len(deletes) == 1 + 2 + 3
