@@ -109,9 +109,10 @@ class PrunePlan:
     #: Digests to delete, in order: tagged manifests first, then the children only they reach.
     deletes: list[str] = field(default_factory=list)
     error: str | None = None
-    #: The repository refuses deletes (learned earlier by this process): nothing is planned.
+    #: The registry refused deletes here (in `apply`, or earlier in this process, in which
+    #: case nothing was planned).
     refused: bool = False
-    #: After `apply`: the digests deleted, and whether the registry refused.
+    #: After `apply`: the digests deleted.
     deleted: list[str] = field(default_factory=list)
 
     @property
