@@ -104,6 +104,12 @@ class CatalogItem(BaseModel):
         description="Use for the repository's docs (for a discovering source: newest stable).",
     )
     skip_unless_focused: bool = Field(False, description="Only published when focused by name.")
+    keep_timestamp_tags: int | None = Field(
+        None,
+        ge=0,
+        description="Retention for this entry: keep the newest N `<version>-<YYMMDDhhmm>` tags "
+        "(0 keeps all); unset uses the setting `keep_timestamp_tags`.",
+    )
     source: dict[str, Any] = Field(
         description="`kind` plus the source's parameters; `per_arch: {arch: {...}}` overrides."
     )
@@ -142,6 +148,10 @@ class CatalogItem(BaseModel):
     @property
     def label(self) -> str:
         return f"{self.name}:{self.version or '*'}"
+
+    def keep_for(self, default: int) -> int:
+        """How many timestamp tags retention keeps for this item (0: all)."""
+        return default if self.keep_timestamp_tags is None else self.keep_timestamp_tags
 
     def secure_boot_for(self, arch: str) -> bool:
         """Whether the image boots with secure boot on `arch` (per-arch map: absent is false)."""

@@ -115,6 +115,34 @@ def _push_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer-compression", default=s, choices=["gzip", "zstd", "none"])
     p.add_argument("--work-dir", default=s, help="directory for spooled downloads")
     p.add_argument("--output", default=s, choices=["table", "json"])
+    _keep_flag(p)
+
+
+def _keep_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-timestamp-tags",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="keep the newest N <version>-<YYMMDDhhmm> tags per entry (0: keep all)",
+    )
+
+
+def _prune_flags(p: argparse.ArgumentParser) -> None:
+    """`images prune`: the registry flags of `images push`, and retention's own."""
+    s = argparse.SUPPRESS
+    p.add_argument(
+        "--source-registry",
+        default=s,
+        help="registry whose repositories are pruned unless --target-registry is given "
+        "(default quay.io/containerdisks)",
+    )
+    p.add_argument("--target-registry", default=s, help="registry to prune")
+    _keep_flag(p)
+    p.add_argument(
+        "--no-fail", type=_bool, default=s, metavar="BOOL", help="exit 0 even if an entry failed"
+    )
+    p.add_argument("--output", default=s, choices=["table", "json"])
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
@@ -197,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _push_flags(push)
     push.set_defaults(handler="images_push")
+
+    prune = image_cmds.add_parser(
+        "prune",
+        parents=[_global_flags("sub")],
+        allow_abbrev=False,
+        help="delete the older <version>-<YYMMDDhhmm> tags, keeping the newest N per entry",
+    )
+    _prune_flags(prune)
+    prune.set_defaults(handler="images_prune")
 
     verify = image_cmds.add_parser(
         "verify",
@@ -292,11 +329,13 @@ def _handlers() -> dict[str, Command]:
     from containerdisks.catalog_cmd import catalog_command  # noqa: PLC0415 - keeps --help fast
     from containerdisks.daemon import images_push, serve  # noqa: PLC0415
     from containerdisks.docs.publish import docs_publish  # noqa: PLC0415
+    from containerdisks.prune_cmd import images_prune  # noqa: PLC0415
     from containerdisks.verify.command import images_verify  # noqa: PLC0415
 
     return {
         "images_push": images_push,
         "images_verify": images_verify,
+        "images_prune": images_prune,
         "catalog": catalog_command,
         "serve": serve,
         "docs_publish": docs_publish,

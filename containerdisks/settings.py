@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="`json` lines, readable `console`, or `auto` (console on a terminal)."
     )
+    keep_timestamp_tags: int = Field(
+        0,
+        ge=0,
+        description="Retention: keep the newest N `<version>-<YYMMDDhhmm>` tags of each entry "
+        "and delete older ones after each publish and in `images prune`; 0 keeps all. A catalog "
+        "entry's `keep_timestamp_tags` overrides it.",
+    )
     # -- the daemon (`serve`) -------------------------------------------------------------------
     once: bool = Field(False, description="`serve`: run exactly one pass, then exit.")
     interval: PositiveFloat = Field(1800.0, description="`serve`: seconds between passes.")

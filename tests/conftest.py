@@ -57,3 +57,10 @@ def fedora(tmp_path: Path) -> Iterator[tuple[UpstreamServer, dict[tuple[str, str
     disks = fedora_tree(root)
     with UpstreamServer(root) as srv:
         yield srv, disks
+
+
+@pytest.fixture
+def no_delete_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A plain-HTTP registry with deletes disabled (`storage.delete.enabled: false`)."""
+    with start_registry(tmp_path / "registry-no-delete", delete=False) as reg:
+        yield reg

@@ -4,7 +4,8 @@
 `server`/`once`/`check` all run one `process(action)`:
 - `discover()`: every focused catalog item asked upstream once per pass; a failed item is an
   `Outcome` recorded under `name:version` or `name:*`;
-- `sync(entry)`: plan the entry against the source, then (unless a dry run) publish it.
+- `sync(entry)`: plan the entry against the source, then (unless a dry run) publish it, and
+  with `keep_timestamp_tags` on, delete its older timestamp tags (engine/prune.py).
 
 An `Engine` lives as long as its process: the upstream answers' validators (conditional GETs),
 registry connections and tokens carry over from pass to pass, and so does what the engine saw
@@ -29,6 +30,7 @@ from containerdisks import oci
 from containerdisks.api import Artifact, SourceError
 from containerdisks.catalog import Catalog, Entry, Focus, ItemFailure, load_catalog
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
+from containerdisks.engine.prune import Pruner
 from containerdisks.engine.published import RegistryReader
 from containerdisks.engine.results import Result
 from containerdisks.engine.retry import Backoff
@@ -125,6 +127,7 @@ class Engine:
         # The oci: target always writes OCI media types (DESIGN.md "The image contract").
         self.family = "oci" if self.target.is_layout else self.settings.media_types
         self._reader = RegistryReader(self.source)
+        self._pruner = Pruner(self.target)
         self._publisher = Publisher(
             upstream=self.upstream,
             source=self.source,
@@ -204,7 +207,21 @@ class Engine:
             return Outcome(plan, [], message)
         log.info("published", entry=plan.key, tags=tags, digest=digest)
         self._seen.pop(entry.key, None)  # the next pass reads what was written
+        await self._prune(entry)
         return Outcome(plan, tags, None, digest)
+
+    async def _prune(self, entry: Entry) -> None:
+        """Retention after a publish, when `keep_timestamp_tags` is on for the entry. Its
+        failure is logged (`retention_failed`) and does not undo or fail the publish; a
+        registry refusing deletes is one warning (engine/prune.py)."""
+        keep = entry.item.keep_for(self.settings.keep_timestamp_tags)
+        if not keep:
+            return
+        plan = await self._pruner.plan(entry.name, entry.version, keep)
+        if plan.error:
+            log.error("retention_failed", entry=entry.key, error=plan.error)
+            return
+        await self._pruner.apply(plan)
 
     async def _reload_credentials(self) -> None:
         reloads = {id(p.store): p.reload_credentials for p in (self.source, self.target)}

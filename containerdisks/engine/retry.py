@@ -137,3 +137,15 @@ class RetryingStore:
             f"PUT {repository}:{reference}",
             lambda: self.inner.put_manifest(repository, reference, media_type, data),
         )
+
+    async def list_tags(self, repository: str) -> list[str]:
+        return await self._run(
+            f"GET tags of {repository}", lambda: self.inner.list_tags(repository)
+        )
+
+    async def delete_manifest(self, repository: str, digest: str) -> None:
+        # Idempotent: a retry after a lost answer finds it gone (the caller takes that as done).
+        await self._run(
+            f"DELETE {repository}@{digest}",
+            lambda: self.inner.delete_manifest(repository, digest),
+        )

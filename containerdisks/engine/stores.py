@@ -84,6 +84,10 @@ class Store(Protocol):
         self, repository: str, reference: str, media_type: str, data: bytes
     ) -> str: ...
 
+    async def list_tags(self, repository: str) -> list[str]: ...
+
+    async def delete_manifest(self, repository: str, digest: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class Place:

@@ -46,6 +46,7 @@ from containerdisks.oci.errors import (
     TransportError,
     TransportTimeoutError,
     UnauthorizedError,
+    UnsupportedError,
 )
 from containerdisks.oci.media import (
     ACCEPT_MANIFESTS,
@@ -128,6 +129,7 @@ __all__ = [
     "TransportError",
     "TransportTimeoutError",
     "UnauthorizedError",
+    "UnsupportedError",
     "compute_digest",
     "find_credentials",
     "http_fallback_allowed",

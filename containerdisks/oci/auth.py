@@ -125,6 +125,12 @@ def push_scope(repository: str) -> str:
     return f"repository:{repository}:pull,push"
 
 
+def delete_scope(repository: str) -> str:
+    """The token scope that allows deleting manifests of ``repository`` (distribution asks
+    ``delete``; Quay decides by ``push``, so both are asked for)."""
+    return f"repository:{repository}:pull,push,delete"
+
+
 _ACTION_ORDER = {"pull": 0, "push": 1, "delete": 2, "*": 3}
 
 

@@ -13,7 +13,8 @@ another host is reached without them.
 Writes, in the order a push uses them (go-containerregistry ``remote/write.go``): :meth:`has_blob`
 (HEAD), :meth:`mount_blob` (``POST ?mount=&from=``), :meth:`blob_upload` (a streamed upload
 session, :mod:`.upload`) or :meth:`put_blob` (small blobs, one PUT), then :meth:`put_manifest`
-for each platform manifest by digest, then the index by tag.
+for each platform manifest by digest, then the index by tag. :meth:`delete_manifest` removes
+a manifest by digest (retention).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from containerdisks.oci.auth import (
     AuthFlow,
     Credentials,
     TokenCache,
+    delete_scope,
     merge_scopes,
     pull_scope,
     push_scope,
@@ -881,6 +883,30 @@ class RegistryClient:
                 f"{subject} (as the registry stored it)", expected=digest, actual=announced
             )
         return digest
+
+    async def delete_manifest(self, repository: str, digest: str) -> None:
+        """Delete the manifest ``digest`` from ``repository``: ``DELETE /manifests/<digest>``.
+
+        By digest only: deleting by tag is optional in the distribution spec and distribution
+        2.8 refuses it. Every tag pointing at the manifest goes with it (distribution untags
+        them all), so a caller must only delete digests no tag it keeps points to. Raises
+        :class:`UnsupportedError` when the registry does not delete (405 or ``UNSUPPORTED``:
+        distribution with ``storage.delete`` off), :class:`ManifestUnknownError` when there is
+        no such manifest.
+        """
+        validate_repository(repository)
+        parse_digest(digest)
+        subject = self._subject("manifest", repository, digest)
+        response = await self._send(
+            "DELETE",
+            repository,
+            f"manifests/{digest}",
+            max_body=ERROR_BODY_LIMIT,
+            scopes=(delete_scope(repository),),
+        )
+        if response.status in {200, 202, 204}:
+            return
+        raise self._error(subject, response, not_found=ManifestUnknownError)
 
     async def list_tags(self, repository: str, *, page_size: int | None = None) -> list[str]:
         """Every tag of ``repository``, following ``Link: <...>; rel="next"`` pages.

@@ -20,6 +20,8 @@ secrets: no tokens, no ``Authorization`` values, no passwords, no query strings.
     │   │                              for 408/429/5xx and for a lost upload session
     │   ├── UnauthorizedError          401 / UNAUTHORIZED, or the token service said no
     │   │   └── DeniedError            403 / DENIED, or a token without the scope asked for
+    │   ├── UnsupportedError           405 / UNSUPPORTED: the registry does not do this (a
+    │   │                              delete, where deletes are disabled)
     │   ├── RepositoryUnknownError     NAME_UNKNOWN                 } also NotFoundError
     │   ├── ManifestUnknownError       MANIFEST_UNKNOWN, Quay's     }
     │   │                              expired tag ("time machine") }
@@ -69,6 +71,7 @@ __all__ = [
     "TransportError",
     "TransportTimeoutError",
     "UnauthorizedError",
+    "UnsupportedError",
     "error_from_response",
     "one_line",
     "parse_retry_after",
@@ -194,6 +197,11 @@ class DeniedError(UnauthorizedError):
     """Authenticated, but not allowed (403 / ``DENIED``)."""
 
 
+class UnsupportedError(RegistryError):
+    """The registry refuses the operation as such (405, or code ``UNSUPPORTED``): e.g. a
+    manifest delete where deletes are disabled. Not temporary; asking again will not help."""
+
+
 class RepositoryUnknownError(RegistryError, NotFoundError):
     """The repository does not exist (``NAME_UNKNOWN``)."""
 
@@ -251,6 +259,7 @@ _CLASS_BY_CODE: dict[str, type[RegistryError]] = {
     "BLOB_UNKNOWN": BlobUnknownError,
     "UNAUTHORIZED": UnauthorizedError,
     "DENIED": DeniedError,
+    "UNSUPPORTED": UnsupportedError,
 }
 
 
@@ -323,6 +332,8 @@ def error_from_response(
             cls = DeniedError
         elif status == 404:
             cls = not_found
+        elif status == 405:
+            cls = UnsupportedError
         else:
             cls = RegistryError
     return cls(

@@ -15,6 +15,11 @@ Decision: behave exactly like a registry to callers; on disk, never expose parti
 - Manifests pushed by digest (platform manifests of an index) are blobs only; only tags appear
   in `index.json`.
 - File writes of large chunks run in a worker thread so the event loop never waits on the disk.
+- `delete_manifest(digest)` is a registry's delete by digest: every ref (tag) naming the digest
+  leaves `index.json` (replaced atomically, under the lock), then the blobs only that manifest
+  reached (its children, configs, layers) and no remaining ref reaches are removed. Blobs that
+  nothing ever referenced are not swept: a publish in flight has written its blobs before its
+  tag, and must not lose them.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ __all__ = ["LayoutStore", "LayoutUpload"]
 
 REF_NAME = "org.opencontainers.image.ref.name"
 _LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+#: Larger blobs are layers: not read as JSON while looking for references.
+_MAX_MANIFEST = 4 * 1024 * 1024
 
 
 class LayoutStore:
@@ -286,6 +293,66 @@ class LayoutStore:
                 json.dumps(index, sort_keys=True, separators=(",", ":")).encode(),
             )
         return digest
+
+    async def delete_manifest(self, repository: str, digest: str) -> None:
+        """Drop every ref to `digest` and the blobs nothing else references (see the module
+        docstring); `ManifestUnknownError` when the layout has no such manifest."""
+        parse_digest(digest)
+        layout = self._dir(repository)
+        async with self._lock(layout):
+            index = self._index(repository)
+            entries = [e for e in index.get("manifests", []) if isinstance(e, dict)]
+            kept = [e for e in entries if e.get("digest") != digest]
+            blob = self._blob_path(layout, digest)
+            if len(kept) == len(entries) and not blob.is_file():
+                raise ManifestUnknownError(
+                    self._subject(repository, digest),
+                    status=404,
+                    code="MANIFEST_UNKNOWN",
+                    message="manifest unknown",
+                )
+            if len(kept) != len(entries):
+                index["manifests"] = kept
+                _atomic_write(
+                    layout / "index.json",
+                    json.dumps(index, sort_keys=True, separators=(",", ":")).encode(),
+                )
+            still = self._reachable(layout, [str(e.get("digest", "")) for e in kept])
+            gone = self._reachable(layout, [digest]) - still
+            for d in sorted(gone):
+                with contextlib.suppress(FileNotFoundError):
+                    self._blob_path(layout, d).unlink()
+
+    def _reachable(self, layout: Path, roots: list[str]) -> set[str]:
+        """Every digest reachable from `roots`: indexes' manifests, manifests' config and
+        layers (a missing or unreadable blob ends its branch)."""
+        seen: set[str] = set()
+        todo = [d for d in roots if is_digest(d)]
+        while todo:
+            d = todo.pop()
+            if d in seen:
+                continue
+            seen.add(d)
+            path = self._blob_path(layout, d)
+            try:
+                if path.stat().st_size > _MAX_MANIFEST:
+                    continue  # a layer, not a manifest
+                doc = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(doc, dict):
+                continue
+            children, layers = doc.get("manifests"), doc.get("layers")
+            refs = [
+                *(children if isinstance(children, list) else []),
+                doc.get("config"),
+                *(layers if isinstance(layers, list) else []),
+            ]
+            for ref in refs:
+                child = ref.get("digest") if isinstance(ref, dict) else None
+                if isinstance(child, str) and is_digest(child):
+                    todo.append(child)
+        return seen
 
 
 class LayoutUpload:

@@ -22,6 +22,7 @@ from containerdisks.oci import (
     TLSError,
     TransportError,
     UnauthorizedError,
+    UnsupportedError,
 )
 from containerdisks.oci.errors import error_from_response, one_line, parse_retry_after
 
@@ -44,6 +45,9 @@ def body(code: str, message: str = "msg", detail: object = None) -> bytes:
         (429, "TOOMANYREQUESTS", RegistryError),
         (401, "", UnauthorizedError),
         (403, "", DeniedError),
+        (405, "UNSUPPORTED", UnsupportedError),  # distribution with deletes off
+        (405, "", UnsupportedError),  # a proxy's bare 405
+        (400, "UNSUPPORTED", UnsupportedError),
     ],
 )
 def test_status_and_code_pick_the_class(status: int, code: str, cls: type[RegistryError]) -> None:

@@ -102,6 +102,18 @@ def write_layout(root: Path, tag: str, images: list[ArchImage], *, index: bool) 
     (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
 
 
+def seeded_layout(root: Path, seed: str, arm64_seed: str | None = None) -> Path:
+    """A two-arch (amd64, arm64) layout tagged `t` whose images depend on `seed` only (the
+    arm64 one on `arm64_seed` when given: layouts with the same arm64 seed share that child
+    manifest, as publishes that reused an unchanged arch do)."""
+    images = []
+    for goarch, s in (("amd64", seed), ("arm64", arm64_seed or seed)):
+        shasum = hashlib.sha256(s.encode()).hexdigest()
+        images.append(ArchImage(goarch, shasum, f"https://x/{s}", disk=f"{goarch} {s}".encode()))
+    write_layout(root, "t", images, index=True)
+    return root
+
+
 def skopeo_push(
     layout: Path,
     tag: str,

@@ -279,6 +279,7 @@ def _config(
     htpasswd: Path | None,
     token_server: TokenServer | None,
     tls: tuple[Path, Path] | None,
+    delete: bool = True,
 ) -> dict[str, object]:
     http: dict[str, object] = {
         "addr": f"127.0.0.1:{port}",
@@ -292,7 +293,7 @@ def _config(
         "log": {"level": "info", "accesslog": {"disabled": False}},
         "storage": {
             "filesystem": {"rootdirectory": str(data_dir)},
-            "delete": {"enabled": True},
+            "delete": {"enabled": delete},
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
         "http": http,
@@ -355,8 +356,11 @@ def start_registry(
     token_server: TokenServer | None = None,
     username: str = USERNAME,
     password: str = PASSWORD,
+    delete: bool = True,
 ) -> Iterator[Registry]:
     """Run ``docker-registry serve`` in ``workdir`` until the block ends.
+
+    ``delete=False`` turns ``storage.delete`` off: manifest deletes get 405 ``UNSUPPORTED``.
 
     ``auth="token"`` starts a :class:`TokenServer` (with ``username``/``password``) unless one is
     given; ``tls=True`` makes a CA with openssl and serves HTTPS for 127.0.0.1 and localhost.
@@ -389,6 +393,7 @@ def start_registry(
                 htpasswd=htpasswd,
                 token_server=token_server,
                 tls=cert,
+                delete=delete,
             )
             config_path.write_text(json.dumps(config, indent=1))
             registry = Registry(
