@@ -201,6 +201,29 @@ def _verify_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default=s, help="directory for pulled disks and serial logs")
 
 
+def _promote_flags(p: argparse.ArgumentParser) -> None:
+    """medius's `images promote` flags, and `--no-fail` / `--workers` as verify has them."""
+    s = argparse.SUPPRESS
+    p.add_argument(
+        "--source-registry",
+        required=True,
+        default=s,
+        metavar="HOST/NAMESPACE",
+        help="registry holding the verified images (required)",
+    )
+    p.add_argument(
+        "--target-registry",
+        default=s,
+        metavar="HOST/NAMESPACE",
+        help="registry to promote to (default quay.io/containerdisks)",
+    )
+    p.add_argument("--results-file", default=s, help="results file (default results.json)")
+    p.add_argument("--workers", type=int, default=s, help="entries promoted in parallel")
+    p.add_argument(
+        "--no-fail", type=_bool, default=s, metavar="BOOL", help="exit 0 even if an entry failed"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     root = _Parser(
         prog="containerdisks",
@@ -243,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _verify_flags(verify)
     verify.set_defaults(handler="images_verify")
+
+    promote = image_cmds.add_parser(
+        "promote",
+        parents=[_global_flags("sub")],
+        allow_abbrev=False,
+        help="copy every verified containerdisk, by its verified digest, to the target registry",
+    )
+    _promote_flags(promote)
+    promote.set_defaults(handler="images_promote")
 
     serve = commands.add_parser(
         "serve",
@@ -329,6 +361,7 @@ def _handlers() -> dict[str, Command]:
     from containerdisks.catalog_cmd import catalog_command  # noqa: PLC0415 - keeps --help fast
     from containerdisks.daemon import images_push, serve  # noqa: PLC0415
     from containerdisks.docs.publish import docs_publish  # noqa: PLC0415
+    from containerdisks.promote_cmd import images_promote  # noqa: PLC0415
     from containerdisks.prune_cmd import images_prune  # noqa: PLC0415
     from containerdisks.verify.command import images_verify  # noqa: PLC0415
 
@@ -336,6 +369,7 @@ def _handlers() -> dict[str, Command]:
         "images_push": images_push,
         "images_verify": images_verify,
         "images_prune": images_prune,
+        "images_promote": images_promote,
         "catalog": catalog_command,
         "serve": serve,
         "docs_publish": docs_publish,
