@@ -43,7 +43,7 @@ class CopyStats:
 
 
 async def copy_blob(
-    source: Store, src_repo: str, target: Store, dst_repo: str, digest: str
+    source: Store, src_repo: str, target: Store, dst_repo: str, blob: oci.Descriptor
 ) -> None:
     """Stream one blob from `source` into `target`, through a small bounded queue (memory stays
     flat whatever the blob's size)."""
@@ -51,7 +51,7 @@ async def copy_blob(
 
     async def produce() -> None:
         try:
-            await source.read_blob(src_repo, digest, queue.put)
+            await source.read_blob(src_repo, digest, queue.put)  # raises on a digest mismatch
         except BaseException as e:  # handed to the consumer, which re-raises it
             await queue.put(e)
         else:
@@ -63,10 +63,12 @@ async def copy_blob(
                 raise item
             yield item
 
+    digest = blob.digest
     producer = asyncio.create_task(produce())
     try:
         async with target.blob_upload(dst_repo) as upload:
-            await upload.write(chunks())
+            # read_blob checks the digest; the upload need not hash the bytes a second time
+            await upload.write(chunks(), size=blob.size, digest=digest)
             await upload.commit(digest)
     finally:
         producer.cancel()
@@ -80,11 +82,12 @@ async def _bring_blob(
     src_repo: str,
     target: Store,
     dst_repo: str,
-    digest: str,
+    blob: oci.Descriptor,
     *,
     backoff: Backoff,
     stats: CopyStats,
 ) -> None:
+    digest = blob.digest
     if await target.has_blob(dst_repo, digest):
         stats.present.append(digest)
         return
@@ -93,7 +96,7 @@ async def _bring_blob(
         return
     await retrying(
         f"copy of {digest} to {target.host}/{dst_repo}",
-        functools.partial(copy_blob, source, src_repo, target, dst_repo, digest),
+        functools.partial(copy_blob, source, src_repo, target, dst_repo, blob),
         backoff,
     )
     stats.copied.append(digest)
@@ -127,7 +130,7 @@ async def copy_manifest(
         image = parse_image_manifest(manifest, what)
         for blob in (image.config, *image.layers):
             await _bring_blob(
-                source, src_repo, target, dst_repo, blob.digest, backoff=backoff, stats=stats
+                source, src_repo, target, dst_repo, blob, backoff=backoff, stats=stats
             )
     await target.put_manifest(dst_repo, manifest.digest, manifest.media_type, manifest.data)
     stats.manifests.append(manifest.digest)
