@@ -102,6 +102,13 @@ async def _bring_blob(
     stats.copied.append(digest)
 
 
+async def _has_manifest(target: Store, repository: str, digest: str) -> bool:
+    try:
+        return await target.head_manifest(repository, digest) is not None
+    except oci.NotFoundError:  # a layout directory not created yet
+        return False
+
+
 async def copy_manifest(
     source: Store,
     src_repo: str,
@@ -117,7 +124,7 @@ async def copy_manifest(
     stats = stats if stats is not None else CopyStats()
     if source is target and src_repo == dst_repo:
         return stats
-    if await target.head_manifest(dst_repo, manifest.digest) is not None:
+    if await _has_manifest(target, dst_repo, manifest.digest):
         return stats
     what = f"{source.host}/{src_repo}@{manifest.digest}"
     if manifest.is_index:

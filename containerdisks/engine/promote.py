@@ -11,6 +11,8 @@ Decisions:
   `Tags[0]` resolved once in the source, and every other staging tag must agree with it.
 - A staging tag that is gone or names another digest fails the entry: promote never copies
   bytes verify did not pass. The check is repeated after the copy, just before the tags.
+- An `oci:` target takes OCI media types only (as push writes it; skopeo reads nothing else
+  from a layout): a Docker-typed image fails the entry, since converting would change the digest.
 - Every failure is one line naming the entry and what failed (a PromoteError).
 """
 
@@ -30,6 +32,8 @@ from containerdisks.engine.stores import Place
 __all__ = ["Candidate", "Outcome", "PromoteError", "Promoter"]
 
 log = structlog.get_logger(__name__)
+
+_OCI_TYPES = frozenset({oci.OCI_INDEX, oci.OCI_MANIFEST})
 
 
 class PromoteError(Exception):
@@ -82,6 +86,12 @@ class Promoter:
         started = time.monotonic()
         src_repo, dst_repo = self.source.repo(c.name), self.target.repo(c.name)
         manifest = await self.source.store.get_manifest(src_repo, outcome.digest)
+        if self.target.is_layout and manifest.media_type not in _OCI_TYPES:
+            raise PromoteError(
+                f"{c.key}: {self.target.spec} holds OCI media types only, and "
+                f"{outcome.digest} is {manifest.media_type} (promote copies by digest, "
+                "it never converts)"
+            )
         outcome.stats = await copy_manifest(
             self.source.store,
             src_repo,

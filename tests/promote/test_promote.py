@@ -26,10 +26,13 @@ def digest_of(reg: Registry, repo: str, ref: str) -> str:
     return "sha256:" + hashlib.sha256(reg.inspect_raw(repo, ref)).hexdigest()
 
 
-def stage(tmp: Path, host: str, repo: str, seed: str, tags: list[str]) -> None:
-    """Push a two-arch image made from `seed` to `host/repo` under every tag."""
+def stage(
+    tmp: Path, host: str, repo: str, seed: str, tags: list[str], *, docker: bool = True
+) -> None:
+    """Push a two-arch image made from `seed` to `host/repo` under every tag (Docker media
+    types, as medius publishes, unless `docker` is false)."""
     layout = seeded_layout(tmp / f"layout-{seed}", seed)
-    skopeo_push(layout, "t", f"{host}/{repo}", extra_tags=tuple(tags))
+    skopeo_push(layout, "t", f"{host}/{repo}", docker_types=docker, extra_tags=tuple(tags))
 
 
 def verified(tags: list[str], digest: str | None, name: str = "fedora") -> dict[str, object]:
@@ -271,4 +274,44 @@ def test_a_missing_results_file_is_a_usage_error(tmp_path: Path, registry: Regis
     assert done.stderr.strip() == (
         f"containerdisks: results file {tmp_path / 'results.json'} does not exist "
         "(run `images push` first)"
+    )
+
+
+def test_promote_into_an_oci_directory(tmp_path: Path, registry: Registry) -> None:
+    tags = [STAMP, "42"]
+    stage(tmp_path, registry.host, "staging/fedora", "f42", tags, docker=False)
+    stage(tmp_path, registry.host, "staging/centos-stream", "c9", ["9"])  # Docker types
+    digest = digest_of(registry, "staging/fedora", "42")
+    centos = digest_of(registry, "staging/centos-stream", "9")
+    write_results(
+        tmp_path,
+        {
+            "fedora:42": verified(tags, digest),
+            "centos-stream:9": verified(["9"], centos, "centos-stream"),
+        },
+    )
+    out = tmp_path / "out"
+
+    done = promote(tmp_path, f"{registry.host}/staging", f"oci:{out}", "--dry-run=false")
+
+    assert done.returncode == 1, done.stderr
+    assert read_results(tmp_path)["centos-stream:9"]["Err"] == (
+        f"centos-stream:9: oci:{out} holds OCI media types only, and {centos} is "
+        "application/vnd.docker.distribution.manifest.list.v2+json "
+        "(promote copies by digest, it never converts)"
+    )
+    assert not (out / "centos-stream").exists()
+    for tag in tags:
+        raw = subprocess.run(
+            ["skopeo", "inspect", "--raw", f"oci:{out}/fedora:{tag}"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", "--all", f"oci:{out}/fedora:42", f"dir:{tmp_path / 'back'}"],
+        capture_output=True,
+        check=True,
+        timeout=60,
     )
