@@ -23,12 +23,10 @@ from typing import Any, TextIO
 
 import structlog
 
-from containerdisks import oci
 from containerdisks.catalog import Focus, load_catalog
 from containerdisks.engine.promote import (
     Candidate,
     Outcome,
-    PromoteError,
     Promoter,
     describe_error,
 )
@@ -54,7 +52,7 @@ async def _one(promoter: Promoter, c: Candidate, target: Place, *, dry_run: bool
         outcome = await promoter.resolve(c)
         if not dry_run:
             outcome = await promoter.promote(c, outcome)
-    except (PromoteError, oci.OCIError, OSError) as e:
+    except Exception as e:  # one entry's failure never stops the others
         message = describe_error(c, target, e)
         log.error("promote_failed", entry=c.key, error=message)
         return Outcome(c.key, c.result.digest, c.result.bare_tags(), message)

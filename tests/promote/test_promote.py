@@ -166,14 +166,21 @@ def test_dry_run_copies_nothing_and_writes_no_results(tmp_path: Path) -> None:
     ):
         stage(tmp_path, src.host, "staging/fedora", "f42", [STAMP, "42"])
         digest = digest_of(src, "staging/fedora", "42")
-        write_results(tmp_path, {"fedora:42": verified([STAMP, "42"], digest)})
+        write_results(
+            tmp_path,
+            {
+                "fedora:42": verified([STAMP, "42"], digest),
+                "centos-stream:9": verified(["9"], "sha256:" + "0" * 64, "centos-stream"),
+            },
+        )
         before = (tmp_path / "results.json").read_bytes()
 
-        done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod")
+        done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--focus", "fedora:42")
 
         assert done.returncode == 0, done.stderr
         assert "would copy" in done.stdout
         assert digest in done.stdout
+        assert "centos-stream" not in done.stdout  # not focused: not even looked up
         assert (tmp_path / "results.json").read_bytes() == before
         assert "/v2/prod/" not in dst.log_text()
 
