@@ -47,6 +47,7 @@ async def copy_blob(
 ) -> None:
     """Stream one blob from `source` into `target`, through a small bounded queue (memory stays
     flat whatever the blob's size)."""
+    digest = blob.digest
     queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=8)
 
     async def produce() -> None:
@@ -63,7 +64,6 @@ async def copy_blob(
                 raise item
             yield item
 
-    digest = blob.digest
     producer = asyncio.create_task(produce())
     try:
         async with target.blob_upload(dst_repo) as upload:
