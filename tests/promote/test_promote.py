@@ -284,7 +284,7 @@ def test_a_missing_results_file_is_a_usage_error(tmp_path: Path, registry: Regis
     )
 
 
-def test_promote_into_an_oci_directory(tmp_path: Path, registry: Registry) -> None:
+def test_promote_into_and_out_of_an_oci_directory(tmp_path: Path, registry: Registry) -> None:
     tags = [STAMP, "42"]
     stage(tmp_path, registry.host, "staging/fedora", "f42", tags, docker=False)
     stage(tmp_path, registry.host, "staging/centos-stream", "c9", ["9"])  # Docker types
@@ -322,3 +322,10 @@ def test_promote_into_an_oci_directory(tmp_path: Path, registry: Registry) -> No
         check=True,
         timeout=60,
     )
+
+    # and back out of the directory into a registry: an oci: source works the same way
+    write_results(tmp_path, {"fedora:42": verified(tags, digest)})
+    again = promote(tmp_path, f"oci:{out}", f"{registry.host}/prod", "--dry-run=false")
+    assert again.returncode == 0, again.stderr
+    for tag in tags:
+        assert digest_of(registry, "prod/fedora", tag) == digest
