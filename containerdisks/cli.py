@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import signal
 import sys
@@ -201,6 +202,29 @@ def _verify_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default=s, help="directory for pulled disks and serial logs")
 
 
+def _promote_flags(p: argparse.ArgumentParser) -> None:
+    """medius's `images promote` flags, and `--no-fail` / `--workers` as verify has them."""
+    s = argparse.SUPPRESS
+    p.add_argument(
+        "--source-registry",
+        required=True,
+        default=s,
+        metavar="HOST/NAMESPACE",
+        help="registry holding the verified images (required)",
+    )
+    p.add_argument(
+        "--target-registry",
+        default=s,
+        metavar="HOST/NAMESPACE",
+        help="registry to promote to (default quay.io/containerdisks)",
+    )
+    p.add_argument("--results-file", default=s, help="results file (default results.json)")
+    p.add_argument("--workers", type=int, default=s, help="entries promoted in parallel")
+    p.add_argument(
+        "--no-fail", type=_bool, default=s, metavar="BOOL", help="exit 0 even if an entry failed"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     root = _Parser(
         prog="containerdisks",
@@ -243,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _verify_flags(verify)
     verify.set_defaults(handler="images_verify")
+
+    promote = image_cmds.add_parser(
+        "promote",
+        parents=[_global_flags("sub")],
+        allow_abbrev=False,
+        help="copy every verified containerdisk, by its verified digest, to the target registry",
+    )
+    _promote_flags(promote)
+    promote.set_defaults(handler="images_promote")
 
     serve = commands.add_parser(
         "serve",
@@ -325,21 +358,23 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str], str
     return handler, args, mirrors, config
 
 
-def _handlers() -> dict[str, Command]:
-    from containerdisks.catalog_cmd import catalog_command  # noqa: PLC0415 - keeps --help fast
-    from containerdisks.daemon import images_push, serve  # noqa: PLC0415
-    from containerdisks.docs.publish import docs_publish  # noqa: PLC0415
-    from containerdisks.prune_cmd import images_prune  # noqa: PLC0415
-    from containerdisks.verify.command import images_verify  # noqa: PLC0415
+#: handler -> (module, function); only the one a run needs is imported (keeps start-up short:
+#: `images promote` need not load asyncssh, `--help` loads none).
+_HANDLERS: dict[str, tuple[str, str]] = {
+    "images_push": ("containerdisks.daemon", "images_push"),
+    "images_verify": ("containerdisks.verify.command", "images_verify"),
+    "images_prune": ("containerdisks.prune_cmd", "images_prune"),
+    "images_promote": ("containerdisks.promote_cmd", "images_promote"),
+    "catalog": ("containerdisks.catalog_cmd", "catalog_command"),
+    "serve": ("containerdisks.daemon", "serve"),
+    "docs_publish": ("containerdisks.docs.publish", "docs_publish"),
+}
 
-    return {
-        "images_push": images_push,
-        "images_verify": images_verify,
-        "images_prune": images_prune,
-        "catalog": catalog_command,
-        "serve": serve,
-        "docs_publish": docs_publish,
-    }
+
+def _handler(name: str) -> Command:
+    module, function = _HANDLERS[name]
+    command: Command = getattr(importlib.import_module(module), function)
+    return command
 
 
 def _run(command: Command, settings: Settings, config: dict[str, Any], config_name: str) -> int:
@@ -379,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_name = f"config file {config_path}"
         settings = load_settings(flags, config, file_name=config_name, extra_mirrors=mirrors)
         log.configure(settings.log_level, settings.log_format)
-        return _run(_handlers()[handler], settings, config, config_name)
+        return _run(_handler(handler), settings, config, config_name)
     except (UsageError, ConfigError) as e:
         print(f"containerdisks: {e}", file=sys.stderr)  # noqa: T201 - the one-line error
         return EXIT_USAGE

@@ -6,13 +6,14 @@ Parsing is tested in-process; exit statuses and "no traceback" through real subp
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from containerdisks.cli import UsageError, parse
+from containerdisks.cli import UsageError, _handler, parse
 from tests.support.cli import clean_env
 
 
@@ -184,3 +185,30 @@ def test_help_exits_0() -> None:
     assert 0 == result.returncode
     assert "--dry-run" in result.stdout
     assert "--source-registry" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["images", "push"],
+        ["images", "verify"],
+        ["images", "prune"],
+        ["images", "promote", "--source-registry", "localhost:5000/staging"],
+        ["serve"],
+        ["catalog"],
+        ["docs", "publish"],
+    ],
+)
+def test_every_command_imports_its_handler_alone(argv: list[str]) -> None:
+    """Handlers are imported on use (start-up time); each must name a real coroutine."""
+    handler, _, _, _ = parse(argv)
+    assert inspect.iscoroutinefunction(_handler(handler))
+
+
+def test_promote_needs_its_source_registry() -> None:
+    with pytest.raises(UsageError, match="--source-registry"):
+        parse(["images", "promote"])
+    assert parse(["images", "promote", "--source-registry", "r/x", "--no-fail"])[1] == {
+        "source_registry": "r/x",
+        "no_fail": True,
+    }

@@ -51,7 +51,12 @@ class BlobUpload(Protocol):
     @property
     def size(self) -> int: ...
 
-    async def write(self, chunks: AsyncIterator[bytes]) -> None: ...
+    async def write(
+        self, chunks: AsyncIterator[bytes], *, size: int | None = None, digest: str | None = None
+    ) -> None:
+        """`size`: sent as Content-Length; `digest`: the bytes are checked against it by their
+        producer, so the upload need not hash them again (the registry does)."""
+        ...
 
     async def commit(self, digest: str) -> object: ...
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import time
 import uuid
@@ -34,10 +33,10 @@ import structlog
 from containerdisks import oci
 from containerdisks.api import GOARCH, Artifact
 from containerdisks.catalog import Entry
+from containerdisks.engine.copy import copy_manifest
 from containerdisks.engine.plan import ArchPlan, EntryPlan
 from containerdisks.engine.retry import Backoff, retrying
 from containerdisks.engine.stores import Place
-from containerdisks.oci.media import parse_image_manifest
 from containerdisks.pipeline.image import (
     MEDIA_TYPES,
     LayerCompression,
@@ -148,59 +147,16 @@ class Publisher:
         manifest = await self.source.store.get_manifest(src_repo, row.published_digest)
         platform = oci.Platform("linux", GOARCH[row.arch])
         descriptor = manifest.descriptor(platform)
-        dst_repo = self.target.repo(entry.name)
-        if self.source.store is self.target.store and src_repo == dst_repo:
-            return _Built(descriptor, manifest.data)
-        if await self.target.store.head_manifest(dst_repo, manifest.digest) is None:
-            image = parse_image_manifest(manifest, self.source.where(entry.name))
-            for blob in (image.config, *image.layers):
-                if await self.target.store.has_blob(dst_repo, blob.digest):
-                    continue
-                same_store = self.source.store is self.target.store
-                if not (
-                    same_store
-                    and await self.target.store.mount_blob(dst_repo, blob.digest, src_repo)
-                ):
-                    await retrying(
-                        f"copy of {blob.digest} for {entry.key} {row.arch}",
-                        functools.partial(self._copy_blob, src_repo, dst_repo, blob.digest),
-                        self.backoff,
-                    )
-            await self.target.store.put_manifest(
-                dst_repo, manifest.digest, manifest.media_type, manifest.data
-            )
+        await copy_manifest(
+            self.source.store,
+            src_repo,
+            self.target.store,
+            self.target.repo(entry.name),
+            manifest,
+            backoff=self.backoff,
+        )
         log.info("reused", entry=entry.key, arch=row.arch, digest=manifest.digest)
         return _Built(descriptor, manifest.data)
-
-    async def _copy_blob(self, src_repo: str, dst_repo: str, digest: str) -> None:
-        """Stream one blob from the source store into the target, through a small bounded
-        queue (memory stays flat whatever the blob's size)."""
-        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=8)
-
-        async def produce() -> None:
-            try:
-                await self.source.store.read_blob(src_repo, digest, queue.put)
-            except BaseException as e:  # handed to the consumer, which re-raises it
-                await queue.put(e)
-            else:
-                await queue.put(None)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-
-        producer = asyncio.create_task(produce())
-        try:
-            async with self.target.store.blob_upload(dst_repo) as upload:
-                await upload.write(chunks())
-                await upload.commit(digest)
-        finally:
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
-        log.info("blob_copied", digest=digest, repository=dst_repo, host=self.target.store.host)
 
     # -- build ----------------------------------------------------------------------------------
 

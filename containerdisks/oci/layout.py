@@ -383,7 +383,12 @@ class LayoutUpload:
         self._tmp = Path(name)
         return self
 
-    async def write(self, chunks: AsyncIterator[bytes]) -> None:
+    async def write(
+        self, chunks: AsyncIterator[bytes], *, size: int | None = None, digest: str | None = None
+    ) -> None:
+        """Write every chunk. `size` and `digest` are accepted for the registry upload's
+        surface; a file has no other check, so the bytes are always hashed here."""
+        del size, digest
         if self._file is None:
             raise RuntimeError("use 'async with'")
         f = self._file

@@ -163,6 +163,7 @@ class BlobUpload:
         self._on_stream_refused = on_stream_refused
         self._location: yarl.URL | None = None
         self._hash = hashlib.sha256()
+        self._checked_digest: str | None = None  # the caller checks the bytes (write(digest=))
         self._read = 0  # bytes taken from the caller's iterators and hashed
         self._acked = 0  # bytes the registry has confirmed (chunked mode)
         self._buffer = bytearray()
@@ -187,7 +188,10 @@ class BlobUpload:
 
     @property
     def digest(self) -> str:
-        """``sha256:`` of the bytes written so far; final once the last :meth:`write` returned."""
+        """``sha256:`` of the bytes written so far; final once the last :meth:`write` returned.
+        After ``write(digest=...)``, that digest (the caller checked the bytes)."""
+        if self._checked_digest is not None:
+            return self._checked_digest
         return f"sha256:{self._hash.hexdigest()}"
 
     @property
@@ -267,7 +271,9 @@ class BlobUpload:
                     pending = None
                 if size is not None and self._read - start + len(chunk) > size:
                     raise ValueError(f"{self._subject}: more than the {size} bytes announced")
-                if len(chunk) >= THREAD_HASH_MIN:
+                if self._checked_digest is not None:
+                    pass  # the caller checks these bytes; the registry checks them again
+                elif len(chunk) >= THREAD_HASH_MIN:
                     # hash in a thread while this chunk is being sent; awaited before the next
                     pending = asyncio.ensure_future(asyncio.to_thread(self._hash.update, chunk))
                 else:
@@ -290,14 +296,26 @@ class BlobUpload:
             if pending is not None:
                 pending.cancel()
 
-    async def write(self, chunks: AsyncIterable[bytes], *, size: int | None = None) -> None:
+    async def write(
+        self, chunks: AsyncIterable[bytes], *, size: int | None = None, digest: str | None = None
+    ) -> None:
         """Send every chunk of ``chunks``, hashing them on the way.
 
         ``size``, when known, is sent as ``Content-Length`` of a streamed PATCH (some
         registries refuse chunked transfer encoding) and checked against what came. An
         exception raised by ``chunks`` propagates unchanged and leaves the upload unusable.
+
+        ``digest``: the whole blob in this one write, already being checked against ``digest``
+        by whoever produces ``chunks`` (a copy of a blob read by digest, which raises before
+        its last chunk on a mismatch); the session does not hash it a second time, and
+        :meth:`commit` accepts only that digest, which the registry verifies again.
         """
         location = self._check_open()
+        if digest is not None:
+            if self._read:
+                raise RuntimeError(f"{self._subject}: write(digest=) must be the only write")
+            parse_digest(digest)
+            self._checked_digest = digest
         self._writing = True
         try:
             if self._chunk_size is None:

@@ -395,3 +395,31 @@ async def test_read_blob_streams_a_big_blob_and_catches_rot_past_the_first_hash_
         with pytest.raises(DigestMismatchError):
             await client.read_blob("read/big", digest, sink)
         assert sum(map(len, got)) == len(data)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 128 * 1024])
+async def test_a_write_with_a_checked_digest_is_verified_by_the_registry(
+    session_registry: Registry, chunk_size: int | None
+) -> None:
+    """`write(digest=)` skips our hash (the producer checks the bytes, as a copy does); the
+    registry still refuses bytes that are not that digest, and takes those that are."""
+    data = os.urandom(300_000)
+    other = os.urandom(300_000)
+    repository = f"write/checked-{chunk_size or 0}"
+    async with RegistryClient(session_registry.host, chunk_size=chunk_size) as client:
+        async with client.blob_upload(repository) as upload:
+            await upload.write(from_bytes(data), size=len(data), digest=sha256(data))
+            assert upload.digest == sha256(data)
+            with pytest.raises(DigestMismatchError):
+                await upload.commit(sha256(other))  # only the digest the write was given
+            assert not upload.committed
+        async with client.blob_upload(repository) as upload:
+            await upload.write(from_bytes(other), size=len(other), digest=sha256(data))
+            with pytest.raises(RegistryError) as refused:
+                await upload.commit(sha256(data))
+        assert refused.value.code == "DIGEST_INVALID"
+        assert not await client.has_blob(repository, sha256(data))
+        async with client.blob_upload(repository) as upload:
+            await upload.write(from_bytes(data), size=len(data), digest=sha256(data))
+            await upload.commit(sha256(data))
+        assert await client.has_blob(repository, sha256(data))

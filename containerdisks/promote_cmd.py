@@ -1,0 +1,123 @@
+"""`containerdisks images promote`: copy every verified entry of the results file to the target.
+
+One job: wiring. The per-entry work is engine/promote.py (check the staging tags, copy by the
+verified digest, tags last); this reads the results file, picks the entries, prints one row per
+entry and writes stage `promote` back. Decisions:
+- Entries at stage `verify` without `Err` are promoted (as medius), and so are entries whose
+  promote failed (stage `promote` with `Err`: a rerun completes them, still by the digest
+  verify recorded); every other record is kept as it was. `--focus` selects by the results
+  file's `name:version` key.
+- `--source-registry` is required (medius); `--target-registry` defaults to
+  quay.io/containerdisks. Either may be `oci:/dir`.
+- Dry run (the default) resolves and checks the staging tags in the source, prints what would be
+  copied, and copies, tags and writes nothing (no results file either).
+- Exit 1 when an entry failed, 0 with `--no-fail` (as verify).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from containerdisks.catalog import Focus, load_catalog
+from containerdisks.engine.promote import (
+    Candidate,
+    Outcome,
+    Promoter,
+    describe_error,
+)
+from containerdisks.engine.results import Result, ResultsError, read_results, write_results
+from containerdisks.engine.retry import Backoff
+from containerdisks.engine.stores import Place, open_places
+from containerdisks.settings import ConfigError, Settings
+
+__all__ = ["DEFAULT_TARGET", "images_promote"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TARGET = "quay.io/containerdisks"
+
+
+def _eligible(result: Result) -> bool:
+    verified = result.stage == "verify" and not result.error
+    return verified or (result.stage == "promote" and bool(result.error))
+
+
+async def _one(promoter: Promoter, c: Candidate, target: Place, *, dry_run: bool) -> Outcome:
+    try:
+        outcome = await promoter.resolve(c)
+        if not dry_run:
+            outcome = await promoter.promote(c, outcome)
+    except Exception as e:  # one entry's failure never stops the others
+        message = describe_error(c, target, e)
+        log.error("promote_failed", entry=c.key, error=message)
+        return Outcome(c.key, c.result.digest, c.result.bare_tags(), message)
+    return outcome
+
+
+async def images_promote(
+    settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
+    try:
+        results = read_results(settings.results_file)
+    except ResultsError as e:
+        raise ConfigError(str(e)) from None
+    focus = Focus(settings.focus)
+    if focus.name is not None:
+        load_catalog(config, config_name=config_name).select(focus)  # names no entry: usage
+    candidates = []
+    for key, result in results.items():
+        name, _, version = key.partition(":")
+        if _eligible(result) and focus.selects_key(name, version):
+            candidates.append(Candidate(key, name, result))
+    places = settings.model_copy(
+        update={"target_registry": settings.target_registry or DEFAULT_TARGET}
+    )
+    backoff = Backoff(attempts=settings.retries)
+    async with open_places(places, backoff) as (source, target):
+        promoter = Promoter(source, target, backoff)
+        limit = asyncio.Semaphore(settings.workers)
+
+        async def bounded(c: Candidate) -> Outcome:
+            async with limit:
+                return await _one(promoter, c, target, dry_run=settings.dry_run)
+
+        outcomes = await asyncio.gather(*(bounded(c) for c in candidates))
+        where = {c.key: target.where(c.name) for c in candidates}
+    render(outcomes, where, out, dry_run=settings.dry_run)
+    if not settings.dry_run:
+        updated = dict(results)
+        for o in outcomes:
+            updated[o.key] = o.record(results[o.key])
+        write_results(Path(settings.results_file), updated)
+    if any(o.error for o in outcomes) and not settings.no_fail:
+        return 1
+    return 0
+
+
+def render(outcomes: list[Outcome], where: dict[str, str], out: TextIO, *, dry_run: bool) -> None:
+    """ENTRY, DIGEST, TARGET, RESULT: `would copy (tags ...)`, `promoted (...)`, or
+    `failed: <why>`."""
+    rows = [("ENTRY", "DIGEST", "TARGET", "RESULT")]
+    for o in outcomes:
+        tags = ", ".join(o.tags)
+        if o.error:
+            text = f"failed: {o.error.removeprefix(f'{o.key}: ')}"
+        elif dry_run:
+            text = f"would copy, then tag {tags}"
+        else:
+            s = o.stats
+            text = (
+                f"promoted in {o.seconds:.1f} s ({len(s.mounted)} mounted, {len(s.copied)} "
+                f"copied, {len(s.present)} present), tagged {tags}"
+            )
+        rows.append((o.key, o.digest or "-", where.get(o.key, "-"), text))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        line = "  ".join(r[i].ljust(widths[i]) for i in range(3)) + f"  {r[3]}"
+        out.write(line.rstrip() + "\n")

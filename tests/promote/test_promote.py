@@ -1,0 +1,331 @@
+"""`images promote` as a real process between real registries, read back by skopeo.
+
+The staged images are put into the source registry by skopeo from hand-made layouts
+(tests/support/images.py), independent of our image code; the results file is what verify
+writes: stage `verify`, the tags in medius's order, and the digest verify booted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.cli import clean_env
+from tests.support.fault_proxy import FaultProxy, Rule
+from tests.support.images import seeded_layout, skopeo_push
+from tests.support.registry import Registry, start_registry
+
+STAMP = "42-2512061200"
+
+
+def digest_of(reg: Registry, repo: str, ref: str) -> str:
+    return "sha256:" + hashlib.sha256(reg.inspect_raw(repo, ref)).hexdigest()
+
+
+def stage(
+    tmp: Path, host: str, repo: str, seed: str, tags: list[str], *, docker: bool = True
+) -> None:
+    """Push a two-arch image made from `seed` to `host/repo` under every tag (Docker media
+    types, as medius publishes, unless `docker` is false)."""
+    layout = seeded_layout(tmp / f"layout-{seed}", seed)
+    skopeo_push(layout, "t", f"{host}/{repo}", docker_types=docker, extra_tags=tuple(tags))
+
+
+def verified(tags: list[str], digest: str | None, name: str = "fedora") -> dict[str, object]:
+    record: dict[str, object] = {"Tags": [f"{name}:{t}" for t in tags], "Stage": "verify"}
+    if digest is not None:
+        record["Digest"] = digest
+    return record
+
+
+def promote(
+    tmp: Path, source: str, target: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "containerdisks",
+            "images",
+            "promote",
+            "--source-registry",
+            source,
+            "--target-registry",
+            target,
+            "--results-file",
+            str(tmp / "results.json"),
+            "--log-format",
+            "json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or clean_env(),
+        cwd=tmp,
+    )
+
+
+def write_results(tmp: Path, data: dict[str, object]) -> None:
+    (tmp / "results.json").write_text(json.dumps(data))
+
+
+def read_results(tmp: Path) -> dict[str, dict[str, object]]:
+    return json.loads((tmp / "results.json").read_text())  # type: ignore[no-any-return]
+
+
+def blob_uploads(reg: Registry, repo: str) -> list[str]:
+    """Registry log lines of blob upload requests (PATCH / PUT of an upload) into `repo`."""
+    pattern = re.compile(rf"(PATCH|PUT) /v2/{re.escape(repo)}/blobs/uploads/")
+    return [line for line in reg.log_text().splitlines() if pattern.search(line)]
+
+
+def manifest_puts(reg: Registry, repo: str) -> list[str]:
+    """The references of manifest PUTs into `repo`, in the order the registry logged them."""
+    pattern = re.compile(rf'"PUT /v2/{re.escape(repo)}/manifests/([^ ?"]+)')
+    return [m.group(1) for m in pattern.finditer(reg.log_text())]
+
+
+def test_promote_between_two_registries_by_the_verified_digest(tmp_path: Path) -> None:
+    with (
+        start_registry(tmp_path / "staging") as src,
+        start_registry(tmp_path / "prod") as dst,
+    ):
+        tags = [STAMP, "42-1.1", "42", "latest"]
+        stage(tmp_path, src.host, "staging/fedora", "f42", tags)
+        stage(tmp_path, src.host, "staging/centos-stream", "c9", ["9-2512061200", "9"])
+        digest = digest_of(src, "staging/fedora", "42")
+        centos = digest_of(src, "staging/centos-stream", "9")
+        write_results(
+            tmp_path,
+            {
+                "fedora:42": verified(tags, digest),
+                # as medius writes it: no Digest, Tags[0] is resolved in the source
+                "centos-stream:9": verified(["9-2512061200", "9"], None, "centos-stream"),
+                "ubuntu:24.04": {"Stage": "push", "Err": "upstream down"},
+            },
+        )
+
+        done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--dry-run=false")
+
+        assert done.returncode == 0, done.stderr
+        for tag in tags:
+            assert digest_of(dst, "prod/fedora", tag) == digest
+        assert sorted(dst.list_tags("prod/fedora")) == sorted(tags)
+        assert digest_of(dst, "prod/centos-stream", "9") == centos
+        # every child manifest and blob is there: skopeo reads it all back (a Docker list
+        # cannot go into an OCI layout unconverted, hence no --preserve-digests)
+        dst.pull("prod/fedora", digest, f"oci:{tmp_path / 'back'}:x", preserve_digests=False)
+        results = read_results(tmp_path)
+        assert results["fedora:42"] == {
+            "Tags": [f"fedora:{t}" for t in tags],
+            "Stage": "promote",
+            "Digest": digest,
+        }
+        assert results["centos-stream:9"]["Stage"] == "promote"
+        assert results["centos-stream:9"]["Digest"] == centos
+        assert results["ubuntu:24.04"] == {"Stage": "push", "Err": "upstream down"}
+        # blobs were streamed into the other registry, never mounted
+        assert blob_uploads(dst, "prod/fedora")
+        assert "mount=" not in dst.log_text()
+        # manifests by digest first (children before the index), then the tags in order
+        refs = manifest_puts(dst, "prod/fedora")
+        assert refs[-len(tags) :] == tags
+        assert refs[: -len(tags)][-1] == digest
+        assert all(r.startswith("sha256:") for r in refs[: -len(tags)])
+        assert "promoted" in done.stdout
+
+
+def test_promote_within_one_registry_mounts_every_blob(tmp_path: Path, registry: Registry) -> None:
+    tags = [STAMP, "42"]
+    stage(tmp_path, registry.host, "staging/fedora", "f42", tags)
+    digest = digest_of(registry, "staging/fedora", "42")
+    write_results(tmp_path, {"fedora:42": verified(tags, digest)})
+    before = len(registry.log_text())
+
+    done = promote(tmp_path, f"{registry.host}/staging", f"{registry.host}/prod", "--dry-run=false")
+
+    assert done.returncode == 0, done.stderr
+    for tag in tags:
+        assert digest_of(registry, "prod/fedora", tag) == digest
+    log = registry.log_text()[before:]
+    mounts = re.findall(r'"POST /v2/prod/fedora/blobs/uploads/\?[^"]*mount=', log)
+    assert len(mounts) == 4  # two arches: a config and a layer each
+    assert blob_uploads(registry, "prod/fedora") == []
+    assert "4 mounted, 0 copied" in done.stdout
+
+
+def test_dry_run_copies_nothing_and_writes_no_results(tmp_path: Path) -> None:
+    with (
+        start_registry(tmp_path / "staging") as src,
+        start_registry(tmp_path / "prod") as dst,
+    ):
+        stage(tmp_path, src.host, "staging/fedora", "f42", [STAMP, "42"])
+        digest = digest_of(src, "staging/fedora", "42")
+        write_results(
+            tmp_path,
+            {
+                "fedora:42": verified([STAMP, "42"], digest),
+                "centos-stream:9": verified(["9"], "sha256:" + "0" * 64, "centos-stream"),
+            },
+        )
+        before = (tmp_path / "results.json").read_bytes()
+
+        done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--focus", "fedora:42")
+
+        assert done.returncode == 0, done.stderr
+        assert "would copy" in done.stdout
+        assert digest in done.stdout
+        assert "centos-stream" not in done.stdout  # not focused: not even looked up
+        assert (tmp_path / "results.json").read_bytes() == before
+        assert "/v2/prod/" not in dst.log_text()
+
+
+def test_a_moved_staging_tag_fails_that_entry_only(tmp_path: Path) -> None:
+    with (
+        start_registry(tmp_path / "staging") as src,
+        start_registry(tmp_path / "prod") as dst,
+    ):
+        stage(tmp_path, src.host, "staging/fedora", "f42", [STAMP, "42"])
+        stage(tmp_path, src.host, "staging/centos-stream", "c9", ["9-2512061200", "9"])
+        verified_digest = digest_of(src, "staging/fedora", "42")
+        centos = digest_of(src, "staging/centos-stream", "9")
+        write_results(
+            tmp_path,
+            {
+                "fedora:42": verified([STAMP, "42"], verified_digest),
+                "centos-stream:9": verified(["9-2512061200", "9"], centos, "centos-stream"),
+            },
+        )
+        stage(tmp_path, src.host, "staging/fedora", "f42-rebuilt", ["42"])  # after verify
+        moved = digest_of(src, "staging/fedora", "42")
+        assert moved != verified_digest
+
+        done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--dry-run=false")
+
+        assert done.returncode == 1
+        results = read_results(tmp_path)
+        err = str(results["fedora:42"]["Err"])
+        assert err == (
+            f"fedora:42: staging tag {src.host}/staging/fedora:42 moved since verify: "
+            f"now {moved}, verified {verified_digest}"
+        )
+        assert results["fedora:42"]["Stage"] == "promote"
+        assert "/v2/prod/fedora/" not in dst.log_text()
+        assert digest_of(dst, "prod/centos-stream", "9") == centos
+        assert "Err" not in results["centos-stream:9"]
+
+        again = promote(
+            tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--dry-run=false", "--no-fail"
+        )
+        assert again.returncode == 0, again.stderr
+        assert "moved since verify" in again.stdout
+
+
+def test_a_fault_mid_promote_moves_no_tag_and_a_rerun_completes(tmp_path: Path) -> None:
+    with (
+        start_registry(tmp_path / "staging") as src,
+        start_registry(tmp_path / "prod") as dst,
+        FaultProxy(dst.url) as proxy,
+    ):
+        tags = [STAMP, "42"]
+        stage(tmp_path, dst.host, "prod/fedora", "old", ["42"])  # what prod serves today
+        old = digest_of(dst, "prod/fedora", "42")
+        old_tags = sorted(dst.list_tags("prod/fedora"))
+        stage(tmp_path, src.host, "staging/fedora", "f42", tags)
+        digest = digest_of(src, "staging/fedora", "42")
+        write_results(tmp_path, {"fedora:42": verified(tags, digest)})
+        # every blob upload into prod is cut after its first bytes, through every retry
+        proxy.add(
+            Rule("PATCH", r"/v2/prod/fedora/blobs/uploads/", "reset", after_bytes=1, times=None)
+        )
+        proxy.add(
+            Rule("PUT", r"/v2/prod/fedora/blobs/uploads/", "reset", after_bytes=1, times=None)
+        )
+        env = clean_env(CONTAINERDISKS_RETRIES="2")
+
+        failed = promote(
+            tmp_path, f"{src.host}/staging", f"{proxy.host}/prod", "--dry-run=false", env=env
+        )
+
+        assert failed.returncode == 1, failed.stderr
+        err = str(read_results(tmp_path)["fedora:42"]["Err"])
+        assert err.startswith(f"fedora:42: promote to {proxy.host}/prod/fedora: "), err
+        assert "\n" not in err
+        assert digest_of(dst, "prod/fedora", "42") == old
+        assert sorted(dst.list_tags("prod/fedora")) == old_tags  # no timestamp tag either
+        assert not [e for e in proxy.log if "/manifests/" in e.path and e.method == "PUT"]
+
+        proxy.clear_rules()
+        done = promote(
+            tmp_path, f"{src.host}/staging", f"{proxy.host}/prod", "--dry-run=false", env=env
+        )
+
+        assert done.returncode == 0, done.stderr
+        for tag in tags:
+            assert digest_of(dst, "prod/fedora", tag) == digest
+        assert read_results(tmp_path)["fedora:42"] == {
+            "Tags": [f"fedora:{t}" for t in tags],
+            "Stage": "promote",
+            "Digest": digest,
+        }
+
+
+def test_a_missing_results_file_is_a_usage_error(tmp_path: Path, registry: Registry) -> None:
+    done = promote(tmp_path, f"{registry.host}/staging", f"{registry.host}/prod")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"containerdisks: results file {tmp_path / 'results.json'} does not exist "
+        "(run `images push` first)"
+    )
+
+
+def test_promote_into_and_out_of_an_oci_directory(tmp_path: Path, registry: Registry) -> None:
+    tags = [STAMP, "42"]
+    stage(tmp_path, registry.host, "staging/fedora", "f42", tags, docker=False)
+    stage(tmp_path, registry.host, "staging/centos-stream", "c9", ["9"])  # Docker types
+    digest = digest_of(registry, "staging/fedora", "42")
+    centos = digest_of(registry, "staging/centos-stream", "9")
+    write_results(
+        tmp_path,
+        {
+            "fedora:42": verified(tags, digest),
+            "centos-stream:9": verified(["9"], centos, "centos-stream"),
+        },
+    )
+    out = tmp_path / "out"
+
+    done = promote(tmp_path, f"{registry.host}/staging", f"oci:{out}", "--dry-run=false")
+
+    assert done.returncode == 1, done.stderr
+    assert read_results(tmp_path)["centos-stream:9"]["Err"] == (
+        f"centos-stream:9: oci:{out} holds OCI media types only, and {centos} is "
+        "application/vnd.docker.distribution.manifest.list.v2+json "
+        "(promote copies by digest, it never converts)"
+    )
+    assert not (out / "centos-stream").exists()
+    for tag in tags:
+        raw = subprocess.run(
+            ["skopeo", "inspect", "--raw", f"oci:{out}/fedora:{tag}"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", "--all", f"oci:{out}/fedora:42", f"dir:{tmp_path / 'back'}"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+
+    # and back out of the directory into a registry: an oci: source works the same way
+    write_results(tmp_path, {"fedora:42": verified(tags, digest)})
+    again = promote(tmp_path, f"oci:{out}", f"{registry.host}/prod", "--dry-run=false")
+    assert again.returncode == 0, again.stderr
+    for tag in tags:
+        assert digest_of(registry, "prod/fedora", tag) == digest
