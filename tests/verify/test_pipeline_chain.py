@@ -1,0 +1,75 @@
+"""medius's pipeline through one results file, every step a real process: `images push` of
+real images from a loopback upstream into a real staging registry, `images verify --local`
+boots them under qemu, `images promote` copies what booted into a second real registry, and
+skopeo reads the promoted tags back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import clean_env
+from tests.support.registry import start_registry
+from tests.verify.conftest import Published
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def test_push_verify_promote_promotes_only_what_booted(
+    tmp_path: Path, published: Published
+) -> None:
+    published.push("tiny:1")
+    pushed = published.push("tiny-ignores:1")
+    verified = published.verify("--dry-run=false")
+    assert 1 == verified.returncode, verified.stderr  # tiny-ignores refuses the key
+    after_verify = published.read_results()
+    assert after_verify["tiny:1"]["Stage"] == "verify"
+    assert "Err" not in after_verify["tiny:1"]
+    assert "Err" in after_verify["tiny-ignores:1"]
+
+    with start_registry(tmp_path / "release") as release:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "containerdisks",
+                "images",
+                "promote",
+                "--dry-run=false",
+                "--source-registry",
+                published.target,
+                "--target-registry",
+                f"{release.host}/containerdisks",
+                "--results-file",
+                str(published.results),
+                "--log-format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=clean_env(),
+            cwd=published.root,
+        )
+        assert 0 == done.returncode, done.stderr
+        results = published.read_results()
+        tiny = results["tiny:1"]
+        assert {"Tags": pushed["tiny:1"]["Tags"], "Stage": "promote"} == {
+            k: tiny[k] for k in ("Tags", "Stage")
+        }
+        assert tiny["Digest"] == after_verify["tiny:1"]["Digest"]
+        # Every tag push wrote, in the release registry, at the digest verify booted.
+        for tag in tiny["Tags"]:
+            ref = tag.split(":", 1)[1]
+            raw = release.inspect_raw("containerdisks/tiny", ref)
+            assert "sha256:" + hashlib.sha256(raw).hexdigest() == tiny["Digest"], tag
+        # What failed verify stays where it was and is not in the release registry.
+        assert results["tiny-ignores:1"] == after_verify["tiny-ignores:1"]
+        with urllib.request.urlopen(f"{release.url}/v2/_catalog", timeout=10) as answer:
+            assert json.load(answer)["repositories"] == ["containerdisks/tiny"]
