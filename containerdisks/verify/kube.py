@@ -216,7 +216,7 @@ class KubeBooter:
         self.retry_attempts = retry_attempts
 
     def image(self, target: Target) -> str:
-        return f"{self.registry}/{target.first_tag}"
+        return f"{self.registry}/{target.name}:{target.first_tag}"  # medius: registry/Tags[0]
 
     def describe(self, target: Target) -> str:
         return f"VM in namespace {self.namespace} from {self.image(target)}"
@@ -308,7 +308,7 @@ class KubeBooter:
             except ApiException as e:
                 if e.status in (401, 403):
                     raise _api_error(f"guestosinfo of {name}", e) from None
-                last = f"HTTP {e.status}: {str(e.body or '').strip()[:120]}"
+                last = f"HTTP {e.status}: {str(e.body or '').strip()[:300]}"
             except (aiohttp.ClientError, TimeoutError) as e:
                 last = f"{type(e).__name__}: {e}"
             else:
