@@ -289,3 +289,14 @@ def test_kubectl_reads_the_fakes_nodes_and_vms(
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)
+
+
+def test_transient_5xx_while_waiting_is_retried(published: Published, fake: FakeKube) -> None:
+    """medius aborts the wait on any GET error; here a 500/503 is retried within the timeout."""
+    published.push("tiny:1")
+    fake.scenarios["tiny"] = Scenario(ready_after=None, printable="ErrImagePull")
+    fake.fail[("get", "virtualmachines")] = [500, 503]
+    err = _failed(published, _verify(published, fake, "--dry-run=false"))
+    assert "ErrImagePull" in err
+    gets = [p for m, p in fake.requests if m == "GET" and "/virtualmachines/tiny-" in p]
+    assert len(gets) == 3
