@@ -26,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -80,17 +82,21 @@ def _api_error(what: str, e: ApiException) -> KubeError:
     )
 
 
+def _default_kubeconfig_exists() -> bool:
+    default = os.environ.get("KUBECONFIG", "") or str(Path.home() / ".kube" / "config")
+    return any(Path(p).is_file() for p in default.split(os.pathsep) if p)
+
+
 async def load_config(kubeconfig: str) -> kclient.Configuration:
     """The client config: `kubeconfig` if given, else the default kubeconfig, else in-cluster."""
     cfg = kclient.Configuration()
     try:
         if kubeconfig:
             await kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        else:
-            try:
-                await kconfig.load_kube_config(client_configuration=cfg)
-            except (ConfigException, FileNotFoundError):
-                kconfig.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        elif _default_kubeconfig_exists():
+            await kconfig.load_kube_config(client_configuration=cfg)
+        else:  # checked here: the library would log a warning before falling back
+            kconfig.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except (ConfigException, FileNotFoundError, OSError, ValueError) as e:
         where = kubeconfig or "default kubeconfig or in-cluster config"
         raise KubeError(f"kubernetes config ({where}): {e}") from None
