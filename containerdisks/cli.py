@@ -190,8 +190,15 @@ def _verify_flags(p: argparse.ArgumentParser) -> None:
         "--target-architecture",
         default=s,
         metavar="ARCH",
-        help="amd64, arm64 or s390x (default: this host's)",
+        help="amd64, arm64 or s390x (default: the first node's; --local: this host's)",
     )
+    p.add_argument(
+        "--namespace",
+        dest="verify_namespace",
+        default=s,
+        help="namespace for the verify VMs (default kubevirt)",
+    )
+    p.add_argument("--kubeconfig", default=s, help="kubeconfig file (default: in-cluster)")
     p.add_argument("--firmware", dest="verify_firmware", default=s, choices=["uefi", "bios"])
     p.add_argument("--accel", dest="verify_accel", default=s, choices=["auto", "kvm", "tcg"])
     p.add_argument("--results-file", default=s, help="results file (default results.json)")

@@ -183,6 +183,23 @@ class Settings(BaseSettings):
     verify_ssh_attempts: PositiveInt = Field(
         30, description="`images verify`: SSH login attempts once the guest answers (medius: 30)."
     )
+    kubeconfig: str = Field(
+        "",
+        description="`images verify --kubeconfig`: kubeconfig file for KubeVirt; empty means "
+        "`KUBECONFIG` or `~/.kube/config`, else the in-cluster service account.",
+    )
+    verify_namespace: str = Field(
+        "kubevirt",
+        description="`images verify --namespace`: namespace the verify VMs are created in.",
+    )
+    verify_poll_interval: PositiveFloat = Field(
+        1.0, description="`images verify`: seconds between VM readiness polls (medius: 1)."
+    )
+    verify_retry_interval: PositiveFloat = Field(
+        10.0,
+        description="`images verify`: seconds between guest-agent and SSH attempts in KubeVirt "
+        "(medius: 10).",
+    )
     # -- `docs publish` --------------------------------------------------------------------------
     docs_registry: str = Field(
         "quay.io/containerdisks",
@@ -310,6 +327,7 @@ _FLAG_NAMES = {
     "verify_timeout": "timeout",
     "verify_firmware": "firmware",
     "verify_accel": "accel",
+    "verify_namespace": "namespace",
     "docs_registry": "registry",
 }
 

@@ -2,10 +2,12 @@
 `verify` back, print one row per entry, exit as medius.
 
 One job: wiring. Selection is `target.select_targets`, the flow `flow.verify_all`, the boot
-`local.LocalBooter` (qemu here; KubeVirt is the other booter). Decisions:
+`local.LocalBooter` (qemu here) or `kube.KubeBooter` (a VM in KubeVirt). Decisions:
 - Dry run (the default, as for every command here; medius's verify ignored it) prints what would
   be booted and boots, pulls and writes nothing.
-- The image is pulled by the digest push recorded; a results file without one (medius's) has
+- In KubeVirt the VM runs `<--registry>/<Tags[0]>` as medius (the registry as the cluster sees
+  it; nothing is read from it here); the arch is the first node's unless given.
+- Locally the image is pulled by the digest push recorded; a results file without one (medius's) has
   `Tags[0]` resolved once, and the digest found is recorded for promote.
 - Entries the flow did not verify (skipped, other stages, other arches) keep their record as it
   was; the file is rewritten atomically, only when not a dry run.
@@ -19,14 +21,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
+from kubernetes_asyncio import client as kclient
 
 from containerdisks import oci
-from containerdisks.catalog import Focus, load_catalog
+from containerdisks.catalog import Catalog, Focus, load_catalog
 from containerdisks.engine.results import Result, ResultsError, read_results, write_results
 from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Place, open_places
 from containerdisks.settings import ConfigError, Settings
-from containerdisks.verify import qemu
+from containerdisks.verify import kube, qemu
 from containerdisks.verify.flow import Verdict, render, verify_all
 from containerdisks.verify.local import LocalBooter, remove_stale_work
 from containerdisks.verify.ssh import SshCheck
@@ -60,9 +63,9 @@ async def images_verify(
     settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
 ) -> int:
     out = out or sys.stdout
-    if not settings.verify_local:
+    if not settings.verify_local and not settings.verify_registry:
         raise ConfigError(
-            "images verify: verification in KubeVirt is not available yet; use --local"
+            "images verify: --registry is required (the registry as the cluster sees it)"
         )
     try:
         results = read_results(settings.results_file)
@@ -72,10 +75,29 @@ async def images_verify(
     focus = Focus(settings.focus)
     if focus.name is not None:
         catalog.select(focus)  # a focus that names no catalog entry is a usage error
-    host = qemu.probe_host()
-    goarch = settings.target_architecture or host.goarch
+    if settings.verify_local:
+        verdicts = await _run_local(settings, results, catalog, focus)
+    else:
+        verdicts = await _run_kube(settings, results, catalog, focus)
+    order = {key: i for i, key in enumerate(results)}
+    verdicts.sort(key=lambda v: order.get(v.key, len(order)))
+    render(verdicts, out)
+    if not settings.dry_run:
+        updated = dict(results)
+        for v in verdicts:
+            if v.result is not None:
+                updated[v.key] = v.result
+        write_results(Path(settings.results_file), updated)
+    failed = [v for v in verdicts if v.status == "failed"]
+    if failed and not settings.no_fail:
+        return 1
+    return 0
+
+
+def _choose(
+    results: dict[str, Result], catalog: Catalog, focus: Focus, goarch: str
+) -> tuple[list[Target | Skipped], list[Verdict]]:
     chosen, problems = select_targets(results, (b.item for b in catalog.items), focus, goarch)
-    registry = settings.verify_registry or settings.target
     verdicts: list[Verdict] = []
     for key, message in problems.items():
         log.error("verify_failed", entry=key, error=message)
@@ -89,6 +111,51 @@ async def images_verify(
                 result=Result(prior.tags, message, "verify", prior.digest),
             )
         )
+    return chosen, verdicts
+
+
+async def _run_kube(
+    settings: Settings, results: dict[str, Result], catalog: Catalog, focus: Focus
+) -> list[Verdict]:
+    """In KubeVirt: the image is `<--registry>/<Tags[0]>` as the cluster pulls it (medius)."""
+    try:
+        cfg = await kube.load_config(settings.kubeconfig)
+    except kube.KubeError as e:
+        raise ConfigError(f"images verify: {e}") from None
+    async with kclient.ApiClient(cfg) as api:
+        try:
+            goarch = settings.target_architecture or await kube.node_architecture(api)
+        except kube.KubeError as e:
+            raise ConfigError(f"images verify: {e} (or give --target-architecture)") from None
+        chosen, verdicts = _choose(results, catalog, focus, goarch)
+        booter = kube.KubeBooter(
+            api,
+            cfg,
+            registry=settings.verify_registry,
+            namespace=settings.verify_namespace,
+            timeout=settings.verify_timeout,
+            poll=settings.verify_poll_interval,
+            retry_interval=settings.verify_retry_interval,
+            retry_attempts=settings.verify_ssh_attempts,
+        )
+        check = SshCheck(
+            timeout=settings.verify_timeout,
+            attempts=settings.verify_ssh_attempts,
+            pause=settings.verify_retry_interval,
+        )
+        verdicts += await verify_all(
+            chosen, booter, check, workers=settings.workers, dry_run=settings.dry_run
+        )
+    return verdicts
+
+
+async def _run_local(
+    settings: Settings, results: dict[str, Result], catalog: Catalog, focus: Focus
+) -> list[Verdict]:
+    host = qemu.probe_host()
+    goarch = settings.target_architecture or host.goarch
+    chosen, verdicts = _choose(results, catalog, focus, goarch)
+    registry = settings.verify_registry or settings.target
     backoff = Backoff(attempts=settings.retries)
     source = settings.model_copy(update={"source_registry": registry, "target_registry": ""})
     async with open_places(source, backoff) as (place, _):
@@ -119,16 +186,4 @@ async def images_verify(
         verdicts += await verify_all(
             ready, booter, check, workers=settings.workers, dry_run=settings.dry_run
         )
-    order = {key: i for i, key in enumerate(results)}
-    verdicts.sort(key=lambda v: order.get(v.key, len(order)))
-    render(verdicts, out)
-    if not settings.dry_run:
-        updated = dict(results)
-        for v in verdicts:
-            if v.result is not None:
-                updated[v.key] = v.result
-        write_results(Path(settings.results_file), updated)
-    failed = [v for v in verdicts if v.status == "failed"]
-    if failed and not settings.no_fail:
-        return 1
-    return 0
+    return verdicts

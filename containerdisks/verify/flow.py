@@ -19,6 +19,7 @@ from typing import Literal, Protocol, TextIO
 import structlog
 
 from containerdisks.engine.results import Result
+from containerdisks.verify.kube import KubeError
 from containerdisks.verify.pull import PullError
 from containerdisks.verify.qemu import QemuError
 from containerdisks.verify.seed import SeedError, make_credentials, user_data
@@ -59,7 +60,7 @@ async def _verify(target: Target, booter: Booter, check: SshCheck) -> Verdict:
     try:
         async with booter.boot(target, user_data(credentials)) as guest:
             await check_login(guest, credentials, check)
-    except (CheckFailedError, PullError, SeedError, QemuError) as e:
+    except (CheckFailedError, PullError, SeedError, QemuError, KubeError) as e:
         message = f"{target.key}: {e}"
         log.error("verify_failed", entry=target.key, arch=target.arch, error=message)
         result = Result(target.result.tags, message, "verify", target.digest)

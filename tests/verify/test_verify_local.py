@@ -159,9 +159,11 @@ def test_bad_inputs_are_one_line_errors(published: Published) -> None:
     assert "gone:1: not in the catalog" in published.read_results()["gone:1"]["Err"]
     cluster = published.verify_command("--dry-run=false")
     cluster.remove("--local")
-    done = subprocess.run(cluster, capture_output=True, text=True, timeout=60, env=clean_env())
+    env = clean_env(HOME=str(published.root), KUBECONFIG="")  # no kubeconfig, not in a pod
+    done = subprocess.run(cluster, capture_output=True, text=True, timeout=60, env=env)
     assert 2 == done.returncode
-    assert "use --local" in done.stderr
+    assert ["containerdisks: images verify: kubernetes config (default kubeconfig or in-cluster "
+            "config): Service host/port is not set."] == done.stderr.splitlines()  # fmt: skip
 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

@@ -1,0 +1,302 @@
+"""`images verify` in KubeVirt against the FAKE API server of tests/support/fake_kube.py, whose
+VMs are real qemu guests: the command runs as a real process, pushes come from the real
+`images push`, and the SSH check goes through the fake's port-forward websocket into the guest.
+In every case the fake must show each created VM deleted exactly once and nothing left.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.cli import clean_env
+from tests.support.fake_kube import FakeKube, Scenario
+from tests.support.tinycloud import Images
+from tests.verify.conftest import Published
+
+FAST = {
+    "CONTAINERDISKS_VERIFY_POLL_INTERVAL": "0.1",
+    "CONTAINERDISKS_VERIFY_RETRY_INTERVAL": "0.3",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
+
+
+@pytest.fixture
+def fake(tmp_path: Path, tiny_images: Images) -> Iterator[FakeKube]:
+    with FakeKube(tmp_path / "fake-kube", disks={"tiny": tiny_images.good}) as f:
+        yield f
+    assert [] == f.live
+    assert dict.fromkeys(f.created, 1) == f.deletes
+
+
+def _command(
+    p: Published, fake: FakeKube, *flags: str, config: Path | None = None, token: str | None = None
+) -> list[str]:
+    kubeconfig = fake.kubeconfig(p.root / "kubeconfig", token=token)
+    return [
+        sys.executable, "-m", "containerdisks", "images", "verify",
+        "--config", str(config or p.config), "--registry", "cluster-registry:5000/cd",
+        "--kubeconfig", str(kubeconfig), "--results-file", str(p.results),
+        "--log-format", "json", *flags,
+    ]  # fmt: skip
+
+
+def _verify(
+    p: Published, fake: FakeKube, *flags: str, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _command(p, fake, *flags, **kw),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=clean_env(**FAST),
+        cwd=p.root,
+    )
+
+
+def _with(p: Published, **fields: Any) -> Path:
+    """The test catalog with `fields` set on every entry."""
+    data = yaml.safe_load(p.config.read_text())
+    for e in data["entries"]:
+        e.update(fields)
+    path = p.root / "catalog-changed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_push_then_verify_in_kubevirt_logs_in_over_the_port_forward(
+    published: Published, fake: FakeKube
+) -> None:
+    pushed = published.push("tiny:1")["tiny:1"]
+    done = _verify(published, fake, "--dry-run=false")
+    assert 0 == done.returncode, done.stderr
+    record = published.read_results()["tiny:1"]
+    assert "verify" == record["Stage"]
+    assert "Err" not in record
+    assert pushed["Tags"] == record["Tags"]
+    assert "verified" in done.stdout
+    assert 1 == len(fake.created)
+    vm = fake.bodies[0]
+    assert vm["metadata"]["name"].startswith("tiny-")
+    assert len(vm["metadata"]["name"]) == 10
+    spec = vm["spec"]["template"]["spec"]
+    assert "Always" == vm["spec"]["runStrategy"]
+    assert 0 == spec["terminationGracePeriodSeconds"]
+    assert {"memory": "1Gi"} == spec["domain"]["resources"]["requests"]
+    assert "firmware" not in spec["domain"]
+    assert "features" not in spec["domain"]
+    assert {} == spec["domain"]["devices"]["rng"]
+    image = spec["volumes"][0]["containerDisk"]["image"]
+    assert f"cluster-registry:5000/cd/{pushed['Tags'][0]}" == image
+    assert ("GET", "/api/v1/nodes") in fake.requests  # no --target-architecture: the node's
+    vm_state = next(iter(fake.deletes))
+    assert vm_state == vm["metadata"]["name"]
+
+
+def test_secure_boot_entry_gets_smm_and_secure_boot(
+    published: Published, fake: FakeKube, tmp_path: Path
+) -> None:
+    published.push("tiny:1")
+    fake.scenarios["tiny"] = Scenario(ready_after=None, printable="ErrImagePull")
+    config = _with(published, secure_boot=True)
+    _verify(published, fake, "--dry-run=false", config=config)
+    domain = fake.bodies[0]["spec"]["template"]["spec"]["domain"]
+    assert {"bootloader": {"efi": {"secureBoot": True}}} == domain["firmware"]
+    assert {"smm": {"enabled": True}} == domain["features"]
+
+
+def _failed(p: Published, done: subprocess.CompletedProcess[str]) -> str:
+    assert 1 == done.returncode, done.stderr
+    record = p.read_results()["tiny:1"]
+    assert "verify" == record["Stage"]
+    err: str = record["Err"]
+    return err
+
+
+def test_image_pull_error_fails_early(published: Published, fake: FakeKube) -> None:
+    published.push("tiny:1")
+    fake.scenarios["tiny"] = Scenario(ready_after=None, printable="ErrImagePull")
+    start = time.monotonic()
+    err = _failed(published, _verify(published, fake, "--dry-run=false"))
+    assert "ErrImagePull" in err
+    assert time.monotonic() - start < 60  # not the 600 s timeout
+
+
+def test_never_ready_times_out(published: Published, fake: FakeKube) -> None:
+    published.push("tiny:1")
+    fake.scenarios["tiny"] = Scenario(ready_after=None, printable="Starting")
+    err = _failed(published, _verify(published, fake, "--dry-run=false", "--timeout", "2"))
+    assert "not ready within 2 s" in err
+    assert "Starting" in err
+
+
+def test_guest_agent_never_connects(published: Published, fake: FakeKube) -> None:
+    published.push("tiny:1")
+    fake.scenarios["tiny"] = Scenario(agent_after=None)
+    config = _with(published, guest_agent=True)
+    err = _failed(published, _verify(published, fake, "--dry-run=false", config=config))
+    assert "guest agent" in err
+    assert "not connected after 3 attempts" in err
+    assert "does not have guest agent connected" in err
+
+
+def test_guest_agent_connecting_late_passes_before_ssh(
+    published: Published, fake: FakeKube
+) -> None:
+    published.push("tiny:1")
+    fake.scenarios["tiny"] = Scenario(agent_after=0.5)
+    config = _with(published, guest_agent=True)
+    done = _verify(published, fake, "--dry-run=false", config=config)
+    assert 0 == done.returncode, done.stderr
+    paths = [path for _, path in fake.requests]
+    info = [i for i, path in enumerate(paths) if path.endswith("/guestosinfo")]
+    forwards = [i for i, path in enumerate(paths) if "/portforward/22/tcp" in path]
+    assert len(info) >= 2
+    assert forwards
+    assert max(info) < min(forwards)
+
+
+def test_ssh_refused(published: Published, fake: FakeKube) -> None:
+    published.push("tiny:1")
+    fake.disks.clear()  # no guest behind the VM: the port-forward dial is refused
+    err = _failed(published, _verify(published, fake, "--dry-run=false", "--timeout", "3"))
+    assert "no SSH banner within 3 s" in err
+    assert fake.requests
+    assert any("/portforward/22/tcp" in path for _, path in fake.requests)
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [(409, "HTTP 409"), (500, "HTTP 500"), (403, "HTTP 403"), (401, "HTTP 401")],
+)
+def test_api_errors_on_create_fail_the_entry(
+    published: Published, fake: FakeKube, status: int, words: str
+) -> None:
+    published.push("tiny:1")
+    if status == 403:
+        fake.forbid.add(("create", "virtualmachines"))
+    elif status != 401:
+        fake.fail[("create", "virtualmachines")] = [status]
+    token = "another-token" if status == 401 else None
+    done = _verify(
+        published, fake, "--dry-run=false", "--target-architecture", "amd64", token=token
+    )
+    err = _failed(published, done)
+    assert words in err
+    assert "create VirtualMachine" in err
+    assert [] == fake.created or status in (409, 500)
+
+
+def test_nodes_forbidden_without_target_architecture_is_a_config_error(
+    published: Published, fake: FakeKube
+) -> None:
+    published.push("tiny:1")
+    fake.forbid.add(("list", "nodes"))
+    done = _verify(published, fake, "--dry-run=false")
+    assert 2 == done.returncode
+    assert "list nodes: HTTP 403" in done.stderr
+    assert "--target-architecture" in done.stderr
+    assert [] == fake.created
+
+
+def test_dry_run_creates_nothing(published: Published, fake: FakeKube) -> None:
+    published.push("tiny:1")
+    before = published.results.read_text()
+    done = _verify(published, fake)
+    assert 0 == done.returncode, done.stderr
+    assert "would boot (VM in namespace kubevirt" in done.stdout
+    assert [] == fake.created
+    assert before == published.results.read_text()
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_mid_wait_still_deletes_the_vm(
+    published: Published, fake: FakeKube, sig: signal.Signals, code: int
+) -> None:
+    published.push("tiny:1")
+    fake.scenarios["tiny"] = Scenario(ready_after=None)
+    process = subprocess.Popen(
+        _command(published, fake, "--dry-run=false"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(**FAST), cwd=published.root,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not any(m == "GET" and "/virtualmachines/tiny-" in p for m, p in fake.requests):
+            assert time.monotonic() < deadline
+            assert process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert code == process.returncode, stderr
+    assert 1 == len(fake.created)
+    assert any(m == "DELETE" for m, _ in fake.requests)
+
+
+def test_kubectl_reads_the_fakes_nodes_and_vms(
+    published: Published, fake: FakeKube, tmp_path: Path
+) -> None:
+    """Honesty: the real kubectl understands the fake's wire format."""
+    published.push("tiny:1")
+    fake.archs = ("amd64", "arm64")
+    fake.anonymous_reads = True
+    fake.scenarios["tiny"] = Scenario(ready_after=None)
+    process = subprocess.Popen(
+        _command(published, fake, "--dry-run=false"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(**FAST), cwd=published.root,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not fake.created:
+            assert time.monotonic() < deadline
+            assert process.poll() is None
+            time.sleep(0.05)
+        base = ["kubectl", "--server", fake.url, "--token", fake.token,
+                "--cache-dir", str(tmp_path / "kube-cache")]  # fmt: skip
+        env = clean_env(KUBECONFIG=str(tmp_path / "none"), **FAST)
+        nodes = subprocess.run(
+            [*base, "get", "nodes", "-o", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert 0 == nodes.returncode, nodes.stderr
+        got = json.loads(nodes.stdout)
+        assert ["amd64", "arm64"] == [n["status"]["nodeInfo"]["architecture"] for n in got["items"]]
+        vms = subprocess.run(
+            [*base, "get", "virtualmachines", "-n", "kubevirt", "-o", "json"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert 0 == vms.returncode, vms.stderr
+        names = [v["metadata"]["name"] for v in json.loads(vms.stdout)["items"]]
+        assert fake.created == names
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+
+
+def test_transient_5xx_while_waiting_is_retried(published: Published, fake: FakeKube) -> None:
+    """medius aborts the wait on any GET error; here a 500/503 is retried within the timeout."""
+    published.push("tiny:1")
+    fake.scenarios["tiny"] = Scenario(ready_after=None, printable="ErrImagePull")
+    fake.fail[("get", "virtualmachines")] = [500, 503]
+    err = _failed(published, _verify(published, fake, "--dry-run=false"))
+    assert "ErrImagePull" in err
+    gets = [p for m, p in fake.requests if m == "GET" and "/virtualmachines/tiny-" in p]
+    assert len(gets) == 3
