@@ -1,7 +1,8 @@
 """medius's pipeline through one results file, every step a real process: `images push` of
 real images from a loopback upstream into a real staging registry, `images verify --local`
-boots them under qemu, `images promote` copies what booted into a second real registry, and
-skopeo reads the promoted tags back."""
+(or `images verify` through the fake KubeVirt API, whose VMs are the same real qemu guests)
+boots them, `images promote` copies what booted into a second real registry, and skopeo reads
+the promoted tags back."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.cli import clean_env
+from tests.support.fake_kube import FakeKube
 from tests.support.registry import start_registry
 from tests.verify.conftest import Published
+from tests.verify.test_verify_kube import _verify as verify_in_kubevirt
+from tests.verify.test_verify_kube import fake  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -33,6 +38,27 @@ def test_push_verify_promote_promotes_only_what_booted(
     assert "Err" not in after_verify["tiny:1"]
     assert "Err" in after_verify["tiny-ignores:1"]
 
+    _promote_and_check(tmp_path, published, pushed, after_verify)
+
+
+def test_push_verify_in_kubevirt_promote(
+    tmp_path: Path,
+    published: Published,
+    fake: FakeKube,  # noqa: F811
+) -> None:
+    pushed = published.push("tiny:1")
+    verified = verify_in_kubevirt(published, fake, "--dry-run=false")
+    assert 0 == verified.returncode, verified.stderr
+    after_verify = published.read_results()
+    assert after_verify["tiny:1"]["Stage"] == "verify"
+    assert "Err" not in after_verify["tiny:1"]
+    assert len(fake.created) == len(fake.deletes) == 1
+    _promote_and_check(tmp_path, published, pushed, after_verify)
+
+
+def _promote_and_check(
+    tmp_path: Path, published: Published, pushed: dict[str, Any], after_verify: dict[str, Any]
+) -> None:
     with start_registry(tmp_path / "release") as release:
         done = subprocess.run(
             [
@@ -70,6 +96,8 @@ def test_push_verify_promote_promotes_only_what_booted(
             raw = release.inspect_raw("containerdisks/tiny", ref)
             assert "sha256:" + hashlib.sha256(raw).hexdigest() == tiny["Digest"], tag
         # What failed verify stays where it was and is not in the release registry.
-        assert results["tiny-ignores:1"] == after_verify["tiny-ignores:1"]
+        for key, record in after_verify.items():
+            if key != "tiny:1":
+                assert results[key] == record
         with urllib.request.urlopen(f"{release.url}/v2/_catalog", timeout=10) as answer:
             assert json.load(answer)["repositories"] == ["containerdisks/tiny"]
