@@ -232,6 +232,23 @@ def _promote_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _command(
+    parent: Any,  # argparse's _SubParsersAction, private in typeshed
+    name: str,
+    handler: str,
+    *flags: Callable[[argparse.ArgumentParser], None],
+    help: str,
+) -> argparse.ArgumentParser:
+    """A subcommand with the global flags, its own `flags`, and the handler it runs."""
+    p: argparse.ArgumentParser = parent.add_parser(
+        name, parents=[_global_flags("sub")], allow_abbrev=False, help=help
+    )
+    for add in flags:
+        add(p)
+    p.set_defaults(handler=handler)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     root = _Parser(
         prog="containerdisks",
@@ -248,73 +265,40 @@ def build_parser() -> argparse.ArgumentParser:
     image_cmds = images.add_subparsers(
         dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser
     )
-    push = image_cmds.add_parser(
-        "push",
-        parents=[_global_flags("sub")],
-        allow_abbrev=False,
+    _command(
+        image_cmds, "push", "images_push", _push_flags,
         help="determine which containerdisks need an update and push them",
-    )
-    _push_flags(push)
-    push.set_defaults(handler="images_push")
-
-    prune = image_cmds.add_parser(
-        "prune",
-        parents=[_global_flags("sub")],
-        allow_abbrev=False,
+    )  # fmt: skip
+    _command(
+        image_cmds, "prune", "images_prune", _prune_flags,
         help="delete the older <version>-<YYMMDDhhmm> tags, keeping the newest N per entry",
-    )
-    _prune_flags(prune)
-    prune.set_defaults(handler="images_prune")
-
-    verify = image_cmds.add_parser(
-        "verify",
-        parents=[_global_flags("sub")],
-        allow_abbrev=False,
+    )  # fmt: skip
+    _command(
+        image_cmds, "verify", "images_verify", _verify_flags,
         help="boot each pushed containerdisk and log in over SSH",
-    )
-    _verify_flags(verify)
-    verify.set_defaults(handler="images_verify")
-
-    promote = image_cmds.add_parser(
-        "promote",
-        parents=[_global_flags("sub")],
-        allow_abbrev=False,
+    )  # fmt: skip
+    _command(
+        image_cmds, "promote", "images_promote", _promote_flags,
         help="copy every verified containerdisk, by its verified digest, to the target registry",
-    )
-    _promote_flags(promote)
-    promote.set_defaults(handler="images_promote")
-
-    serve = commands.add_parser(
-        "serve",
-        parents=[_global_flags("sub")],
-        allow_abbrev=False,
+    )  # fmt: skip
+    _command(
+        commands, "serve", "serve", _push_flags, _serve_flags,
         help="keep the registry current: a pass now and every --interval, with health and metrics",
-    )
-    _push_flags(serve)
-    _serve_flags(serve)
-    serve.set_defaults(handler="serve")
-
-    catalog = commands.add_parser(
-        "catalog",
-        parents=[_global_flags("sub")],
-        allow_abbrev=False,
+    )  # fmt: skip
+    catalog = _command(
+        commands, "catalog", "catalog",
         help="list the catalog: entries, arches, sources and tag policy (no network)",
-    )
+    )  # fmt: skip
     catalog.add_argument("--output", default=argparse.SUPPRESS, choices=["table", "json"])
-    catalog.set_defaults(handler="catalog")
 
     docs = commands.add_parser(
         "docs", help="repository descriptions", parents=[_global_flags("sub")], allow_abbrev=False
     )
     docs_cmds = docs.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
-    publish = docs_cmds.add_parser(
-        "publish",
-        parents=[_global_flags("sub")],
-        allow_abbrev=False,
+    _command(
+        docs_cmds, "publish", "docs_publish", _docs_flags,
         help="synchronize the containerdisk descriptions with quay.io",
-    )
-    _docs_flags(publish)
-    publish.set_defaults(handler="docs_publish")
+    )  # fmt: skip
     return root
 
 
