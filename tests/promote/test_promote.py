@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.cli import clean_env
 from tests.support.fault_proxy import FaultProxy, Rule
 from tests.support.images import seeded_layout, skopeo_push
@@ -43,8 +45,10 @@ def verified(tags: list[str], digest: str | None, name: str = "fedora") -> dict[
 
 
 def promote(
-    tmp: Path, source: str, target: str, *extra: str, env: dict[str, str] | None = None
+    tmp: Path, source: str, target: str | None, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """`images promote`; `target` None leaves `--target-registry` out (its default)."""
+    target_flag = [] if target is None else ["--target-registry", target]
     return subprocess.run(
         [
             sys.executable,
@@ -54,8 +58,7 @@ def promote(
             "promote",
             "--source-registry",
             source,
-            "--target-registry",
-            target,
+            *target_flag,
             "--results-file",
             str(tmp / "results.json"),
             "--log-format",
@@ -273,6 +276,65 @@ def test_a_fault_mid_promote_moves_no_tag_and_a_rerun_completes(tmp_path: Path) 
             "Stage": "promote",
             "Digest": digest,
         }
+
+
+@pytest.mark.parametrize("how", ["config file", "environment"])
+def test_push_target_registry_is_never_promotes_target(
+    tmp_path: Path, registry: Registry, how: str
+) -> None:
+    """`target_registry` is where `images push` writes (staging). Set in a config file or the
+    environment, it must not become promote's target (which would copy staging into itself):
+    without --target-registry the target is quay.io/containerdisks."""
+    staging = f"{registry.host}/staging"
+    stage(tmp_path, registry.host, "staging/fedora", "f42", [STAMP, "42"])
+    digest = digest_of(registry, "staging/fedora", "42")
+    write_results(tmp_path, {"fedora:42": verified([STAMP, "42"], digest)})
+    no_auth = tmp_path / "no-auth"  # no credentials of this machine's user are looked at
+    no_auth.mkdir()
+    env = clean_env(
+        REGISTRY_AUTH_FILE=str(no_auth / "auth.json"),
+        XDG_RUNTIME_DIR=str(no_auth),
+        DOCKER_CONFIG=str(no_auth),
+    )
+    extra: list[str] = []
+    if how == "config file":
+        (tmp_path / "config.yaml").write_text(f"target_registry: {staging}\n")
+        extra = ["--config", str(tmp_path / "config.yaml")]
+    else:
+        env["CONTAINERDISKS_TARGET_REGISTRY"] = staging
+    before = len(registry.log_text())
+
+    done = promote(tmp_path, staging, None, *extra, env=env)  # a dry run
+
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert rows[0] == ["ENTRY", "DIGEST", "TARGET", "RESULT"]
+    assert rows[1][:3] == ["fedora:42", digest, "quay.io/containerdisks/fedora"]
+    assert len(rows) == 2
+    # the dry run read the staging tags and wrote nothing into staging
+    log = registry.log_text()[before:]
+    assert "HEAD /v2/staging/fedora/manifests/42" in log
+    assert not re.search(r'"(PUT|POST|PATCH|DELETE) /v2/', log)
+
+
+@pytest.mark.parametrize("target", ["{host}/staging", "{host}/staging/", "oci:{tmp}/same"])
+def test_a_target_that_is_the_source_is_a_usage_error(
+    tmp_path: Path, registry: Registry, target: str
+) -> None:
+    spec = target.format(host=registry.host, tmp=tmp_path)
+    source = spec.removesuffix("/") if not spec.startswith("oci:") else f"oci:{tmp_path}/x/../same"
+    write_results(tmp_path, {"fedora:42": verified([STAMP], "sha256:" + "0" * 64)})
+    before = len(registry.log_text())
+
+    done = promote(tmp_path, source, spec, "--dry-run=false")
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"containerdisks: images promote: the target registry {spec} is --source-registry "
+        f"{source}; promote copies staging elsewhere, not into itself"
+    )
+    assert done.stdout == ""
+    assert registry.log_text()[before:].count("/v2/") == 0
 
 
 def test_a_missing_results_file_is_a_usage_error(tmp_path: Path, registry: Registry) -> None:
