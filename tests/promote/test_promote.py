@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.cli import clean_env
 from tests.support.fault_proxy import FaultProxy, Rule
-from tests.support.images import seeded_layout, skopeo_push
+from tests.support.images import ArchImage, seeded_layout, skopeo_push, write_layout
 from tests.support.registry import Registry, start_registry
 
 STAMP = "42-2512061200"
@@ -141,6 +141,68 @@ def test_promote_between_two_registries_by_the_verified_digest(tmp_path: Path) -
         assert refs[: -len(tags)][-1] == digest
         assert all(r.startswith("sha256:") for r in refs[: -len(tags)])
         assert "promoted" in done.stdout
+
+
+def image_blobs(reg: Registry, repo: str, digest: str) -> tuple[set[str], set[str]]:
+    """(configs, layers) of the image `repo@digest`, an index or a list of arch manifests, as
+    skopeo reads them."""
+    configs: set[str] = set()
+    layers: set[str] = set()
+    for child in json.loads(reg.inspect_raw(repo, digest))["manifests"]:
+        manifest = json.loads(reg.inspect_raw(repo, child["digest"]))
+        configs.add(manifest["config"]["digest"])
+        layers.update(layer["digest"] for layer in manifest["layers"])
+    return configs, layers
+
+
+def committed_uploads(log: str, repo: str) -> list[str]:
+    """The digests of blob uploads into `repo` committed in `log` (`PUT ...?digest=`)."""
+    pattern = re.compile(
+        rf'"PUT /v2/{re.escape(repo)}/blobs/uploads/[^ "]*digest=sha256(?::|%3A)([0-9a-f]{{64}})'
+    )
+    return ["sha256:" + m.group(1) for m in pattern.finditer(log)]
+
+
+def test_blobs_the_target_already_has_are_not_uploaded_again(tmp_path: Path) -> None:
+    with (
+        start_registry(tmp_path / "staging") as src,
+        start_registry(tmp_path / "prod") as dst,
+    ):
+        tags = [STAMP, "42"]
+        stage(tmp_path, src.host, "staging/fedora", "f42", tags)
+        digest = digest_of(src, "staging/fedora", "42")
+        configs, layers = image_blobs(src, "staging/fedora", digest)
+        assert len(configs) == len(layers) == 2
+        # prod already serves an image with the same disks (so the same layer blobs) but other
+        # configs, hence other manifests: only the layers are present, nothing else is
+        same_disks = [
+            ArchImage(arch, "0" * 64, "https://x/other", disk=f"{arch} f42".encode())
+            for arch in ("amd64", "arm64")
+        ]
+        write_layout(tmp_path / "layout-other", "t", same_disks, index=True)
+        skopeo_push(tmp_path / "layout-other", "t", f"{dst.host}/prod/fedora", extra_tags=("41",))
+        other = digest_of(dst, "prod/fedora", "41")
+        other_configs, other_layers = image_blobs(dst, "prod/fedora", other)
+        assert other_layers == layers  # the premise: the layers are there, no config is
+        assert not other_configs & configs
+        write_results(tmp_path, {"fedora:42": verified(tags, digest)})
+        before = len(dst.log_text())
+
+        done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--dry-run=false")
+
+        assert done.returncode == 0, done.stderr
+        assert "0 mounted, 2 copied, 2 present" in done.stdout
+        log = dst.log_text()[before:]
+        # each present layer was asked for (HEAD) and never uploaded: the only commits are
+        # the two configs, and no upload session was opened beyond theirs
+        for layer in layers:
+            assert f'"HEAD /v2/prod/fedora/blobs/{layer}' in log
+        assert sorted(committed_uploads(log, "prod/fedora")) == sorted(configs)
+        assert len(re.findall(r'"POST /v2/prod/fedora/blobs/uploads/', log)) == 2
+        for tag in tags:
+            assert digest_of(dst, "prod/fedora", tag) == digest
+        assert digest_of(dst, "prod/fedora", "41") == other
+        dst.pull("prod/fedora", digest, f"oci:{tmp_path / 'back'}:x", preserve_digests=False)
 
 
 def test_promote_within_one_registry_mounts_every_blob(tmp_path: Path, registry: Registry) -> None:
