@@ -44,27 +44,31 @@ def verified(tags: list[str], digest: str | None, name: str = "fedora") -> dict[
     return record
 
 
+def promote_argv(tmp: Path, source: str, target: str | None, *extra: str) -> list[str]:
+    """`images promote`; `target` None leaves `--target-registry` out (its default)."""
+    target_flag = [] if target is None else ["--target-registry", target]
+    return [
+        sys.executable,
+        "-m",
+        "containerdisks",
+        "images",
+        "promote",
+        "--source-registry",
+        source,
+        *target_flag,
+        "--results-file",
+        str(tmp / "results.json"),
+        "--log-format",
+        "json",
+        *extra,
+    ]
+
+
 def promote(
     tmp: Path, source: str, target: str | None, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`images promote`; `target` None leaves `--target-registry` out (its default)."""
-    target_flag = [] if target is None else ["--target-registry", target]
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "containerdisks",
-            "images",
-            "promote",
-            "--source-registry",
-            source,
-            *target_flag,
-            "--results-file",
-            str(tmp / "results.json"),
-            "--log-format",
-            "json",
-            *extra,
-        ],
+        promote_argv(tmp, source, target, *extra),
         capture_output=True,
         text=True,
         timeout=120,
@@ -289,6 +293,59 @@ def test_a_moved_staging_tag_fails_that_entry_only(tmp_path: Path) -> None:
         )
         assert again.returncode == 0, again.stderr
         assert "moved since verify" in again.stdout
+
+
+def test_a_staging_tag_moved_during_the_copy_fails_the_entry_and_moves_no_tag(
+    tmp_path: Path,
+) -> None:
+    """The second staging-tag check, after the copy and before the tags: the tag is re-pushed
+    while promote's first blob upload into the target is held by the proxy."""
+    with (
+        start_registry(tmp_path / "staging") as src,
+        start_registry(tmp_path / "prod") as dst,
+        FaultProxy(dst.url) as proxy,
+    ):
+        tags = [STAMP, "42"]
+        stage(tmp_path, dst.host, "prod/fedora", "old", ["42"])  # what prod serves today
+        old = digest_of(dst, "prod/fedora", "42")
+        old_tags = sorted(dst.list_tags("prod/fedora"))
+        stage(tmp_path, src.host, "staging/fedora", "f42", tags)
+        digest = digest_of(src, "staging/fedora", "42")
+        write_results(tmp_path, {"fedora:42": verified(tags, digest)})
+        proxy.add(Rule("POST", r"^/v2/prod/fedora/blobs/uploads/", "hold"))
+        argv = promote_argv(
+            tmp_path, f"{src.host}/staging", f"{proxy.host}/prod", "--dry-run=false"
+        )
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env()
+        )
+        try:
+            assert proxy.wait_held(60), "promote never started its copy"
+            # the first check (before the copy) has passed; now the staging tag moves
+            stage(tmp_path, src.host, "staging/fedora", "f42-rebuilt", ["42"])
+            moved = digest_of(src, "staging/fedora", "42")
+            proxy.release()
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+        assert moved != digest
+        assert proc.returncode == 1, stderr
+        record = read_results(tmp_path)["fedora:42"]
+        assert record["Err"] == (
+            f"fedora:42: staging tag {src.host}/staging/fedora:42 moved since verify: "
+            f"now {moved}, verified {digest}"
+        )
+        assert record["Stage"] == "promote"
+        assert "moved since verify" in stdout
+        # the copy did run (manifests went up by digest) and then no tag was written
+        puts = [e.path for e in proxy.log if e.method == "PUT" and "/manifests/" in e.path]
+        assert puts
+        assert all("/manifests/sha256:" in p for p in puts), puts
+        assert digest_of(dst, "prod/fedora", "42") == old
+        assert sorted(dst.list_tags("prod/fedora")) == old_tags
 
 
 def test_a_fault_mid_promote_moves_no_tag_and_a_rerun_completes(tmp_path: Path) -> None:
