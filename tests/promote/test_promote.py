@@ -249,7 +249,10 @@ def test_dry_run_copies_nothing_and_writes_no_results(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert "would copy" in done.stdout
         assert digest in done.stdout
-        assert "centos-stream" not in done.stdout  # not focused: not even looked up
+        # not focused: not listed, and not even looked up in the source
+        assert "centos-stream" not in done.stdout
+        assert "/v2/staging/centos-stream/" not in src.log_text()
+        assert "HEAD /v2/staging/fedora/manifests/42" in src.log_text()  # fedora was
         assert (tmp_path / "results.json").read_bytes() == before
         assert "/v2/prod/" not in dst.log_text()
 
