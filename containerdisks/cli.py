@@ -221,9 +221,11 @@ def _promote_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--target-registry",
+        dest="promote_registry",
         default=s,
         metavar="HOST/NAMESPACE",
-        help="registry to promote to (default quay.io/containerdisks)",
+        help="registry to promote to (default quay.io/containerdisks; never the "
+        "target_registry setting, which is where push writes)",
     )
     p.add_argument("--results-file", default=s, help="results file (default results.json)")
     p.add_argument("--workers", type=int, default=s, help="entries promoted in parallel")

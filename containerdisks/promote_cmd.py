@@ -7,8 +7,11 @@ entry and writes stage `promote` back. Decisions:
   promote failed (stage `promote` with `Err`: a rerun completes them, still by the digest
   verify recorded); every other record is kept as it was. `--focus` selects by the results
   file's `name:version` key.
-- `--source-registry` is required (medius); `--target-registry` defaults to
-  quay.io/containerdisks. Either may be `oci:/dir`.
+- `--source-registry` is required (medius); `--target-registry` (setting `promote_registry`)
+  defaults to quay.io/containerdisks. It is deliberately not `target_registry`: that is where
+  `images push` writes, i.e. staging, and a config file or variable setting it must not make
+  promote copy staging into itself. A target that is the source is a usage error (exit 2).
+  Either may be `oci:/dir`.
 - Dry run (the default) resolves and checks the staging tags in the source, prints what would be
   copied, and copies, tags and writes nothing (no results file either).
 - Exit 1 when an entry failed, 0 with `--no-fail` (as verify).
@@ -32,14 +35,12 @@ from containerdisks.engine.promote import (
 )
 from containerdisks.engine.results import Result, ResultsError, read_results, write_results
 from containerdisks.engine.retry import Backoff
-from containerdisks.engine.stores import Place, open_places
+from containerdisks.engine.stores import Place, open_places, same_place
 from containerdisks.settings import ConfigError, Settings
 
-__all__ = ["DEFAULT_TARGET", "images_promote"]
+__all__ = ["images_promote"]
 
 log = structlog.get_logger(__name__)
-
-DEFAULT_TARGET = "quay.io/containerdisks"
 
 
 def _eligible(result: Result) -> bool:
@@ -63,6 +64,12 @@ async def images_promote(
     settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
 ) -> int:
     out = out or sys.stdout
+    target_spec = settings.promote_registry  # never push's target_registry (staging)
+    if same_place(settings.source_registry, target_spec, target_setting="promote_registry"):
+        raise ConfigError(
+            f"images promote: the target registry {target_spec} is --source-registry "
+            f"{settings.source_registry}; promote copies staging elsewhere, not into itself"
+        )
     try:
         results = read_results(settings.results_file)
     except ResultsError as e:
@@ -75,9 +82,7 @@ async def images_promote(
         name, _, version = key.partition(":")
         if _eligible(result) and focus.selects_key(name, version):
             candidates.append(Candidate(key, name, result))
-    places = settings.model_copy(
-        update={"target_registry": settings.target_registry or DEFAULT_TARGET}
-    )
+    places = settings.model_copy(update={"target_registry": target_spec})
     backoff = Backoff(attempts=settings.retries)
     async with open_places(places, backoff) as (source, target):
         promoter = Promoter(source, target, backoff)

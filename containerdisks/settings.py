@@ -200,6 +200,13 @@ class Settings(BaseSettings):
         description="`images verify`: seconds between guest-agent and SSH attempts in KubeVirt "
         "(medius: 10).",
     )
+    # -- `images promote` -----------------------------------------------------------------------
+    promote_registry: str = Field(
+        "quay.io/containerdisks",
+        description="`images promote --target-registry`: registry (`host[:port]/namespace` or "
+        "`oci:/dir`) the verified images are copied to; never `target_registry`, which is "
+        "where `images push` writes (staging).",
+    )
     # -- `docs publish` --------------------------------------------------------------------------
     docs_registry: str = Field(
         "quay.io/containerdisks",

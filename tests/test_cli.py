@@ -212,3 +212,6 @@ def test_promote_needs_its_source_registry() -> None:
         "source_registry": "r/x",
         "no_fail": True,
     }
+    # promote's target is its own setting, never push's target_registry (staging)
+    argv = ["images", "promote", "--source-registry", "r/x", "--target-registry", "t/y"]
+    assert parse(argv)[1] == {"source_registry": "r/x", "promote_registry": "t/y"}

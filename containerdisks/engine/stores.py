@@ -25,7 +25,7 @@ from containerdisks.engine.retry import Backoff, RetryingStore
 from containerdisks.oci.layout import LayoutStore
 from containerdisks.settings import ConfigError, Settings
 
-__all__ = ["BlobUpload", "Place", "Store", "open_places"]
+__all__ = ["BlobUpload", "Place", "Store", "open_places", "same_place"]
 
 log = structlog.get_logger(__name__)
 
@@ -124,6 +124,17 @@ def _parse(spec: str, setting: str) -> tuple[str, str] | Path:
     except oci.InvalidReferenceError as e:
         raise ConfigError(f"invalid setting {setting}: {e}") from None
     return ref.host, ref.namespace
+
+
+def same_place(source: str, target: str, *, target_setting: str = "target_registry") -> bool:
+    """Whether a source and a target (`--source-registry` / `--target-registry` values) name
+    the same repositories: `host[:port]/namespace` after canonicalising the host, or the same
+    resolved directory. A malformed value is a ConfigError naming `target_setting` or
+    `source_registry`."""
+    pa, pb = _parse(source, "source_registry"), _parse(target, target_setting)
+    if isinstance(pa, Path) and isinstance(pb, Path):
+        return pa.resolve() == pb.resolve()
+    return pa == pb
 
 
 @asynccontextmanager

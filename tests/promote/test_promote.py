@@ -14,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.cli import clean_env
 from tests.support.fault_proxy import FaultProxy, Rule
-from tests.support.images import seeded_layout, skopeo_push
+from tests.support.images import ArchImage, seeded_layout, skopeo_push, write_layout
 from tests.support.registry import Registry, start_registry
 
 STAMP = "42-2512061200"
@@ -42,26 +44,31 @@ def verified(tags: list[str], digest: str | None, name: str = "fedora") -> dict[
     return record
 
 
+def promote_argv(tmp: Path, source: str, target: str | None, *extra: str) -> list[str]:
+    """`images promote`; `target` None leaves `--target-registry` out (its default)."""
+    target_flag = [] if target is None else ["--target-registry", target]
+    return [
+        sys.executable,
+        "-m",
+        "containerdisks",
+        "images",
+        "promote",
+        "--source-registry",
+        source,
+        *target_flag,
+        "--results-file",
+        str(tmp / "results.json"),
+        "--log-format",
+        "json",
+        *extra,
+    ]
+
+
 def promote(
-    tmp: Path, source: str, target: str, *extra: str, env: dict[str, str] | None = None
+    tmp: Path, source: str, target: str | None, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "containerdisks",
-            "images",
-            "promote",
-            "--source-registry",
-            source,
-            "--target-registry",
-            target,
-            "--results-file",
-            str(tmp / "results.json"),
-            "--log-format",
-            "json",
-            *extra,
-        ],
+        promote_argv(tmp, source, target, *extra),
         capture_output=True,
         text=True,
         timeout=120,
@@ -140,6 +147,68 @@ def test_promote_between_two_registries_by_the_verified_digest(tmp_path: Path) -
         assert "promoted" in done.stdout
 
 
+def image_blobs(reg: Registry, repo: str, digest: str) -> tuple[set[str], set[str]]:
+    """(configs, layers) of the image `repo@digest`, an index or a list of arch manifests, as
+    skopeo reads them."""
+    configs: set[str] = set()
+    layers: set[str] = set()
+    for child in json.loads(reg.inspect_raw(repo, digest))["manifests"]:
+        manifest = json.loads(reg.inspect_raw(repo, child["digest"]))
+        configs.add(manifest["config"]["digest"])
+        layers.update(layer["digest"] for layer in manifest["layers"])
+    return configs, layers
+
+
+def committed_uploads(log: str, repo: str) -> list[str]:
+    """The digests of blob uploads into `repo` committed in `log` (`PUT ...?digest=`)."""
+    pattern = re.compile(
+        rf'"PUT /v2/{re.escape(repo)}/blobs/uploads/[^ "]*digest=sha256(?::|%3A)([0-9a-f]{{64}})'
+    )
+    return ["sha256:" + m.group(1) for m in pattern.finditer(log)]
+
+
+def test_blobs_the_target_already_has_are_not_uploaded_again(tmp_path: Path) -> None:
+    with (
+        start_registry(tmp_path / "staging") as src,
+        start_registry(tmp_path / "prod") as dst,
+    ):
+        tags = [STAMP, "42"]
+        stage(tmp_path, src.host, "staging/fedora", "f42", tags)
+        digest = digest_of(src, "staging/fedora", "42")
+        configs, layers = image_blobs(src, "staging/fedora", digest)
+        assert len(configs) == len(layers) == 2
+        # prod already serves an image with the same disks (so the same layer blobs) but other
+        # configs, hence other manifests: only the layers are present, nothing else is
+        same_disks = [
+            ArchImage(arch, "0" * 64, "https://x/other", disk=f"{arch} f42".encode())
+            for arch in ("amd64", "arm64")
+        ]
+        write_layout(tmp_path / "layout-other", "t", same_disks, index=True)
+        skopeo_push(tmp_path / "layout-other", "t", f"{dst.host}/prod/fedora", extra_tags=("41",))
+        other = digest_of(dst, "prod/fedora", "41")
+        other_configs, other_layers = image_blobs(dst, "prod/fedora", other)
+        assert other_layers == layers  # the premise: the layers are there, no config is
+        assert not other_configs & configs
+        write_results(tmp_path, {"fedora:42": verified(tags, digest)})
+        before = len(dst.log_text())
+
+        done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--dry-run=false")
+
+        assert done.returncode == 0, done.stderr
+        assert "0 mounted, 2 copied, 2 present" in done.stdout
+        log = dst.log_text()[before:]
+        # each present layer was asked for (HEAD) and never uploaded: the only commits are
+        # the two configs, and no upload session was opened beyond theirs
+        for layer in layers:
+            assert f'"HEAD /v2/prod/fedora/blobs/{layer}' in log
+        assert sorted(committed_uploads(log, "prod/fedora")) == sorted(configs)
+        assert len(re.findall(r'"POST /v2/prod/fedora/blobs/uploads/', log)) == 2
+        for tag in tags:
+            assert digest_of(dst, "prod/fedora", tag) == digest
+        assert digest_of(dst, "prod/fedora", "41") == other
+        dst.pull("prod/fedora", digest, f"oci:{tmp_path / 'back'}:x", preserve_digests=False)
+
+
 def test_promote_within_one_registry_mounts_every_blob(tmp_path: Path, registry: Registry) -> None:
     tags = [STAMP, "42"]
     stage(tmp_path, registry.host, "staging/fedora", "f42", tags)
@@ -180,7 +249,10 @@ def test_dry_run_copies_nothing_and_writes_no_results(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert "would copy" in done.stdout
         assert digest in done.stdout
-        assert "centos-stream" not in done.stdout  # not focused: not even looked up
+        # not focused: not listed, and not even looked up in the source
+        assert "centos-stream" not in done.stdout
+        assert "/v2/staging/centos-stream/" not in src.log_text()
+        assert "HEAD /v2/staging/fedora/manifests/42" in src.log_text()  # fedora was
         assert (tmp_path / "results.json").read_bytes() == before
         assert "/v2/prod/" not in dst.log_text()
 
@@ -224,6 +296,59 @@ def test_a_moved_staging_tag_fails_that_entry_only(tmp_path: Path) -> None:
         )
         assert again.returncode == 0, again.stderr
         assert "moved since verify" in again.stdout
+
+
+def test_a_staging_tag_moved_during_the_copy_fails_the_entry_and_moves_no_tag(
+    tmp_path: Path,
+) -> None:
+    """The second staging-tag check, after the copy and before the tags: the tag is re-pushed
+    while promote's first blob upload into the target is held by the proxy."""
+    with (
+        start_registry(tmp_path / "staging") as src,
+        start_registry(tmp_path / "prod") as dst,
+        FaultProxy(dst.url) as proxy,
+    ):
+        tags = [STAMP, "42"]
+        stage(tmp_path, dst.host, "prod/fedora", "old", ["42"])  # what prod serves today
+        old = digest_of(dst, "prod/fedora", "42")
+        old_tags = sorted(dst.list_tags("prod/fedora"))
+        stage(tmp_path, src.host, "staging/fedora", "f42", tags)
+        digest = digest_of(src, "staging/fedora", "42")
+        write_results(tmp_path, {"fedora:42": verified(tags, digest)})
+        proxy.add(Rule("POST", r"^/v2/prod/fedora/blobs/uploads/", "hold"))
+        argv = promote_argv(
+            tmp_path, f"{src.host}/staging", f"{proxy.host}/prod", "--dry-run=false"
+        )
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env()
+        )
+        try:
+            assert proxy.wait_held(60), "promote never started its copy"
+            # the first check (before the copy) has passed; now the staging tag moves
+            stage(tmp_path, src.host, "staging/fedora", "f42-rebuilt", ["42"])
+            moved = digest_of(src, "staging/fedora", "42")
+            proxy.release()
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+        assert moved != digest
+        assert proc.returncode == 1, stderr
+        record = read_results(tmp_path)["fedora:42"]
+        assert record["Err"] == (
+            f"fedora:42: staging tag {src.host}/staging/fedora:42 moved since verify: "
+            f"now {moved}, verified {digest}"
+        )
+        assert record["Stage"] == "promote"
+        assert "moved since verify" in stdout
+        # the copy did run (manifests went up by digest) and then no tag was written
+        puts = [e.path for e in proxy.log if e.method == "PUT" and "/manifests/" in e.path]
+        assert puts
+        assert all("/manifests/sha256:" in p for p in puts), puts
+        assert digest_of(dst, "prod/fedora", "42") == old
+        assert sorted(dst.list_tags("prod/fedora")) == old_tags
 
 
 def test_a_fault_mid_promote_moves_no_tag_and_a_rerun_completes(tmp_path: Path) -> None:
@@ -273,6 +398,65 @@ def test_a_fault_mid_promote_moves_no_tag_and_a_rerun_completes(tmp_path: Path) 
             "Stage": "promote",
             "Digest": digest,
         }
+
+
+@pytest.mark.parametrize("how", ["config file", "environment"])
+def test_push_target_registry_is_never_promotes_target(
+    tmp_path: Path, registry: Registry, how: str
+) -> None:
+    """`target_registry` is where `images push` writes (staging). Set in a config file or the
+    environment, it must not become promote's target (which would copy staging into itself):
+    without --target-registry the target is quay.io/containerdisks."""
+    staging = f"{registry.host}/staging"
+    stage(tmp_path, registry.host, "staging/fedora", "f42", [STAMP, "42"])
+    digest = digest_of(registry, "staging/fedora", "42")
+    write_results(tmp_path, {"fedora:42": verified([STAMP, "42"], digest)})
+    no_auth = tmp_path / "no-auth"  # no credentials of this machine's user are looked at
+    no_auth.mkdir()
+    env = clean_env(
+        REGISTRY_AUTH_FILE=str(no_auth / "auth.json"),
+        XDG_RUNTIME_DIR=str(no_auth),
+        DOCKER_CONFIG=str(no_auth),
+    )
+    extra: list[str] = []
+    if how == "config file":
+        (tmp_path / "config.yaml").write_text(f"target_registry: {staging}\n")
+        extra = ["--config", str(tmp_path / "config.yaml")]
+    else:
+        env["CONTAINERDISKS_TARGET_REGISTRY"] = staging
+    before = len(registry.log_text())
+
+    done = promote(tmp_path, staging, None, *extra, env=env)  # a dry run
+
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert rows[0] == ["ENTRY", "DIGEST", "TARGET", "RESULT"]
+    assert rows[1][:3] == ["fedora:42", digest, "quay.io/containerdisks/fedora"]
+    assert len(rows) == 2
+    # the dry run read the staging tags and wrote nothing into staging
+    log = registry.log_text()[before:]
+    assert "HEAD /v2/staging/fedora/manifests/42" in log
+    assert not re.search(r'"(PUT|POST|PATCH|DELETE) /v2/', log)
+
+
+@pytest.mark.parametrize("target", ["{host}/staging", "{host}/staging/", "oci:{tmp}/same"])
+def test_a_target_that_is_the_source_is_a_usage_error(
+    tmp_path: Path, registry: Registry, target: str
+) -> None:
+    spec = target.format(host=registry.host, tmp=tmp_path)
+    source = spec.removesuffix("/") if not spec.startswith("oci:") else f"oci:{tmp_path}/x/../same"
+    write_results(tmp_path, {"fedora:42": verified([STAMP], "sha256:" + "0" * 64)})
+    before = len(registry.log_text())
+
+    done = promote(tmp_path, source, spec, "--dry-run=false")
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"containerdisks: images promote: the target registry {spec} is --source-registry "
+        f"{source}; promote copies staging elsewhere, not into itself"
+    )
+    assert done.stdout == ""
+    assert registry.log_text()[before:].count("/v2/") == 0
 
 
 def test_a_missing_results_file_is_a_usage_error(tmp_path: Path, registry: Registry) -> None:
