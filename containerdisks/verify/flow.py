@@ -60,15 +60,28 @@ async def _verify(target: Target, booter: Booter, check: SshCheck) -> Verdict:
     try:
         async with booter.boot(target, user_data(credentials)) as guest:
             await check_login(guest, credentials, check)
-    except (CheckFailedError, PullError, SeedError, QemuError, KubeError) as e:
-        message = f"{target.key}: {e}"
-        log.error("verify_failed", entry=target.key, arch=target.arch, error=message)
+    except Exception as e:  # a full disk or a hung tool too: this entry fails, the others go on
+        expected = isinstance(e, (CheckFailedError, PullError, SeedError, QemuError, KubeError))
+        detail = str(e) if expected else _one_line(e)
+        message = f"{target.key}: {detail}"
+        log.error(
+            "verify_failed", entry=target.key, arch=target.arch, error=message,
+            exc_info=not expected,  # a surprise keeps its traceback in the log
+        )  # fmt: skip
         result = Result(target.result.tags, message, "verify", target.digest)
-        return Verdict(target.key, target.arch, "failed", str(e), time.monotonic() - start, result)
+        return Verdict(target.key, target.arch, "failed", detail, time.monotonic() - start, result)
     seconds = time.monotonic() - start
     log.info("verified", entry=target.key, arch=target.arch, seconds=round(seconds, 2))
     result = Result(target.result.tags, "", "verify", target.digest)
     return Verdict(target.key, target.arch, "verified", "echo hello", seconds, result)
+
+
+def _one_line(e: Exception) -> str:
+    """An unexpected error as one line: `No space left on device: '/w/disk.img'`."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: '{e.filename}'" if e.filename else e.strerror
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 async def verify_all(

@@ -3,18 +3,22 @@
 `LocalBooter.boot()` is the local way to get a `Guest` for the one verify flow in
 `containerdisks.verify.flow`; KubeVirt is the other. Each boot has a private work directory
 under `<work_dir>/verify/` (disk, seed, firmware vars, serial log) that is removed when the boot
-ends, however it ends. The serial log of a failed boot is kept, under `<work_dir>/serial-logs/`,
-and its path is put into the error so that a person can read why.
+ends, however it ends; a directory whose process was killed is removed by the next run (a lock
+says which are still in use, so runs sharing a work dir leave each other alone). The serial log
+of a failed boot is kept, under `<work_dir>/serial-logs/` (the newest 100), and its path is put
+into the error so that a person can read why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +37,61 @@ __all__ = ["LocalBooter", "remove_stale_work"]
 log = structlog.get_logger(__name__)
 
 
+_LOCK = ".owner.lock"  # held (flock) by the process booting in that directory
+_YOUNG = 60.0  # seconds a directory may still be waiting for its lock file to appear
+KEPT_LOGS = 100  # serial logs of failed boots kept under <work_dir>/serial-logs
+
+
 def remove_stale_work(work_dir: Path) -> None:
-    """Boot directories a killed predecessor left behind (their qemu died with it)."""
+    """Boot directories a killed predecessor left behind (their qemu died with it).
+
+    Only directories nobody holds: each boot holds an flock on its directory's lock file for
+    as long as it runs, and the kernel drops it when the process dies, however it dies. Another
+    verify run sharing the work dir keeps its boots.
+    """
     root = work_dir / "verify"
-    if root.is_dir():
-        for child in root.iterdir():
+    if not root.is_dir():
+        return
+    for child in root.iterdir():
+        try:
+            fd = os.open(child / _LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - child.stat().st_mtime < _YOUNG:
+                    continue  # just created: its owner is about to lock it
             shutil.rmtree(child, ignore_errors=True)
+            continue
+        except (NotADirectoryError, PermissionError):
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live run's boot
+        else:
+            shutil.rmtree(child, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def _owned_dir(root: Path, prefix: str) -> tuple[Path, int]:
+    """A new boot directory and the fd of the lock that says it is in use."""
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    fd = os.open(work / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return work, fd
+
+
+async def _in_thread_to_the_end(fn: Callable[[], object]) -> None:
+    """Run `fn` in a thread; a cancellation waits for it to finish before propagating, so
+    nothing it writes appears after the caller's cleanup has run."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 @dataclass
@@ -72,8 +125,7 @@ class LocalBooter:
     @contextlib.asynccontextmanager
     async def boot(self, target: Target, user_data: str) -> AsyncIterator[Guest]:
         root = self.work_dir / "verify"
-        root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"{target.name}-{target.version}-", dir=root))
+        work, lock = _owned_dir(root, f"{target.name}-{target.version}-")
         try:
             async with self._vm(target, user_data, work) as vm:
                 try:
@@ -82,7 +134,10 @@ class LocalBooter:
                     kept = self._keep(vm, target)
                     raise CheckFailedError(e.kind, f"{e} (serial log: {kept})") from None
         finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
+            try:
+                await _in_thread_to_the_end(lambda: shutil.rmtree(work, ignore_errors=True))
+            finally:
+                os.close(lock)
 
     @contextlib.asynccontextmanager
     async def _vm(
@@ -105,7 +160,7 @@ class LocalBooter:
         vars_copy = None
         if template is not None:
             vars_copy = work / "vars.fd"
-            await asyncio.to_thread(shutil.copyfile, template, vars_copy)
+            await _in_thread_to_the_end(lambda: shutil.copyfile(template, vars_copy))
         port = qemu.free_port()
         serial = work / "serial.log"
         command = qemu.command_line(
@@ -130,4 +185,8 @@ class LocalBooter:
         path = kept / f"{target.name}-{target.version}-{target.arch}-{stamp}.log"
         with contextlib.suppress(FileNotFoundError):
             shutil.copyfile(vm.serial_log, path)
+        logs = sorted(kept.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in logs[KEPT_LOGS:]:  # a failing image retried for weeks must not fill the disk
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
         return path

@@ -333,10 +333,9 @@ async def pull_disk(
         layer_total = disk_bytes = 0
         with dest.open("wb") as out:
             for layer in image.layers:
-
+                # No truncation here: a layer that holds no disk/ file must leave the disk an
+                # earlier layer wrote, and one that does restarts the file at its member.
                 async def attempt(layer: oci.Descriptor = layer) -> tuple[int, list[str], int]:
-                    out.seek(0)
-                    out.truncate()
                     return await _pull_layer(store, repository, layer, out, where)
 
                 got, files, size = await retrying(f"pull {where}", attempt, policy)

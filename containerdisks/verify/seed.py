@@ -85,6 +85,10 @@ async def write_seed(directory: Path, user: str, meta: str) -> Path:
     )
     try:
         _, err = await asyncio.wait_for(process.communicate(), _TOOL_TIMEOUT)
+    except TimeoutError:
+        raise SeedError(
+            f"{Path(command[0]).name} did not finish within {_TOOL_TIMEOUT:.0f} s"
+        ) from None
     finally:
         if process.returncode is None:
             process.kill()

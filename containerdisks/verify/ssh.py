@@ -4,7 +4,7 @@ Shared by every way of booting (local qemu, KubeVirt through a port-forward brid
 is reached at a host and port, and `Guest.failure()` says when waiting is pointless.
 
 Decisions (`verify-local-qemu.md` §5):
-- Wait for the server's `SSH-` identification line, not for the port: qemu's user networking,
+- Wait for the server's `SSH-2.0-` identification line, not for the port: qemu's user networking,
   like a port-forward, accepts TCP connections long before anything listens in the guest.
 - Then log in with asyncssh (the key from memory, no host-key check: the VM was born a minute
   ago) and require exit status 0 and `hello` on stdout.
@@ -65,20 +65,31 @@ class SshCheck:
     login_timeout: float = 30.0
 
 
+_BANNER_LINES = 20  # lines a server may send before its identification
+
+
 async def _banner(host: str, port: int, wait: float) -> bool:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait)
     except (OSError, TimeoutError):
         return False
     try:
-        line = await asyncio.wait_for(reader.readline(), wait)
+        async with asyncio.timeout(wait):
+            # RFC 4253 4.2: a server may send other lines before its identification; 1.99 is
+            # a server that speaks 2.0 as well (5.1). Anything else is not (yet) our server.
+            for _ in range(_BANNER_LINES):
+                line = await reader.readline()
+                if line.startswith((b"SSH-2.0-", b"SSH-1.99-")):
+                    return True
+                if not line or line.startswith(b"SSH-"):
+                    return False
+            return False
     except (OSError, TimeoutError):
         return False
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-    return line.startswith(b"SSH-")
 
 
 async def _login(guest: Guest, credentials: Credentials, wait: float) -> str:

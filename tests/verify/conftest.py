@@ -6,7 +6,9 @@ into the real registry from a loopback upstream, and `images verify --local` as 
   `tiny-sb` with Secure Boot, `tiny-ignores` whose image ignores the seed, `tiny-garbage`, and
   `tiny-multi` for x86_64 and s390x), the upstream serving the images, the registry, and the
   results file push wrote; `verify(...)` runs the command.
-- After every test: no qemu process of the test is alive, and the boot work dir is empty.
+- After every run of `verify(...)`: every qemu it started it stopped itself (log events), and
+  its boot work dir is empty before any later run could tidy it; after every test: no qemu
+  process of the test is alive, and the boot work dir is empty.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ class Published:
         ]  # fmt: skip
 
     def verify(self, *flags: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        """Run the command; then check that it cleaned up after itself (not the next run)."""
+        done = subprocess.run(
             self.verify_command(*flags),
             capture_output=True,
             text=True,
@@ -115,6 +118,24 @@ class Published:
             env=clean_env(),
             cwd=self.root,
         )
+        assert_every_vm_stopped(done.stderr)
+        boots = self.work / "verify"
+        assert [] == (sorted(boots.iterdir()) if boots.exists() else []), done.stderr[-2000:]
+        return done
+
+
+def assert_every_vm_stopped(log: str) -> None:
+    """Each qemu the run started was stopped by the run itself (its `vm_stopped` event), not by
+    the kernel's parent-death signal when the process ended, which hides a missing cleanup."""
+    started, stopped = set(), set()
+    for line in log.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("event") == "vm_started":
+                started.add(event["pid"])
+            elif event.get("event") == "vm_stopped":
+                stopped.add(event["pid"])
+    assert started == stopped, f"qemu started {sorted(started)}, stopped {sorted(stopped)}"
 
 
 @pytest.fixture

@@ -32,9 +32,15 @@ def _tar(members: list[tuple[str, bytes | None]], fmt: int) -> bytes:
     return buf.getvalue()
 
 
-async def _publish(registry: Registry, layer: bytes, layer_type: str) -> str:
+async def _publish(registry: Registry, *layers: bytes | str) -> str:
+    """An image of `layers` (each its bytes then its media type); its manifest digest."""
     async with oci.RegistryClient(registry.host) as client:
-        blob = await client.put_blob("t/disk", layer, media_type=layer_type)
+        described = []
+        for layer, layer_type in zip(layers[::2], layers[1::2], strict=True):
+            assert isinstance(layer, bytes)
+            assert isinstance(layer_type, str)
+            blob = await client.put_blob("t/disk", layer, media_type=layer_type)
+            described.append({"mediaType": layer_type, "digest": blob.digest, "size": blob.size})
         config = json.dumps(
             {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
         ).encode()
@@ -44,7 +50,7 @@ async def _publish(registry: Registry, layer: bytes, layer_type: str) -> str:
                 "schemaVersion": 2,
                 "mediaType": oci.OCI_MANIFEST,
                 "config": {"mediaType": cfg.media_type, "digest": cfg.digest, "size": cfg.size},
-                "layers": [{"mediaType": layer_type, "digest": blob.digest, "size": blob.size}],
+                "layers": described,
             }
         ).encode()
         return await client.put_manifest("t/disk", "1", oci.OCI_MANIFEST, manifest)
@@ -119,6 +125,63 @@ async def test_not_a_tar_and_a_missing_platform_are_named(
         with pytest.raises(PullError, match=r"manifest unknown|not found|unknown"):
             await pull_disk(client, "t/disk", "sha256:" + "0" * 64, "amd64", dest, where="t/disk")
     assert not dest.exists()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ([("disk", None), ("disk/disk.img", DISK)], [("etc/motd", b"hi")], DISK),
+        ([("disk/disk.img", b"old" * 1000)], [("disk/disk.img", DISK)], DISK),  # later wins
+        ([("etc/motd", b"hi")], [("disk/disk.img", DISK)], DISK),
+    ],
+)
+async def test_layers_apply_in_order_and_a_later_layer_without_a_disk_keeps_it(
+    registry: Registry,
+    tmp_path: Path,
+    first: list[tuple[str, bytes | None]],
+    second: list[tuple[str, bytes | None]],
+    expected: bytes,
+) -> None:
+    digest = await _publish(
+        registry,
+        gzip.compress(_tar(first, tarfile.GNU_FORMAT)), oci.OCI_LAYER_GZIP,
+        _tar(second, tarfile.GNU_FORMAT), oci.OCI_LAYER,
+    )  # fmt: skip
+    dest = tmp_path / "disk.img"
+    async with oci.RegistryClient(registry.host) as client:
+        pulled = await pull_disk(client, "t/disk", digest, "amd64", dest, where="t/disk")
+    assert expected == dest.read_bytes()
+    assert len(expected) == pulled.disk_bytes
+
+
+async def test_an_index_without_the_arch_is_named(registry: Registry, tmp_path: Path) -> None:
+    arm = await _publish(
+        registry, gzip.compress(_tar([("disk/disk.img", DISK)], tarfile.GNU_FORMAT)),
+        oci.OCI_LAYER_GZIP,
+    )  # fmt: skip
+    async with oci.RegistryClient(registry.host) as client:
+        size = len((await client.get_manifest("t/disk", arm)).data)
+        index = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": oci.OCI_INDEX,
+                "manifests": [
+                    {
+                        "mediaType": oci.OCI_MANIFEST,
+                        "digest": arm,
+                        "size": size,
+                        "platform": {"os": "linux", "architecture": "arm64"},
+                    }
+                ],
+            }
+        ).encode()
+        top = await client.put_manifest("t/disk", "multi", oci.OCI_INDEX, index)
+        dest = tmp_path / "disk.img"
+        with pytest.raises(PullError) as e:
+            await pull_disk(client, "t/disk", top, "amd64", dest, where="t/disk@x")
+        pulled = await pull_disk(client, "t/disk", top, "arm64", dest, where="t/disk@x")
+    assert "t/disk@x has no linux/amd64 image" == str(e.value)
+    assert (DISK, arm) == (dest.read_bytes(), pulled.manifest_digest)
 
 
 def test_sizes_in_octal_and_base_256() -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from containerdisks.verify.seed import make_credentials, user_data
-from containerdisks.verify.ssh import CheckFailedError, SshCheck, check_login
+from containerdisks.verify.ssh import CheckFailedError, SshCheck, _banner, check_login
 from containerdisks.verify.sshlib import asyncssh
 
 
@@ -110,3 +110,31 @@ async def test_a_guest_that_died_ends_the_wait_at_once() -> None:
     with pytest.raises(CheckFailedError) as e:
         await check_login(guest, make_credentials("root"), SshCheck(timeout=600))
     assert "did not boot: qemu exited with status 1: could not open disk" == str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("said", "is_banner"),
+    [
+        (b"SSH-2.0-dropbear_2022.83\r\n", True),
+        (b"welcome to the guest\r\nSSH-2.0-OpenSSH_9.2\r\n", True),  # RFC 4253 4.2
+        (b"SSH-1.99-OpenSSH_3.9\r\n", True),  # speaks 2.0 too (RFC 4253 5.1)
+        (b"SSH-1.5-ancient\r\n", False),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", False),
+    ],
+)
+async def test_only_an_ssh_2_identification_is_a_banner(said: bytes, is_banner: bool) -> None:
+    """The wait ends on an SSH-2 server's identification line, not on any text (a web server
+    forwarded to the port, an SSH-1 server) that the port happens to answer with."""
+
+    async def speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(said)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(speak, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert is_banner == await _banner("127.0.0.1", port, 2.0)
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.cli import clean_env
 from tests.support.tinycloud import qemu_processes
-from tests.verify.conftest import Published
+from tests.verify.conftest import Published, assert_every_vm_stopped
 
 # Real boots under TCG: a few seconds each on an idle host, much more on a loaded one.
 pytestmark = pytest.mark.timeout(300)
@@ -187,6 +187,7 @@ def test_a_signal_mid_boot_stops_qemu_and_removes_the_work_files(
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     assert status == proc.returncode, err
+    assert_every_vm_stopped(err.decode())
     assert [] == qemu_processes(str(tmp_path))
     assert [] == list((published.work / "verify").iterdir())
     assert before == published.results.read_bytes()  # a cancelled run records nothing
