@@ -17,8 +17,11 @@ Decisions (`verify-kubevirt.md`):
   retries transient 5xx and connection errors within the timeout, and stops at once on 401/403/404.
 - The guest agent (`guestosinfo`, 500 while not connected) is polled only for entries whose
   catalog says `guest_agent: true`, with medius's 30 attempts 10 s apart (both settable).
-- Delete runs in `finally` under `asyncio.shield` with a fresh short timeout, so a SIGINT/SIGTERM
+- Delete runs on every exit under `asyncio.shield` with a fresh short timeout, so a SIGINT/SIGTERM
   that cancels the boot still removes the VM (medius leaks it); 404 counts as already gone.
+  5xx/429, connection errors and timeouts are retried with a bounded backoff (5 tries, 0.5 s
+  doubling); when the VM still is not gone the entry fails, naming `<namespace>/<name>` so a
+  person can delete it (a verified entry must not hide a VM left running).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from containerdisks.verify.ssh import CheckFailedError
 from containerdisks.verify.target import Target
 
 __all__ = ["KubeBooter", "KubeError", "load_config", "node_architecture", "vm_body"]
@@ -62,7 +66,9 @@ TERMINAL = frozenset(
     }
 )
 _REQUEST_TIMEOUT = (10, 30)
-_DELETE_TIMEOUT = 30.0
+_DELETE_TIMEOUT = 10.0  # per attempt
+_DELETE_ATTEMPTS = 5
+_DELETE_BACKOFF = 0.5  # seconds before the 2nd attempt, doubling
 _CHUNK = 32 * 1024
 
 
@@ -77,9 +83,8 @@ def _api_error(what: str, e: ApiException) -> KubeError:
         message = body.get("message", "") if isinstance(body, dict) else ""
     except (ValueError, TypeError):
         message = (e.body or "").strip() if isinstance(e.body, str) else ""
-    return KubeError(
-        f"{what}: HTTP {e.status} {e.reason or ''}".rstrip() + (f": {message}" if message else "")
-    )
+    head = f"{what}: HTTP {e.status} {e.reason or ''}".rstrip()
+    return KubeError(" ".join(f"{head}: {message}".split()) if message else head)  # one line
 
 
 def _default_kubeconfig_exists() -> bool:
@@ -250,13 +255,23 @@ class KubeBooter:
                 await self._wait_guest_agent(name)
             async with self._bridge(name) as bridge:
                 yield bridge
-        finally:
-            deleting = asyncio.ensure_future(self._delete(name))
-            try:
-                await asyncio.shield(deleting)
-            except asyncio.CancelledError:
-                await deleting  # a second signal: still finish the delete, then propagate
-                raise
+        except BaseException as e:
+            left = await self._delete_shielded(name)
+            if left is not None and isinstance(e, (KubeError, CheckFailedError)):
+                raise KubeError(f"{e}; {left}") from None
+            raise
+        left = await self._delete_shielded(name)
+        if left is not None:
+            raise KubeError(left)
+
+    async def _delete_shielded(self, name: str) -> str | None:
+        """`_delete` that a cancellation (a signal) cannot interrupt."""
+        deleting = asyncio.ensure_future(self._delete(name))
+        try:
+            return await asyncio.shield(deleting)
+        except asyncio.CancelledError:
+            await deleting  # a second signal: still finish the delete, then propagate
+            raise
 
     def _vmi_path(self, name: str) -> str:
         return f"{SUBRESOURCES}/namespaces/{self.namespace}/virtualmachineinstances/{name}"
@@ -380,20 +395,34 @@ class KubeBooter:
             await asyncio.gather(*bridge.tasks, return_exceptions=True)
             await server.wait_closed()
 
-    async def _delete(self, name: str) -> None:
-        try:
-            await asyncio.wait_for(
-                self.objects.delete_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, "virtualmachines", name,
-                    grace_period_seconds=0,
-                ),
-                _DELETE_TIMEOUT,
-            )  # fmt: skip
-        except ApiException as e:
-            if e.status != 404:
-                log.error("vm_delete_failed", vm=name, error=str(_api_error("delete", e)))
-                return
-        except (aiohttp.ClientError, TimeoutError) as e:
-            log.error("vm_delete_failed", vm=name, error=f"{type(e).__name__}: {e}")
-            return
-        log.info("vm_deleted", vm=name, namespace=self.namespace)
+    async def _delete(self, name: str) -> str | None:
+        """Delete the VM; None once it is gone (404 included), else the one line saying it was
+        left behind. Transient failures are retried a bounded number of times."""
+        last = ""
+        for attempt in range(_DELETE_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(_DELETE_BACKOFF * 2 ** (attempt - 1))
+            try:
+                await asyncio.wait_for(
+                    self.objects.delete_namespaced_custom_object(
+                        GROUP, VERSION, self.namespace, "virtualmachines", name,
+                        grace_period_seconds=0,
+                    ),
+                    _DELETE_TIMEOUT,
+                )  # fmt: skip
+            except ApiException as e:
+                if e.status == 404:
+                    log.info("vm_already_gone", vm=name, namespace=self.namespace)
+                    return None
+                last = str(_api_error("delete", e))
+                if e.status != 429 and (e.status or 0) < 500:
+                    break  # 401/403/...: asking again will not help
+            except (aiohttp.ClientError, TimeoutError) as e:
+                last = f"delete: {type(e).__name__}: {e}".rstrip(": ")
+            else:
+                log.info("vm_deleted", vm=name, namespace=self.namespace, attempts=attempt + 1)
+                return None
+            log.warning("vm_delete_failed", vm=name, attempt=attempt + 1, error=last)
+        where = f"{self.namespace}/{name}"
+        log.error("vm_left_behind", vm=where, error=last)
+        return f"VM {where} was left behind ({last}); delete it by hand"

@@ -7,10 +7,12 @@ In every case the fake must show each created VM deleted exactly once and nothin
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -300,3 +302,50 @@ def test_transient_5xx_while_waiting_is_retried(published: Published, fake: Fake
     assert "ErrImagePull" in err
     gets = [p for m, p in fake.requests if m == "GET" and "/virtualmachines/tiny-" in p]
     assert len(gets) == 3
+
+
+def _delete_by_hand(fake: FakeKube, where: str) -> None:
+    """What a person does with a left-behind VM: `DELETE` it by its `<ns>/<name>`."""
+    ns, name = where.split("/")
+    url = f"{fake.url}/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}"
+    request = urllib.request.Request(
+        url, method="DELETE", headers={"Authorization": f"Bearer {fake.token}"}
+    )
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, no proxy
+    with direct.open(request, timeout=30) as response:
+        assert 200 == response.status
+
+
+def test_a_transient_500_on_delete_is_retried_and_the_vm_is_gone(
+    published: Published, fake: FakeKube
+) -> None:
+    published.push("tiny:1")
+    fake.fail[("delete", "virtualmachines")] = [500]
+    done = _verify(published, fake, "--dry-run=false")
+    assert 0 == done.returncode, done.stderr
+    assert "Err" not in published.read_results()["tiny:1"]
+    deletes = [p for m, p in fake.requests if m == "DELETE"]
+    assert 2 == len(deletes)  # the 500, then the retry that removed it
+    assert [] == fake.live
+    assert {fake.created[0]: 1} == fake.deletes
+
+
+def test_a_persistent_403_on_delete_fails_the_entry_naming_the_vm(
+    published: Published, fake: FakeKube
+) -> None:
+    """The guest passed, but a VM left running must not be reported as verified."""
+    published.push("tiny:1")
+    fake.forbid.add(("delete", "virtualmachines"))
+    done = _verify(published, fake, "--dry-run=false")
+    err = _failed(published, done)
+    name = fake.created[0]
+    assert f"tiny:1: VM kubevirt/{name} was left behind (delete: HTTP 403 Forbidden" in err
+    assert err.endswith("; delete it by hand")
+    assert "\n" not in err
+    assert f"failed: VM kubevirt/{name} was left behind" in done.stdout
+    assert 1 == len([m for m, _ in fake.requests if m == "DELETE"])  # a 403 is not retried
+    assert [name] == fake.live
+    fake.forbid.clear()
+    where = re.search(r"VM (\S+) was left behind", err)
+    assert where is not None
+    _delete_by_hand(fake, where.group(1))
