@@ -22,6 +22,11 @@ Decisions (`verify-kubevirt.md`):
   5xx/429, connection errors and timeouts are retried with a bounded backoff (5 tries, 0.5 s
   doubling); when the VM still is not gone the entry fails, naming `<namespace>/<name>` so a
   person can delete it (a verified entry must not hide a VM left running).
+- A create whose answer is lost (timeout, connection error, 5xx, a signal) may still have made
+  the VM: then the name is looked up and deleted, but only if it carries this run's
+  `containerdisks.kubevirt.io/verify-id` annotation; a 4xx (409 AlreadyExists: someone else's
+  VM) is a definite no and nothing is deleted. A VM of ours must never outlive the run, and a
+  VM that is not ours must never be removed by it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +60,7 @@ log = structlog.get_logger(__name__)
 GROUP, VERSION = "kubevirt.io", "v1"
 SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"
 NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery rand.String
+MARKER = "containerdisks.kubevirt.io/verify-id"  # this run's VM, not another's of the same name
 TERMINAL = frozenset(
     {
         "ErrImagePull",
@@ -129,8 +135,11 @@ def vm_name(name: str) -> str:
     return f"{name}-{''.join(secrets.choice(NAME_ALPHABET) for _ in range(5))}"
 
 
-def vm_body(name: str, image: str, user_data: str, secure_boot: bool) -> dict[str, Any]:
-    """medius's `docs.NewVM` with rng, cloudInitNoCloud, and TGPS 0 (verify mode)."""
+def vm_body(
+    name: str, image: str, user_data: str, secure_boot: bool, marker: str = ""
+) -> dict[str, Any]:
+    """medius's `docs.NewVM` with rng, cloudInitNoCloud, and TGPS 0 (verify mode); `marker`
+    is the annotation that proves the VM is this run's."""
     domain: dict[str, Any] = {"resources": {"requests": {"memory": "1Gi"}}}
     if secure_boot:
         domain["firmware"] = {"bootloader": {"efi": {"secureBoot": True}}}
@@ -145,7 +154,7 @@ def vm_body(name: str, image: str, user_data: str, secure_boot: bool) -> dict[st
     return {
         "kind": "VirtualMachine",
         "apiVersion": "kubevirt.io/v1",
-        "metadata": {"name": name},
+        "metadata": {"name": name, **({"annotations": {MARKER: marker}} if marker else {})},
         "spec": {
             "runStrategy": "Always",
             "template": {
@@ -201,6 +210,16 @@ async def _pump(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _shielded(cleanup: Coroutine[Any, Any, str | None]) -> str | None:
+    """Run `cleanup` to its end even when a cancellation (a signal) arrives meanwhile."""
+    task = asyncio.ensure_future(cleanup)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task  # a second signal: still finish the cleanup, then propagate
+        raise
+
+
 class KubeBooter:
     """Boots a target as a KubeVirt VM in `namespace`; the image is `<registry>/<Tags[0]>`."""
 
@@ -238,16 +257,10 @@ class KubeBooter:
     @asynccontextmanager
     async def boot(self, target: Target, user_data: str) -> AsyncIterator[_Bridge]:
         name = vm_name(target.name)
-        body = vm_body(name, self.image(target), user_data, target.secure_boot)
-        try:
-            await self.objects.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, "virtualmachines", body,
-                _request_timeout=_REQUEST_TIMEOUT,
-            )  # fmt: skip
-        except ApiException as e:
-            raise _api_error(f"create VirtualMachine {self.namespace}/{name}", e) from None
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise KubeError(f"create VirtualMachine {name}: {type(e).__name__}: {e}") from None
+        marker = secrets.token_hex(8)
+        await self._create(
+            name, vm_body(name, self.image(target), user_data, target.secure_boot, marker), marker
+        )
         log.info("vm_created", vm=name, namespace=self.namespace, image=self.image(target))
         try:
             await self._wait_ready(name)
@@ -256,22 +269,57 @@ class KubeBooter:
             async with self._bridge(name) as bridge:
                 yield bridge
         except BaseException as e:
-            left = await self._delete_shielded(name)
+            left = await _shielded(self._delete(name))
             if left is not None and isinstance(e, (KubeError, CheckFailedError)):
                 raise KubeError(f"{e}; {left}") from None
             raise
-        left = await self._delete_shielded(name)
+        left = await _shielded(self._delete(name))
         if left is not None:
             raise KubeError(left)
 
-    async def _delete_shielded(self, name: str) -> str | None:
-        """`_delete` that a cancellation (a signal) cannot interrupt."""
-        deleting = asyncio.ensure_future(self._delete(name))
+    async def _create(self, name: str, body: dict[str, Any], marker: str) -> None:
+        """Create the VM, or raise; when the answer is lost, remove what may have been made."""
+        what = f"create VirtualMachine {self.namespace}/{name}"
         try:
-            return await asyncio.shield(deleting)
+            await self.objects.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "virtualmachines", body,
+                _request_timeout=_REQUEST_TIMEOUT,
+            )  # fmt: skip
+            return
+        except ApiException as e:
+            unsure = _api_error(what, e)
+            if (e.status or 0) < 500:
+                raise unsure from None  # a definite no; a 409 names someone else's VM
+        except (aiohttp.ClientError, TimeoutError) as e:
+            unsure = KubeError(f"{what}: {type(e).__name__}: {e}".rstrip(": "))
         except asyncio.CancelledError:
-            await deleting  # a second signal: still finish the delete, then propagate
+            await _shielded(self._remove_if_ours(name, marker))
             raise
+        left = await _shielded(self._remove_if_ours(name, marker))
+        raise KubeError(f"{unsure}; {left}" if left else str(unsure)) from None
+
+    async def _remove_if_ours(self, name: str, marker: str) -> str | None:
+        """After a create with no answer: delete `name` if it exists and carries `marker`.
+        None when nothing of ours is left, else the one line saying what may be."""
+        where = f"{self.namespace}/{name}"
+        try:
+            vm = await asyncio.wait_for(self._get("virtualmachines", name), _DELETE_TIMEOUT)
+        except ApiException as e:
+            if e.status == 404:
+                log.info("vm_not_created", vm=where)
+                return None
+            why = str(_api_error("get", e))
+        except (aiohttp.ClientError, TimeoutError) as e:
+            why = f"get: {type(e).__name__}: {e}".rstrip(": ")
+        else:
+            annotations = (vm.get("metadata") or {}).get("annotations") or {}
+            if annotations.get(MARKER) != marker:
+                log.warning("vm_not_ours", vm=where)  # another's VM of that name: left alone
+                return None
+            log.info("vm_created_unanswered", vm=where)
+            return await self._delete(name)
+        log.error("vm_maybe_left_behind", vm=where, error=why)
+        return f"VM {where} may have been left behind ({why}); check and delete it by hand"
 
     def _vmi_path(self, name: str) -> str:
         return f"{SUBRESOURCES}/namespaces/{self.namespace}/virtualmachineinstances/{name}"

@@ -19,6 +19,12 @@ Decisions:
 - `token` is checked on every request (401 `Status` otherwise), except that `anonymous_reads`
   lets GETs through for kubectl, which never sends a bearer token over plain HTTP; `forbid`
   answers 403 for `(verb, resource)`; `fail` answers canned statuses for `(verb, resource)`.
+- Lost create answers, as a real apiserver can produce them: `create_delay` holds the answer
+  to a create for that long after the VM is stored (until it is deleted), and
+  `fail_after_store` answers canned statuses after storing it.
+- `squat`: another party takes the requested name just before a create lands, so the 409
+  AlreadyExists comes from a real collision in the store; `squatters` names its VMs (not in
+  `created`: the tool did not make them, and must not delete them).
 - Runs in a thread of its own (`with`), since tests start the command line as a subprocess.
 """
 
@@ -68,6 +74,7 @@ class _VM:
     ssh_port: int | None = None
     stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     offered: list[str] = field(default_factory=list)
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _status(code: int, reason: str, message: str, name: str = "", kind: str = "") -> web.Response:
@@ -104,6 +111,10 @@ class FakeKube:
         self.forbid: set[tuple[str, str]] = set()
         self.anonymous_reads = False  # kubectl sends no bearer token over plain HTTP
         self.fail: dict[tuple[str, str], list[int]] = {}
+        self.create_delay = 0.0
+        self.fail_after_store: list[int] = []
+        self.squat = False
+        self.squatters: list[str] = []
         self.vms: dict[tuple[str, str], _VM] = {}
         self.created: list[str] = []
         self.bodies: list[dict[str, Any]] = []
@@ -180,6 +191,7 @@ class FakeKube:
 
     async def _stop(self) -> None:
         for vm in list(self.vms.values()):
+            vm.gone.set()
             await vm.stack.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -285,6 +297,13 @@ class FakeKube:
             return _status(400, "BadRequest", "not a kubevirt.io/v1 VirtualMachine")
         if not _DNS1123.match(name) or len(name) > 63:
             return _status(422, "Invalid", f'VirtualMachine "{name}" is invalid: metadata.name')
+        if self.squat and _DNS1123.match(name):
+            other = {"kind": "VirtualMachine", "apiVersion": "kubevirt.io/v1",
+                     "metadata": {"name": name, "namespace": ns, "uid": str(uuid.uuid4()),
+                                  "creationTimestamp": _now()},
+                     "spec": {"runStrategy": "Halted"}}  # fmt: skip
+            self.vms[(ns, name)] = _VM(other, time.monotonic(), Scenario(ready_after=None))
+            self.squatters.append(name)
         if (ns, name) in self.vms:
             return _status(
                 409, "AlreadyExists", f'virtualmachines.kubevirt.io "{name}" already exists',
@@ -316,6 +335,12 @@ class FakeKube:
         disk = self.disks.get(repo)
         if disk is not None:
             await self._boot(vm, name, disk, user_data)
+        if self.fail_after_store:
+            code = self.fail_after_store.pop(0)
+            return _status(code, "InternalError", f"canned {code} after storing {name}")
+        if self.create_delay:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(vm.gone.wait(), self.create_delay)
         return web.json_response(body, status=201)
 
     async def _boot(self, vm: _VM, name: str, disk: Path, user_data: str) -> None:
@@ -359,6 +384,7 @@ class FakeKube:
                 name, "virtualmachines",
             )  # fmt: skip
         self.deletes[name] = self.deletes.get(name, 0) + 1
+        vm.gone.set()
         await vm.stack.aclose()
         body = self._view(ns, vm)
         body["metadata"]["deletionTimestamp"] = _now()

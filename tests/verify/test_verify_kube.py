@@ -349,3 +349,55 @@ def test_a_persistent_403_on_delete_fails_the_entry_naming_the_vm(
     where = re.search(r"VM (\S+) was left behind", err)
     assert where is not None
     _delete_by_hand(fake, where.group(1))
+
+
+def test_a_create_answered_500_after_the_vm_was_stored_still_deletes_it(
+    published: Published, fake: FakeKube
+) -> None:
+    """The server made the VM but the answer was an error: the tool finds its own VM (by its
+    run's annotation) and deletes it."""
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.fail_after_store.append(500)
+    err = _failed(
+        published, _verify(published, fake, "--dry-run=false", "--target-architecture", "amd64")
+    )
+    name = fake.created[0]
+    assert err.startswith(f"tiny:1: create VirtualMachine kubevirt/{name}: HTTP 500"), err
+    assert "left behind" not in err
+    assert {name: 1} == fake.deletes
+    assert [] == fake.live
+
+
+def test_a_signal_during_create_still_deletes_the_vm_the_server_made(
+    published: Published, fake: FakeKube
+) -> None:
+    """SIGTERM while the create's answer is still on its way: the VM exists on the server,
+    the tool never heard so, and it is deleted anyway."""
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.create_delay = 120
+    process = subprocess.Popen(
+        _command(published, fake, "--dry-run=false", "--target-architecture", "amd64"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(**FAST), cwd=published.root,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not fake.created:
+            assert time.monotonic() < deadline
+            assert process.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert 143 == process.returncode, stderr
+    name = fake.created[0]
+    vm_calls = [m for m, p in fake.requests if "/virtualmachines" in p]
+    assert ["POST", "GET", "DELETE"] == vm_calls  # looked up (ours), then deleted
+    assert {name: 1} == fake.deletes
+    assert [] == fake.live
