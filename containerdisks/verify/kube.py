@@ -178,6 +178,7 @@ class _Bridge:
     ssh_host: str = "127.0.0.1"
     ssh_port: int = 0
     failed: str | None = None
+    refused: str = ""  # the last port-forward refusal, for a no-banner error
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def failure(self) -> str | None:
@@ -417,13 +418,16 @@ class KubeBooter:
                 try:
                     ws = await self._websocket(name)
                 except aiohttp.WSServerHandshakeError as e:
+                    bridge.refused = f"HTTP {e.status}"
                     if e.status in (401, 403, 404):
                         bridge.failed = f"port-forward to {name}: HTTP {e.status}"
                     log.debug("portforward_refused", vm=name, status=e.status)
                     return
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    bridge.refused = f"{type(e).__name__}: {e}".rstrip(": ")
                     log.debug("portforward_failed", vm=name, error=str(e))
                     return
+                bridge.refused = ""
                 async with ws:
                     await _pump(reader, writer, ws)
             finally:
@@ -436,6 +440,11 @@ class KubeBooter:
         bridge.ssh_port = server.sockets[0].getsockname()[1]
         try:
             yield bridge
+        except CheckFailedError as e:
+            if e.kind != "no-banner" or not bridge.refused:
+                raise
+            why = f"{e} (the port-forward to {name} answered {bridge.refused})"
+            raise CheckFailedError(e.kind, " ".join(why.split())) from None
         finally:
             server.close()
             for t in list(bridge.tasks):

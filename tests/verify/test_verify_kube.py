@@ -28,6 +28,8 @@ from tests.verify.conftest import Published
 FAST = {
     "CONTAINERDISKS_VERIFY_POLL_INTERVAL": "0.1",
     "CONTAINERDISKS_VERIFY_RETRY_INTERVAL": "0.3",
+    # every port-forward try counts, also while the TCG guest still boots: 200 x 0.3 s at least
+    "CONTAINERDISKS_VERIFY_SSH_ATTEMPTS": "200",
     "NO_PROXY": "127.0.0.1,localhost",
     "no_proxy": "127.0.0.1,localhost",
 }
@@ -54,14 +56,18 @@ def _command(
 
 
 def _verify(
-    p: Published, fake: FakeKube, *flags: str, **kw: Any
+    p: Published, fake: FakeKube, *flags: str, attempts: int | None = None, **kw: Any
 ) -> subprocess.CompletedProcess[str]:
+    """The command; `attempts` sets `verify_ssh_attempts` (guest agent and SSH)."""
+    env = dict(FAST)
+    if attempts is not None:
+        env["CONTAINERDISKS_VERIFY_SSH_ATTEMPTS"] = str(attempts)
     return subprocess.run(
         _command(p, fake, *flags, **kw),
         capture_output=True,
         text=True,
         timeout=240,
-        env=clean_env(**FAST),
+        env=clean_env(**env),
         cwd=p.root,
     )
 
@@ -146,7 +152,7 @@ def test_guest_agent_never_connects(published: Published, fake: FakeKube) -> Non
     published.push("tiny:1")
     fake.scenarios["tiny"] = Scenario(agent_after=None)
     config = _with(published, guest_agent=True)
-    err = _failed(published, _verify(published, fake, "--dry-run=false", config=config))
+    err = _failed(published, _verify(published, fake, "--dry-run=false", config=config, attempts=3))
     assert "guest agent" in err
     assert "not connected after 3 attempts" in err
     assert "does not have guest agent connected" in err
@@ -168,13 +174,21 @@ def test_guest_agent_connecting_late_passes_before_ssh(
     assert max(info) < min(forwards)
 
 
-def test_ssh_refused(published: Published, fake: FakeKube) -> None:
+def test_ssh_refused_ends_after_the_bounded_attempts(published: Published, fake: FakeKube) -> None:
+    """Every port-forward try counts (3 allowed here), so a refused port ends the check long
+    before the 600 s --timeout, as medius's 30 x 10 s does."""
     published.push("tiny:1")
     fake.disks.clear()  # no guest behind the VM: the port-forward dial is refused
-    err = _failed(published, _verify(published, fake, "--dry-run=false", "--timeout", "3"))
-    assert "no SSH banner within 3 s" in err
-    assert fake.requests
-    assert any("/portforward/22/tcp" in path for _, path in fake.requests)
+    start = time.monotonic()
+    err = _failed(published, _verify(published, fake, "--dry-run=false", attempts=3))
+    assert time.monotonic() - start < 60
+    name = fake.created[0]
+    assert (
+        f"tiny:1: no SSH banner after 3 attempts (the port-forward to {name} answered HTTP 500)"
+        == err
+    )
+    forwards = [p for _, p in fake.requests if p.endswith(f"/{name}/portforward/22/tcp")]
+    assert 3 == len(forwards)
 
 
 @pytest.mark.parametrize(
