@@ -25,6 +25,9 @@ Decisions:
 - `squat`: another party takes the requested name just before a create lands, so the 409
   AlreadyExists comes from a real collision in the store; `squatters` names its VMs (not in
   `created`: the tool did not make them, and must not delete them).
+- `portforwards` logs every port-forward request (VM, port, query, the websocket subprotocols
+  offered, the one chosen when upgraded) and outlives the VM, so tests can check the
+  `plain.kubevirt.io` handshake after the tool has deleted it.
 - Runs in a thread of its own (`with`), since tests start the command line as a subprocess.
 """
 
@@ -73,7 +76,6 @@ class _VM:
     scenario: Scenario
     ssh_port: int | None = None
     stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
-    offered: list[str] = field(default_factory=list)
     gone: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -120,6 +122,7 @@ class FakeKube:
         self.bodies: list[dict[str, Any]] = []
         self.deletes: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
+        self.portforwards: list[dict[str, Any]] = []
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -431,6 +434,12 @@ class FakeKube:
 
     async def _portforward(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        record: dict[str, Any] = {
+            "vm": name, "port": request.match_info["port"], "query": dict(request.query),
+            "protocols": [p.strip() for p in offered.split(",") if p.strip()], "chosen": None,
+        }  # fmt: skip
+        self.portforwards.append(record)
         vm = self._vmi(request)
         if vm is None:
             return _status(
@@ -438,7 +447,6 @@ class FakeKube:
             )
         if request.match_info.get("protocol", "tcp") != "tcp":
             return _status(500, "InternalError", "only tcp here")
-        vm.offered.append(request.headers.get("Sec-WebSocket-Protocol", ""))
         port = request.match_info["port"]
         refused = f"Internal error occurred: dialing VM: dial tcp 127.0.0.1:{port}: connect: "
         if port != "22" or vm.ssh_port is None:
@@ -449,6 +457,7 @@ class FakeKube:
             return _status(500, "InternalError", refused + "connection refused")
         ws = web.WebSocketResponse(protocols=("plain.kubevirt.io",), autoping=True, heartbeat=None)
         await ws.prepare(request)
+        record["chosen"] = ws.ws_protocol
 
         async def down() -> None:
             while chunk := await reader.read(32 * 1024):

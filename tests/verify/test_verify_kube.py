@@ -109,6 +109,14 @@ def test_push_then_verify_in_kubevirt_logs_in_over_the_port_forward(
     assert ("GET", "/api/v1/nodes") in fake.requests  # no --target-architecture: the node's
     vm_state = next(iter(fake.deletes))
     assert vm_state == vm["metadata"]["name"]
+    # the port-forward offered only `plain.kubevirt.io`, and a login went through it
+    forwards = fake.portforwards
+    assert forwards
+    for f in forwards:
+        assert (vm_state, "22", {}, ["plain.kubevirt.io"]) == (
+            f["vm"], f["port"], f["query"], f["protocols"],
+        )  # fmt: skip
+    assert "plain.kubevirt.io" in [f["chosen"] for f in forwards]
 
 
 def test_secure_boot_entry_gets_smm_and_secure_boot(
