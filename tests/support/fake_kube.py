@@ -17,8 +17,9 @@ Decisions:
 - Deleting a VM stops its qemu; `deletes` counts deletes per VM so tests can assert exactly one
   per create, and `live` must be empty at the end.
 - `token` is checked on every request (401 `Status` otherwise), except that `anonymous_reads`
-  lets GETs through for kubectl, which never sends a bearer token over plain HTTP; `forbid`
-  answers 403 for `(verb, resource)`; `fail` answers canned statuses for `(verb, resource)`.
+  lets GETs through for kubectl, which never sends a bearer token over plain HTTP;
+  `unauthorized` answers 401 (a token revoked mid-run) and `forbid` 403 for `(verb, resource)`;
+  `fail` answers canned statuses for `(verb, resource)`.
 - Lost create answers, as a real apiserver can produce them: `create_delay` holds the answer
   to a create for that long after the VM is stored (until it is deleted), and
   `fail_after_store` answers canned statuses after storing it.
@@ -111,6 +112,7 @@ class FakeKube:
         self.disks = dict(disks or {})
         self.scenarios = dict(scenarios or {})
         self.forbid: set[tuple[str, str]] = set()
+        self.unauthorized: set[tuple[str, str]] = set()
         self.anonymous_reads = False  # kubectl sends no bearer token over plain HTTP
         self.fail: dict[tuple[str, str], list[int]] = {}
         self.create_delay = 0.0
@@ -210,6 +212,8 @@ class FakeKube:
         resource = _resource(request.path)
         if request.path.endswith(("/nodes", "/virtualmachines")) and request.method == "GET":
             verb = "list"
+        if (verb, resource) in self.unauthorized:
+            return _status(401, "Unauthorized", "Unauthorized")
         if (verb, resource) in self.forbid:
             return _status(
                 403, "Forbidden",

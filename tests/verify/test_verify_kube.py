@@ -200,8 +200,7 @@ def test_ssh_refused_ends_after_the_bounded_attempts(published: Published, fake:
 
 
 @pytest.mark.parametrize(
-    ("status", "words"),
-    [(409, "HTTP 409"), (500, "HTTP 500"), (403, "HTTP 403"), (401, "HTTP 401")],
+    ("status", "words"), [(500, "HTTP 500"), (403, "HTTP 403"), (401, "HTTP 401")]
 )
 def test_api_errors_on_create_fail_the_entry(
     published: Published, fake: FakeKube, status: int, words: str
@@ -423,3 +422,77 @@ def test_a_signal_during_create_still_deletes_the_vm_the_server_made(
     assert ["POST", "GET", "DELETE"] == vm_calls  # looked up (ours), then deleted
     assert {name: 1} == fake.deletes
     assert [] == fake.live
+
+
+def test_a_real_name_collision_on_create_fails_without_touching_the_other_vm(
+    published: Published, fake: FakeKube
+) -> None:
+    """Another party holds the name (the fake's store really has it): 409 AlreadyExists is a
+    definite answer, and that VM is not the tool's to look up or delete."""
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.squat = True
+    done = _verify(published, fake, "--dry-run=false", "--target-architecture", "amd64")
+    err = _failed(published, done)
+    [name] = fake.squatters
+    assert (
+        f"tiny:1: create VirtualMachine kubevirt/{name}: HTTP 409 Conflict: "
+        f'virtualmachines.kubevirt.io "{name}" already exists'
+    ) == err
+    assert [] == fake.created  # the tool made nothing
+    assert [name] == fake.live  # and the other party's VM is still there
+    assert {} == fake.deletes
+    assert ["POST"] == [m for m, p in fake.requests if "/virtualmachines" in p]
+    del fake.vms[("kubevirt", name)]  # the other party's business, not the fixture's
+
+
+PHASES = {
+    "ready wait": (("get", "virtualmachines"), "get VirtualMachine {name}: HTTP {status}", False),
+    "guestosinfo": (
+        ("get", "virtualmachineinstances/guestosinfo"),
+        "guestosinfo of {name}: HTTP {status}",
+        True,
+    ),
+    "port-forward": (
+        ("get", "virtualmachineinstances/portforward"),
+        "did not boot: port-forward to {name}: HTTP {status}",
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_401_or_403_after_create_fails_the_entry_and_deletes_the_vm(
+    published: Published, fake: FakeKube, phase: str, status: int
+) -> None:
+    published.push("tiny:1")
+    fake.disks.clear()
+    call, words, agent = PHASES[phase]
+    (fake.unauthorized if status == 401 else fake.forbid).add(call)
+    config = _with(published, guest_agent=agent)
+    start = time.monotonic()
+    done = _verify(
+        published, fake, "--dry-run=false", "--target-architecture", "amd64", config=config
+    )
+    err = _failed(published, done)
+    name = fake.created[0]
+    assert f"tiny:1: {words.format(name=name, status=status)}" in err
+    assert "left behind" not in err
+    assert time.monotonic() - start < 60  # at once, not after retries or the timeout
+    assert {name: 1} == fake.deletes
+    if phase != "ready wait":  # the phases before it passed
+        assert any(f"/virtualmachines/{name}" in p for m, p in fake.requests if m == "GET")
+
+
+def test_a_persistent_500_while_waiting_ends_at_the_timeout_and_deletes_the_vm(
+    published: Published, fake: FakeKube
+) -> None:
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.fail[("get", "virtualmachines")] = [500] * 1000
+    done = _verify(published, fake, "--dry-run=false", "--timeout", "2")
+    err = _failed(published, done)
+    name = fake.created[0]
+    assert f"tiny:1: VirtualMachine {name} not ready within 2 s (last: HTTP 500)" == err
+    assert {name: 1} == fake.deletes
