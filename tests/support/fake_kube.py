@@ -119,6 +119,7 @@ class FakeKube:
         self.fail_after_store: list[int] = []
         self.squat = False
         self.squatters: list[str] = []
+        self.most_live = 0  # the most VMs alive at once (`--workers`)
         self.vms: dict[tuple[str, str], _VM] = {}
         self.created: list[str] = []
         self.bodies: list[dict[str, Any]] = []
@@ -338,6 +339,7 @@ class FakeKube:
         vm = _VM(body, time.monotonic(), self.scenarios.get(repo, Scenario()))
         self.vms[(ns, name)] = vm
         self.created.append(name)
+        self.most_live = max(self.most_live, len(self.vms))
         self.bodies.append(json.loads(json.dumps(body)))
         disk = self.disks.get(repo)
         if disk is not None:

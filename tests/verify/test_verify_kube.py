@@ -496,3 +496,74 @@ def test_a_persistent_500_while_waiting_ends_at_the_timeout_and_deletes_the_vm(
     name = fake.created[0]
     assert f"tiny:1: VirtualMachine {name} not ready within 2 s (last: HTTP 500)" == err
     assert {name: 1} == fake.deletes
+
+
+def _row(stdout: str, key: str) -> list[str]:
+    """The table row of `key`: ENTRY, ARCH, RESULT."""
+    line = next(line for line in stdout.splitlines() if line.startswith(f"{key} "))
+    entry, arch, result = line.split(maxsplit=2)
+    return [entry, arch, result]
+
+
+def test_without_target_architecture_the_first_nodes_arch_is_chosen(
+    published: Published, fake: FakeKube
+) -> None:
+    """Nodes arm64 first, then amd64: arm64 is verified, so the x86_64-only entry is skipped
+    and its record stays as push wrote it."""
+    pushed = published.push("tiny:1")["tiny:1"]
+    fake.archs = ("arm64", "amd64")
+    done = _verify(published, fake, "--dry-run=false")
+    assert 0 == done.returncode, done.stderr
+    assert ["tiny:1", "aarch64", "skipped: no arm64 image"] == _row(done.stdout, "tiny:1")
+    assert pushed == published.read_results()["tiny:1"]
+    assert [] == fake.created
+    assert '"nodes_disagree"' in done.stderr
+
+
+def test_a_non_default_namespace_gets_the_vm(published: Published, fake: FakeKube) -> None:
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.scenarios["tiny"] = Scenario(ready_after=None, printable="ErrImagePull")
+    done = _verify(published, fake, "--dry-run=false", "--namespace", "verify-here")
+    assert "ErrImagePull" in _failed(published, done)
+    name = fake.created[0]
+    assert "verify-here" == fake.bodies[0]["metadata"]["namespace"]
+    vm_calls = [(m, p) for m, p in fake.requests if "/virtualmachines" in p]
+    assert vm_calls
+    assert all("/namespaces/verify-here/virtualmachines" in p for _, p in vm_calls)
+    assert ("DELETE", f"/apis/kubevirt.io/v1/namespaces/verify-here/virtualmachines/{name}") in [
+        (m, p.split("?")[0]) for m, p in vm_calls
+    ]
+    assert {name: 1} == fake.deletes
+
+
+def test_no_fail_exits_0_with_the_failed_entry_recorded(
+    published: Published, fake: FakeKube
+) -> None:
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.scenarios["tiny"] = Scenario(ready_after=None, printable="ErrImagePull")
+    done = _verify(published, fake, "--dry-run=false", "--no-fail")
+    assert 0 == done.returncode, done.stderr
+    record = published.read_results()["tiny:1"]
+    assert "verify" == record["Stage"]
+    assert f"tiny:1: VirtualMachine {fake.created[0]} is ErrImagePull" == record["Err"]
+    assert _row(done.stdout, "tiny:1")[2].startswith("failed: VirtualMachine")
+
+
+def test_two_workers_verify_two_entries_at_once_and_delete_both(
+    published: Published, fake: FakeKube
+) -> None:
+    published.push("tiny:1")
+    published.push("tiny-unsigned-sb:1")
+    fake.disks["tiny-unsigned-sb"] = fake.disks["tiny"]  # the fake boots it with BIOS
+    done = _verify(published, fake, "--dry-run=false", "--workers", "2")
+    assert 0 == done.returncode, done.stderr
+    results = published.read_results()
+    for key in ("tiny:1", "tiny-unsigned-sb:1"):
+        assert "verify" == results[key]["Stage"]
+        assert "Err" not in results[key]
+        assert _row(done.stdout, key)[2].startswith("verified in ")
+    assert 2 == len(fake.created)
+    assert 2 == fake.most_live  # both VMs were up at the same time
+    assert dict.fromkeys(fake.created, 1) == fake.deletes
