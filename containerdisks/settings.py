@@ -181,7 +181,9 @@ class Settings(BaseSettings):
         1024, description="`images verify`: guest memory in MiB (medius's VM has 1Gi)."
     )
     verify_ssh_attempts: PositiveInt = Field(
-        30, description="`images verify`: SSH login attempts once the guest answers (medius: 30)."
+        30,
+        description="`images verify`: SSH attempts (medius: 30); in KubeVirt every try through "
+        "the port-forward counts, `--local` counts logins once the guest answers.",
     )
     kubeconfig: str = Field(
         "",

@@ -142,6 +142,7 @@ async def _run_kube(
             timeout=settings.verify_timeout,
             attempts=settings.verify_ssh_attempts,
             pause=settings.verify_retry_interval,
+            count_unanswered=True,  # each try is a port-forward: medius's 30 x 10 s
         )
         verdicts += await verify_all(
             chosen, booter, check, workers=settings.workers, dry_run=settings.dry_run

@@ -17,8 +17,16 @@ Decisions (`verify-kubevirt.md`):
   retries transient 5xx and connection errors within the timeout, and stops at once on 401/403/404.
 - The guest agent (`guestosinfo`, 500 while not connected) is polled only for entries whose
   catalog says `guest_agent: true`, with medius's 30 attempts 10 s apart (both settable).
-- Delete runs in `finally` under `asyncio.shield` with a fresh short timeout, so a SIGINT/SIGTERM
+- Delete runs on every exit under `asyncio.shield` with a fresh short timeout, so a SIGINT/SIGTERM
   that cancels the boot still removes the VM (medius leaks it); 404 counts as already gone.
+  5xx/429, connection errors and timeouts are retried with a bounded backoff (5 tries, 0.5 s
+  doubling); when the VM still is not gone the entry fails, naming `<namespace>/<name>` so a
+  person can delete it (a verified entry must not hide a VM left running).
+- A create whose answer is lost (timeout, connection error, 5xx, a signal) may still have made
+  the VM: then the name is looked up and deleted, but only if it carries this run's
+  `containerdisks.kubevirt.io/verify-id` annotation; a 4xx (409 AlreadyExists: someone else's
+  VM) is a definite no and nothing is deleted. A VM of ours must never outlive the run, and a
+  VM that is not ours must never be removed by it.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +50,7 @@ from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from containerdisks.verify.ssh import CheckFailedError
 from containerdisks.verify.target import Target
 
 __all__ = ["KubeBooter", "KubeError", "load_config", "node_architecture", "vm_body"]
@@ -51,6 +60,7 @@ log = structlog.get_logger(__name__)
 GROUP, VERSION = "kubevirt.io", "v1"
 SUBRESOURCES = "/apis/subresources.kubevirt.io/v1"
 NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery rand.String
+MARKER = "containerdisks.kubevirt.io/verify-id"  # this run's VM, not another's of the same name
 TERMINAL = frozenset(
     {
         "ErrImagePull",
@@ -62,7 +72,9 @@ TERMINAL = frozenset(
     }
 )
 _REQUEST_TIMEOUT = (10, 30)
-_DELETE_TIMEOUT = 30.0
+_DELETE_TIMEOUT = 10.0  # per attempt
+_DELETE_ATTEMPTS = 5
+_DELETE_BACKOFF = 0.5  # seconds before the 2nd attempt, doubling
 _CHUNK = 32 * 1024
 
 
@@ -77,9 +89,8 @@ def _api_error(what: str, e: ApiException) -> KubeError:
         message = body.get("message", "") if isinstance(body, dict) else ""
     except (ValueError, TypeError):
         message = (e.body or "").strip() if isinstance(e.body, str) else ""
-    return KubeError(
-        f"{what}: HTTP {e.status} {e.reason or ''}".rstrip() + (f": {message}" if message else "")
-    )
+    head = f"{what}: HTTP {e.status} {e.reason or ''}".rstrip()
+    return KubeError(" ".join(f"{head}: {message}".split()) if message else head)  # one line
 
 
 def _default_kubeconfig_exists() -> bool:
@@ -124,8 +135,11 @@ def vm_name(name: str) -> str:
     return f"{name}-{''.join(secrets.choice(NAME_ALPHABET) for _ in range(5))}"
 
 
-def vm_body(name: str, image: str, user_data: str, secure_boot: bool) -> dict[str, Any]:
-    """medius's `docs.NewVM` with rng, cloudInitNoCloud, and TGPS 0 (verify mode)."""
+def vm_body(
+    name: str, image: str, user_data: str, secure_boot: bool, marker: str = ""
+) -> dict[str, Any]:
+    """medius's `docs.NewVM` with rng, cloudInitNoCloud, and TGPS 0 (verify mode); `marker`
+    is the annotation that proves the VM is this run's."""
     domain: dict[str, Any] = {"resources": {"requests": {"memory": "1Gi"}}}
     if secure_boot:
         domain["firmware"] = {"bootloader": {"efi": {"secureBoot": True}}}
@@ -140,7 +154,7 @@ def vm_body(name: str, image: str, user_data: str, secure_boot: bool) -> dict[st
     return {
         "kind": "VirtualMachine",
         "apiVersion": "kubevirt.io/v1",
-        "metadata": {"name": name},
+        "metadata": {"name": name, **({"annotations": {MARKER: marker}} if marker else {})},
         "spec": {
             "runStrategy": "Always",
             "template": {
@@ -164,6 +178,7 @@ class _Bridge:
     ssh_host: str = "127.0.0.1"
     ssh_port: int = 0
     failed: str | None = None
+    refused: str = ""  # the last port-forward refusal, for a no-banner error
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def failure(self) -> str | None:
@@ -194,6 +209,16 @@ async def _pump(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _shielded(cleanup: Coroutine[Any, Any, str | None]) -> str | None:
+    """Run `cleanup` to its end even when a cancellation (a signal) arrives meanwhile."""
+    task = asyncio.ensure_future(cleanup)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task  # a second signal: still finish the cleanup, then propagate
+        raise
 
 
 class KubeBooter:
@@ -233,16 +258,10 @@ class KubeBooter:
     @asynccontextmanager
     async def boot(self, target: Target, user_data: str) -> AsyncIterator[_Bridge]:
         name = vm_name(target.name)
-        body = vm_body(name, self.image(target), user_data, target.secure_boot)
-        try:
-            await self.objects.create_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, "virtualmachines", body,
-                _request_timeout=_REQUEST_TIMEOUT,
-            )  # fmt: skip
-        except ApiException as e:
-            raise _api_error(f"create VirtualMachine {self.namespace}/{name}", e) from None
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise KubeError(f"create VirtualMachine {name}: {type(e).__name__}: {e}") from None
+        marker = secrets.token_hex(8)
+        await self._create(
+            name, vm_body(name, self.image(target), user_data, target.secure_boot, marker), marker
+        )
         log.info("vm_created", vm=name, namespace=self.namespace, image=self.image(target))
         try:
             await self._wait_ready(name)
@@ -250,13 +269,58 @@ class KubeBooter:
                 await self._wait_guest_agent(name)
             async with self._bridge(name) as bridge:
                 yield bridge
-        finally:
-            deleting = asyncio.ensure_future(self._delete(name))
-            try:
-                await asyncio.shield(deleting)
-            except asyncio.CancelledError:
-                await deleting  # a second signal: still finish the delete, then propagate
-                raise
+        except BaseException as e:
+            left = await _shielded(self._delete(name))
+            if left is not None and isinstance(e, (KubeError, CheckFailedError)):
+                raise KubeError(f"{e}; {left}") from None
+            raise
+        left = await _shielded(self._delete(name))
+        if left is not None:
+            raise KubeError(left)
+
+    async def _create(self, name: str, body: dict[str, Any], marker: str) -> None:
+        """Create the VM, or raise; when the answer is lost, remove what may have been made."""
+        what = f"create VirtualMachine {self.namespace}/{name}"
+        try:
+            await self.objects.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, "virtualmachines", body,
+                _request_timeout=_REQUEST_TIMEOUT,
+            )  # fmt: skip
+            return
+        except ApiException as e:
+            unsure = _api_error(what, e)
+            if (e.status or 0) < 500:
+                raise unsure from None  # a definite no; a 409 names someone else's VM
+        except (aiohttp.ClientError, TimeoutError) as e:
+            unsure = KubeError(f"{what}: {type(e).__name__}: {e}".rstrip(": "))
+        except asyncio.CancelledError:
+            await _shielded(self._remove_if_ours(name, marker))
+            raise
+        left = await _shielded(self._remove_if_ours(name, marker))
+        raise KubeError(f"{unsure}; {left}" if left else str(unsure)) from None
+
+    async def _remove_if_ours(self, name: str, marker: str) -> str | None:
+        """After a create with no answer: delete `name` if it exists and carries `marker`.
+        None when nothing of ours is left, else the one line saying what may be."""
+        where = f"{self.namespace}/{name}"
+        try:
+            vm = await asyncio.wait_for(self._get("virtualmachines", name), _DELETE_TIMEOUT)
+        except ApiException as e:
+            if e.status == 404:
+                log.info("vm_not_created", vm=where)
+                return None
+            why = str(_api_error("get", e))
+        except (aiohttp.ClientError, TimeoutError) as e:
+            why = f"get: {type(e).__name__}: {e}".rstrip(": ")
+        else:
+            annotations = (vm.get("metadata") or {}).get("annotations") or {}
+            if annotations.get(MARKER) != marker:
+                log.warning("vm_not_ours", vm=where)  # another's VM of that name: left alone
+                return None
+            log.info("vm_created_unanswered", vm=where)
+            return await self._delete(name)
+        log.error("vm_maybe_left_behind", vm=where, error=why)
+        return f"VM {where} may have been left behind ({why}); check and delete it by hand"
 
     def _vmi_path(self, name: str) -> str:
         return f"{SUBRESOURCES}/namespaces/{self.namespace}/virtualmachineinstances/{name}"
@@ -354,13 +418,16 @@ class KubeBooter:
                 try:
                     ws = await self._websocket(name)
                 except aiohttp.WSServerHandshakeError as e:
+                    bridge.refused = f"HTTP {e.status}"
                     if e.status in (401, 403, 404):
                         bridge.failed = f"port-forward to {name}: HTTP {e.status}"
                     log.debug("portforward_refused", vm=name, status=e.status)
                     return
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    bridge.refused = f"{type(e).__name__}: {e}".rstrip(": ")
                     log.debug("portforward_failed", vm=name, error=str(e))
                     return
+                bridge.refused = ""
                 async with ws:
                     await _pump(reader, writer, ws)
             finally:
@@ -373,6 +440,11 @@ class KubeBooter:
         bridge.ssh_port = server.sockets[0].getsockname()[1]
         try:
             yield bridge
+        except CheckFailedError as e:
+            if e.kind != "no-banner" or not bridge.refused:
+                raise
+            why = f"{e} (the port-forward to {name} answered {bridge.refused})"
+            raise CheckFailedError(e.kind, " ".join(why.split())) from None
         finally:
             server.close()
             for t in list(bridge.tasks):
@@ -380,20 +452,34 @@ class KubeBooter:
             await asyncio.gather(*bridge.tasks, return_exceptions=True)
             await server.wait_closed()
 
-    async def _delete(self, name: str) -> None:
-        try:
-            await asyncio.wait_for(
-                self.objects.delete_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, "virtualmachines", name,
-                    grace_period_seconds=0,
-                ),
-                _DELETE_TIMEOUT,
-            )  # fmt: skip
-        except ApiException as e:
-            if e.status != 404:
-                log.error("vm_delete_failed", vm=name, error=str(_api_error("delete", e)))
-                return
-        except (aiohttp.ClientError, TimeoutError) as e:
-            log.error("vm_delete_failed", vm=name, error=f"{type(e).__name__}: {e}")
-            return
-        log.info("vm_deleted", vm=name, namespace=self.namespace)
+    async def _delete(self, name: str) -> str | None:
+        """Delete the VM; None once it is gone (404 included), else the one line saying it was
+        left behind. Transient failures are retried a bounded number of times."""
+        last = ""
+        for attempt in range(_DELETE_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(_DELETE_BACKOFF * 2 ** (attempt - 1))
+            try:
+                await asyncio.wait_for(
+                    self.objects.delete_namespaced_custom_object(
+                        GROUP, VERSION, self.namespace, "virtualmachines", name,
+                        grace_period_seconds=0,
+                    ),
+                    _DELETE_TIMEOUT,
+                )  # fmt: skip
+            except ApiException as e:
+                if e.status == 404:
+                    log.info("vm_already_gone", vm=name, namespace=self.namespace)
+                    return None
+                last = str(_api_error("delete", e))
+                if e.status != 429 and (e.status or 0) < 500:
+                    break  # 401/403/...: asking again will not help
+            except (aiohttp.ClientError, TimeoutError) as e:
+                last = f"delete: {type(e).__name__}: {e}".rstrip(": ")
+            else:
+                log.info("vm_deleted", vm=name, namespace=self.namespace, attempts=attempt + 1)
+                return None
+            log.warning("vm_delete_failed", vm=name, attempt=attempt + 1, error=last)
+        where = f"{self.namespace}/{name}"
+        log.error("vm_left_behind", vm=where, error=last)
+        return f"VM {where} was left behind ({last}); delete it by hand"

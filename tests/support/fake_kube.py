@@ -17,8 +17,18 @@ Decisions:
 - Deleting a VM stops its qemu; `deletes` counts deletes per VM so tests can assert exactly one
   per create, and `live` must be empty at the end.
 - `token` is checked on every request (401 `Status` otherwise), except that `anonymous_reads`
-  lets GETs through for kubectl, which never sends a bearer token over plain HTTP; `forbid`
-  answers 403 for `(verb, resource)`; `fail` answers canned statuses for `(verb, resource)`.
+  lets GETs through for kubectl, which never sends a bearer token over plain HTTP;
+  `unauthorized` answers 401 (a token revoked mid-run) and `forbid` 403 for `(verb, resource)`;
+  `fail` answers canned statuses for `(verb, resource)`.
+- Lost create answers, as a real apiserver can produce them: `create_delay` holds the answer
+  to a create for that long after the VM is stored (until it is deleted), and
+  `fail_after_store` answers canned statuses after storing it.
+- `squat`: another party takes the requested name just before a create lands, so the 409
+  AlreadyExists comes from a real collision in the store; `squatters` names its VMs (not in
+  `created`: the tool did not make them, and must not delete them).
+- `portforwards` logs every port-forward request (VM, port, query, the websocket subprotocols
+  offered, the one chosen when upgraded) and outlives the VM, so tests can check the
+  `plain.kubevirt.io` handshake after the tool has deleted it.
 - Runs in a thread of its own (`with`), since tests start the command line as a subprocess.
 """
 
@@ -67,7 +77,7 @@ class _VM:
     scenario: Scenario
     ssh_port: int | None = None
     stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
-    offered: list[str] = field(default_factory=list)
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _status(code: int, reason: str, message: str, name: str = "", kind: str = "") -> web.Response:
@@ -102,13 +112,20 @@ class FakeKube:
         self.disks = dict(disks or {})
         self.scenarios = dict(scenarios or {})
         self.forbid: set[tuple[str, str]] = set()
+        self.unauthorized: set[tuple[str, str]] = set()
         self.anonymous_reads = False  # kubectl sends no bearer token over plain HTTP
         self.fail: dict[tuple[str, str], list[int]] = {}
+        self.create_delay = 0.0
+        self.fail_after_store: list[int] = []
+        self.squat = False
+        self.squatters: list[str] = []
+        self.most_live = 0  # the most VMs alive at once (`--workers`)
         self.vms: dict[tuple[str, str], _VM] = {}
         self.created: list[str] = []
         self.bodies: list[dict[str, Any]] = []
         self.deletes: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
+        self.portforwards: list[dict[str, Any]] = []
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -180,6 +197,7 @@ class FakeKube:
 
     async def _stop(self) -> None:
         for vm in list(self.vms.values()):
+            vm.gone.set()
             await vm.stack.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -195,6 +213,8 @@ class FakeKube:
         resource = _resource(request.path)
         if request.path.endswith(("/nodes", "/virtualmachines")) and request.method == "GET":
             verb = "list"
+        if (verb, resource) in self.unauthorized:
+            return _status(401, "Unauthorized", "Unauthorized")
         if (verb, resource) in self.forbid:
             return _status(
                 403, "Forbidden",
@@ -285,6 +305,13 @@ class FakeKube:
             return _status(400, "BadRequest", "not a kubevirt.io/v1 VirtualMachine")
         if not _DNS1123.match(name) or len(name) > 63:
             return _status(422, "Invalid", f'VirtualMachine "{name}" is invalid: metadata.name')
+        if self.squat and _DNS1123.match(name):
+            other = {"kind": "VirtualMachine", "apiVersion": "kubevirt.io/v1",
+                     "metadata": {"name": name, "namespace": ns, "uid": str(uuid.uuid4()),
+                                  "creationTimestamp": _now()},
+                     "spec": {"runStrategy": "Halted"}}  # fmt: skip
+            self.vms[(ns, name)] = _VM(other, time.monotonic(), Scenario(ready_after=None))
+            self.squatters.append(name)
         if (ns, name) in self.vms:
             return _status(
                 409, "AlreadyExists", f'virtualmachines.kubevirt.io "{name}" already exists',
@@ -312,10 +339,17 @@ class FakeKube:
         vm = _VM(body, time.monotonic(), self.scenarios.get(repo, Scenario()))
         self.vms[(ns, name)] = vm
         self.created.append(name)
+        self.most_live = max(self.most_live, len(self.vms))
         self.bodies.append(json.loads(json.dumps(body)))
         disk = self.disks.get(repo)
         if disk is not None:
             await self._boot(vm, name, disk, user_data)
+        if self.fail_after_store:
+            code = self.fail_after_store.pop(0)
+            return _status(code, "InternalError", f"canned {code} after storing {name}")
+        if self.create_delay:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(vm.gone.wait(), self.create_delay)
         return web.json_response(body, status=201)
 
     async def _boot(self, vm: _VM, name: str, disk: Path, user_data: str) -> None:
@@ -359,6 +393,7 @@ class FakeKube:
                 name, "virtualmachines",
             )  # fmt: skip
         self.deletes[name] = self.deletes.get(name, 0) + 1
+        vm.gone.set()
         await vm.stack.aclose()
         body = self._view(ns, vm)
         body["metadata"]["deletionTimestamp"] = _now()
@@ -405,6 +440,12 @@ class FakeKube:
 
     async def _portforward(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        record: dict[str, Any] = {
+            "vm": name, "port": request.match_info["port"], "query": dict(request.query),
+            "protocols": [p.strip() for p in offered.split(",") if p.strip()], "chosen": None,
+        }  # fmt: skip
+        self.portforwards.append(record)
         vm = self._vmi(request)
         if vm is None:
             return _status(
@@ -412,7 +453,6 @@ class FakeKube:
             )
         if request.match_info.get("protocol", "tcp") != "tcp":
             return _status(500, "InternalError", "only tcp here")
-        vm.offered.append(request.headers.get("Sec-WebSocket-Protocol", ""))
         port = request.match_info["port"]
         refused = f"Internal error occurred: dialing VM: dial tcp 127.0.0.1:{port}: connect: "
         if port != "22" or vm.ssh_port is None:
@@ -423,6 +463,7 @@ class FakeKube:
             return _status(500, "InternalError", refused + "connection refused")
         ws = web.WebSocketResponse(protocols=("plain.kubevirt.io",), autoping=True, heartbeat=None)
         await ws.prepare(request)
+        record["chosen"] = ws.ws_protocol
 
         async def down() -> None:
             while chunk := await reader.read(32 * 1024):

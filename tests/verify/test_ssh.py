@@ -105,6 +105,54 @@ async def test_a_port_that_accepts_but_never_speaks_ssh_is_no_banner() -> None:
     assert ("no-banner", "no SSH banner within 1.5 s") == (e.value.kind, str(e.value))
 
 
+async def test_unanswered_tries_count_as_attempts_when_the_booter_says_so() -> None:
+    """Through a port-forward each try is an attempt (medius's 30 x 10 s); without that, a
+    refused port would be retried until the deadline (here 600 s)."""
+    tries = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal tries
+        tries += 1
+        writer.close()  # like a refused port-forward: accepted, then closed
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    check = SshCheck(timeout=600, attempts=3, pause=0.1, banner_timeout=0.5, count_unanswered=True)
+    try:
+        with pytest.raises(CheckFailedError) as e:
+            await asyncio.wait_for(
+                check_login(FakeGuest(port), make_credentials("root"), check), 30
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert ("no-banner", "no SSH banner after 3 attempts") == (e.value.kind, str(e.value))
+    assert 3 == tries
+
+
+async def test_locally_unanswered_tries_do_not_use_up_the_login_attempts() -> None:
+    """A local guest is still booting while its port stays silent: only the deadline ends that
+    wait, however few login attempts are allowed."""
+    tries = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal tries
+        tries += 1
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    check = SshCheck(timeout=1.5, attempts=2, pause=0.1, banner_timeout=0.3)
+    try:
+        with pytest.raises(CheckFailedError) as e:
+            await check_login(FakeGuest(port), make_credentials("root"), check)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert ("no-banner", "no SSH banner within 1.5 s") == (e.value.kind, str(e.value))
+    assert tries > 2
+
+
 async def test_a_guest_that_died_ends_the_wait_at_once() -> None:
     guest = FakeGuest(1, dead="qemu exited with status 1: could not open disk")
     with pytest.raises(CheckFailedError) as e:

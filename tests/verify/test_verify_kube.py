@@ -7,10 +7,12 @@ In every case the fake must show each created VM deleted exactly once and nothin
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from tests.verify.conftest import Published
 FAST = {
     "CONTAINERDISKS_VERIFY_POLL_INTERVAL": "0.1",
     "CONTAINERDISKS_VERIFY_RETRY_INTERVAL": "0.3",
+    # every port-forward try counts, also while the TCG guest still boots: 200 x 0.3 s at least
+    "CONTAINERDISKS_VERIFY_SSH_ATTEMPTS": "200",
     "NO_PROXY": "127.0.0.1,localhost",
     "no_proxy": "127.0.0.1,localhost",
 }
@@ -52,14 +56,18 @@ def _command(
 
 
 def _verify(
-    p: Published, fake: FakeKube, *flags: str, **kw: Any
+    p: Published, fake: FakeKube, *flags: str, attempts: int | None = None, **kw: Any
 ) -> subprocess.CompletedProcess[str]:
+    """The command; `attempts` sets `verify_ssh_attempts` (guest agent and SSH)."""
+    env = dict(FAST)
+    if attempts is not None:
+        env["CONTAINERDISKS_VERIFY_SSH_ATTEMPTS"] = str(attempts)
     return subprocess.run(
         _command(p, fake, *flags, **kw),
         capture_output=True,
         text=True,
         timeout=240,
-        env=clean_env(**FAST),
+        env=clean_env(**env),
         cwd=p.root,
     )
 
@@ -101,15 +109,26 @@ def test_push_then_verify_in_kubevirt_logs_in_over_the_port_forward(
     assert ("GET", "/api/v1/nodes") in fake.requests  # no --target-architecture: the node's
     vm_state = next(iter(fake.deletes))
     assert vm_state == vm["metadata"]["name"]
+    # the port-forward offered only `plain.kubevirt.io`, and a login went through it
+    forwards = fake.portforwards
+    assert forwards
+    for f in forwards:
+        assert (vm_state, "22", {}, ["plain.kubevirt.io"]) == (
+            f["vm"], f["port"], f["query"], f["protocols"],
+        )  # fmt: skip
+    assert "plain.kubevirt.io" in [f["chosen"] for f in forwards]
 
 
 def test_secure_boot_entry_gets_smm_and_secure_boot(
     published: Published, fake: FakeKube, tmp_path: Path
 ) -> None:
     published.push("tiny:1")
+    fake.disks.clear()
     fake.scenarios["tiny"] = Scenario(ready_after=None, printable="ErrImagePull")
     config = _with(published, secure_boot=True)
-    _verify(published, fake, "--dry-run=false", config=config)
+    err = _failed(published, _verify(published, fake, "--dry-run=false", config=config))
+    assert f"tiny:1: VirtualMachine {fake.created[0]} is ErrImagePull" == err
+    assert 1 == len(fake.bodies)
     domain = fake.bodies[0]["spec"]["template"]["spec"]["domain"]
     assert {"bootloader": {"efi": {"secureBoot": True}}} == domain["firmware"]
     assert {"smm": {"enabled": True}} == domain["features"]
@@ -144,7 +163,7 @@ def test_guest_agent_never_connects(published: Published, fake: FakeKube) -> Non
     published.push("tiny:1")
     fake.scenarios["tiny"] = Scenario(agent_after=None)
     config = _with(published, guest_agent=True)
-    err = _failed(published, _verify(published, fake, "--dry-run=false", config=config))
+    err = _failed(published, _verify(published, fake, "--dry-run=false", config=config, attempts=3))
     assert "guest agent" in err
     assert "not connected after 3 attempts" in err
     assert "does not have guest agent connected" in err
@@ -166,18 +185,25 @@ def test_guest_agent_connecting_late_passes_before_ssh(
     assert max(info) < min(forwards)
 
 
-def test_ssh_refused(published: Published, fake: FakeKube) -> None:
+def test_ssh_refused_ends_after_the_bounded_attempts(published: Published, fake: FakeKube) -> None:
+    """Every port-forward try counts (3 allowed here), so a refused port ends the check long
+    before the 600 s --timeout, as medius's 30 x 10 s does."""
     published.push("tiny:1")
     fake.disks.clear()  # no guest behind the VM: the port-forward dial is refused
-    err = _failed(published, _verify(published, fake, "--dry-run=false", "--timeout", "3"))
-    assert "no SSH banner within 3 s" in err
-    assert fake.requests
-    assert any("/portforward/22/tcp" in path for _, path in fake.requests)
+    start = time.monotonic()
+    err = _failed(published, _verify(published, fake, "--dry-run=false", attempts=3))
+    assert time.monotonic() - start < 60
+    name = fake.created[0]
+    assert (
+        f"tiny:1: no SSH banner after 3 attempts (the port-forward to {name} answered HTTP 500)"
+        == err
+    )
+    forwards = [p for _, p in fake.requests if p.endswith(f"/{name}/portforward/22/tcp")]
+    assert 3 == len(forwards)
 
 
 @pytest.mark.parametrize(
-    ("status", "words"),
-    [(409, "HTTP 409"), (500, "HTTP 500"), (403, "HTTP 403"), (401, "HTTP 401")],
+    ("status", "words"), [(500, "HTTP 500"), (403, "HTTP 403"), (401, "HTTP 401")]
 )
 def test_api_errors_on_create_fail_the_entry(
     published: Published, fake: FakeKube, status: int, words: str
@@ -194,7 +220,11 @@ def test_api_errors_on_create_fail_the_entry(
     err = _failed(published, done)
     assert words in err
     assert "create VirtualMachine" in err
-    assert [] == fake.created or status in (409, 500)
+    assert [] == fake.created
+    assert {} == fake.deletes
+    # a 5xx may hide a VM the server made: the name is looked up (404 here); a 4xx is final
+    vm_calls = [m for m, p in fake.requests if "/virtualmachines" in p]
+    assert (["POST", "GET"] if status >= 500 else ["POST"]) == vm_calls
 
 
 def test_nodes_forbidden_without_target_architecture_is_a_config_error(
@@ -300,3 +330,247 @@ def test_transient_5xx_while_waiting_is_retried(published: Published, fake: Fake
     assert "ErrImagePull" in err
     gets = [p for m, p in fake.requests if m == "GET" and "/virtualmachines/tiny-" in p]
     assert len(gets) == 3
+
+
+def _delete_by_hand(fake: FakeKube, where: str) -> None:
+    """What a person does with a left-behind VM: `DELETE` it by its `<ns>/<name>`."""
+    ns, name = where.split("/")
+    url = f"{fake.url}/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}"
+    request = urllib.request.Request(
+        url, method="DELETE", headers={"Authorization": f"Bearer {fake.token}"}
+    )
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, no proxy
+    with direct.open(request, timeout=30) as response:
+        assert 200 == response.status
+
+
+def test_a_transient_500_on_delete_is_retried_and_the_vm_is_gone(
+    published: Published, fake: FakeKube
+) -> None:
+    published.push("tiny:1")
+    fake.fail[("delete", "virtualmachines")] = [500]
+    done = _verify(published, fake, "--dry-run=false")
+    assert 0 == done.returncode, done.stderr
+    assert "Err" not in published.read_results()["tiny:1"]
+    deletes = [p for m, p in fake.requests if m == "DELETE"]
+    assert 2 == len(deletes)  # the 500, then the retry that removed it
+    assert [] == fake.live
+    assert {fake.created[0]: 1} == fake.deletes
+
+
+def test_a_persistent_403_on_delete_fails_the_entry_naming_the_vm(
+    published: Published, fake: FakeKube
+) -> None:
+    """The guest passed, but a VM left running must not be reported as verified."""
+    published.push("tiny:1")
+    fake.forbid.add(("delete", "virtualmachines"))
+    done = _verify(published, fake, "--dry-run=false")
+    err = _failed(published, done)
+    name = fake.created[0]
+    assert f"tiny:1: VM kubevirt/{name} was left behind (delete: HTTP 403 Forbidden" in err
+    assert err.endswith("; delete it by hand")
+    assert "\n" not in err
+    assert f"failed: VM kubevirt/{name} was left behind" in done.stdout
+    assert 1 == len([m for m, _ in fake.requests if m == "DELETE"])  # a 403 is not retried
+    assert [name] == fake.live
+    fake.forbid.clear()
+    where = re.search(r"VM (\S+) was left behind", err)
+    assert where is not None
+    _delete_by_hand(fake, where.group(1))
+
+
+def test_a_create_answered_500_after_the_vm_was_stored_still_deletes_it(
+    published: Published, fake: FakeKube
+) -> None:
+    """The server made the VM but the answer was an error: the tool finds its own VM (by its
+    run's annotation) and deletes it."""
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.fail_after_store.append(500)
+    err = _failed(
+        published, _verify(published, fake, "--dry-run=false", "--target-architecture", "amd64")
+    )
+    name = fake.created[0]
+    assert err.startswith(f"tiny:1: create VirtualMachine kubevirt/{name}: HTTP 500"), err
+    assert "left behind" not in err
+    assert {name: 1} == fake.deletes
+    assert [] == fake.live
+
+
+def test_a_signal_during_create_still_deletes_the_vm_the_server_made(
+    published: Published, fake: FakeKube
+) -> None:
+    """SIGTERM while the create's answer is still on its way: the VM exists on the server,
+    the tool never heard so, and it is deleted anyway."""
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.create_delay = 120
+    process = subprocess.Popen(
+        _command(published, fake, "--dry-run=false", "--target-architecture", "amd64"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(**FAST), cwd=published.root,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not fake.created:
+            assert time.monotonic() < deadline
+            assert process.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert 143 == process.returncode, stderr
+    name = fake.created[0]
+    vm_calls = [m for m, p in fake.requests if "/virtualmachines" in p]
+    assert ["POST", "GET", "DELETE"] == vm_calls  # looked up (ours), then deleted
+    assert {name: 1} == fake.deletes
+    assert [] == fake.live
+
+
+def test_a_real_name_collision_on_create_fails_without_touching_the_other_vm(
+    published: Published, fake: FakeKube
+) -> None:
+    """Another party holds the name (the fake's store really has it): 409 AlreadyExists is a
+    definite answer, and that VM is not the tool's to look up or delete."""
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.squat = True
+    done = _verify(published, fake, "--dry-run=false", "--target-architecture", "amd64")
+    err = _failed(published, done)
+    [name] = fake.squatters
+    assert (
+        f"tiny:1: create VirtualMachine kubevirt/{name}: HTTP 409 Conflict: "
+        f'virtualmachines.kubevirt.io "{name}" already exists'
+    ) == err
+    assert [] == fake.created  # the tool made nothing
+    assert [name] == fake.live  # and the other party's VM is still there
+    assert {} == fake.deletes
+    assert ["POST"] == [m for m, p in fake.requests if "/virtualmachines" in p]
+    del fake.vms[("kubevirt", name)]  # the other party's business, not the fixture's
+
+
+PHASES = {
+    "ready wait": (("get", "virtualmachines"), "get VirtualMachine {name}: HTTP {status}", False),
+    "guestosinfo": (
+        ("get", "virtualmachineinstances/guestosinfo"),
+        "guestosinfo of {name}: HTTP {status}",
+        True,
+    ),
+    "port-forward": (
+        ("get", "virtualmachineinstances/portforward"),
+        "did not boot: port-forward to {name}: HTTP {status}",
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_401_or_403_after_create_fails_the_entry_and_deletes_the_vm(
+    published: Published, fake: FakeKube, phase: str, status: int
+) -> None:
+    published.push("tiny:1")
+    fake.disks.clear()
+    call, words, agent = PHASES[phase]
+    (fake.unauthorized if status == 401 else fake.forbid).add(call)
+    config = _with(published, guest_agent=agent)
+    start = time.monotonic()
+    done = _verify(
+        published, fake, "--dry-run=false", "--target-architecture", "amd64", config=config
+    )
+    err = _failed(published, done)
+    name = fake.created[0]
+    assert f"tiny:1: {words.format(name=name, status=status)}" in err
+    assert "left behind" not in err
+    assert time.monotonic() - start < 60  # at once, not after retries or the timeout
+    assert {name: 1} == fake.deletes
+    if phase != "ready wait":  # the phases before it passed
+        assert any(f"/virtualmachines/{name}" in p for m, p in fake.requests if m == "GET")
+
+
+def test_a_persistent_500_while_waiting_ends_at_the_timeout_and_deletes_the_vm(
+    published: Published, fake: FakeKube
+) -> None:
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.fail[("get", "virtualmachines")] = [500] * 1000
+    done = _verify(published, fake, "--dry-run=false", "--timeout", "2")
+    err = _failed(published, done)
+    name = fake.created[0]
+    assert f"tiny:1: VirtualMachine {name} not ready within 2 s (last: HTTP 500)" == err
+    assert {name: 1} == fake.deletes
+
+
+def _row(stdout: str, key: str) -> list[str]:
+    """The table row of `key`: ENTRY, ARCH, RESULT."""
+    line = next(line for line in stdout.splitlines() if line.startswith(f"{key} "))
+    entry, arch, result = line.split(maxsplit=2)
+    return [entry, arch, result]
+
+
+def test_without_target_architecture_the_first_nodes_arch_is_chosen(
+    published: Published, fake: FakeKube
+) -> None:
+    """Nodes arm64 first, then amd64: arm64 is verified, so the x86_64-only entry is skipped
+    and its record stays as push wrote it."""
+    pushed = published.push("tiny:1")["tiny:1"]
+    fake.archs = ("arm64", "amd64")
+    done = _verify(published, fake, "--dry-run=false")
+    assert 0 == done.returncode, done.stderr
+    assert ["tiny:1", "aarch64", "skipped: no arm64 image"] == _row(done.stdout, "tiny:1")
+    assert pushed == published.read_results()["tiny:1"]
+    assert [] == fake.created
+    assert '"nodes_disagree"' in done.stderr
+
+
+def test_a_non_default_namespace_gets_the_vm(published: Published, fake: FakeKube) -> None:
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.scenarios["tiny"] = Scenario(ready_after=None, printable="ErrImagePull")
+    done = _verify(published, fake, "--dry-run=false", "--namespace", "verify-here")
+    assert "ErrImagePull" in _failed(published, done)
+    name = fake.created[0]
+    assert "verify-here" == fake.bodies[0]["metadata"]["namespace"]
+    vm_calls = [(m, p) for m, p in fake.requests if "/virtualmachines" in p]
+    assert vm_calls
+    assert all("/namespaces/verify-here/virtualmachines" in p for _, p in vm_calls)
+    assert ("DELETE", f"/apis/kubevirt.io/v1/namespaces/verify-here/virtualmachines/{name}") in [
+        (m, p.split("?")[0]) for m, p in vm_calls
+    ]
+    assert {name: 1} == fake.deletes
+
+
+def test_no_fail_exits_0_with_the_failed_entry_recorded(
+    published: Published, fake: FakeKube
+) -> None:
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.scenarios["tiny"] = Scenario(ready_after=None, printable="ErrImagePull")
+    done = _verify(published, fake, "--dry-run=false", "--no-fail")
+    assert 0 == done.returncode, done.stderr
+    record = published.read_results()["tiny:1"]
+    assert "verify" == record["Stage"]
+    assert f"tiny:1: VirtualMachine {fake.created[0]} is ErrImagePull" == record["Err"]
+    assert _row(done.stdout, "tiny:1")[2].startswith("failed: VirtualMachine")
+
+
+def test_two_workers_verify_two_entries_at_once_and_delete_both(
+    published: Published, fake: FakeKube
+) -> None:
+    published.push("tiny:1")
+    published.push("tiny-unsigned-sb:1")
+    fake.disks["tiny-unsigned-sb"] = fake.disks["tiny"]  # the fake boots it with BIOS
+    done = _verify(published, fake, "--dry-run=false", "--workers", "2")
+    assert 0 == done.returncode, done.stderr
+    results = published.read_results()
+    for key in ("tiny:1", "tiny-unsigned-sb:1"):
+        assert "verify" == results[key]["Stage"]
+        assert "Err" not in results[key]
+        assert _row(done.stdout, key)[2].startswith("verified in ")
+    assert 2 == len(fake.created)
+    assert 2 == fake.most_live  # both VMs were up at the same time
+    assert dict.fromkeys(fake.created, 1) == fake.deletes
