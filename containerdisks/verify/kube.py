@@ -23,7 +23,8 @@ Decisions (`verify-kubevirt.md`):
   doubling); when the VM still is not gone the entry fails, naming `<namespace>/<name>` so a
   person can delete it (a verified entry must not hide a VM left running).
 - A create whose answer is lost (timeout, connection error, 5xx, a signal) may still have made
-  the VM: then the name is looked up and deleted, but only if it carries this run's
+  the VM: then the name is looked up (three times over 3 s, as the create may still land) and
+  deleted, but only if it carries this run's
   `containerdisks.kubevirt.io/verify-id` annotation; a 4xx (409 AlreadyExists: someone else's
   VM) is a definite no and nothing is deleted. A VM of ours must never outlive the run, and a
   VM that is not ours must never be removed by it.
@@ -75,6 +76,7 @@ _REQUEST_TIMEOUT = (10, 30)
 _DELETE_TIMEOUT = 10.0  # per attempt
 _DELETE_ATTEMPTS = 5
 _DELETE_BACKOFF = 0.5  # seconds before the 2nd attempt, doubling
+_LOOKUP_PAUSES = (0.0, 1.0, 2.0)  # looking for a VM whose create went unanswered
 _CHUNK = 32 * 1024
 
 
@@ -303,22 +305,27 @@ class KubeBooter:
         """After a create with no answer: delete `name` if it exists and carries `marker`.
         None when nothing of ours is left, else the one line saying what may be."""
         where = f"{self.namespace}/{name}"
-        try:
-            vm = await asyncio.wait_for(self._get("virtualmachines", name), _DELETE_TIMEOUT)
-        except ApiException as e:
-            if e.status == 404:
-                log.info("vm_not_created", vm=where)
-                return None
-            why = str(_api_error("get", e))
-        except (aiohttp.ClientError, TimeoutError) as e:
-            why = f"get: {type(e).__name__}: {e}".rstrip(": ")
+        for pause in _LOOKUP_PAUSES:  # a create still on its way may land after a first 404
+            await asyncio.sleep(pause)
+            try:
+                vm = await asyncio.wait_for(self._get("virtualmachines", name), _DELETE_TIMEOUT)
+            except ApiException as e:
+                if e.status == 404:
+                    continue
+                why = str(_api_error("get", e))
+            except (aiohttp.ClientError, TimeoutError) as e:
+                why = f"get: {type(e).__name__}: {e}".rstrip(": ")
+            else:
+                annotations = (vm.get("metadata") or {}).get("annotations") or {}
+                if annotations.get(MARKER) != marker:
+                    log.warning("vm_not_ours", vm=where)  # another's VM of that name: left alone
+                    return None
+                log.info("vm_created_unanswered", vm=where)
+                return await self._delete(name)
+            break
         else:
-            annotations = (vm.get("metadata") or {}).get("annotations") or {}
-            if annotations.get(MARKER) != marker:
-                log.warning("vm_not_ours", vm=where)  # another's VM of that name: left alone
-                return None
-            log.info("vm_created_unanswered", vm=where)
-            return await self._delete(name)
+            log.info("vm_not_created", vm=where)
+            return None
         log.error("vm_maybe_left_behind", vm=where, error=why)
         return f"VM {where} may have been left behind ({why}); check and delete it by hand"
 
@@ -441,6 +448,8 @@ class KubeBooter:
         try:
             yield bridge
         except CheckFailedError as e:
+            if e.kind == "no-boot" and bridge.failed:  # the API said no, not the guest
+                raise KubeError(bridge.failed) from None
             if e.kind != "no-banner" or not bridge.refused:
                 raise
             why = f"{e} (the port-forward to {name} answered {bridge.refused})"

@@ -22,7 +22,8 @@ Decisions:
   `fail` answers canned statuses for `(verb, resource)`.
 - Lost create answers, as a real apiserver can produce them: `create_delay` holds the answer
   to a create for that long after the VM is stored (until it is deleted), and
-  `fail_after_store` answers canned statuses after storing it.
+  `fail_after_store` answers canned statuses after storing it; `store_delay` stores it only
+  that long after the request arrived (the answer lost, the VM still on its way).
 - `squat`: another party takes the requested name just before a create lands, so the 409
   AlreadyExists comes from a real collision in the store; `squatters` names its VMs (not in
   `created`: the tool did not make them, and must not delete them).
@@ -117,6 +118,7 @@ class FakeKube:
         self.fail: dict[tuple[str, str], list[int]] = {}
         self.create_delay = 0.0
         self.fail_after_store: list[int] = []
+        self.store_delay = 0.0
         self.squat = False
         self.squatters: list[str] = []
         self.most_live = 0  # the most VMs alive at once (`--workers`)
@@ -305,6 +307,8 @@ class FakeKube:
             return _status(400, "BadRequest", "not a kubevirt.io/v1 VirtualMachine")
         if not _DNS1123.match(name) or len(name) > 63:
             return _status(422, "Invalid", f'VirtualMachine "{name}" is invalid: metadata.name')
+        if self.store_delay:  # the create reaches the store late: a first lookup sees 404
+            await asyncio.sleep(self.store_delay)
         if self.squat and _DNS1123.match(name):
             other = {"kind": "VirtualMachine", "apiVersion": "kubevirt.io/v1",
                      "metadata": {"name": name, "namespace": ns, "uid": str(uuid.uuid4()),

@@ -222,9 +222,10 @@ def test_api_errors_on_create_fail_the_entry(
     assert "create VirtualMachine" in err
     assert [] == fake.created
     assert {} == fake.deletes
-    # a 5xx may hide a VM the server made: the name is looked up (404 here); a 4xx is final
+    # a 5xx may hide a VM the server made, or one still on its way: the name is looked up
+    # three times (404 each time here); a 4xx is final
     vm_calls = [m for m, p in fake.requests if "/virtualmachines" in p]
-    assert (["POST", "GET"] if status >= 500 else ["POST"]) == vm_calls
+    assert (["POST", "GET", "GET", "GET"] if status >= 500 else ["POST"]) == vm_calls
 
 
 def test_nodes_forbidden_without_target_architecture_is_a_config_error(
@@ -431,6 +432,44 @@ def test_a_signal_during_create_still_deletes_the_vm_the_server_made(
     assert [] == fake.live
 
 
+def test_a_create_that_lands_after_the_first_lookup_is_still_deleted(
+    published: Published, fake: FakeKube
+) -> None:
+    """SIGTERM while the create is on its way to the store: the first lookup finds nothing,
+    the VM lands a moment later, and a later lookup finds it and deletes it."""
+    published.push("tiny:1")
+    fake.disks.clear()
+    fake.store_delay = 1.5
+    process = subprocess.Popen(
+        _command(published, fake, "--dry-run=false", "--target-architecture", "amd64"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(**FAST), cwd=published.root,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while ("POST", "/apis/kubevirt.io/v1/namespaces/kubevirt/virtualmachines") not in (
+            fake.requests
+        ):
+            assert time.monotonic() < deadline
+            assert process.poll() is None
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert 143 == process.returncode, stderr
+    [name] = fake.created
+    vm_calls = [m for m, p in fake.requests if "/virtualmachines" in p]
+    assert vm_calls[0] == "POST"
+    assert vm_calls[-1] == "DELETE"
+    assert set(vm_calls[1:-1]) == {"GET"}
+    assert len(vm_calls) >= 4  # at least one lookup saw nothing yet
+    assert {name: 1} == fake.deletes
+    assert [] == fake.live
+
+
 def test_a_real_name_collision_on_create_fails_without_touching_the_other_vm(
     published: Published, fake: FakeKube
 ) -> None:
@@ -462,7 +501,7 @@ PHASES = {
     ),
     "port-forward": (
         ("get", "virtualmachineinstances/portforward"),
-        "did not boot: port-forward to {name}: HTTP {status}",
+        "port-forward to {name}: HTTP {status}",
         False,
     ),
 }
