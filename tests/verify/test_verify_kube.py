@@ -134,9 +134,9 @@ def test_secure_boot_entry_gets_smm_and_secure_boot(
     assert {"smm": {"enabled": True}} == domain["features"]
 
 
-def _failed(p: Published, done: subprocess.CompletedProcess[str]) -> str:
+def _failed(p: Published, done: subprocess.CompletedProcess[str], key: str = "tiny:1") -> str:
     assert 1 == done.returncode, done.stderr
-    record = p.read_results()["tiny:1"]
+    record = p.read_results()[key]
     assert "verify" == record["Stage"]
     err: str = record["Err"]
     return err
@@ -200,6 +200,23 @@ def test_ssh_refused_ends_after_the_bounded_attempts(published: Published, fake:
     )
     forwards = [p for _, p in fake.requests if p.endswith(f"/{name}/portforward/22/tcp")]
     assert 3 == len(forwards)
+
+
+def test_a_guest_that_refuses_the_key_fails_and_its_vm_is_deleted(
+    published: Published, fake: FakeKube, tiny_images: Images
+) -> None:
+    """The guest boots and its sshd answers through the port-forward, but the image ignores the
+    seed: the login is refused until the time is up, named as such, and the VM is deleted."""
+    published.push("tiny-ignores:1")
+    fake.disks["tiny-ignores"] = tiny_images.ignores_seed
+    done = _verify(published, fake, "--dry-run=false", "--timeout", "45")
+    err = _failed(published, done, "tiny-ignores:1")
+    assert re.fullmatch(
+        r"tiny-ignores:1: SSH refused the key for user 'root' after \d+ attempts", err
+    ), err
+    assert any(f["chosen"] == "plain.kubevirt.io" for f in fake.portforwards)  # sshd answered
+    [name] = fake.created
+    assert {name: 1} == fake.deletes
 
 
 @pytest.mark.parametrize(
