@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -653,6 +654,23 @@ def test_two_workers_verify_two_entries_at_once_and_delete_both(
     assert dict.fromkeys(fake.created, 1) == fake.deletes
 
 
+def test_over_https_with_the_kubeconfigs_ca_the_port_forward_is_wss(
+    published: Published, tls_fake: FakeKube
+) -> None:
+    fake = tls_fake
+    assert fake.url.startswith("https://")
+    published.push("tiny:1")
+    done = _verify(published, fake, "--dry-run=false")
+    assert 0 == done.returncode, done.stderr
+    record = published.read_results()["tiny:1"]
+    assert ("verify", None) == (record["Stage"], record.get("Err"))
+    assert 1 == len(fake.created)
+    # the websocket went over TLS (wss), was upgraded, and a login went through it
+    assert fake.portforwards
+    assert all(f["tls"] for f in fake.portforwards)
+    assert "plain.kubevirt.io" in [f["chosen"] for f in fake.portforwards]
+
+
 @pytest.mark.parametrize("arch", [None, "amd64"])
 def test_over_https_without_the_ca_fails_with_one_line_naming_the_certificate(
     published: Published, tls_fake: FakeKube, arch: str | None
@@ -680,3 +698,55 @@ def test_over_https_without_the_ca_fails_with_one_line_naming_the_certificate(
         assert "Traceback" not in done.stderr
     assert [] == fake.requests  # no request got through the handshake
     assert [] == fake.created
+
+
+def test_in_cluster_config_uses_the_service_account_as_a_pod_does(
+    published: Published, tls_fake: FakeKube, tmp_path: Path
+) -> None:
+    """No --kubeconfig, no KUBECONFIG, an empty HOME: the service account's token and ca.crt
+    under /var/run/secrets/kubernetes.io/serviceaccount, mounted in a private mount namespace
+    (a tmpfs on /run) so the host's /run is never written."""
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    probe = subprocess.run([*unshare, "true"], capture_output=True, timeout=30, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here (unshare --mount: {probe.stderr!r})")
+    fake = tls_fake
+    assert fake.ca is not None
+    published.push("tiny:1")
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(fake.token)  # no newline, as the kubelet writes it
+    shutil.copy(fake.ca, account / "ca.crt")
+    home = tmp_path / "home"
+    home.mkdir()
+    command = _command(published, fake, "--dry-run=false")
+    at = command.index("--kubeconfig")
+    del command[at : at + 2]
+    where = "/run/secrets/kubernetes.io/serviceaccount"
+    script = (
+        f'mount -t tmpfs tmpfs /run && mkdir -p {where} && cp "$1/token" "$1/ca.crt" {where}/ '
+        '&& shift && exec "$@"'
+    )
+    env = clean_env(
+        **FAST,
+        HOME=str(home),
+        KUBERNETES_SERVICE_HOST="127.0.0.1",
+        KUBERNETES_SERVICE_PORT=str(fake.port),
+    )
+    env.pop("KUBECONFIG", None)
+    done = subprocess.run(
+        [*unshare, "sh", "-c", script, "sh", str(account), *command],
+        capture_output=True, text=True, timeout=240, env=env, cwd=published.root,
+    )  # fmt: skip
+    assert 0 == done.returncode, done.stderr
+    record = published.read_results()["tiny:1"]
+    assert ("verify", None) == (record["Stage"], record.get("Err"))
+    assert "verified" in done.stdout
+    # every request, the port-forward's included, carried the service account's token, over TLS
+    assert {f"Bearer {fake.token}"} == fake.bearers
+    assert ("GET", "/api/v1/nodes") in fake.requests
+    assert 1 == len(fake.created)
+    assert all(f["tls"] for f in fake.portforwards)
+    assert "plain.kubevirt.io" in [f["chosen"] for f in fake.portforwards]
+    host_token = Path(where) / "token"  # the host's /run was not written
+    assert not host_token.exists() or fake.token != host_token.read_text()
