@@ -125,6 +125,8 @@ async def _run_kube(
     async with kclient.ApiClient(cfg) as api:
         try:
             goarch = settings.target_architecture or await kube.node_architecture(api)
+        except kube.UntrustedServerError as e:  # --target-architecture would not help
+            raise ConfigError(f"images verify: {e}") from None
         except kube.KubeError as e:
             raise ConfigError(f"images verify: {e} (or give --target-architecture)") from None
         chosen, verdicts = _choose(results, catalog, focus, goarch)

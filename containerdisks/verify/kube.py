@@ -28,6 +28,11 @@ Decisions (`verify-kubevirt.md`):
   `containerdisks.kubevirt.io/verify-id` annotation; a 4xx (409 AlreadyExists: someone else's
   VM) is a definite no and nothing is deleted. A VM of ours must never outlive the run, and a
   VM that is not ours must never be removed by it.
+- An API server whose TLS certificate is not trusted (no or the wrong CA in the kubeconfig, or
+  in the service account's `ca.crt`) is `UntrustedServerError`: one line naming the server and
+  the verifier's reason, a config error (exit 2) before anything is created, since giving
+  `--target-architecture` would not help; with it, each create fails so, and no lookup follows
+  (no connection was made, so no request was sent).
 """
 
 from __future__ import annotations
@@ -54,7 +59,14 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 from containerdisks.verify.ssh import CheckFailedError
 from containerdisks.verify.target import Target
 
-__all__ = ["KubeBooter", "KubeError", "load_config", "node_architecture", "vm_body"]
+__all__ = [
+    "KubeBooter",
+    "KubeError",
+    "UntrustedServerError",
+    "load_config",
+    "node_architecture",
+    "vm_body",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +94,22 @@ _CHUNK = 32 * 1024
 
 class KubeError(Exception):
     """The cluster said no, or the VM did not come up; one line."""
+
+
+class UntrustedServerError(KubeError):
+    """The API server's TLS certificate did not verify against the configured CA."""
+
+
+def _untrusted(what: str, e: aiohttp.ClientConnectorCertificateError) -> UntrustedServerError:
+    cause = e.certificate_error
+    why = getattr(cause, "verify_message", "") or getattr(cause, "reason", "") or str(cause)
+    return UntrustedServerError(
+        " ".join(
+            f"{what}: the TLS certificate of the API server {e.host}:{e.port} is not trusted "
+            f"({why}); give the cluster's CA (kubeconfig certificate-authority, or the service "
+            "account's ca.crt in a pod)".split()
+        )
+    )
 
 
 def _api_error(what: str, e: ApiException) -> KubeError:
@@ -122,6 +150,8 @@ async def node_architecture(api: kclient.ApiClient) -> str:
         nodes = await kclient.CoreV1Api(api).list_node(_request_timeout=_REQUEST_TIMEOUT)
     except ApiException as e:
         raise _api_error("list nodes", e) from None
+    except aiohttp.ClientConnectorCertificateError as e:
+        raise _untrusted("list nodes", e) from None
     except (aiohttp.ClientError, TimeoutError) as e:
         raise KubeError(f"list nodes: {type(e).__name__}: {e}") from None
     if not nodes.items:
@@ -293,6 +323,8 @@ class KubeBooter:
             unsure = _api_error(what, e)
             if (e.status or 0) < 500:
                 raise unsure from None  # a definite no; a 409 names someone else's VM
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise _untrusted(what, e) from None  # no connection, so no request: nothing made
         except (aiohttp.ClientError, TimeoutError) as e:
             unsure = KubeError(f"{what}: {type(e).__name__}: {e}".rstrip(": "))
         except asyncio.CancelledError:

@@ -16,8 +16,10 @@ Decisions:
   binary messages. An image without a disk has no guest: its SSH port is refused.
 - Deleting a VM stops its qemu; `deletes` counts deletes per VM so tests can assert exactly one
   per create, and `live` must be empty at the end.
-- `token` is checked on every request (401 `Status` otherwise), except that `anonymous_reads`
-  lets GETs through for kubectl, which never sends a bearer token over plain HTTP;
+- `token` is checked on every request (401 `Status` otherwise; `bearers` collects every
+  `Authorization` header seen, so a test can name the credential used), except that
+  `anonymous_reads` lets GETs through for kubectl, which never sends a bearer token over plain
+  HTTP;
   `unauthorized` answers 401 (a token revoked mid-run) and `forbid` 403 for `(verb, resource)`;
   `fail` answers canned statuses for `(verb, resource)`.
 - Lost create answers, as a real apiserver can produce them: `create_delay` holds the answer
@@ -28,8 +30,13 @@ Decisions:
   AlreadyExists comes from a real collision in the store; `squatters` names its VMs (not in
   `created`: the tool did not make them, and must not delete them).
 - `portforwards` logs every port-forward request (VM, port, query, the websocket subprotocols
-  offered, the one chosen when upgraded) and outlives the VM, so tests can check the
-  `plain.kubevirt.io` handshake after the tool has deleted it.
+  offered, the one chosen when upgraded, whether it came over TLS) and outlives the VM, so tests
+  can check the `plain.kubevirt.io` handshake after the tool has deleted it.
+- Plain HTTP by default; `tls=True` serves HTTPS (so the port-forward is `wss`) with a
+  throwaway CA and a certificate for 127.0.0.1 (IP SAN) made by openssl under `work/tls`
+  (`registry.make_ca`); `ca` is the CA file, which `kubeconfig` names as
+  `certificate-authority` (unless `ca=False`), and which an in-cluster test copies as the
+  service account's `ca.crt`, as real clusters serve HTTPS only.
 - Runs in a thread of its own (`with`), since tests start the command line as a subprocess.
 """
 
@@ -39,6 +46,7 @@ import asyncio
 import contextlib
 import json
 import re
+import ssl
 import threading
 import time
 import uuid
@@ -54,6 +62,7 @@ from aiohttp import WSMsgType, web
 
 from containerdisks.verify import qemu
 from containerdisks.verify.seed import meta_data, write_seed
+from tests.support.registry import make_ca
 
 __all__ = ["FakeKube", "Scenario"]
 
@@ -106,8 +115,11 @@ class FakeKube:
         archs: tuple[str, ...] = ("amd64",),
         disks: Mapping[str, Path] | None = None,
         scenarios: Mapping[str, Scenario] | None = None,
+        tls: bool = False,
     ) -> None:
         self.work = work
+        self.tls = tls
+        self.ca: Path | None = None  # the CA file when `tls`, made on `__enter__`
         self.token = token
         self.archs = archs
         self.disks = dict(disks or {})
@@ -127,6 +139,7 @@ class FakeKube:
         self.bodies: list[dict[str, Any]] = []
         self.deletes: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
+        self.bearers: set[str] = set()
         self.portforwards: list[dict[str, Any]] = []
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -135,16 +148,20 @@ class FakeKube:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def live(self) -> list[str]:
         return sorted(name for _, name in self.vms)
 
-    def kubeconfig(self, path: Path, token: str | None = None) -> Path:
+    def kubeconfig(self, path: Path, token: str | None = None, *, ca: bool = True) -> Path:
+        """A kubeconfig for the fake; with `tls`, it names the CA unless `ca` is False."""
+        cluster: dict[str, str] = {"server": self.url}
+        if self.ca is not None and ca:
+            cluster["certificate-authority"] = str(self.ca)
         config = {
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fake", "cluster": cluster}],
             "users": [{"name": "fake", "user": {"token": token or self.token}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
         }  # fmt: skip
@@ -153,11 +170,16 @@ class FakeKube:
 
     # -- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> FakeKube:
+        context = None
+        if self.tls:
+            self.ca, crt, key = make_ca(self.work / "tls")
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(crt, key)
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="fake-kube", daemon=True)
         thread.start()
         self._loop, self._thread = loop, thread
-        asyncio.run_coroutine_threadsafe(self._start(), loop).result(timeout=30)
+        asyncio.run_coroutine_threadsafe(self._start(context), loop).result(timeout=30)
         return self
 
     def __exit__(
@@ -173,7 +195,7 @@ class FakeKube:
             thread.join(timeout=30)
             loop.close()
 
-    async def _start(self) -> None:
+    async def _start(self, context: ssl.SSLContext | None) -> None:
         app = web.Application(middlewares=[self._middleware])
         vms = "/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines"
         vmis = "/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances"
@@ -193,7 +215,7 @@ class FakeKube:
         app.router.add_get(sub + "/portforward/{port}/{protocol}", self._portforward)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -208,6 +230,7 @@ class FakeKube:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        self.bearers.add(request.headers.get("Authorization", ""))
         anonymous = self.anonymous_reads and request.method == "GET"
         if request.headers.get("Authorization") != f"Bearer {self.token}" and not anonymous:
             return _status(401, "Unauthorized", "Unauthorized")
@@ -448,6 +471,7 @@ class FakeKube:
         record: dict[str, Any] = {
             "vm": name, "port": request.match_info["port"], "query": dict(request.query),
             "protocols": [p.strip() for p in offered.split(",") if p.strip()], "chosen": None,
+            "tls": request.secure,
         }  # fmt: skip
         self.portforwards.append(record)
         vm = self._vmi(request)

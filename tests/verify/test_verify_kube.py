@@ -6,8 +6,11 @@ In every case the fake must show each created VM deleted exactly once and nothin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,18 +38,37 @@ FAST = {
 }
 
 
-@pytest.fixture
-def fake(tmp_path: Path, tiny_images: Images) -> Iterator[FakeKube]:
-    with FakeKube(tmp_path / "fake-kube", disks={"tiny": tiny_images.good}) as f:
+@contextlib.contextmanager
+def _fake_kube(work: Path, images: Images, **kw: Any) -> Iterator[FakeKube]:
+    with FakeKube(work, disks={"tiny": images.good}, **kw) as f:
         yield f
     assert [] == f.live
     assert dict.fromkeys(f.created, 1) == f.deletes
 
 
+@pytest.fixture
+def fake(tmp_path: Path, tiny_images: Images) -> Iterator[FakeKube]:
+    with _fake_kube(tmp_path / "fake-kube", tiny_images) as f:
+        yield f
+
+
+@pytest.fixture
+def tls_fake(tmp_path: Path, tiny_images: Images) -> Iterator[FakeKube]:
+    """HTTPS only, as real clusters; the token is not the default one."""
+    token = f"sa-token-{secrets.token_hex(8)}"
+    with _fake_kube(tmp_path / "fake-kube", tiny_images, tls=True, token=token) as f:
+        yield f
+
+
 def _command(
-    p: Published, fake: FakeKube, *flags: str, config: Path | None = None, token: str | None = None
+    p: Published,
+    fake: FakeKube,
+    *flags: str,
+    config: Path | None = None,
+    token: str | None = None,
+    ca: bool = True,
 ) -> list[str]:
-    kubeconfig = fake.kubeconfig(p.root / "kubeconfig", token=token)
+    kubeconfig = fake.kubeconfig(p.root / "kubeconfig", token=token, ca=ca)
     return [
         sys.executable, "-m", "containerdisks", "images", "verify",
         "--config", str(config or p.config), "--registry", "cluster-registry:5000/cd",
@@ -630,3 +652,101 @@ def test_two_workers_verify_two_entries_at_once_and_delete_both(
     assert 2 == len(fake.created)
     assert 2 == fake.most_live  # both VMs were up at the same time
     assert dict.fromkeys(fake.created, 1) == fake.deletes
+
+
+def test_over_https_with_the_kubeconfigs_ca_the_port_forward_is_wss(
+    published: Published, tls_fake: FakeKube
+) -> None:
+    fake = tls_fake
+    assert fake.url.startswith("https://")
+    published.push("tiny:1")
+    done = _verify(published, fake, "--dry-run=false")
+    assert 0 == done.returncode, done.stderr
+    record = published.read_results()["tiny:1"]
+    assert ("verify", None) == (record["Stage"], record.get("Err"))
+    assert 1 == len(fake.created)
+    # the websocket went over TLS (wss), was upgraded, and a login went through it
+    assert fake.portforwards
+    assert all(f["tls"] for f in fake.portforwards)
+    assert "plain.kubevirt.io" in [f["chosen"] for f in fake.portforwards]
+
+
+@pytest.mark.parametrize("arch", [None, "amd64"])
+def test_over_https_without_the_ca_fails_with_one_line_naming_the_certificate(
+    published: Published, tls_fake: FakeKube, arch: str | None
+) -> None:
+    """Without --target-architecture, listing nodes fails: a config error before anything is
+    created; with it, the create fails (no connection, so no VM and no lookup for one)."""
+    fake = tls_fake
+    published.push("tiny:1")
+    flags = ("--target-architecture", arch) if arch else ()
+    done = _verify(published, fake, "--dry-run=false", *flags, ca=False)
+    untrusted = (
+        f"the TLS certificate of the API server 127.0.0.1:{fake.port} is not trusted "
+        "(unable to get local issuer certificate); give the cluster's CA (kubeconfig "
+        "certificate-authority, or the service account's ca.crt in a pod)"
+    )
+    if arch is None:
+        assert 2 == done.returncode, done.stderr
+        assert f"containerdisks: images verify: list nodes: {untrusted}\n" == done.stderr
+    else:
+        err = _failed(published, done)
+        assert re.fullmatch(
+            rf"tiny:1: create VirtualMachine kubevirt/tiny-[a-z0-9]{{5}}: {re.escape(untrusted)}",
+            err,
+        ), err
+        assert "Traceback" not in done.stderr
+    assert [] == fake.requests  # no request got through the handshake
+    assert [] == fake.created
+
+
+def test_in_cluster_config_uses_the_service_account_as_a_pod_does(
+    published: Published, tls_fake: FakeKube, tmp_path: Path
+) -> None:
+    """No --kubeconfig, no KUBECONFIG, an empty HOME: the service account's token and ca.crt
+    under /var/run/secrets/kubernetes.io/serviceaccount, mounted in a private mount namespace
+    (a tmpfs on /run) so the host's /run is never written."""
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    probe = subprocess.run([*unshare, "true"], capture_output=True, timeout=30, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here (unshare --mount: {probe.stderr!r})")
+    fake = tls_fake
+    assert fake.ca is not None
+    published.push("tiny:1")
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(fake.token)  # no newline, as the kubelet writes it
+    shutil.copy(fake.ca, account / "ca.crt")
+    home = tmp_path / "home"
+    home.mkdir()
+    command = _command(published, fake, "--dry-run=false")
+    at = command.index("--kubeconfig")
+    del command[at : at + 2]
+    where = "/run/secrets/kubernetes.io/serviceaccount"
+    script = (
+        f'mount -t tmpfs tmpfs /run && mkdir -p {where} && cp "$1/token" "$1/ca.crt" {where}/ '
+        '&& shift && exec "$@"'
+    )
+    env = clean_env(
+        **FAST,
+        HOME=str(home),
+        KUBERNETES_SERVICE_HOST="127.0.0.1",
+        KUBERNETES_SERVICE_PORT=str(fake.port),
+    )
+    env.pop("KUBECONFIG", None)
+    done = subprocess.run(
+        [*unshare, "sh", "-c", script, "sh", str(account), *command],
+        capture_output=True, text=True, timeout=240, env=env, cwd=published.root,
+    )  # fmt: skip
+    assert 0 == done.returncode, done.stderr
+    record = published.read_results()["tiny:1"]
+    assert ("verify", None) == (record["Stage"], record.get("Err"))
+    assert "verified" in done.stdout
+    # every request, the port-forward's included, carried the service account's token, over TLS
+    assert {f"Bearer {fake.token}"} == fake.bearers
+    assert ("GET", "/api/v1/nodes") in fake.requests
+    assert 1 == len(fake.created)
+    assert all(f["tls"] for f in fake.portforwards)
+    assert "plain.kubevirt.io" in [f["chosen"] for f in fake.portforwards]
+    host_token = Path(where) / "token"  # the host's /run was not written
+    assert not host_token.exists() or fake.token != host_token.read_text()
