@@ -43,7 +43,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,7 @@ from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from containerdisks.verify.finish import to_the_end
 from containerdisks.verify.ssh import CheckFailedError
 from containerdisks.verify.target import Target
 
@@ -243,16 +244,6 @@ async def _pump(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _shielded(cleanup: Coroutine[Any, Any, str | None]) -> str | None:
-    """Run `cleanup` to its end even when a cancellation (a signal) arrives meanwhile."""
-    task = asyncio.ensure_future(cleanup)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task  # a second signal: still finish the cleanup, then propagate
-        raise
-
-
 class KubeBooter:
     """Boots a target as a KubeVirt VM in `namespace`; the image is `<registry>/<Tags[0]>`."""
 
@@ -302,11 +293,11 @@ class KubeBooter:
             async with self._bridge(name) as bridge:
                 yield bridge
         except BaseException as e:
-            left = await _shielded(self._delete(name))
+            left = await to_the_end(self._delete(name))
             if left is not None and isinstance(e, (KubeError, CheckFailedError)):
                 raise KubeError(f"{e}; {left}") from None
             raise
-        left = await _shielded(self._delete(name))
+        left = await to_the_end(self._delete(name))
         if left is not None:
             raise KubeError(left)
 
@@ -328,9 +319,9 @@ class KubeBooter:
         except (aiohttp.ClientError, TimeoutError) as e:
             unsure = KubeError(f"{what}: {type(e).__name__}: {e}".rstrip(": "))
         except asyncio.CancelledError:
-            await _shielded(self._remove_if_ours(name, marker))
+            await to_the_end(self._remove_if_ours(name, marker))
             raise
-        left = await _shielded(self._remove_if_ours(name, marker))
+        left = await to_the_end(self._remove_if_ours(name, marker))
         raise KubeError(f"{unsure}; {left}" if left else str(unsure)) from None
 
     async def _remove_if_ours(self, name: str, marker: str) -> str | None:
@@ -354,12 +345,10 @@ class KubeBooter:
                     return None
                 log.info("vm_created_unanswered", vm=where)
                 return await self._delete(name)
-            break
-        else:
-            log.info("vm_not_created", vm=where)
-            return None
-        log.error("vm_maybe_left_behind", vm=where, error=why)
-        return f"VM {where} may have been left behind ({why}); check and delete it by hand"
+            log.error("vm_maybe_left_behind", vm=where, error=why)
+            return f"VM {where} may have been left behind ({why}); check and delete it by hand"
+        log.info("vm_not_created", vm=where)
+        return None
 
     def _vmi_path(self, name: str) -> str:
         return f"{SUBRESOURCES}/namespaces/{self.namespace}/virtualmachineinstances/{name}"

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import structlog
 from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Store
 from containerdisks.verify import qemu
+from containerdisks.verify.finish import to_the_end
 from containerdisks.verify.pull import pull_disk
 from containerdisks.verify.seed import meta_data, write_seed
 from containerdisks.verify.ssh import CheckFailedError, Guest
@@ -82,18 +83,6 @@ def _owned_dir(root: Path, prefix: str) -> tuple[Path, int]:
     return work, fd
 
 
-async def _in_thread_to_the_end(fn: Callable[[], object]) -> None:
-    """Run `fn` in a thread; a cancellation waits for it to finish before propagating, so
-    nothing it writes appears after the caller's cleanup has run."""
-    task = asyncio.ensure_future(asyncio.to_thread(fn))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await task
-        raise
-
-
 @dataclass
 class LocalBooter:
     """Boots targets on this host; `store`/`namespace` say where the images are pulled from."""
@@ -135,7 +124,7 @@ class LocalBooter:
                     raise CheckFailedError(e.kind, f"{e} (serial log: {kept})") from None
         finally:
             try:
-                await _in_thread_to_the_end(lambda: shutil.rmtree(work, ignore_errors=True))
+                await to_the_end(asyncio.to_thread(shutil.rmtree, work, True))
             finally:
                 os.close(lock)
 
@@ -160,7 +149,8 @@ class LocalBooter:
         vars_copy = None
         if template is not None:
             vars_copy = work / "vars.fd"
-            await _in_thread_to_the_end(lambda: shutil.copyfile(template, vars_copy))
+            # to the end: a copy still running must not create vars.fd after the cleanup
+            await to_the_end(asyncio.to_thread(shutil.copyfile, template, vars_copy))
         port = qemu.free_port()
         serial = work / "serial.log"
         command = qemu.command_line(
