@@ -12,6 +12,9 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -298,11 +301,21 @@ def test_a_moved_staging_tag_fails_that_entry_only(tmp_path: Path) -> None:
         assert "moved since verify" in again.stdout
 
 
-def test_a_staging_tag_moved_during_the_copy_fails_the_entry_and_moves_no_tag(
-    tmp_path: Path,
-) -> None:
-    """The second staging-tag check, after the copy and before the tags: the tag is re-pushed
-    while promote's first blob upload into the target is held by the proxy."""
+@dataclass
+class _World:
+    src: Registry
+    dst: Registry
+    proxy: FaultProxy  # in front of dst
+    tags: list[str]
+    old: str  # what prod/fedora:42 pointed at before
+    old_tags: list[str]
+    digest: str  # the verified digest in staging
+
+
+@contextmanager
+def _prod_behind_a_proxy(tmp_path: Path) -> Iterator[_World]:
+    """Staging holds fedora:42 (verified, in the results file); prod serves an older 42 and
+    is reached through a fault proxy."""
     with (
         start_registry(tmp_path / "staging") as src,
         start_registry(tmp_path / "prod") as dst,
@@ -315,88 +328,86 @@ def test_a_staging_tag_moved_during_the_copy_fails_the_entry_and_moves_no_tag(
         stage(tmp_path, src.host, "staging/fedora", "f42", tags)
         digest = digest_of(src, "staging/fedora", "42")
         write_results(tmp_path, {"fedora:42": verified(tags, digest)})
-        proxy.add(Rule("POST", r"^/v2/prod/fedora/blobs/uploads/", "hold"))
+        yield _World(src, dst, proxy, tags, old, old_tags, digest)
+
+
+def test_a_staging_tag_moved_during_the_copy_fails_the_entry_and_moves_no_tag(
+    tmp_path: Path,
+) -> None:
+    """The second staging-tag check, after the copy and before the tags: the tag is re-pushed
+    while promote's first blob upload into the target is held by the proxy."""
+    with _prod_behind_a_proxy(tmp_path) as w:
+        w.proxy.add(Rule("POST", r"^/v2/prod/fedora/blobs/uploads/", "hold"))
         argv = promote_argv(
-            tmp_path, f"{src.host}/staging", f"{proxy.host}/prod", "--dry-run=false"
+            tmp_path, f"{w.src.host}/staging", f"{w.proxy.host}/prod", "--dry-run=false"
         )
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env()
         )
         try:
-            assert proxy.wait_held(60), "promote never started its copy"
+            assert w.proxy.wait_held(60), "promote never started its copy"
             # the first check (before the copy) has passed; now the staging tag moves
-            stage(tmp_path, src.host, "staging/fedora", "f42-rebuilt", ["42"])
-            moved = digest_of(src, "staging/fedora", "42")
-            proxy.release()
+            stage(tmp_path, w.src.host, "staging/fedora", "f42-rebuilt", ["42"])
+            moved = digest_of(w.src, "staging/fedora", "42")
+            w.proxy.release()
             stdout, stderr = proc.communicate(timeout=120)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
 
-        assert moved != digest
+        assert moved != w.digest
         assert proc.returncode == 1, stderr
         record = read_results(tmp_path)["fedora:42"]
         assert record["Err"] == (
-            f"fedora:42: staging tag {src.host}/staging/fedora:42 moved since verify: "
-            f"now {moved}, verified {digest}"
+            f"fedora:42: staging tag {w.src.host}/staging/fedora:42 moved since verify: "
+            f"now {moved}, verified {w.digest}"
         )
         assert record["Stage"] == "promote"
         assert "moved since verify" in stdout
         # the copy did run (manifests went up by digest) and then no tag was written
-        puts = [e.path for e in proxy.log if e.method == "PUT" and "/manifests/" in e.path]
+        puts = [e.path for e in w.proxy.log if e.method == "PUT" and "/manifests/" in e.path]
         assert puts
         assert all("/manifests/sha256:" in p for p in puts), puts
-        assert digest_of(dst, "prod/fedora", "42") == old
-        assert sorted(dst.list_tags("prod/fedora")) == old_tags
+        assert digest_of(w.dst, "prod/fedora", "42") == w.old
+        assert sorted(w.dst.list_tags("prod/fedora")) == w.old_tags
 
 
 def test_a_fault_mid_promote_moves_no_tag_and_a_rerun_completes(tmp_path: Path) -> None:
-    with (
-        start_registry(tmp_path / "staging") as src,
-        start_registry(tmp_path / "prod") as dst,
-        FaultProxy(dst.url) as proxy,
-    ):
-        tags = [STAMP, "42"]
-        stage(tmp_path, dst.host, "prod/fedora", "old", ["42"])  # what prod serves today
-        old = digest_of(dst, "prod/fedora", "42")
-        old_tags = sorted(dst.list_tags("prod/fedora"))
-        stage(tmp_path, src.host, "staging/fedora", "f42", tags)
-        digest = digest_of(src, "staging/fedora", "42")
-        write_results(tmp_path, {"fedora:42": verified(tags, digest)})
+    with _prod_behind_a_proxy(tmp_path) as w:
         # every blob upload into prod is cut after its first bytes, through every retry
-        proxy.add(
+        w.proxy.add(
             Rule("PATCH", r"/v2/prod/fedora/blobs/uploads/", "reset", after_bytes=1, times=None)
         )
-        proxy.add(
+        w.proxy.add(
             Rule("PUT", r"/v2/prod/fedora/blobs/uploads/", "reset", after_bytes=1, times=None)
         )
         env = clean_env(CONTAINERDISKS_RETRIES="2")
 
         failed = promote(
-            tmp_path, f"{src.host}/staging", f"{proxy.host}/prod", "--dry-run=false", env=env
+            tmp_path, f"{w.src.host}/staging", f"{w.proxy.host}/prod", "--dry-run=false", env=env
         )
 
         assert failed.returncode == 1, failed.stderr
         err = str(read_results(tmp_path)["fedora:42"]["Err"])
-        assert err.startswith(f"fedora:42: promote to {proxy.host}/prod/fedora: "), err
+        assert err.startswith(f"fedora:42: promote to {w.proxy.host}/prod/fedora: "), err
         assert "\n" not in err
-        assert digest_of(dst, "prod/fedora", "42") == old
-        assert sorted(dst.list_tags("prod/fedora")) == old_tags  # no timestamp tag either
-        assert not [e for e in proxy.log if "/manifests/" in e.path and e.method == "PUT"]
+        assert digest_of(w.dst, "prod/fedora", "42") == w.old
+        assert sorted(w.dst.list_tags("prod/fedora")) == w.old_tags  # no timestamp tag either
+        assert not [e for e in w.proxy.log if "/manifests/" in e.path and e.method == "PUT"]
 
-        proxy.clear_rules()
+        w.proxy.clear_rules()
         done = promote(
-            tmp_path, f"{src.host}/staging", f"{proxy.host}/prod", "--dry-run=false", env=env
+            tmp_path, f"{w.src.host}/staging", f"{w.proxy.host}/prod", "--dry-run=false", env=env
         )
 
         assert done.returncode == 0, done.stderr
-        for tag in tags:
-            assert digest_of(dst, "prod/fedora", tag) == digest
+        for tag in w.tags:
+            assert digest_of(w.dst, "prod/fedora", tag) == w.digest
         assert read_results(tmp_path)["fedora:42"] == {
-            "Tags": [f"fedora:{t}" for t in tags],
+            "Tags": [f"fedora:{t}" for t in w.tags],
             "Stage": "promote",
-            "Digest": digest,
+            "Digest": w.digest,
         }
 
 

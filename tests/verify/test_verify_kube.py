@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,37 @@ def _verify(
         env=clean_env(**env),
         cwd=p.root,
     )
+
+
+def _signalled(
+    p: Published,
+    fake: FakeKube,
+    until: Callable[[], bool],
+    *flags: str,
+    sig: signal.Signals = signal.SIGTERM,
+    settle: float = 0.0,
+) -> tuple[int | None, str]:
+    """Start the command, send `sig` once `until()` holds (then `settle` s later): its exit
+    status and stderr. The process never outlives the test."""
+    process = subprocess.Popen(
+        _command(p, fake, "--dry-run=false", *flags),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(**FAST), cwd=p.root,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not until():
+            assert time.monotonic() < deadline
+            assert process.poll() is None
+            time.sleep(0.02)
+        time.sleep(settle)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, stderr
 
 
 def _with(p: Published, **fields: Any) -> Path:
@@ -295,24 +326,13 @@ def test_a_signal_mid_wait_still_deletes_the_vm(
 ) -> None:
     published.push("tiny:1")
     fake.scenarios["tiny"] = Scenario(ready_after=None)
-    process = subprocess.Popen(
-        _command(published, fake, "--dry-run=false"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=clean_env(**FAST), cwd=published.root,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not any(m == "GET" and "/virtualmachines/tiny-" in p for m, p in fake.requests):
-            assert time.monotonic() < deadline
-            assert process.poll() is None
-            time.sleep(0.05)
-        process.send_signal(sig)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert code == process.returncode, stderr
+    returncode, stderr = _signalled(
+        published,
+        fake,
+        lambda: any(m == "GET" and "/virtualmachines/tiny-" in p for m, p in fake.requests),
+        sig=sig,
+    )
+    assert code == returncode, stderr
     assert 1 == len(fake.created)
     assert any(m == "DELETE" for m, _ in fake.requests)
 
@@ -445,25 +465,10 @@ def test_a_signal_during_create_still_deletes_the_vm_the_server_made(
     published.push("tiny:1")
     fake.disks.clear()
     fake.create_delay = 120
-    process = subprocess.Popen(
-        _command(published, fake, "--dry-run=false", "--target-architecture", "amd64"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=clean_env(**FAST), cwd=published.root,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not fake.created:
-            assert time.monotonic() < deadline
-            assert process.poll() is None
-            time.sleep(0.05)
-        time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert 143 == process.returncode, stderr
+    returncode, stderr = _signalled(
+        published, fake, lambda: bool(fake.created), "--target-architecture", "amd64", settle=0.2
+    )
+    assert 143 == returncode, stderr
     name = fake.created[0]
     vm_calls = [m for m, p in fake.requests if "/virtualmachines" in p]
     assert ["POST", "GET", "DELETE"] == vm_calls  # looked up (ours), then deleted
@@ -479,26 +484,11 @@ def test_a_create_that_lands_after_the_first_lookup_is_still_deleted(
     published.push("tiny:1")
     fake.disks.clear()
     fake.store_delay = 1.5
-    process = subprocess.Popen(
-        _command(published, fake, "--dry-run=false", "--target-architecture", "amd64"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=clean_env(**FAST), cwd=published.root,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while ("POST", "/apis/kubevirt.io/v1/namespaces/kubevirt/virtualmachines") not in (
-            fake.requests
-        ):
-            assert time.monotonic() < deadline
-            assert process.poll() is None
-            time.sleep(0.02)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert 143 == process.returncode, stderr
+    create = ("POST", "/apis/kubevirt.io/v1/namespaces/kubevirt/virtualmachines")
+    returncode, stderr = _signalled(
+        published, fake, lambda: create in fake.requests, "--target-architecture", "amd64"
+    )
+    assert 143 == returncode, stderr
     [name] = fake.created
     vm_calls = [m for m, p in fake.requests if "/virtualmachines" in p]
     assert vm_calls[0] == "POST"
