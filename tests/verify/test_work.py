@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import ClassVar
 
-import pytest
-
 from containerdisks.engine.results import Result
 from containerdisks.verify.flow import verify_all
 from containerdisks.verify.local import _LOCK, _owned_dir, remove_stale_work
@@ -126,8 +124,8 @@ async def test_an_unexpected_error_fails_its_entry_in_one_line_and_not_the_run()
     assert records[0].error == "full:1: No space left on device: '/work/verify/full-1-x/disk.img'"
 
 
-@pytest.mark.parametrize("boot_dirs", [3])
-def test_a_lock_is_released_with_its_directory(tmp_path: Path, boot_dirs: int) -> None:
+def test_a_lock_is_released_with_its_directory(tmp_path: Path) -> None:
+    boot_dirs = 3
     made = [_owned_dir(tmp_path / "verify", f"b{i}-") for i in range(boot_dirs)]
     remove_stale_work(tmp_path)  # all held by this process: all kept
     assert boot_dirs == len(list((tmp_path / "verify").iterdir()))
