@@ -17,7 +17,8 @@ Decisions:
   (`crypt_method` AES or LUKS, or a full-disk-encryption header extension), incompatible feature
   bits qemu's spec does not define (bits 5-63; dirty, corrupt, data file, compression type and
   extended L2 are known), and a virtual `size` above `max_virtual_size`. The first of these
-  found, in that order, is the one line.
+  found, in that order, is the one line; a backing file is named as soon as the 72 bytes every
+  version has are in, before anything else of a malformed header is looked at.
 - The head is bounded (`HEAD`, 64 KiB): the header and the header extensions qemu-img writes
   fit in it many times over. Extensions are walked as qemu walks them (to an end marker, within
   the first cluster); a walk that would need bytes beyond the head, or a header cut short, is
