@@ -5,7 +5,8 @@ file the test writes, as a backing file or as an external data file, served plai
 straight to the registry: known size, no spool) and compressed (xz, gzip: decompressed and
 spooled). The push fails each such entry with one line naming the URL and the header field,
 downloads it once (not retried), exits 1, and the real registry has no tag and no layer for it;
-a clean entry in the same run is published.
+a clean entry in the same run is published. A qcow2 over `max_virtual_size` (set in the
+environment) is refused the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.support.registry import Registry
 from tests.support.upstream_server import UpstreamServer, put
 
 HOST = "evil.example"
+CAP = 4 << 20  # max_virtual_size for the run, from the environment
 
 
 def _entry(name: str, url: str, data: bytes) -> dict[str, Any]:
@@ -56,13 +58,17 @@ def test_push_refuses_qcow2_naming_host_files_in_every_download_path(
 ) -> None:
     canary = tmp_path / "canary"
     disks = tmp_path / "disks"
+    backing = f"backing file {str(canary)!r} ("
+    data = f"external data file {str(canary)!r} ("
+    big = f"virtual size {8 << 20} above max_virtual_size ({CAP})"
     images = {
-        # name: (file served, header field the refusal names)
-        "backing-plain": ("backing.qcow2", backed(disks / "b.qcow2", canary), "backing file"),
-        "data-plain": ("data.qcow2", data_file(disks / "d.qcow2", canary), "external data file"),
-        "backing-gz": ("backing-gz.qcow2.gz", backed(disks / "b.qcow2", canary), "backing file"),
-        "data-xz": ("data-xz.qcow2.xz", data_file(disks / "d.qcow2", canary), "external data file"),
-        "clean": ("clean.qcow2", make_qcow2(disks / "c.qcow2", "clean"), ""),
+        # name: (file served, disk, the refusal after "qcow2 header: "; empty: published)
+        "backing-plain": ("backing.qcow2", backed(disks / "b.qcow2", canary), backing),
+        "data-plain": ("data.qcow2", data_file(disks / "d.qcow2", canary), data),
+        "backing-gz": ("backing-gz.qcow2.gz", backed(disks / "b.qcow2", canary), backing),
+        "data-xz": ("data-xz.qcow2.xz", data_file(disks / "d.qcow2", canary), data),
+        "big-xz": ("big.qcow2.xz", make_qcow2(disks / "big.qcow2", "big", size_mib=8), big),
+        "clean": ("clean.qcow2", make_qcow2(disks / "c.qcow2", "clean", size_mib=4), ""),
     }
     up = tmp_path / "up"
     entries = []
@@ -86,7 +92,7 @@ def test_push_refuses_qcow2_naming_host_files_in_every_download_path(
             capture_output=True,
             text=True,
             timeout=120,
-            env=clean_env(),
+            env=clean_env(CONTAINERDISKS_MAX_VIRTUAL_SIZE=str(CAP)),
             cwd=tmp_path,
         )
         downloads = {
@@ -95,15 +101,14 @@ def test_push_refuses_qcow2_naming_host_files_in_every_download_path(
     assert 1 == done.returncode, done.stderr
     assert "Traceback" not in done.stderr
     recorded = json.loads(results.read_text())
-    for name, (file, _, field) in images.items():
+    for name, (file, _, refusal) in images.items():
         repository = f"cd/{name}"
-        if not field:
+        if not refusal:
             assert "Err" not in recorded[f"{name}:1"]
             assert "1" in _tags(registry, repository)
             continue
         err = recorded[f"{name}:1"]["Err"]
-        assert err.startswith(f"{name}:1: https://{HOST}/{file}: qcow2 header: {field} "), err
-        assert repr(str(canary)) in err
+        assert err.startswith(f"{name}:1: https://{HOST}/{file}: qcow2 header: {refusal}"), err
         assert "\n" not in err
         assert err in done.stderr  # the same line in the log
         assert 1 == downloads[name], name  # refused for good: not downloaded again
