@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     max_spool_bytes: PositiveInt = Field(
         64 << 30, description="Largest spooled download; a bigger one fails its entry."
     )
+    max_virtual_size: PositiveInt = Field(
+        2 << 40,
+        description="Largest virtual size (bytes) of a qcow2 image; a bigger one is refused by "
+        "`images push` and `images verify --local`.",
+    )
     connect_timeout: PositiveFloat = Field(15.0, description="Seconds to connect to a server.")
     read_timeout: PositiveFloat = Field(
         60.0, description="Seconds a server may stay silent while answering."

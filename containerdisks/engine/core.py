@@ -136,6 +136,7 @@ class Engine:
             compression=self.settings.layer_compression,
             work_dir=self.settings.work_dir,
             max_spool_bytes=self.settings.max_spool_bytes,
+            max_virtual_size=self.settings.max_virtual_size,
             backoff=self.backoff,
         )
         return self

@@ -1,8 +1,10 @@
 """Publishing one planned entry: build what changed in one streaming pass, reuse the rest, tag.
 
 DESIGN.md "How one sync flows", steps 3 and 4:
-- A `build` arch streams upstream bytes -> checksum -> (decompress) -> tar -> (compress) -> target
-  in one pass, with the layer digest and diff_id computed on the way. With a known size and no
+- A `build` arch streams upstream bytes -> checksum -> (decompress) -> header inspection ->
+  tar -> (compress) -> target in one pass, with the layer digest and diff_id computed on the way.
+  A disk whose header `diskcheck` refuses (a qcow2 naming a backing or data file, ...) fails the
+  arch before any of its bytes are spooled or sent; that is not retried. With a known size and no
   decompression nothing touches the disk; otherwise the (decompressed) image is spooled to the
   work dir, verified, then streamed; the spool file is always removed. The layer upload is
   committed only after the upstream checksum matched; on a mismatch it is cancelled, so nothing
@@ -37,6 +39,7 @@ from containerdisks.engine.copy import copy_manifest
 from containerdisks.engine.plan import ArchPlan, EntryPlan
 from containerdisks.engine.retry import Backoff, retrying
 from containerdisks.engine.stores import Place
+from containerdisks.pipeline.diskcheck import inspected
 from containerdisks.pipeline.image import (
     MEDIA_TYPES,
     LayerCompression,
@@ -84,6 +87,7 @@ class Publisher:
         compression: LayerCompression,
         work_dir: Path,
         max_spool_bytes: int,
+        max_virtual_size: int,
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -94,6 +98,7 @@ class Publisher:
         self.compression = compression
         self.work_dir = work_dir
         self.max_spool_bytes = max_spool_bytes
+        self.max_virtual_size = max_virtual_size
         self.backoff = backoff or Backoff()
         self.clock = clock
 
@@ -216,10 +221,12 @@ class Publisher:
             spool: Path | None = None
             try:
                 if artifact.compression is None and dl.size is not None:
-                    size, body = dl.size, raw
+                    size, body = dl.size, self._inspected(raw, artifact)
                 else:
                     source = raw if artifact.compression is None else _decompressed(raw, artifact)
-                    spool, size = await self._spool(entry, artifact, source)
+                    spool, size = await self._spool(
+                        entry, artifact, self._inspected(source, artifact)
+                    )
                     _verify(artifact, upstream_digest)  # before a single byte is uploaded
                     body = _read_file(spool)
                 # The upload hashes what it sends (the layer digest); without compression
@@ -249,6 +256,12 @@ class Publisher:
             seconds=round(time.monotonic() - started, 2),
         )
         return oci.Descriptor(layer_type, layer_digest, layer_size), diff_id
+
+    def _inspected(self, disk: Chunks, artifact: Artifact) -> Chunks:
+        """The disk bytes, passed on once their header is inspected (`diskcheck`)."""
+        return inspected(
+            disk, self.max_virtual_size, lambda why: PublishError(f"{artifact.url}: {why}")
+        )
 
     async def _spool(self, entry: Entry, artifact: Artifact, source: Chunks) -> tuple[Path, int]:
         """Write `source` to a file in the work dir (bounded); the caller removes it."""

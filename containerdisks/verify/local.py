@@ -6,7 +6,9 @@ under `<work_dir>/verify/` (disk, seed, firmware vars, serial log) that is remov
 ends, however it ends; a directory whose process was killed is removed by the next run (a lock
 says which are still in use, so runs sharing a work dir leave each other alone). The serial log
 of a failed boot is kept, under `<work_dir>/serial-logs/` (the newest 100), and its path is put
-into the error so that a person can read why.
+into the error so that a person can read why. The pulled disk's header is inspected before qemu
+starts (`diskcheck`: an image in the registry may not have come from our push); a refused one
+fails its entry as a `PullError` naming the field, and nothing is booted.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import structlog
 
 from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Store
+from containerdisks.pipeline.diskcheck import HEAD, refusal
 from containerdisks.verify import qemu
 from containerdisks.verify.finish import to_the_end
-from containerdisks.verify.pull import pull_disk
+from containerdisks.verify.pull import PullError, pull_disk
 from containerdisks.verify.seed import meta_data, write_seed
 from containerdisks.verify.ssh import CheckFailedError, Guest
 from containerdisks.verify.target import Target
@@ -96,6 +99,7 @@ class LocalBooter:
     accel: qemu.Accel
     memory_mib: int
     backoff: Backoff
+    max_virtual_size: int
 
     def firmware_for(self, target: Target) -> qemu.Firmware:
         return "secure" if target.secure_boot else self.firmware
@@ -143,6 +147,10 @@ class LocalBooter:
             where=where,
             backoff=self.backoff,
         )
+        with disk.open("rb") as f:
+            head = f.read(HEAD)
+        if (why := refusal(head, self.max_virtual_size)) is not None:
+            raise PullError(f"{where}: {why}")
         seed = await write_seed(work, user_data, meta_data(target.name))
         firmware = self.firmware_for(target)
         template = qemu.firmware_vars(target.goarch, firmware)
