@@ -147,6 +147,16 @@ class Settings(BaseSettings):
     heartbeat_timeout: PositiveFloat = Field(
         60.0, description="`serve`: `/healthz` fails when the scheduler has not ticked this long."
     )
+    http_header_timeout: PositiveFloat = Field(
+        5.0,
+        description="`serve`: seconds an HTTP client gets to send a request's headers, from "
+        "connecting or from the previous answer; a slower connection is closed.",
+    )
+    http_max_connections: PositiveInt = Field(
+        100,
+        description="`serve`: open connections of the HTTP server; past it a new connection "
+        "displaces the oldest one that has not sent a request yet, or is closed at once.",
+    )
 
     # -- `images verify` -------------------------------------------------------------------------
     verify_registry: str = Field(
