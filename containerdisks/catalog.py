@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from containerdisks.api import (
@@ -44,6 +43,7 @@ from containerdisks.api import (
     Upstream,
 )
 from containerdisks.settings import ConfigError
+from containerdisks.yamlfile import YamlFileError, read_yaml_file
 
 __all__ = [
     "ENV_INSTANCETYPE",
@@ -410,8 +410,10 @@ def _parse_file(data: Mapping[str, Any], name: str) -> _CatalogFile | None:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
+        data = read_yaml_file(path)
+    except OSError as e:
+        raise ConfigError(f"default catalog {path}: {e.strerror or e}") from None
+    except YamlFileError as e:
         raise ConfigError(f"default catalog {path}: {e}") from None
     return data if isinstance(data, dict) else {}
 

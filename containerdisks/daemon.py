@@ -203,7 +203,14 @@ async def _daemon(settings: Settings, config: dict[str, Any], config_name: str) 
         loop.add_signal_handler(sig, on_signal, sig)
 
     try:
-        server = serving(status, metrics, host, port)
+        server = serving(
+            status,
+            metrics,
+            host,
+            port,
+            header_timeout=settings.http_header_timeout,
+            max_connections=settings.http_max_connections,
+        )
         addresses = await server.__aenter__()
     except OSError as e:
         raise ConfigError(f"cannot listen on {settings.listen}: {e.strerror or e}") from None

@@ -11,20 +11,45 @@ Decisions:
 - Only GET (and HEAD) routes exist; anything else is 405 from aiohttp. `/status` shows entries,
   checksums, digests and errors, never a setting: no credential, token or mirror URL can leak.
   Errors shown are the engine's one-line messages, which are built to be secret-free.
+- The port faces a network, so what a client can hold is bounded. aiohttp bounds header sizes
+  but neither the number of connections nor (before 3.14) the time a connection may take to
+  send its first request, so a thin protocol wrapper (`_Guarded`) stands between asyncio's
+  transport and aiohttp's handler: a connection that has not sent its request's headers
+  within `header_timeout` is closed (aiohttp's keep-alive timeout, set to the same value, covers
+  the next requests of a kept-alive connection), and at most `max_connections` are open. At the
+  cap a new connection displaces the oldest one still owing its first request (the attacker's
+  idle sockets displace each other, a probe gets through); when every open connection has sent
+  one, the new connection is closed at once.
+- aiohttp logs a malformed request ("Error handling request", with a traceback) through the
+  stdlib; its handler gets a logger that turns that into one debug event (`http_bad_request`,
+  the parser's message cut short) and any other exception into one error event, so nothing
+  but JSON lines reaches stderr in the JSON format.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from containerdisks.metrics import CONTENT_TYPE, Metrics
 from containerdisks.status import Status
 
 __all__ = ["make_app", "serving"]
+
+log = structlog.get_logger(__name__)
+
+#: Defaults of `serving` (the settings `http_header_timeout` and `http_max_connections`).
+HEADER_TIMEOUT = 5.0
+MAX_CONNECTIONS = 100
+#: How much of a malformed request's parser message is logged.
+_ERROR_CHARS = 200
 
 _STATUS = web.AppKey("status", Status)
 _METRICS = web.AppKey("metrics", Metrics)
@@ -76,21 +101,163 @@ def make_app(status: Status, metrics: Metrics) -> web.Application:
     return app
 
 
+class _Limits:
+    """The open connections of one listening socket, and those still owing their first request's
+    headers, oldest first."""
+
+    def __init__(self, max_connections: int, header_timeout: float) -> None:
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.open: set[_Guarded] = set()
+        self.waiting: dict[_Guarded, None] = {}  # insertion-ordered: oldest first
+        self._full = False
+
+    def admit(self, conn: _Guarded) -> bool:
+        """Count `conn` in, displacing the oldest waiting connection at the cap; False: refuse."""
+        if len(self.open) >= self.max_connections:
+            if not self._full:  # once per episode: a flood must not flood the log
+                log.warning("http_connection_cap_reached", max_connections=self.max_connections)
+                self._full = True
+            if not self.waiting:
+                return False
+            next(iter(self.waiting)).close()
+        elif len(self.open) < self.max_connections // 2:
+            self._full = False
+        self.open.add(conn)
+        self.waiting[conn] = None
+        return True
+
+    def release(self, conn: _Guarded) -> None:
+        self.open.discard(conn)
+        self.waiting.pop(conn, None)
+
+
+class _Guarded(asyncio.Protocol):
+    """One connection: counted by `_Limits`, closed when its first request's headers are late;
+    everything else is passed to aiohttp's handler, created only for an admitted connection."""
+
+    def __init__(self, limits: _Limits, handler: Callable[[], asyncio.Protocol]) -> None:
+        self._limits = limits
+        self._handler = handler
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        if not self._limits.admit(self):
+            transport.abort()  # type: ignore[attr-defined]  # a stream transport
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._limits.header_timeout, self._late)
+        self._inner = self._handler()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is None:
+            return
+        if self._timer is not None:
+            seen = self._tail + data[:3]
+            if any(end in data or end in seen for end in (b"\r\n\r\n", b"\n\n")):
+                self._timer.cancel()
+                self._timer = None
+                self._limits.waiting.pop(self, None)
+            else:
+                self._tail = (self._tail + data)[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def close(self) -> None:
+        """Drop the connection now (displaced at the cap, or late)."""
+        self._forget()
+        if self._transport is not None:
+            self._transport.abort()  # type: ignore[attr-defined]
+
+    def _late(self) -> None:
+        self._timer = None
+        log.debug("http_header_timeout", timeout=self._limits.header_timeout)
+        self.close()
+
+    def _forget(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._limits.release(self)
+
+
+class _OneLine(logging.Handler):
+    """aiohttp's server log as structlog events: one line each, no traceback for bad requests."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        if isinstance(exc, HttpProcessingError):
+            error = " ".join(str(exc).split())[:_ERROR_CHARS]
+            log.debug("http_bad_request", message=message, error=error)
+        elif exc is not None:
+            log.error("http_server_error", message=message, exc_info=record.exc_info)
+        else:
+            log.log(record.levelno, "http_server", message=message)
+
+
+def _server_logger() -> logging.Logger:
+    logger = logging.getLogger("containerdisks.server.aiohttp")
+    logger.propagate = False
+    if not any(isinstance(h, _OneLine) for h in logger.handlers):
+        logger.addHandler(_OneLine())
+    logger.setLevel(logging.DEBUG)
+    return logger
+
+
 @asynccontextmanager
 async def serving(
-    status: Status, metrics: Metrics, host: str, port: int
+    status: Status,
+    metrics: Metrics,
+    host: str,
+    port: int,
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> AsyncIterator[list[tuple[str, int]]]:
     """Listen on `host:port` while the block runs; yield the bound addresses (port 0: any)."""
     runner = web.AppRunner(
-        make_app(status, metrics), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        make_app(status, metrics),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=1.0,
+        keepalive_timeout=header_timeout,
+        logger=_server_logger(),
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        addresses = [
-            (str(a[0]), int(a[1])) for a in runner.addresses if isinstance(a, tuple) and len(a) >= 2
-        ]
-        yield addresses
+        server = runner.server
+        assert server is not None  # set up
+        limits = _Limits(max_connections, header_timeout)
+        listener = await asyncio.get_running_loop().create_server(
+            lambda: _Guarded(limits, server), host, port
+        )
+        try:
+            addresses = [
+                (str(a[0]), int(a[1])) for a in (s.getsockname() for s in listener.sockets)
+            ]
+            yield addresses
+        finally:
+            listener.close()
     finally:
         await runner.cleanup()

@@ -10,12 +10,13 @@ environment or the file instead of replacing it.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
-import yaml
 from pydantic import (
     Field,
     PositiveFloat,
@@ -29,7 +30,10 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
+
+from containerdisks.yamlfile import YamlFileError, read_yaml_file
 
 __all__ = [
     "CATALOG_KEYS",
@@ -151,6 +155,16 @@ class Settings(BaseSettings):
     )
     heartbeat_timeout: PositiveFloat = Field(
         60.0, description="`serve`: `/healthz` fails when the scheduler has not ticked this long."
+    )
+    http_header_timeout: PositiveFloat = Field(
+        5.0,
+        description="`serve`: seconds an HTTP client gets to send a request's headers, from "
+        "connecting or from the previous answer; a slower connection is closed.",
+    )
+    http_max_connections: PositiveInt = Field(
+        100,
+        description="`serve`: open connections of the HTTP server; past it a new connection "
+        "displaces the oldest one that has not sent a request yet, or is closed at once.",
     )
 
     # -- `images verify` -------------------------------------------------------------------------
@@ -291,16 +305,11 @@ _FILE_LAYER: dict[type[BaseSettings], dict[str, Any]] = {}
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read the YAML config file; an unreadable or malformed file is a `ConfigError`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_yaml_file(path)
     except OSError as e:
         raise ConfigError(f"config file {path}: {e.strerror or e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
-        raise ConfigError(f"config file {path}: invalid YAML{where}: {problem}") from None
+    except YamlFileError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -316,6 +325,7 @@ def load_settings(
     extra_mirrors: dict[str, str] | None = None,
 ) -> Settings:
     """Layer defaults < file < environment < flags, then add flag mirrors to the table."""
+    _check_environment_json()
     file_settings = {k: v for k, v in (file_data or {}).items() if k not in CATALOG_KEYS}
     unknown = sorted(set(file_settings) - set(Settings.model_fields))
     if unknown:
@@ -326,12 +336,35 @@ def load_settings(
         settings: Settings = layered(**(flags or {}))
     except ValidationError as e:
         raise ConfigError(_one_line(e, flags or {}, file_settings, file_name)) from None
+    except SettingsError as e:  # the environment layer's own parsing; checked above, in case
+        field = re.search(r'field "([a-z_]+)"', str(e))
+        where = f"environment variable {ENV_PREFIX}{field[1].upper()}" if field else "environment"
+        raise ConfigError(f"invalid {where}: {' '.join(str(e.__cause__ or e).split())}") from None
     finally:
         _FILE_LAYER.pop(layered, None)
     if extra_mirrors:
         mirrors = {**settings.upstream_mirrors, **extra_mirrors}
         settings = settings.model_copy(update={"upstream_mirrors": mirrors})
     return settings
+
+
+def _check_environment_json() -> None:
+    """A table or list setting in the environment is JSON; one line naming the variable when it
+    is not (pydantic-settings would end the command with a traceback)."""
+    env = {k.upper(): v for k, v in os.environ.items()}  # names are case-insensitive
+    for name, field in Settings.model_fields.items():
+        var = ENV_PREFIX + name.upper()
+        if var not in env or get_origin(field.annotation) not in (dict, list, set, tuple):
+            continue
+        try:
+            json.loads(env[var])
+        except json.JSONDecodeError as e:
+            where = f"invalid environment variable {var}"
+            raise ConfigError(f"{where}: not JSON at character {e.pos}: {e.msg}") from None
+        except RecursionError:
+            raise ConfigError(
+                f"invalid environment variable {var}: JSON nested too deeply"
+            ) from None
 
 
 #: Settings whose flag is not spelled like the field (medius's `images verify` flags).

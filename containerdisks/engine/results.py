@@ -80,10 +80,14 @@ def read_results(path: Path) -> dict[str, Result]:
         raise ResultsError(f"{where} does not exist (run `images push` first)") from None
     except OSError as e:
         raise ResultsError(f"{where}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ResultsError(f"{where}: not UTF-8 (byte 0x{e.object[e.start]:02x})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ResultsError(f"{where}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    except RecursionError:
+        raise ResultsError(f"{where}: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ResultsError(f"{where}: expected a JSON object")
     return {key: Result.from_json(key, value, where) for key, value in data.items()}

@@ -46,13 +46,17 @@ def test_a_medius_results_file_reads_without_digest(tmp_path: Path) -> None:
         ('{"a:1": {"Tags": "x", "Stage": "push"}}', "Tags must be a list of strings"),
         ('{"a:1": {"Stage": "boot"}}', "unknown Stage 'boot'"),
         ('{"a:1": {"Stage": "push", "Err": 1}}', "Err must be a string"),
+        (b'{"a:1": {"Err": "\xff"}}', "not UTF-8 (byte 0xff)"),
+        ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
     ],
 )
 def test_a_bad_results_file_is_one_line_naming_it(
-    tmp_path: Path, text: str | None, message: str
+    tmp_path: Path, text: str | bytes | None, message: str
 ) -> None:
     path = tmp_path / "results.json"
-    if text is not None:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
         path.write_text(text)
     with pytest.raises(ResultsError) as e:
         read_results(path)

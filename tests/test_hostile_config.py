@@ -1,0 +1,154 @@
+"""A hostile or broken config: `containerdisks images push` as a real process says one line and
+exits 2, in bounded time and memory.
+
+The config file: not UTF-8, a key twice, an alias bomb ("billion laughs"), nesting deeper than
+any catalog, a NUL, a 5000-digit number. The environment: a table variable
+(`CONTAINERDISKS_UPSTREAM_MIRRORS`) that is not JSON, or JSON nested 50,000 deep. Each names the
+file (and line) or the variable. The child's peak RSS comes from `wait4`; an address-space
+limit keeps a regression from eating the shared machine's memory.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from containerdisks import catalog
+from containerdisks.settings import ConfigError, load_config_file
+from tests.support.cli import clean_env
+
+SECONDS = 15.0  # generous: a shared, noisy machine; the unbounded bomb took 32 s
+MAX_RSS_MIB = 200  # the unbounded bomb took 1.6 GB
+ADDRESS_SPACE = 2 << 30
+#: Should a config be accepted after all, the pass it starts stays on a dead loopback port.
+LOOPBACK = [
+    "--source-registry",
+    "127.0.0.1:9/cd",
+    "--upstream-mirror",
+    "https://=http://127.0.0.1:9/",
+]
+
+
+def run_push(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, float, float]:
+    """(exit status, stderr, seconds, peak RSS in MiB) of `images push` with `args`."""
+    err_path = tmp_path / "stderr"
+    start = time.monotonic()
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "containerdisks", "images", "push", *LOOPBACK, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=clean_env(**(env or {})),
+            cwd=tmp_path,
+        )
+    # Set at once (the child is still starting Python): no preexec_fn in a threaded parent.
+    resource.prlimit(proc.pid, resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+    try:
+        while True:  # bounded by the deadline
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() - start > 4 * SECONDS:
+                pytest.fail(f"images push still running after {4 * SECONDS}s")
+            time.sleep(0.02)
+    finally:
+        if proc.returncode is None and not pid:
+            proc.kill()
+            proc.wait()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    took = time.monotonic() - start
+    return proc.returncode, err_path.read_text(errors="replace"), took, usage.ru_maxrss / 1024
+
+
+def one_line_exit_2(result: tuple[int, str, float, float], *needles: str) -> None:
+    status, stderr, took, rss = result
+    lines = stderr.strip().splitlines()
+    assert 2 == status, stderr
+    assert 1 == len(lines), stderr
+    assert lines[0].startswith("containerdisks: ")
+    for needle in needles:
+        assert needle in lines[0]
+    assert took < SECONDS, took
+    assert rss < MAX_RSS_MIB, rss
+
+
+def billion_laughs(levels: int = 9, width: int = 10) -> str:
+    """`width ** levels` strings from a few hundred bytes, all under the catalog's `entries`."""
+    lines = ["entries:", f"  - &a0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, levels + 1):
+        lines.append(f"  - &a{i} [{', '.join([f'*a{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        (b"dry_run: true\nfocus: 'fedora:\xff'\n", ["not UTF-8 at line 2", "byte 0xff"]),
+        (
+            b"dry_run: true\nworkers: 2\ndry_run: false\n",
+            ["invalid YAML at line 3: duplicate key 'dry_run' (first at line 1)"],
+        ),
+        (billion_laughs().encode(), ["aliases expand to more than 100000 nodes"]),
+        (b"entries: " + b"[" * 20_000 + b"]" * 20_000 + b"\n", ["nested deeper than 64 levels"]),
+        (b"a: &a [*a]\n", ["an alias refers to a node that contains it"]),
+        (b"focus: 'a\x00b'\n", ["at line 1: special characters are not allowed"]),
+        (b"workers: " + b"9" * 5000 + b"\n", ["invalid YAML", "5000 digits"]),
+    ],
+    ids=["not-utf8", "duplicate-key", "alias-bomb", "deep", "recursive-alias", "nul", "huge-int"],
+)
+def test_a_bad_config_file_is_one_line_and_exit_2(
+    tmp_path: Path, content: bytes, needles: list[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    result = run_push(tmp_path, "--config", str(path))
+    one_line_exit_2(result, f"config file {path}: ", *needles)
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ('{"https://a.example/": ', "not JSON at character"),
+        ("", "not JSON at character 0"),
+        ("[" * 50_000 + "]" * 50_000, "JSON nested too deeply"),
+    ],
+    ids=["truncated", "empty", "deep"],
+)
+def test_a_bad_json_variable_is_one_line_and_exit_2(
+    tmp_path: Path, value: str, needle: str
+) -> None:
+    result = run_push(tmp_path, env={"CONTAINERDISKS_UPSTREAM_MIRRORS": value})
+    one_line_exit_2(result, "invalid environment variable CONTAINERDISKS_UPSTREAM_MIRRORS", needle)
+
+
+def test_merge_keys_may_override_and_anchors_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "x-base: &base {interval: 5, workers: 2}\n"
+        "x-copy:\n  <<: *base\n  workers: 3\n"  # an override of a merged key is no duplicate
+        "upstream_mirrors: &m {'https://a.example/': 'http://127.0.0.1:9/'}\n"
+    )
+    data = load_config_file(path)
+    assert {"interval": 5, "workers": 3} == data["x-copy"]
+    assert {"https://a.example/": "http://127.0.0.1:9/"} == data["upstream_mirrors"]
+
+
+def test_the_default_catalog_is_read_by_the_same_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text("entries: []\nentries: []\n")
+    monkeypatch.setattr(catalog, "default_catalog_path", lambda: path)
+    with pytest.raises(ConfigError) as e:
+        catalog.load_catalog({}, {})
+    expected = "invalid YAML at line 2: duplicate key 'entries' (first at line 1)"
+    assert f"default catalog {path}: {expected}" == str(e.value)
