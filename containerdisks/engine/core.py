@@ -107,6 +107,10 @@ class Engine:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             retry=RetryPolicy(attempts=settings.retries),
+            metadata_deadline=settings.metadata_deadline,
+            min_transfer_rate=settings.min_transfer_rate,
+            rate_window=settings.min_transfer_rate_window,
+            download_deadline=settings.download_deadline,
             trace_configs=upstream_traces,
         )
         self._stack = AsyncExitStack()
@@ -136,6 +140,7 @@ class Engine:
             compression=self.settings.layer_compression,
             work_dir=self.settings.work_dir,
             max_spool_bytes=self.settings.max_spool_bytes,
+            max_image_bytes=self.settings.max_image_bytes,
             backoff=self.backoff,
         )
         return self

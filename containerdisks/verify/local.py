@@ -96,6 +96,7 @@ class LocalBooter:
     accel: qemu.Accel
     memory_mib: int
     backoff: Backoff
+    max_disk_bytes: int = 64 << 30  # max_image_bytes
 
     def firmware_for(self, target: Target) -> qemu.Firmware:
         return "secure" if target.secure_boot else self.firmware
@@ -142,6 +143,7 @@ class LocalBooter:
             disk,
             where=where,
             backoff=self.backoff,
+            max_bytes=self.max_disk_bytes,
         )
         seed = await write_seed(work, user_data, meta_data(target.name))
         firmware = self.firmware_for(target)
