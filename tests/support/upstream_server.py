@@ -407,9 +407,12 @@ class UpstreamServer:
             response.content_length = streamed.content_length
         await response.prepare(request)
         sent = 0
-        async for chunk in streamed.body():
-            await response.write(chunk)
-            sent += len(chunk)
+        try:
+            async for chunk in streamed.body():
+                await response.write(chunk)
+                sent += len(chunk)
+        except ConnectionError:  # the client hung up: what a hostile body is for
+            return response
         if streamed.content_length is not None and sent < streamed.content_length:
             if request.transport is not None:  # the body ended early: say so by dropping
                 request.transport.abort()
