@@ -79,7 +79,11 @@ class UpstreamError(SourceError):
 
 @dataclass(frozen=True)
 class Artifact:
-    """One arch of one release as published upstream: what to download and how to verify it."""
+    """One arch of one release as published upstream: what to download and how to verify it.
+
+    `size` is the download's size in bytes when the upstream metadata declares one (Fedora's
+    releases.json does): a download that is larger is refused, as one over `max_image_bytes` is.
+    """
 
     arch: str
     url: str
@@ -87,8 +91,11 @@ class Artifact:
     algorithm: Algorithm = "sha256"
     compression: Compression | None = None
     unique_tags: tuple[str, ...] = ()
+    size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
+            raise SourceError(f"{self.url}: declared size {self.size!r} is not a byte count")
         want = _HEX[self.algorithm]
         if len(self.checksum) != want or not re.fullmatch(r"[0-9a-f]+", self.checksum):
             raise SourceError(

@@ -106,9 +106,33 @@ class Settings(BaseSettings):
         description="Largest virtual size (bytes) of a qcow2 image; a bigger one is refused by "
         "`images push` and `images verify --local`.",
     )
+    max_image_bytes: PositiveInt = Field(
+        64 << 30,
+        description="Largest image download, and largest disk after decompression (also in "
+        "`images verify`); a bigger one fails its entry before anything is published.",
+    )
     connect_timeout: PositiveFloat = Field(15.0, description="Seconds to connect to a server.")
     read_timeout: PositiveFloat = Field(
         60.0, description="Seconds a server may stay silent while answering."
+    )
+    min_transfer_rate: int = Field(
+        1_000_000,
+        ge=0,
+        description="Bytes per second an image download must bring over each "
+        "`min_transfer_rate_window`, else it fails and is retried; 0 turns the check off.",
+    )
+    min_transfer_rate_window: PositiveFloat = Field(
+        60.0, description="Seconds over which `min_transfer_rate` is measured."
+    )
+    download_deadline: PositiveFloat = Field(
+        7200.0,
+        description="Seconds one image download may take in all, else it fails and is retried "
+        "(2 h: 7.2 GB at the minimum rate, several times the largest cloud image).",
+    )
+    metadata_deadline: PositiveFloat = Field(
+        60.0,
+        description="Seconds a metadata request (releases.json, a checksum file) may take in "
+        "all, retries included.",
     )
     retries: PositiveInt = Field(
         4, description="Attempts for a transient upstream, registry or Quay API failure (>= 1)."

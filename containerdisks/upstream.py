@@ -11,15 +11,30 @@ process the last `ETag` / `Last-Modified` are kept and sent back, and a 304 reus
 
 Transient failures (connection errors, timeouts, 408/429/5xx) are retried with exponential
 backoff and jitter, honouring `Retry-After`; the number of attempts is bounded.
+
+Upstream servers are hostile until checked, so every transfer is bounded:
+- Metadata: at most `MAX_METADATA_BYTES` (a declared Content-Length over it is refused before
+  reading), within `metadata_deadline` seconds per URL, retries included; JSON nested deeper than
+  `MAX_JSON_DEPTH` is refused by a pre-scan before it is parsed (no RecursionError, and no
+  plugin has to walk a pathological tree).
+- Image downloads: a `TransferGuard` (sans-I/O, fed by the body and a watchdog task) fails a
+  download that brings fewer than `min_transfer_rate` bytes per second over a window of
+  `rate_window` seconds (tumbling windows: a download that slows down fails at most two windows
+  later), or that is not done within `download_deadline`. Both are `DownloadInterruptedError`s,
+  transient: the publisher streams the arch again. The byte limits of an image belong to the
+  publisher, which knows what the metadata declared.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import json
 import random
+import re
 import time
+from array import array
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -34,11 +49,15 @@ from containerdisks.api import SourceError, UpstreamError
 from containerdisks.checksums import ChecksumFormat, ChecksumParseError, parse_checksum_file
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_METADATA_BYTES",
     "Download",
     "DownloadInterruptedError",
     "HttpUpstream",
     "Mirrors",
     "RetryPolicy",
+    "TransferGuard",
+    "json_depth",
     "parse_mirror",
 ]
 
@@ -47,6 +66,82 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 _TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_REDIRECTS = 10
+
+#: The largest metadata answer (releases.json, a checksum file): real ones are below 1 MiB.
+MAX_METADATA_BYTES = 16 << 20
+#: The deepest JSON nesting accepted (Debian's image JSON nests 5 deep, Fedora's 2).
+MAX_JSON_DEPTH = 64
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+#: Opening brackets to 1, closing ones to 0xff (-1 as a signed byte).
+_DEPTH_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON `text`, without parsing it.
+
+    Strings are cut out first (a bracket inside one does not count), then the running sum of
+    +1/-1 per bracket is taken in C (array + itertools), so 16 MiB of brackets cost well under
+    a second. Malformed JSON may be over-counted, never under-counted where it parses.
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    if not brackets:
+        return 0
+    steps = array("b", brackets.encode("ascii").translate(_DEPTH_STEP))
+    return max(itertools.accumulate(steps))
+
+
+class TransferGuard:
+    """When a download is too slow or too long: sans-I/O, fed with `(now, bytes)`.
+
+    Time is cut in tumbling windows of `window` seconds from `start`; a window that brings fewer
+    than `min_rate * window` bytes fails the transfer when it closes, and so does `deadline`
+    seconds after `start`. `min_rate` 0 turns the rate check off.
+    """
+
+    def __init__(self, *, min_rate: int, window: float, deadline: float, start: float) -> None:
+        self.min_rate = min_rate
+        self.window = window
+        self.start = start
+        self.deadline_at = start + deadline
+        self.deadline = deadline
+        self._window_end = start + window
+        self._in_window = 0
+        self.total = 0
+        #: Why the transfer was stopped, once `check` said so.
+        self.failure: str | None = None
+
+    def record(self, nbytes: int) -> None:
+        self._in_window += nbytes
+        self.total += nbytes
+
+    def next_check(self) -> float:
+        """When `check` must run next, even if no byte arrives."""
+        if not self.min_rate:
+            return self.deadline_at
+        return min(self._window_end, self.deadline_at)
+
+    def check(self, now: float) -> str | None:
+        """Why the transfer must stop at `now` (also kept in `failure`), or None."""
+        if self.failure is None:
+            self.failure = self._why(now)
+        return self.failure
+
+    def _why(self, now: float) -> str | None:
+        if now >= self.deadline_at:
+            return f"download not finished within download_deadline ({self.deadline:g} s)"
+        if not self.min_rate:
+            return None
+        while now >= self._window_end:
+            if self._in_window < self.min_rate * self.window:
+                return (
+                    f"download slower than min_transfer_rate ({self.min_rate} bytes/s) over "
+                    f"{self.window:g} s ({self._in_window} bytes in the last window)"
+                )
+            self._in_window = 0
+            self._window_end += self.window
+        return None
 
 
 def parse_mirror(spec: str) -> tuple[str, str]:
@@ -113,7 +208,11 @@ class HttpUpstream:
         connect_timeout: float = 15.0,
         read_timeout: float = 60.0,
         retry: RetryPolicy | None = None,
-        max_metadata_bytes: int = 64 << 20,
+        max_metadata_bytes: int = MAX_METADATA_BYTES,
+        metadata_deadline: float = 60.0,
+        min_transfer_rate: int = 1_000_000,
+        rate_window: float = 60.0,
+        download_deadline: float = 7200.0,
         user_agent: str = "containerdisks",
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
@@ -125,6 +224,10 @@ class HttpUpstream:
         )
         self._retry = retry or RetryPolicy()
         self._max = max_metadata_bytes
+        self._metadata_deadline = metadata_deadline
+        self._min_rate = min_transfer_rate
+        self._rate_window = rate_window
+        self._download_deadline = download_deadline
         self._headers = {"User-Agent": user_agent}
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
@@ -171,10 +274,9 @@ class HttpUpstream:
 
     async def get_json(self, url: str) -> Any:
         text = await self.get_text(url)
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise SourceError(f"{url}: malformed JSON: {e.msg} at line {e.lineno}") from None
+        if len(text) < _INLINE_JSON:
+            return _parse_json(url, text)
+        return await asyncio.to_thread(_parse_json, url, text)
 
     async def get_checksums(self, url: str, fmt: ChecksumFormat) -> Mapping[str, str]:
         text = await self.get_text(url)
@@ -186,7 +288,14 @@ class HttpUpstream:
     # -- internals ----------------------------------------------------------------------------
 
     async def _fetch(self, url: str) -> bytes:
-        return await self._retrying(url, "upstream_retry", lambda: self._fetch_once(url))
+        """The body of `url`, within `metadata_deadline` seconds, retries included."""
+        try:
+            async with asyncio.timeout(self._metadata_deadline):
+                return await self._retrying(url, "upstream_retry", lambda: self._fetch_once(url))
+        except TimeoutError:
+            raise UpstreamError(
+                url, f"no complete answer within metadata_deadline ({self._metadata_deadline:g} s)"
+            ) from None
 
     async def _retrying(
         self, url: str, event: str, attempt_once: Callable[[], Awaitable[_T]]
@@ -208,7 +317,9 @@ class HttpUpstream:
 
     async def _read_limited(self, url: str, resp: aiohttp.ClientResponse) -> bytes:
         if resp.content_length is not None and resp.content_length > self._max:
-            raise UpstreamError(url, f"metadata of {resp.content_length} bytes is too large")
+            raise UpstreamError(
+                url, f"metadata of {resp.content_length} bytes is larger than {self._max} bytes"
+            )
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(1 << 20):
@@ -282,14 +393,24 @@ class HttpUpstream:
     async def download(self, url: str, chunk_size: int = 1 << 20) -> AsyncIterator[Download]:
         """Open an image download (retrying the open only); the body is streamed, not cached.
 
-        A failure mid-stream raises `UpstreamError` naming the canonical URL.
+        A failure mid-stream raises `UpstreamError` naming the canonical URL; a body too slow
+        or too long (see `TransferGuard`) a `DownloadInterruptedError`, which is worth a retry.
         """
+        loop = asyncio.get_running_loop()
+        guard = TransferGuard(
+            min_rate=self._min_rate,
+            window=self._rate_window,
+            deadline=self._download_deadline,
+            start=loop.time(),
+        )
         resp = await self._retrying(url, "download_retry", lambda: self._request(url, {}))
+        watchdog = asyncio.ensure_future(_watch(url, resp, guard))
         try:
             if resp.status != 200:
                 raise UpstreamError(url, f"HTTP {resp.status} to a download")
-            yield Download(url, resp.content_length, _body(url, resp, chunk_size))
+            yield Download(url, resp.content_length, _body(url, resp, chunk_size, guard, watchdog))
         finally:
+            watchdog.cancel()
             resp.release()
 
 
@@ -306,12 +427,58 @@ class DownloadInterruptedError(UpstreamError):
     """The connection broke or stalled while an image was streaming: worth another try."""
 
 
-async def _body(url: str, resp: aiohttp.ClientResponse, chunk_size: int) -> AsyncIterator[bytes]:
+async def _body(
+    url: str,
+    resp: aiohttp.ClientResponse,
+    chunk_size: int,
+    guard: TransferGuard,
+    watchdog: asyncio.Future[None],
+) -> AsyncIterator[bytes]:
     try:
         async for chunk in resp.content.iter_chunked(chunk_size):
+            guard.record(len(chunk))
             yield chunk
-    except (TimeoutError, aiohttp.ClientError) as e:
+    except (TimeoutError, aiohttp.ClientError, _TooSlowError) as e:
+        if guard.failure is not None:  # the watchdog cut it: say why, not how
+            raise DownloadInterruptedError(url, guard.failure) from None
         raise DownloadInterruptedError(url, f"download interrupted: {_describe(e)}") from None
+    finally:
+        watchdog.cancel()  # the body is done: the time after it is the consumer's
+
+
+class _TooSlowError(Exception):
+    """Set on a download's stream by its watchdog: the reason is the message."""
+
+
+async def _watch(url: str, resp: aiohttp.ClientResponse, guard: TransferGuard) -> None:
+    """Wake at each of the guard's checks; when it says stop, fail the body's pending read and
+    drop the connection. Costs nothing per chunk (the body only counts bytes)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(max(0.0, guard.next_check() - loop.time()))
+        reason = guard.check(loop.time())
+        if reason is not None:
+            log.warning("download_too_slow", url=url, reason=reason)
+            resp.content.set_exception(_TooSlowError(reason))
+            resp.close()
+            return
+
+
+_INLINE_JSON = 1 << 20  # larger JSON is scanned and parsed in a worker thread
+
+
+def _parse_json(url: str, text: str) -> Any:
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise SourceError(f"{url}: JSON nested {depth} deep, more than {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{url}: malformed JSON: {e.msg} at line {e.lineno}") from None
+    except ValueError as e:  # e.g. a number of more digits than int() converts
+        raise SourceError(f"{url}: malformed JSON: {e}") from None
+    except RecursionError:  # not reached after the pre-scan; kept as the last line of defence
+        raise SourceError(f"{url}: JSON nested too deep") from None
 
 
 class _TransientError(Exception):

@@ -131,6 +131,7 @@ async def _render(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         retry=RetryPolicy(attempts=settings.retries),
+        metadata_deadline=settings.metadata_deadline,
     ) as upstream:
         for name in names:
             items = [b for b in catalog.items if b.item.name == name and b.item.docs]

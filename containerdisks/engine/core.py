@@ -107,6 +107,10 @@ class Engine:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             retry=RetryPolicy(attempts=settings.retries),
+            metadata_deadline=settings.metadata_deadline,
+            min_transfer_rate=settings.min_transfer_rate,
+            rate_window=settings.min_transfer_rate_window,
+            download_deadline=settings.download_deadline,
             trace_configs=upstream_traces,
         )
         self._stack = AsyncExitStack()
@@ -137,6 +141,7 @@ class Engine:
             work_dir=self.settings.work_dir,
             max_spool_bytes=self.settings.max_spool_bytes,
             max_virtual_size=self.settings.max_virtual_size,
+            max_image_bytes=self.settings.max_image_bytes,
             backoff=self.backoff,
         )
         return self

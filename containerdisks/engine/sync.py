@@ -9,6 +9,10 @@ DESIGN.md "How one sync flows", steps 3 and 4:
   work dir, verified, then streamed; the spool file is always removed. The layer upload is
   committed only after the upstream checksum matched; on a mismatch it is cancelled, so nothing
   is published.
+- Sizes are bounded before bytes flow: the download by `max_image_bytes` and the size the
+  metadata declares (a larger `Content-Length` is refused before the upload starts; a longer
+  stream is cut), the decompressed disk by `max_image_bytes`; the upload of a cut stream is
+  cancelled, never committed.
 - A `build` whose upstream bytes did not change reuses the published layer (no download): only
   the config and manifest are new.
 - A `reuse` arch keeps its published manifest as is (same store: mounted into the target
@@ -54,6 +58,8 @@ from containerdisks.pipeline.stages import (
     BLOCK,
     Chunks,
     Digest,
+    SizeLimitError,
+    capped,
     compress,
     decompress,
     hashed,
@@ -88,6 +94,7 @@ class Publisher:
         work_dir: Path,
         max_spool_bytes: int,
         max_virtual_size: int,
+        max_image_bytes: int = 64 << 30,
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -99,6 +106,7 @@ class Publisher:
         self.work_dir = work_dir
         self.max_spool_bytes = max_spool_bytes
         self.max_virtual_size = max_virtual_size
+        self.max_image_bytes = max_image_bytes
         self.backoff = backoff or Backoff()
         self.clock = clock
 
@@ -217,13 +225,23 @@ class Publisher:
         started = time.monotonic()
         async with self.upstream.download(artifact.url) as dl:
             upstream_digest = Digest(artifact.algorithm)
-            raw = hashed(dl.chunks, upstream_digest)
+            limit = self._download_limit(artifact)
+            if dl.size is not None and dl.size > limit[0]:
+                raise PublishError(f"{artifact.url}: Content-Length {dl.size} {_over(limit)}")
+            raw = hashed(_limited(dl.chunks, "download", limit, artifact), upstream_digest)
             spool: Path | None = None
             try:
                 if artifact.compression is None and dl.size is not None:
                     size, body = dl.size, self._inspected(raw, artifact)
                 else:
-                    source = raw if artifact.compression is None else _decompressed(raw, artifact)
+                    source = raw
+                    if artifact.compression is not None:
+                        source = _limited(
+                            _decompressed(raw, artifact),
+                            "decompressed image",
+                            (self.max_image_bytes, "max_image_bytes"),
+                            artifact,
+                        )
                     spool, size = await self._spool(
                         entry, artifact, self._inspected(source, artifact)
                     )
@@ -263,6 +281,12 @@ class Publisher:
             disk, self.max_virtual_size, lambda why: PublishError(f"{artifact.url}: {why}")
         )
 
+    def _download_limit(self, artifact: Artifact) -> tuple[int, str]:
+        """The most bytes the download may bring, and the name of that limit."""
+        if artifact.size is not None and artifact.size < self.max_image_bytes:
+            return artifact.size, "the size the upstream metadata declares"
+        return self.max_image_bytes, "max_image_bytes"
+
     async def _spool(self, entry: Entry, artifact: Artifact, source: Chunks) -> tuple[Path, int]:
         """Write `source` to a file in the work dir (bounded); the caller removes it."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -283,6 +307,19 @@ class Publisher:
                 path.unlink()
             raise
         return path, size
+
+
+def _over(limit: tuple[int, str]) -> str:
+    return f"is larger than {limit[1]} ({limit[0]} bytes)"
+
+
+async def _limited(source: Chunks, what: str, limit: tuple[int, str], artifact: Artifact) -> Chunks:
+    """`capped`, failing with one line naming the URL and the limit."""
+    try:
+        async for chunk in capped(source, limit[0], what):
+            yield chunk
+    except SizeLimitError:
+        raise PublishError(f"{artifact.url}: {what} {_over(limit)}") from None
 
 
 def _decompressed(raw: Chunks, artifact: Artifact) -> Chunks:

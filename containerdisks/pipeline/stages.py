@@ -16,6 +16,10 @@ Decisions:
   size must be known before its header is written.
 - gzip is isal at level 1 (pinned in the dependencies: the compressor decides digests), with a
   header carrying no name and mtime 0; zstd is python-zstandard at level 3, also pinned.
+- Upstream bytes are hostile until checked: decompression is fed in bounded steps (at most
+  `BLOCK` bytes of output per call, the rest of the input kept for the next call), so a small
+  bomb never becomes one huge buffer; `capped` cuts any stream at a byte limit. Memory stays
+  flat whatever the input; a size limit is the caller's to set.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ __all__ = [
     "Chunks",
     "Digest",
     "LayerCompression",
+    "SizeLimitError",
+    "capped",
     "compress",
     "decompress",
     "hashed",
@@ -64,13 +70,34 @@ class _Decompressor(Protocol):
     @property
     def unused_data(self) -> bytes: ...
 
-    def decompress(self, data: bytes) -> bytes: ...
+    def decompress(self, data: bytes, max_length: int = ...) -> bytes: ...
 
 
-async def _cpu(fn: Callable[[bytes], _T], data: bytes) -> _T:
+async def _cpu(fn: Callable[..., _T], data: bytes, *args: object) -> _T:
     if len(data) < _INLINE:
-        return fn(data)
-    return await asyncio.to_thread(fn, data)
+        return fn(data, *args)
+    return await asyncio.to_thread(fn, data, *args)
+
+
+class SizeLimitError(Exception):
+    """A stream went past its byte limit; the message names the limit (the caller adds what)."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        super().__init__(f"{what} is larger than {limit} bytes")
+        self.limit = limit
+
+
+async def capped(source: Chunks, limit: int, what: str) -> Chunks:
+    """Pass chunks through; raise `SizeLimitError` as soon as more than `limit` bytes came.
+
+    The chunk that crosses the limit is not passed on: what follows never sees a byte too many.
+    """
+    seen = 0
+    async for chunk in source:
+        seen += len(chunk)
+        if seen > limit:
+            raise SizeLimitError(limit, what)
+        yield chunk
 
 
 class Digest:
@@ -127,27 +154,46 @@ async def reblock(source: Chunks, size: int = BLOCK) -> Chunks:
 async def decompress(source: Chunks, kind: Literal["gzip", "xz"]) -> Chunks:
     """Decompress gzip (several members allowed) or xz (several streams allowed).
 
+    Each call produces at most `BLOCK` bytes, and each output chunk is handed on before the next
+    call: a 156 KB xz of 1 GiB of zeros never holds more than a block. A call that only drains
+    what the decompressor holds runs in a worker thread (a block of xz output costs milliseconds).
     A member or stream that starts but does not end is a truncated download: `ValueError`.
     """
+    gzip = kind == "gzip"
 
     def new() -> _Decompressor:
-        if kind == "gzip":
+        if gzip:
             return isal_zlib.decompressobj(wbits=31)
         return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+
+    def more(d: _Decompressor, out: bytes) -> bool:
+        """Output may be pending though no input is left."""
+        if gzip:  # zlib cannot tell; a full block may have left some behind
+            return len(out) == BLOCK
+        return not d.needs_input  # type: ignore[attr-defined]
 
     d = new()
     open_member = False
     async for chunk in source:
         data = chunk
-        while data:
-            open_member = True
-            out: bytes = await _cpu(d.decompress, data)
+        while True:
+            if data:
+                open_member = True
+                out: bytes = await _cpu(d.decompress, data, BLOCK)
+            else:
+                out = await asyncio.to_thread(d.decompress, b"", BLOCK)
             if out:
                 yield out
-            data = b""
             if d.eof:
                 data, open_member = d.unused_data, False
                 d = new()
+                if not data:
+                    break
+                continue
+            # zlib hands back the input it did not use; lzma keeps it inside.
+            data = d.unconsumed_tail if gzip else b""  # type: ignore[attr-defined]
+            if not data and not more(d, out):
+                break
     if open_member:
         raise ValueError(f"truncated {kind} stream")
 

@@ -185,6 +185,7 @@ async def _run_local(
             memory_mib=settings.verify_memory_mib,
             backoff=backoff,
             max_virtual_size=settings.max_virtual_size,
+            max_disk_bytes=settings.max_image_bytes,
         )
         check = SshCheck(timeout=settings.verify_timeout, attempts=settings.verify_ssh_attempts)
         verdicts += await verify_all(

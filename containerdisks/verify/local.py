@@ -100,6 +100,7 @@ class LocalBooter:
     memory_mib: int
     backoff: Backoff
     max_virtual_size: int
+    max_disk_bytes: int = 64 << 30  # max_image_bytes
 
     def firmware_for(self, target: Target) -> qemu.Firmware:
         return "secure" if target.secure_boot else self.firmware
@@ -146,6 +147,7 @@ class LocalBooter:
             disk,
             where=where,
             backoff=self.backoff,
+            max_bytes=self.max_disk_bytes,
         )
         with disk.open("rb") as f:
             head = f.read(HEAD)

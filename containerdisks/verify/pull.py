@@ -12,6 +12,11 @@ Decisions:
   in octal or base-256. Nothing is created from member names: the one file under `disk/` is
   written to the path the caller gave; zero or several files there is an error, as KubeVirt
   refuses such an image. Later layers win, as in an overlay.
+- A registry is hostile until checked (the image may not come from us): decompression hands
+  on at most `_OUT` bytes at a time (gzip through `max_length`, zstd through a stream writer
+  with a bounded `write_size`), the disk is cut at `max_bytes` (`max_image_bytes`), and a PAX
+  or GNU long-name record larger than `_MAX_META` is refused, so memory and disk stay bounded
+  whatever the layer holds.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol, cast
 
 import structlog
 import zstandard
@@ -41,6 +46,8 @@ log = structlog.get_logger(__name__)
 _BLOCK = 512
 _BATCH = 4 << 20  # bytes handed to the worker thread at once
 _QUEUE = 16  # chunks in flight between the network and the worker
+_OUT = 1 << 20  # the most decompressed bytes handed on at once
+_MAX_META = 1 << 20  # the largest PAX or GNU long-name record
 
 
 _ISAL_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment] # stubs call it an instance
@@ -63,8 +70,13 @@ class Pulled:
     seconds: float
 
 
+Emit = Callable[[bytes], object]
+
+
 class _Decompressor(Protocol):
-    def feed(self, data: bytes) -> bytes: ...
+    def feed(self, data: bytes, emit: Emit) -> None:
+        """Decompress `data`, calling `emit` with chunks of at most `_OUT` bytes."""
+
     def finish(self) -> None: ...
 
 
@@ -73,43 +85,58 @@ class _Gzip:
         self._d = isal_zlib.decompressobj(wbits=31)
         self._open = False
 
-    def feed(self, data: bytes) -> bytes:
-        out = []
-        while data:
-            self._open = True
-            out.append(self._d.decompress(data))
-            data = b""
+    def feed(self, data: bytes, emit: Emit) -> None:
+        while True:
+            if data:
+                self._open = True
+            out = self._d.decompress(data, _OUT)
+            if out:
+                emit(out)
             if self._d.eof:
                 data, self._open = self._d.unused_data, False
                 self._d = isal_zlib.decompressobj(wbits=31)
-        return b"".join(out)
+                if not data:
+                    return
+                continue
+            data = self._d.unconsumed_tail
+            if not data and len(out) < _OUT:  # a full block may have left output behind
+                return
 
     def finish(self) -> None:
         if self._open:
             raise PullError("the layer's gzip stream is truncated")
 
 
+class _Emitter:
+    """The file a zstd stream writer writes to: each write goes to `emit`."""
+
+    def __init__(self) -> None:
+        self.emit: Emit = lambda _: None
+
+    def write(self, data: Any) -> int:
+        self.emit(data)
+        return len(data)
+
+
 class _Zstd:
     def __init__(self) -> None:
-        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._sink = _Emitter()
+        # The writer decompresses frame after frame and writes at most `_OUT` bytes at a time.
+        self._w = zstandard.ZstdDecompressor().stream_writer(
+            cast(IO[bytes], self._sink), write_size=_OUT
+        )
 
-    def feed(self, data: bytes) -> bytes:
-        out = []
-        while data:
-            out.append(self._d.decompress(data))
-            data = b""
-            if self._d.eof:
-                data = self._d.unused_data
-                self._d = zstandard.ZstdDecompressor().decompressobj()
-        return b"".join(out)
+    def feed(self, data: bytes, emit: Emit) -> None:
+        self._sink.emit = emit
+        self._w.write(data)
 
     def finish(self) -> None:
         return None
 
 
 class _Plain:
-    def feed(self, data: bytes) -> bytes:
-        return data
+    def feed(self, data: bytes, emit: Emit) -> None:
+        emit(data)
 
     def finish(self) -> None:
         return None
@@ -148,9 +175,10 @@ def _pax(data: bytes) -> dict[str, str]:
 class _TarDisk:
     """A push parser for a tar stream that writes the one regular file under `disk/` to `out`."""
 
-    def __init__(self, out: IO[bytes], layer: str) -> None:
+    def __init__(self, out: IO[bytes], layer: str, max_bytes: int | None = None) -> None:
         self._out = out
         self._layer = layer
+        self._max = max_bytes
         self._buf = bytearray()
         self._left = 0  # bytes of the current member's data still to come
         self._pad = 0
@@ -186,10 +214,16 @@ class _TarDisk:
 
     def _data(self, chunk: memoryview) -> None:
         if self._meta is not None:
+            if len(self._meta) + len(chunk) > _MAX_META:
+                raise PullError(f"{self._layer}: a tar header record over {_MAX_META} bytes")
             self._meta += chunk
         elif self._sink is not None:
-            self._sink(chunk)
             self.disk_bytes += len(chunk)
+            if self._max is not None and self.disk_bytes > self._max:
+                raise PullError(
+                    f"{self._layer}: the disk is larger than max_image_bytes ({self._max} bytes)"
+                )
+            self._sink(chunk)
 
     def _end_member(self) -> None:
         if self._meta is not None:
@@ -249,16 +283,22 @@ class _TarDisk:
 
 
 async def _pull_layer(
-    store: Store, repository: str, layer: oci.Descriptor, out: IO[bytes], where: str
+    store: Store,
+    repository: str,
+    layer: oci.Descriptor,
+    out: IO[bytes],
+    where: str,
+    *,
+    max_bytes: int | None = None,
 ) -> tuple[int, list[str], int]:
     """One attempt: stream `layer` into `out`; (layer bytes, files under disk/, disk bytes)."""
     decompressor = _decompressor(layer.media_type)
-    tar = _TarDisk(out, f"layer {layer.digest[:19]} of {where}")
+    tar = _TarDisk(out, f"layer {layer.digest[:19]} of {where}", max_bytes)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE)
 
     def work(batch: list[bytes]) -> None:
         for chunk in batch:
-            tar.feed(decompressor.feed(chunk))
+            decompressor.feed(chunk, tar.feed)
 
     async def consume() -> None:
         batch: list[bytes] = []
@@ -305,8 +345,10 @@ async def pull_disk(
     *,
     where: str,
     backoff: Backoff | None = None,
+    max_bytes: int | None = None,
 ) -> Pulled:
-    """Write the disk of `repository@digest` for linux/`goarch` to `dest`."""
+    """Write the disk of `repository@digest` for linux/`goarch` to `dest`; a disk larger than
+    `max_bytes` is a `PullError`."""
     start = time.monotonic()
     policy = backoff or Backoff()
     try:
@@ -336,7 +378,9 @@ async def pull_disk(
                 # No truncation here: a layer that holds no disk/ file must leave the disk an
                 # earlier layer wrote, and one that does restarts the file at its member.
                 async def attempt(layer: oci.Descriptor = layer) -> tuple[int, list[str], int]:
-                    return await _pull_layer(store, repository, layer, out, where)
+                    return await _pull_layer(
+                        store, repository, layer, out, where, max_bytes=max_bytes
+                    )
 
                 got, files, size = await retrying(f"pull {where}", attempt, policy)
                 layer_total += got

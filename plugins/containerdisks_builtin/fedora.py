@@ -19,6 +19,10 @@ Decisions that shaped it (medius's rules, with its bugs fixed):
   highest stable version is `newest_stable`. A version is normalised for use as a tag: lowercase,
   spaces to `-` (`41 Beta` -> `41-beta`); a version that still is no valid tag gives an
   `ArchError` for each of its arches rather than vanishing.
+- An item's `size` (a string of digits in releases.json) is the download's size: it becomes
+  `Artifact.size`, and a larger download is refused. A size that is not 1 to 20 digits is
+  ignored (the download is still bounded by `max_image_bytes`), not an error: Fedora adds it
+  for humans, and a bad one must not hide an image whose checksum is fine.
 - Stable releases carry the unique tag found in the image file name by `\\d+-\\d+\\.\\d+`
   (`...x86_64-40-1.14.qcow2` -> `40-1.14`); pre-releases carry none.
 - Never publish unverified bytes. An empty (or absent) `sha256` happens for pre-releases and
@@ -73,6 +77,7 @@ _RELEASE_ID = re.compile(
     r"(?<![0-9A-Za-z])[0-9]+(?:_[A-Za-z][A-Za-z0-9]*)?-[0-9]+\.[0-9]+(?![0-9])"
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SIZE = re.compile(r"[0-9]{1,20}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
@@ -106,7 +111,7 @@ class FedoraParams(SourceParams):
 
 
 class _Item(BaseModel):
-    """One item of releases.json; other fields (size, ...) are ignored."""
+    """One item of releases.json; other fields are ignored."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
@@ -116,6 +121,15 @@ class _Item(BaseModel):
     variant: str
     subvariant: str
     sha256: str | None = None
+    size: Any = None
+
+    @property
+    def declared_size(self) -> int | None:
+        if isinstance(self.size, int) and not isinstance(self.size, bool):
+            return self.size if 0 <= self.size < 10**20 else None
+        if isinstance(self.size, str) and _SIZE.fullmatch(self.size.strip()):
+            return int(self.size)
+        return None
 
 
 _ITEMS: TypeAdapter[list[_Item]] = TypeAdapter(list[_Item])
@@ -266,7 +280,13 @@ class FedoraSource(Source):
             if isinstance(found, ArchError):
                 return found
             checksum = found
-        return Artifact(arch=arch, url=item.link, checksum=checksum.lower(), unique_tags=tags)
+        return Artifact(
+            arch=arch,
+            url=item.link,
+            checksum=checksum.lower(),
+            unique_tags=tags,
+            size=item.declared_size,
+        )
 
 
 async def _from_checksum_file(item: _Item, arch: str, upstream: Upstream) -> str | ArchError:

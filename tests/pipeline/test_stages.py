@@ -15,7 +15,10 @@ import pytest
 import zstandard
 
 from containerdisks.pipeline.stages import (
+    BLOCK,
     Digest,
+    SizeLimitError,
+    capped,
     compress,
     decompress,
     hashed,
@@ -124,3 +127,30 @@ async def test_decompress_detects_truncation(kind: str) -> None:
     packed = (gzip.compress if kind == "gzip" else lzma.compress)(sample(500_000))
     with pytest.raises(ValueError, match=f"truncated {kind} stream"):
         await collect(decompress(chunked(packed[: len(packed) // 2], [4096]), kind))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz"])
+async def test_decompress_hands_on_at_most_a_block_at_a_time(kind: str) -> None:
+    """A bomb (64 MiB of zeros in one member) comes out in blocks, never as one buffer."""
+    zeros = b"\0" * (64 << 20)
+    packed = gzip.compress(zeros, compresslevel=9) if kind == "gzip" else lzma.compress(zeros)
+    assert len(packed) < 200_000
+    sizes = [len(c) async for c in decompress(chunked(packed, [len(packed)]), kind)]  # type: ignore[arg-type]
+    assert 64 << 20 == sum(sizes)
+    assert BLOCK == max(sizes)
+    assert len(sizes) >= 64
+
+
+async def test_capped_passes_up_to_the_limit_and_cuts_past_it() -> None:
+    data = b"x" * 1000
+    assert data == await collect(capped(chunked(data, [300]), 1000, "image"))
+    passed: list[bytes] = []
+
+    async def pass_on() -> None:
+        async for chunk in capped(chunked(data, [300]), 999, "image"):
+            passed.append(chunk)
+
+    with pytest.raises(SizeLimitError) as e:
+        await pass_on()
+    assert "image is larger than 999 bytes" == str(e.value)
+    assert 900 == sum(map(len, passed))  # the chunk that crosses the limit is not passed on

@@ -42,46 +42,56 @@ F40_X86 = Artifact(
     f"{F40}/x86_64/images/Fedora-Cloud-Base-Generic.x86_64-40-1.14.qcow2",
     "ac58f3c35b73272d5986fa6d3bc44fd246b45df4c334e99a07b3bbd00684adee",
     unique_tags=("40-1.14",),
+    size=397475840,
 )
 F40_ARM = Artifact(
     "aarch64",
     f"{F40}/aarch64/images/Fedora-Cloud-Base-Generic.aarch64-40-1.14.qcow2",
     "ebdce26d861a9d15072affe1919ed753ec7015bd97b3a7d0d0df6a10834f7459",
     unique_tags=("40-1.14",),
+    size=408289280,
 )
 F40_S390 = Artifact(
     "s390x",
     f"{F40_S390X}/Fedora-Cloud-Base-Generic.s390x-40-1.14.qcow2",
     "808226b31c6c61e08cde77fe7ba61d766f7528c857e7ae8553040c177cbda9a7",
     unique_tags=("40-1.14",),
+    size=367915520,
 )
 F39_X86 = Artifact(
     "x86_64",
     f"{F39}/x86_64/images/Fedora-Cloud-Base-39-1.5.x86_64.qcow2",
     "ab5be5058c5c839528a7d6373934e0ce5ad6c8f80bd71ed3390032027da52f37",
     unique_tags=("39-1.5",),
+    size=544604160,
 )
 F39_ARM = Artifact(
     "aarch64",
     f"{F39}/aarch64/images/Fedora-Cloud-Base-39-1.5.aarch64.qcow2",
     "765996d5b77481ca02d0ac06405641bf134ac920cfc1e60d981c64d7971162dc",
     unique_tags=("39-1.5",),
+    size=560529408,
 )
 F39_S390 = Artifact(
     "s390x",
     f"{F39_S390X}/Fedora-Cloud-Base-39-1.5.s390x.qcow2",
     "36dec66c791c9d1225d74e8828fdb0976ad89f695e8e6f5c93269cafa8563907",
     unique_tags=("39-1.5",),
+    size=517734400,
 )
 # The hand-edited "41 Beta" items: their placeholder checksums are valid lowercase hex
 # ("a" and "b" 64 times), so they pass through as published; no unique tag, not stable.
 BETA_X86 = Artifact(
-    "x86_64", f"{BETA}/x86_64/images/Fedora-Cloud-Base-Generic-41_Beta-1.2.x86_64.qcow2", "a" * 64
+    "x86_64",
+    f"{BETA}/x86_64/images/Fedora-Cloud-Base-Generic-41_Beta-1.2.x86_64.qcow2",
+    "a" * 64,
+    size=500_000_000,
 )
 BETA_ARM = Artifact(
     "aarch64",
     f"{BETA}/aarch64/images/Fedora-Cloud-Base-Generic-41_Beta-1.2.aarch64.qcow2",
     "b" * 64,
+    size=500_000_000,
 )
 
 
@@ -187,6 +197,7 @@ def releases_fixture() -> list[dict[str, Any]]:
                             f"{F40}/x86_64/images/Fedora-Cloud-Base-UEFI-UKI.x86_64-40-1.14.qcow2",
                             "e58fbd6c147c0eda6eca72491ddc74871c3c3db9b808dc4fcf0d313510c43d81",
                             unique_tags=("40-1.14",),
+                            size=403767296,
                         ),
                     ),
                     newest_stable=True,
@@ -363,7 +374,7 @@ MISSING_40 = "no verifiable sha256 for {arch} image {link}: releases.json has no
                 ),
                 F40_ARM,
             ),
-            Artifact("x86_64", BETA_X86.url, "c" * 64),
+            Artifact("x86_64", BETA_X86.url, "c" * 64, size=500_000_000),
             id="checksum-file-missing-is-an-arch-error-pre-release-verified",
         ),
         pytest.param(

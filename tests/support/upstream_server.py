@@ -11,6 +11,9 @@ Decisions that shaped it:
   was downloaded" or "one request per checksum file per pass".
 - A path can be given a canned answer (`respond`): an error status a number of times, a redirect,
   or a body. That is enough for 404/5xx/429 and redirect tests without a second server.
+- A path can be given a streamed body (`respond_stream`): any async generator of chunks, with
+  an optional announced `Content-Length` that need not be true. That is how a test plays a
+  hostile server: an endless body, a 100 TiB Content-Length, one byte per second.
 - The same object runs in the test's event loop (`async with`) or in a background thread with its
   own loop (`with`), for tests that start the command line as a subprocess.
 - `lay_out_upstream` copies the real fixture files (tests/fixtures/upstream, see SOURCES.md) to
@@ -23,7 +26,7 @@ import asyncio
 import shutil
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -165,6 +168,14 @@ class CannedResponse:
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Makes the chunks of a streamed answer, afresh for each request.
+BodyFactory = Callable[[], AsyncIterator[bytes]]
+
+
+@dataclass
+class _Streamed:
+    body: BodyFactory
+    content_length: int | None
 
 
 class UpstreamServer:
@@ -183,6 +194,7 @@ class UpstreamServer:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._canned: dict[str, CannedResponse] = {}
+        self._streamed: dict[str, _Streamed] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -308,9 +320,18 @@ class UpstreamServer:
                 status, data, dict(headers or {}), times
             )
 
+    def respond_stream(
+        self, where: str, body: BodyFactory, *, content_length: int | None = None
+    ) -> None:
+        """Answer every GET of `where` with 200 and the chunks `body()` yields, announcing
+        `content_length` (None: chunked). The connection is dropped when `body` ends early."""
+        with self._lock:
+            self._streamed[self._path(where)] = _Streamed(body, content_length)
+
     def clear_responses(self) -> None:
         with self._lock:
             self._canned.clear()
+            self._streamed.clear()
 
     # -- the request log ----------------------------------------------------------------------
 
@@ -373,7 +394,31 @@ class UpstreamServer:
         canned = self._take_canned(request.path)
         if canned is not None:
             return web.Response(status=canned.status, body=canned.body, headers=canned.headers)
+        with self._lock:
+            streamed = self._streamed.get(request.path)
+        if streamed is not None:
+            return await self._stream(request, streamed)
         return await handler(request)
+
+    @staticmethod
+    async def _stream(request: web.Request, streamed: _Streamed) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        if streamed.content_length is not None:
+            response.content_length = streamed.content_length
+        await response.prepare(request)
+        sent = 0
+        try:
+            async for chunk in streamed.body():
+                await response.write(chunk)
+                sent += len(chunk)
+        except ConnectionError:  # the client hung up: what a hostile body is for
+            return response
+        if streamed.content_length is not None and sent < streamed.content_length:
+            if request.transport is not None:  # the body ended early: say so by dropping
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
 
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         # Recorded when the headers go out: only then is a file response's status final

@@ -8,7 +8,10 @@ import io
 import json
 import os
 import tarfile
+import tracemalloc
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -188,3 +191,79 @@ def test_sizes_in_octal_and_base_256() -> None:
     assert 0o1234 == _number(b"00001234\0")
     assert 0 == _number(b"\0" * 12)
     assert 9 << 30 == _number(bytes([0x80]) + (9 << 30).to_bytes(11, "big"))  # > 8 GiB
+
+
+def _bomb(disk_size: int, compression: str) -> bytes:
+    """A layer holding `disk/disk.img` of `disk_size` zero bytes, compressed as it is made
+    (the tar is never in memory whole): a few hundred KB at most."""
+    head = b"".join(
+        _member(name, kind, size).tobuf(format=tarfile.GNU_FORMAT)
+        for name, kind, size in (("disk", tarfile.DIRTYPE, 0), ("disk/disk.img", None, disk_size))
+    )
+    compressor: Any = (
+        zlib.compressobj(9, zlib.DEFLATED, 31)
+        if compression == "gzip"
+        else zstandard.ZstdCompressor().compressobj()
+    )
+    out = [compressor.compress(head)]
+    block = b"\0" * (1 << 20)
+    for _ in range(disk_size // len(block)):
+        out.append(compressor.compress(block))
+    out.append(compressor.compress(b"\0" * 1024))  # the two end-of-archive blocks
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+def _member(name: str, kind: bytes | None, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind or tarfile.REGTYPE
+    info.size = size
+    return info
+
+
+_LAYER_TYPES = {"gzip": oci.OCI_LAYER_GZIP, "zstd": oci.OCI_LAYER_ZSTD}
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+async def test_a_bomb_layer_is_pulled_in_bounded_memory(
+    registry: Registry, tmp_path: Path, compression: str
+) -> None:
+    size = 128 << 20
+    digest = await _publish(registry, _bomb(size, compression), _LAYER_TYPES[compression])
+    dest = tmp_path / "disk.img"
+    tracemalloc.start()
+    try:
+        async with oci.RegistryClient(registry.host) as client:
+            pulled = await pull_disk(client, "t/disk", digest, "amd64", dest, where="t/disk")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size == pulled.disk_bytes == dest.stat().st_size
+    assert peak < 32 << 20, f"peak {peak >> 20} MiB while pulling a {size >> 20} MiB disk"
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+async def test_a_disk_over_max_image_bytes_is_cut_and_removed(
+    registry: Registry, tmp_path: Path, compression: str
+) -> None:
+    digest = await _publish(registry, _bomb(64 << 20, compression), _LAYER_TYPES[compression])
+    dest = tmp_path / "disk.img"
+    async with oci.RegistryClient(registry.host) as client:
+        with pytest.raises(PullError) as e:
+            await pull_disk(
+                client, "t/disk", digest, "amd64", dest, where="t/disk", max_bytes=8 << 20
+            )
+    assert str(e.value).endswith(f"the disk is larger than max_image_bytes ({8 << 20} bytes)")
+    assert not dest.exists()
+
+
+async def test_a_huge_tar_header_record_is_refused(registry: Registry, tmp_path: Path) -> None:
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, 8 << 20
+    layer = gzip.compress(pax.tobuf(format=tarfile.USTAR_FORMAT) + b"9" * (8 << 20))
+    digest = await _publish(registry, layer, oci.OCI_LAYER_GZIP)
+    dest = tmp_path / "disk.img"
+    async with oci.RegistryClient(registry.host) as client:
+        with pytest.raises(PullError, match="a tar header record over 1048576 bytes"):
+            await pull_disk(client, "t/disk", digest, "amd64", dest, where="t/disk")
+    assert not dest.exists()
