@@ -4,23 +4,22 @@ exits 2, in bounded time and memory.
 The config file: not UTF-8, a key twice, an alias bomb ("billion laughs"), nesting deeper than
 any catalog, a NUL, a 5000-digit number. The environment: a table variable
 (`CONTAINERDISKS_UPSTREAM_MIRRORS`) that is not JSON, or JSON nested 50,000 deep. Each names the
-file (and line) or the variable. The child's peak RSS comes from `wait4`; an address-space
-limit keeps a regression from eating the shared machine's memory.
+file (and line) or the variable. The command's own peak RSS is measured
+(tests/support/peak_rss.py); an address-space limit keeps a regression from eating the shared
+machine's memory.
 """
 
 from __future__ import annotations
 
-import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from containerdisks import catalog
 from containerdisks.settings import ConfigError, load_config_file
+from tests.support import peak_rss
 from tests.support.cli import clean_env
 
 SECONDS = 15.0  # generous: a shared, noisy machine; the unbounded bomb took 32 s
@@ -40,33 +39,18 @@ def run_push(
 ) -> tuple[int, str, float, float]:
     """(exit status, stderr, seconds, peak RSS in MiB) of `images push` with `args`."""
     err_path = tmp_path / "stderr"
-    start = time.monotonic()
     with err_path.open("wb") as err:
-        proc = subprocess.Popen(
+        run = peak_rss.run_measured(
             [sys.executable, "-m", "containerdisks", "images", "push", *LOOPBACK, *args],
-            stdin=subprocess.DEVNULL,
+            cwd=tmp_path,
+            env=clean_env(**(env or {})),
             stdout=subprocess.DEVNULL,
             stderr=err,
-            env=clean_env(**(env or {})),
-            cwd=tmp_path,
+            timeout=4 * SECONDS,
+            address_space=ADDRESS_SPACE,
         )
-    # Set at once (the child is still starting Python): no preexec_fn in a threaded parent.
-    resource.prlimit(proc.pid, resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-    try:
-        while True:  # bounded by the deadline
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - start > 4 * SECONDS:
-                pytest.fail(f"images push still running after {4 * SECONDS}s")
-            time.sleep(0.02)
-    finally:
-        if proc.returncode is None and not pid:
-            proc.kill()
-            proc.wait()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    took = time.monotonic() - start
-    return proc.returncode, err_path.read_text(errors="replace"), took, usage.ru_maxrss / 1024
+    stderr = err_path.read_text(errors="replace")
+    return run.returncode, stderr, run.seconds, run.peak_rss_mib
 
 
 def one_line_exit_2(result: tuple[int, str, float, float], *needles: str) -> None:

@@ -2,8 +2,8 @@
 
 Real registry (behind a fault proxy where the test must see what reached it), real loopback
 upstream playing the attacker: decompression bombs, a 100 TiB Content-Length, an endless body, a
-server that sends one byte per second. Peak RSS is the kernel's own count for the child
-(`wait4`'s `ru_maxrss`), so nothing the test process does can hide or inflate it.
+server that sends one byte per second. Peak RSS is the kernel's own count for the command
+(tests/support/peak_rss.py), so nothing the test process does can hide or inflate it.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ import asyncio
 import hashlib
 import json
 import lzma
-import os
-import signal
-import subprocess
-import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import peak_rss
 from tests.support.cli import clean_env, command
 from tests.support.disks import fedora_link, sha256
 from tests.support.fault_proxy import FaultProxy
@@ -52,30 +49,11 @@ class Run:
 
 
 def run_measured(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 180) -> Run:
-    """Run `args`; return its output, exit status and peak RSS (from `wait4`)."""
+    """Run `args`; return its output, exit status and its own peak RSS (tests/support/peak_rss)."""
     out, err = cwd / "stdout.txt", cwd / "stderr.txt"
-    started = time.monotonic()
     with out.open("wb") as o, err.open("wb") as e:
-        proc = subprocess.Popen(
-            args, stdout=o, stderr=e, stdin=subprocess.DEVNULL, cwd=cwd, env=env
-        )
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() - started > timeout:
-            os.kill(proc.pid, signal.SIGKILL)
-            os.wait4(proc.pid, 0)
-            pytest.fail(f"push still running after {timeout}s:\n{err.read_text()[-3000:]}")
-        time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
-    return Run(
-        proc.returncode,
-        out.read_text(),
-        err.read_text(),
-        usage.ru_maxrss / 1024,  # KiB on Linux
-        time.monotonic() - started,
-    )
+        m = peak_rss.run_measured(args, cwd=cwd, env=env, stdout=o, stderr=e, timeout=timeout)
+    return Run(m.returncode, out.read_text(), err.read_text(), m.peak_rss_mib, m.seconds)
 
 
 def static_config(path: Path, url: str, checksum: str, *, name: str = "bomb") -> Path:
