@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     read_timeout: PositiveFloat = Field(
         60.0, description="Seconds a server may stay silent while answering."
     )
+    discovery_timeout: PositiveFloat = Field(
+        300.0,
+        description="Seconds one catalog item's discovery may take in a pass; then its entries "
+        "fail and the others go on.",
+    )
     retries: PositiveInt = Field(
         4, description="Attempts for a transient upstream, registry or Quay API failure (>= 1)."
     )

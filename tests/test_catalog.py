@@ -52,7 +52,10 @@ class VersionsSource(StaticSource):
     discovers_versions = True
 
     async def discover(self, request: DiscoveryRequest, upstream: Upstream) -> list[Release]:
-        arts = tuple(Artifact(arch=a, url="u", checksum="1" * 64) for a in request.arches)
+        arts = tuple(
+            Artifact(arch=a, url="https://example.invalid/u", checksum="1" * 64)
+            for a in request.arches
+        )
         return [
             Release("41", arts, newest_stable=True),
             Release("40", arts),
