@@ -241,7 +241,9 @@ class Scheduler:
                         entries += new
                         failures += failed
                         run.answered += 1
-                        run.item.update((o.key, index) for o in [*new, *failed])
+                        run.item.update(
+                            (k, index) for k in [*(e.key for e in new), *(f.key for f in failed)]
+                        )
                         await self._feed(run, new, failed)
                         self._settle(run)
                 self._reconcile(entries, failures)
