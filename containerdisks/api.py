@@ -29,8 +29,11 @@ Decisions that shaped it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import posixpath
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -171,9 +174,11 @@ class NameMatcher:
     """A catalog regex matched against upstream names with a time budget, off the event loop.
 
     The pattern is compiled by the `regex` package (its default syntax is `re`'s); matching runs
-    in a worker thread that releases the GIL (`concurrent=True`) with `timeout=` the budget left,
-    so `(a|a)+$` on a long name fails in `budget` seconds while the event loop, the daemon's
-    `/healthz` and its signal handling go on. Raises `ValueError` for an invalid pattern.
+    in a daemon thread that releases the GIL (`concurrent=True`) with `timeout=` the budget left
+    (the package counts CPU time), so `(a|a)+$` on a long name fails after about `budget` seconds
+    while the event loop, the daemon's `/healthz` and its signal handling go on. The thread is a
+    daemon thread: a process told to stop does not wait for a match to give up.
+    Raises `ValueError` for an invalid pattern.
     """
 
     def __init__(self, pattern: str, *, budget: float = MATCH_BUDGET) -> None:
@@ -192,7 +197,22 @@ class NameMatcher:
         """`name -> named groups` (None as "") of every name the pattern fully matches.
 
         Raises `SourceError` when the budget runs out, naming the pattern."""
-        return await asyncio.to_thread(self._fullmatches, list(names))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, dict[str, str]]] = loop.create_future()
+        todo = list(names)
+
+        def work() -> None:
+            try:
+                found = self._fullmatches(todo)
+            except BaseException as e:  # handed to the awaiting task
+                settle = functools.partial(_set_exception, future, e)
+            else:
+                settle = functools.partial(_set_result, future, found)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle)
+
+        threading.Thread(target=work, name="name-matcher", daemon=True).start()
+        return await future
 
     def _fullmatches(self, names: list[str]) -> dict[str, dict[str, str]]:
         deadline = time.monotonic() + self.budget
@@ -210,6 +230,16 @@ class NameMatcher:
                 f"match '{self.pattern}' took longer than {self.budget:g} s on the upstream names"
             ) from None
         return out
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 @dataclass(frozen=True)
