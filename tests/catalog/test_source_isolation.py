@@ -1,4 +1,5 @@
-"""One bad source fails only its own entries: `images push --dry-run=false` as a real process.
+"""One bad source fails only its own entries: `images push --dry-run=false` (and `serve --once`)
+as a real process.
 
 Fedora's releases.json is made hostile in ways that used to escape the source as exceptions
 (deeply nested JSON: RecursionError; a NUL in a link; a 5000-digit version: `int()` refuses it
@@ -54,9 +55,15 @@ def catalog(tmp_path: Path, healthy: dict[str, Any]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", list(HOSTILE))
+@pytest.mark.parametrize(
+    ("case", "command"),
+    [
+        *((case, ("images", "push")) for case in HOSTILE),
+        ("nul-in-a-name", ("serve", "--once")),  # the daemon's one-shot pass: the same code path
+    ],
+)
 def test_a_hostile_releases_json_fails_fedora_only(
-    tmp_path: Path, registry: Registry, case: str
+    tmp_path: Path, registry: Registry, case: str, command: tuple[str, str]
 ) -> None:
     root = tmp_path / "up"
     healthy = checksum_file_tree(root, "tiny")
@@ -67,8 +74,7 @@ def test_a_hostile_releases_json_fails_fedora_only(
                 sys.executable,
                 "-m",
                 "containerdisks",
-                "images",
-                "push",
+                *command,
                 "--dry-run=false",
                 "--config",
                 str(catalog(tmp_path, healthy)),
