@@ -21,8 +21,8 @@ Decisions:
   (the setting `discovery_timeout`) and turns anything a source raises (a `SourceError`, or a
   bug: RecursionError, ValueError, ...) or returns that breaks the contract into an
   `ItemFailure`, one printable line naming the item. A release version must be printable and
-  at most 128 characters; under a version that is no valid tag no artifact is published (each
-  arch becomes an `ArchError`).
+  at most 128 characters and its artifacts of the requested arches; under a version or a unique
+  tag that is no valid tag no artifact is published (that arch becomes an `ArchError`).
 """
 
 from __future__ import annotations
@@ -363,7 +363,7 @@ class Catalog:
                 releases = await bound.source.discover(bound.request, upstream)
             return [
                 self._entry(bound, release)
-                for release in _checked(kind, releases)
+                for release in _checked(kind, bound.request.arches, releases)
                 if focus.selects_version(release.version)
             ]
         except SourceError as e:
@@ -398,8 +398,11 @@ def _crashed(item: CatalogItem, kind: str, e: Exception) -> ItemFailure:
     )
 
 
-def _checked(kind: str, releases: object) -> list[Release]:
-    """The releases a source returned, held to the contract; `SourceError` saying how not."""
+def _checked(kind: str, arches: tuple[str, ...], releases: object) -> list[Release]:
+    """The releases a source returned, held to the contract; `SourceError` saying how not.
+
+    An artifact of a version or with a unique tag that is no valid tag becomes an `ArchError`
+    (nothing is published under it); one of an arch not asked for breaks the contract."""
     if not isinstance(releases, list) or not all(isinstance(r, Release) for r in releases):
         raise SourceError(f"source {kind!r} returned {type(releases).__name__}, not Releases")
     out = []
@@ -411,18 +414,29 @@ def _checked(kind: str, releases: object) -> list[Release]:
             raise SourceError(f"source {kind!r}: release version {version!r} is not printable")
         artifacts = release.artifacts
         if not isinstance(artifacts, tuple) or not all(
-            isinstance(a, Artifact | ArchError) for a in artifacts
+            isinstance(a, Artifact | ArchError) and a.arch in arches for a in artifacts
         ):
-            raise SourceError(f"source {kind!r}: release {version!r} has artifacts of another type")
-        if not _TAG.fullmatch(version):
-            why = f"version {version!r} is not a valid tag"
-            artifacts = tuple(
-                a if isinstance(a, ArchError) else ArchError(a.arch, why) for a in artifacts
+            raise SourceError(
+                f"source {kind!r}: release {version!r} has artifacts of another type or arch"
             )
-            out.append(Release(version, artifacts, release.newest_stable))
-        else:
-            out.append(release)
+        checked = tuple(_tags_checked(version, a) for a in artifacts)
+        out.append(
+            release if checked == artifacts else Release(version, checked, release.newest_stable)
+        )
     return out
+
+
+def _tags_checked(version: str, a: Artifact | ArchError) -> Artifact | ArchError:
+    if isinstance(a, ArchError):
+        return a
+    if not _TAG.fullmatch(version):
+        return ArchError(a.arch, f"version {version!r} is not a valid tag")
+    bad = [t for t in a.unique_tags if not isinstance(t, str) or not _TAG.fullmatch(t)]
+    if bad or not isinstance(a.unique_tags, tuple):
+        return ArchError(
+            a.arch, f"unique tag {str(bad[0] if bad else a.unique_tags)[:140]!r} is not a valid tag"
+        )
+    return a
 
 
 def load_catalog(

@@ -314,6 +314,11 @@ class HostileSource(StaticSource):
                 return [Release("1", ("x86_64",))]  # type: ignore[arg-type]
             case "invalid-tag":
                 return [Release("1 beta", (art, ArchError("aarch64", "missing")))]
+            case "invalid-unique-tag":
+                bad = Artifact("x86_64", art.url, art.checksum, unique_tags=("1\x00x",))
+                return [Release("1", (bad, ArchError("aarch64", "missing")))]
+            case "foreign-arch":
+                return [Release("1", (ArchError("s390x", "not asked for"),))]
         raise AssertionError(self.behaviour)
 
 
@@ -339,7 +344,14 @@ def hostile_catalog() -> Any:
         ("not-a-list", "source 'hostile-test' returned str, not Releases"),
         ("nul-version", "source 'hostile-test': release version '1\\x00' is not printable"),
         ("long-version", f"source 'hostile-test': release version '{'1' * 64}' is invalid"),
-        ("bad-artifact", "source 'hostile-test': release '1' has artifacts of another type"),
+        (
+            "bad-artifact",
+            "source 'hostile-test': release '1' has artifacts of another type or arch",
+        ),
+        (
+            "foreign-arch",
+            "source 'hostile-test': release '1' has artifacts of another type or arch",
+        ),
     ],
 )
 async def test_anything_a_source_does_wrong_is_one_line_for_its_item(
@@ -357,13 +369,19 @@ async def test_anything_a_source_does_wrong_is_one_line_for_its_item(
     assert len(result.message) <= 1000
 
 
-async def test_under_a_version_that_is_no_tag_nothing_is_published() -> None:
-    HostileSource.behaviour = "invalid-tag"
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [
+        ("invalid-tag", "version '1 beta' is not a valid tag"),
+        ("invalid-unique-tag", "unique tag '1\\x00x' is not a valid tag"),
+    ],
+)
+async def test_under_a_version_or_unique_tag_that_is_no_tag_nothing_is_published(
+    behaviour: str, message: str
+) -> None:
+    HostileSource.behaviour = behaviour
     c = hostile_catalog()
     result = await c.discover(c.items[0], None, Focus(""))  # type: ignore[arg-type]
     assert not isinstance(result, ItemFailure)
     (found,) = result
-    assert (
-        ArchError("x86_64", "version '1 beta' is not a valid tag"),
-        ArchError("aarch64", "missing"),
-    ) == found.artifacts
+    assert (ArchError("x86_64", message), ArchError("aarch64", "missing")) == found.artifacts
