@@ -17,22 +17,43 @@ Decisions that shaped it:
   URL per pass" a property of the core, not of each plugin.
 - A problem with one arch is a value (`ArchError`), not an exception, so the core can report it per
   arch and never publish an index that lost an arch.
+- Upstream strings are data, never structure. A source takes file names from upstream files only
+  through `file_name_problem` (a plain name: no `/`, `\\`, `..`, control characters, at most
+  255 bytes), builds a URL from one only through `url_in_directory` (the URL, resolved as a
+  client or server would, stays in the directory it names), and runs a catalog regex against
+  upstream names only through `NameMatcher` (the `regex` package with a time budget, in a worker
+  thread, so a catastrophic pattern fails its arch in bounded time and never blocks the event
+  loop). An `Artifact`'s URL is an absolute http(s) URL without whitespace or control characters.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import posixpath
 import re
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
+from urllib.parse import unquote, urlsplit
 
+import regex
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from containerdisks.checksums import ChecksumFormat, ChecksumParseError, parse_checksum_file
+from containerdisks.checksums import (
+    ChecksumFormat,
+    ChecksumParseError,
+    file_name_problem,
+    parse_checksum_file,
+)
 
 __all__ = [
     "GOARCH",
+    "MATCH_BUDGET",
     "Algorithm",
     "ArchContext",
     "ArchError",
@@ -41,6 +62,7 @@ __all__ = [
     "ChecksumParseError",
     "Compression",
     "DiscoveryRequest",
+    "NameMatcher",
     "Release",
     "Source",
     "SourceError",
@@ -48,8 +70,10 @@ __all__ = [
     "Upstream",
     "UpstreamError",
     "check_placeholders",
+    "file_name_problem",
     "parse_checksum_file",
     "render",
+    "url_in_directory",
 ]
 
 Algorithm = Literal["sha256", "sha512"]
@@ -96,12 +120,133 @@ class Artifact:
     def __post_init__(self) -> None:
         if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
             raise SourceError(f"{self.url}: declared size {self.size!r} is not a byte count")
+        problem = _url_problem(self.url)
+        if problem is not None:
+            raise SourceError(f"{self.url!r}: download URL {problem}")
         want = _HEX[self.algorithm]
         if len(self.checksum) != want or not re.fullmatch(r"[0-9a-f]+", self.checksum):
             raise SourceError(
                 f"{self.url}: checksum {self.checksum!r} is not {want} lowercase hex digits "
                 f"({self.algorithm})"
             )
+
+
+_UNSAFE_URL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
+
+def _url_problem(url: str) -> str | None:
+    if not isinstance(url, str) or _UNSAFE_URL.search(url):
+        return "contains whitespace or a control character"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an absolute http(s) URL"
+    return None
+
+
+def url_in_directory(directory: str, url: str) -> str:
+    """`url`, when it stays under `directory` (a URL ending in `/`); else `SourceError`.
+
+    Both are resolved as a client or a server may: percent-decoded (`%2e%2e`, `%2f`), then
+    `.`/`..` segments removed. The scheme and host must be the directory's, and the URL may
+    carry no query or fragment: a name from upstream never picks another place to download.
+    """
+    base, target = urlsplit(directory), urlsplit(url)
+    why = _url_problem(url)
+    if why is None and (target.scheme, target.netloc) != (base.scheme, base.netloc):
+        why = "is on another host"
+    if why is None and ("?" in url or "#" in url):
+        why = "has a query or fragment"
+    if why is None:
+        root = _resolved(base.path[: base.path.rfind("/") + 1])
+        path = _resolved(target.path)
+        if not (path.startswith(root.rstrip("/") + "/") and path != root):
+            why = "leaves the directory"
+    if why is not None:
+        raise SourceError(f"{url!r}: URL built from an upstream name {why} {directory!r}")
+    return url
+
+
+def _resolved(path: str) -> str:
+    """A URL path as a server may map it: decoded, `.`/`..` removed (never above `/`)."""
+    decoded = unquote(unquote(path)).replace("\\", "/")
+    normal = posixpath.normpath("/" + decoded)
+    return "/" + normal.lstrip("/") + ("/" if decoded.endswith("/") and normal != "/" else "")
+
+
+#: Seconds a catalog regex may spend on the names of one upstream file, in all.
+MATCH_BUDGET = 2.0
+
+
+class NameMatcher:
+    """A catalog regex matched against upstream names with a time budget, off the event loop.
+
+    The pattern is compiled by the `regex` package (its default syntax is `re`'s); matching runs
+    in a daemon thread that releases the GIL (`concurrent=True`) with `timeout=` the budget left
+    (the package counts CPU time), so `(a|a)+$` on a long name fails after about `budget` seconds
+    while the event loop, the daemon's `/healthz` and its signal handling go on. The thread is a
+    daemon thread: a process told to stop does not wait for a match to give up.
+    Raises `ValueError` for an invalid pattern.
+    """
+
+    def __init__(self, pattern: str, *, budget: float = MATCH_BUDGET) -> None:
+        try:
+            self._compiled = regex.compile(pattern)
+        except (regex.error, TypeError) as e:
+            raise ValueError(f"{pattern!r} is not a valid regex: {e}") from None
+        self.pattern = pattern
+        self.budget = budget
+
+    @property
+    def groupindex(self) -> Mapping[str, int]:
+        return self._compiled.groupindex
+
+    async def fullmatches(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
+        """`name -> named groups` (None as "") of every name the pattern fully matches.
+
+        Raises `SourceError` when the budget runs out, naming the pattern."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, dict[str, str]]] = loop.create_future()
+        todo = list(names)
+
+        def work() -> None:
+            try:
+                found = self._fullmatches(todo)
+            except BaseException as e:  # handed to the awaiting task
+                settle = functools.partial(_set_exception, future, e)
+            else:
+                settle = functools.partial(_set_result, future, found)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle)
+
+        threading.Thread(target=work, name="name-matcher", daemon=True).start()
+        return await future
+
+    def _fullmatches(self, names: list[str]) -> dict[str, dict[str, str]]:
+        deadline = time.monotonic() + self.budget
+        out: dict[str, dict[str, str]] = {}
+        try:
+            for name in names:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                m = self._compiled.fullmatch(name, timeout=left, concurrent=True)
+                if m is not None:
+                    out[name] = {k: v or "" for k, v in m.groupdict().items()}
+        except TimeoutError:
+            raise SourceError(
+                f"match '{self.pattern}' took longer than {self.budget:g} s on the upstream names"
+            ) from None
+        return out
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,17 @@ Decisions:
   `repositories` map, by name. A config file's `repositories` are laid over the default
   catalog's one name at a time, and a file that gives only `repositories` keeps the default
   entries, so a description can be reworded without restating the catalog.
+- One item's discovery cannot fail another's: `Catalog.discover` runs under its own deadline
+  (the setting `discovery_timeout`) and turns anything a source raises (a `SourceError`, or a
+  bug: RecursionError, ValueError, ...) or returns that breaks the contract into an
+  `ItemFailure`, one printable line naming the item. A release version must be printable and
+  at most 128 characters and its artifacts of the requested arches; under a version or a unique
+  tag that is no valid tag no artifact is published (that arch becomes an `ArchError`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import re
 from collections.abc import Iterable, Mapping
@@ -57,6 +64,7 @@ __all__ = [
     "default_catalog_path",
     "load_catalog",
     "load_sources",
+    "one_line",
 ]
 
 PLUGIN_GROUP = "containerdisks.plugins"
@@ -68,6 +76,10 @@ PerArch = str | dict[Arch, str]
 PerArchBool = bool | dict[Arch, bool]
 _NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: A valid image tag (the OCI distribution spec's rule).
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+#: The longest error line an item failure carries.
+_LONGEST_MESSAGE = 1000
 
 
 class CatalogItem(BaseModel):
@@ -245,10 +257,21 @@ class Entry:
 
 @dataclass(frozen=True)
 class ItemFailure:
-    """Discovery of a whole item failed; recorded under `name:version` or `name:*`."""
+    """Discovery of a whole item failed; recorded under `name:version` or `name:*`.
+
+    `crashed` names the exception type when the source raised something other than a
+    `SourceError` (a bug in it, or data it did not expect), for a debug log line."""
 
     key: str
     message: str
+    crashed: str | None = None
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line: control and other unprintable characters escaped, cut to
+    a bounded length (an error may quote upstream data)."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: _LONGEST_MESSAGE * 2])
+    return out if len(out) <= _LONGEST_MESSAGE else out[: _LONGEST_MESSAGE - 1] + "…"
 
 
 class Focus:
@@ -328,20 +351,30 @@ class Catalog:
         return chosen
 
     async def discover(
-        self, bound: BoundItem, upstream: Upstream, focus: Focus
+        self, bound: BoundItem, upstream: Upstream, focus: Focus, *, time_limit: float | None = None
     ) -> list[Entry] | ItemFailure:
-        """Discover one item's entries; a failure is a value naming the item."""
+        """Discover one item's entries within `time_limit` seconds (None: none); a failure,
+        whatever the source raised, is a value naming the item."""
         item = bound.item
+        kind = bound.source.kind
+        deadline = asyncio.timeout(time_limit)
         try:
-            releases = await bound.source.discover(bound.request, upstream)
+            async with deadline:
+                releases = await bound.source.discover(bound.request, upstream)
+            return [
+                self._entry(bound, release)
+                for release in _checked(kind, bound.request.arches, releases)
+                if focus.selects_version(release.version)
+            ]
         except SourceError as e:
-            return ItemFailure(item.label, str(e))
-        entries = []
-        for release in releases:
-            if not focus.selects_version(release.version):
-                continue
-            entries.append(self._entry(bound, release))
-        return entries
+            return ItemFailure(item.label, one_line(str(e)))
+        except TimeoutError as e:
+            if not deadline.expired():
+                return _crashed(item, kind, e)
+            message = f"source {kind!r}: discovery took longer than {time_limit:g} s"
+            return ItemFailure(item.label, message + " (discovery_timeout)")
+        except Exception as e:  # a bug in a source fails its item, not the pass
+            return _crashed(item, kind, e)
 
     @staticmethod
     def _entry(bound: BoundItem, release: Release) -> Entry:
@@ -355,6 +388,55 @@ class Catalog:
             latest=item.latest and mark,
             docs=item.docs and mark,
         )
+
+
+def _crashed(item: CatalogItem, kind: str, e: Exception) -> ItemFailure:
+    message = f"source {kind!r} failed: {type(e).__name__}"
+    detail = str(e)
+    return ItemFailure(
+        item.label, one_line(f"{message}: {detail}" if detail else message), type(e).__name__
+    )
+
+
+def _checked(kind: str, arches: tuple[str, ...], releases: object) -> list[Release]:
+    """The releases a source returned, held to the contract; `SourceError` saying how not.
+
+    An artifact of a version or with a unique tag that is no valid tag becomes an `ArchError`
+    (nothing is published under it); one of an arch not asked for breaks the contract."""
+    if not isinstance(releases, list) or not all(isinstance(r, Release) for r in releases):
+        raise SourceError(f"source {kind!r} returned {type(releases).__name__}, not Releases")
+    out = []
+    for release in releases:
+        version = release.version
+        if not isinstance(version, str) or not version or len(version) > 128:
+            raise SourceError(f"source {kind!r}: release version {str(version)[:64]!r} is invalid")
+        if not version.isprintable():
+            raise SourceError(f"source {kind!r}: release version {version!r} is not printable")
+        artifacts = release.artifacts
+        if not isinstance(artifacts, tuple) or not all(
+            isinstance(a, Artifact | ArchError) and a.arch in arches for a in artifacts
+        ):
+            raise SourceError(
+                f"source {kind!r}: release {version!r} has artifacts of another type or arch"
+            )
+        checked = tuple(_tags_checked(version, a) for a in artifacts)
+        out.append(
+            release if checked == artifacts else Release(version, checked, release.newest_stable)
+        )
+    return out
+
+
+def _tags_checked(version: str, a: Artifact | ArchError) -> Artifact | ArchError:
+    if isinstance(a, ArchError):
+        return a
+    if not _TAG.fullmatch(version):
+        return ArchError(a.arch, f"version {version!r} is not a valid tag")
+    bad = [t for t in a.unique_tags if not isinstance(t, str) or not _TAG.fullmatch(t)]
+    if bad or not isinstance(a.unique_tags, tuple):
+        return ArchError(
+            a.arch, f"unique tag {str(bad[0] if bad else a.unique_tags)[:140]!r} is not a valid tag"
+        )
+    return a
 
 
 def load_catalog(

@@ -7,7 +7,9 @@ Decisions:
 - `/healthz` is the scheduler's heartbeat only: 200 while the tick loop ticks, 503 when it is
   stuck. It does not look at upstream or the registry, so an outage of either never gets the pod
   restarted (that would only restart the outage's victims).
-- `/readyz` is 503 until the first pass has completed, and again while shutting down.
+- `/readyz` is 503 until the first pass has completed (or synced all it discovered so far while
+  only slow sources are still discovering: `Status.first_pass_settled`), and again while
+  shutting down.
 - Only GET (and HEAD) routes exist; anything else is 405 from aiohttp. `/status` shows entries,
   checksums, digests and errors, never a setting: no credential, token or mirror URL can leak.
   Errors shown are the engine's one-line messages, which are built to be secret-free.

@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         description="Seconds a metadata request (releases.json, a checksum file) may take in "
         "all, retries included.",
     )
+    discovery_timeout: PositiveFloat = Field(
+        300.0,
+        description="Seconds one catalog item's discovery may take in a pass; then its entries "
+        "fail and the others go on.",
+    )
     retries: PositiveInt = Field(
         4, description="Attempts for a transient upstream, registry or Quay API failure (>= 1)."
     )

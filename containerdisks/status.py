@@ -1,8 +1,9 @@
 """The daemon's state as the outside sees it: written by the scheduler, read by the HTTP server.
 
-One job: hold liveness (the scheduler's heartbeat), readiness (the first pass completed, not
-shutting down), pass bookkeeping, and per entry and arch what upstream offers, what is published,
-the last result and error, and when the entry is polled next; and render that as JSON.
+One job: hold liveness (the scheduler's heartbeat), readiness (the first pass completed, or all
+it discovered so far is synced and only slow discoveries are left; not shutting down), pass
+bookkeeping, and per entry and arch what upstream offers, what is published, the last result
+and error, and when the entry is polled next; and render that as JSON.
 
 Decision: a plain object with bookkeeping only, no I/O and no imports of the engine, so that the
 scheduler and the server both depend on it and never on each other (an import-linter contract).
@@ -149,6 +150,11 @@ class Status:
         self.last_pass = done
         self.passes += 1
         self.ready = self.ready or first
+
+    def first_pass_settled(self) -> None:
+        """The first pass synced every entry it discovered so far and only items still
+        discovering (each under its own deadline) are left: ready, without waiting for them."""
+        self.ready = True
 
     # -- read by the server ----------------------------------------------------------------------
 

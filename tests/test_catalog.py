@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from typing import Any, ClassVar
 
 import pytest
 
 from containerdisks.api import (
+    ArchError,
     Artifact,
     DiscoveryRequest,
     Release,
@@ -52,7 +56,10 @@ class VersionsSource(StaticSource):
     discovers_versions = True
 
     async def discover(self, request: DiscoveryRequest, upstream: Upstream) -> list[Release]:
-        arts = tuple(Artifact(arch=a, url="u", checksum="1" * 64) for a in request.arches)
+        arts = tuple(
+            Artifact(arch=a, url="https://example.invalid/u", checksum="1" * 64)
+            for a in request.arches
+        )
         return [
             Release("41", arts, newest_stable=True),
             Release("40", arts),
@@ -275,3 +282,106 @@ def test_bad_repository_docs_are_one_line(docs: dict[str, Any], message: str) ->
         )
     assert message in str(err.value)
     assert str(err.value).startswith("t.yaml: ")
+
+
+# -- one bad source fails only its own item ---------------------------------------------------
+
+
+class HostileSource(StaticSource):
+    """A source that misbehaves as `behaviour` (a class attribute set per test) says."""
+
+    kind = "hostile-test"
+    behaviour: ClassVar[str] = ""
+
+    async def discover(self, request: DiscoveryRequest, upstream: Upstream) -> list[Release]:
+        art = Artifact(arch="x86_64", url="https://example.org/x.qcow2", checksum="0" * 64)
+        match self.behaviour:
+            case "recursion":
+                return [json.loads("[" * 100_000 + "]" * 100_000)]
+            case "huge-int":
+                return [Release(str(int("9" * 5000)), (art,))]
+            case "own-timeout":
+                raise TimeoutError("a timeout of the source's own")
+            case "hang":
+                await asyncio.sleep(3600)
+            case "not-a-list":
+                return "releases"  # type: ignore[return-value]
+            case "nul-version":
+                return [Release("1\x00", (art,))]
+            case "long-version":
+                return [Release("1" * 129, (art,))]
+            case "bad-artifact":
+                return [Release("1", ("x86_64",))]  # type: ignore[arg-type]
+            case "invalid-tag":
+                return [Release("1 beta", (art, ArchError("aarch64", "missing")))]
+            case "invalid-unique-tag":
+                bad = Artifact("x86_64", art.url, art.checksum, unique_tags=("1\x00x",))
+                return [Release("1", (bad, ArchError("aarch64", "missing")))]
+            case "foreign-arch":
+                return [Release("1", (ArchError("s390x", "not asked for"),))]
+        raise AssertionError(self.behaviour)
+
+
+def hostile_catalog() -> Any:
+    entries = [entry(arches=["x86_64", "aarch64"], source={"kind": "hostile-test", "url": "u"})]
+    return load_catalog({"entries": entries}, {"hostile-test": HostileSource()})
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [
+        (
+            "recursion",
+            "source 'hostile-test' failed: RecursionError: maximum recursion depth exceeded "
+            "while decoding a JSON array from a unicode string",
+        ),
+        ("huge-int", "source 'hostile-test' failed: ValueError: Exceeds the limit (4300 digits)"),
+        (
+            "own-timeout",
+            "source 'hostile-test' failed: TimeoutError: a timeout of the source's own",
+        ),
+        ("hang", "source 'hostile-test': discovery took longer than 0.2 s (discovery_timeout)"),
+        ("not-a-list", "source 'hostile-test' returned str, not Releases"),
+        ("nul-version", "source 'hostile-test': release version '1\\x00' is not printable"),
+        ("long-version", f"source 'hostile-test': release version '{'1' * 64}' is invalid"),
+        (
+            "bad-artifact",
+            "source 'hostile-test': release '1' has artifacts of another type or arch",
+        ),
+        (
+            "foreign-arch",
+            "source 'hostile-test': release '1' has artifacts of another type or arch",
+        ),
+    ],
+)
+async def test_anything_a_source_does_wrong_is_one_line_for_its_item(
+    behaviour: str, message: str
+) -> None:
+    HostileSource.behaviour = behaviour
+    c = hostile_catalog()
+    started = time.monotonic()
+    result = await c.discover(c.items[0], None, Focus(""), time_limit=0.2)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5
+    assert isinstance(result, ItemFailure)
+    assert "distro:9" == result.key
+    assert result.message.startswith(message), result.message
+    assert result.message.isprintable()
+    assert len(result.message) <= 1000
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "message"),
+    [
+        ("invalid-tag", "version '1 beta' is not a valid tag"),
+        ("invalid-unique-tag", "unique tag '1\\x00x' is not a valid tag"),
+    ],
+)
+async def test_under_a_version_or_unique_tag_that_is_no_tag_nothing_is_published(
+    behaviour: str, message: str
+) -> None:
+    HostileSource.behaviour = behaviour
+    c = hostile_catalog()
+    result = await c.discover(c.items[0], None, Focus(""))  # type: ignore[arg-type]
+    assert not isinstance(result, ItemFailure)
+    (found,) = result
+    assert (ArchError("x86_64", message), ArchError("aarch64", "missing")) == found.artifacts

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from containerdisks.api import ChecksumFormat, ChecksumParseError, parse_checksum_file
+from containerdisks.api import (
+    ChecksumFormat,
+    ChecksumParseError,
+    file_name_problem,
+    parse_checksum_file,
+)
 from tests.support.upstream_server import FIXTURES_DIR
 
 
@@ -286,3 +291,62 @@ def test_malformed(text: str, fmt: str, message: str) -> None:
 def test_unknown_format() -> None:
     with pytest.raises(ValueError, match="'md5'"):
         parse_checksum_file("", "md5")
+
+
+# -- upstream text is data, never structure ----------------------------------------------------
+
+GOOD = "a" * 64
+EVIL = "b" * 64
+
+
+@pytest.mark.parametrize(
+    "separator", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+)
+@pytest.mark.parametrize("fmt", ["gnu", "bsd"])
+def test_only_newline_ends_a_line(separator: str, fmt: str) -> None:
+    """str.splitlines would split at these: the second "line" would inject another hash."""
+    if fmt == "gnu":
+        text = f"{GOOD}  good.img{separator}{EVIL}  evil.img\nx\r\n{GOOD}  other.img\r\n"
+    else:
+        text = f"SHA256 (good.img) = {GOOD}{separator}SHA256 (evil.img) = {EVIL}\n"
+        text += f"SHA256 (other.img) = {GOOD}\r\n"
+    sums = parse_checksum_file(text, fmt)
+    assert {"other.img": GOOD} == sums
+    assert EVIL not in sums.values()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../image.qcow2",
+        "..",
+        ".",
+        "a..b.qcow2",
+        "dir/image.qcow2",
+        "https://evil.example/image.qcow2",
+        "%2e%2e/x",
+        "..\\image.qcow2",
+        "c:\\image.qcow2",
+        "image\x00.qcow2",
+        "image\x1b[31m.qcow2",
+        "image\x7f.qcow2",
+        "image\x9b.qcow2",
+        "image\u2028.qcow2",
+        "x" * 252 + ".img",  # 256 bytes
+        "é" * 128,  # 128 characters, 256 bytes
+    ],
+)
+@pytest.mark.parametrize("fmt", ["gnu", "bsd"])
+def test_names_that_are_not_plain_file_names_are_refused(name: str, fmt: str) -> None:
+    line = f"{EVIL}  {name}" if fmt == "gnu" else f"SHA256 ({name}) = {EVIL}"
+    text = f"{line}\n" + (f"{GOOD}  ok.img\n" if fmt == "gnu" else f"SHA256 (ok.img) = {GOOD}\n")
+    assert file_name_problem(name) is not None
+    assert {"ok.img": GOOD} == parse_checksum_file(text, fmt)
+    with pytest.raises(ChecksumParseError):
+        parse_checksum_file(f"{line}\n", fmt)
+
+
+@pytest.mark.parametrize("name", ["x" * 251 + ".img", "é" * 127 + "x", "a.b-c_d+e~1.qcow2"])
+def test_plain_names_up_to_255_bytes_are_kept(name: str) -> None:
+    assert file_name_problem(name) is None
+    assert {name: GOOD} == parse_checksum_file(f"{GOOD} *{name}\n", "gnu")

@@ -2,8 +2,10 @@
 
 `images push` and the daemon (`serve`, `serve --once`) run the same two calls, as regsync's
 `server`/`once`/`check` all run one `process(action)`:
-- `discover()`: every focused catalog item asked upstream once per pass; a failed item is an
-  `Outcome` recorded under `name:version` or `name:*`;
+- `discover_each()`: every focused catalog item asked upstream once per pass, each on its own
+  with its own deadline (`discovery_timeout`), its result handed on as soon as it is in, so a
+  slow mirror holds up only its own item; a failed item (whatever its source raised) is an
+  `Outcome` recorded under `name:version` or `name:*`. `discover()` waits for them all;
 - `sync(entry)`: plan the entry against the source, then (unless a dry run) publish it, and
   with `keep_timestamp_tags` on, delete its older timestamp tags (engine/prune.py).
 
@@ -17,7 +19,7 @@ manifest HEAD.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,7 +30,7 @@ import structlog
 
 from containerdisks import oci
 from containerdisks.api import Artifact, SourceError
-from containerdisks.catalog import Catalog, Entry, Focus, ItemFailure, load_catalog
+from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure, load_catalog
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
 from containerdisks.engine.published import RegistryReader
@@ -155,7 +157,18 @@ class Engine:
         await self._stack.aclose()
 
     async def discover(self) -> tuple[list[Entry], list[Outcome]]:
-        """One pass's discovery: the entries to sync, and the items that failed to discover.
+        """One pass's discovery, all of it: the entries to sync, and the items that failed."""
+        entries: list[Entry] = []
+        failures: list[Outcome] = []
+        async for _, found, failed in self.discover_each():
+            entries += found
+            failures += failed
+        return entries, failures
+
+    async def discover_each(self) -> AsyncGenerator[tuple[int, list[Entry], list[Outcome]]]:
+        """One pass's discovery, one item at a time as each finishes: its index in the catalog,
+        and its entries to sync or its failure. Every item runs concurrently under its own
+        `discovery_timeout`; closing the iterator early cancels the items still running.
 
         From the second pass on, registry credentials are read again first: a daemon follows a
         rotated Secret without a restart."""
@@ -163,25 +176,40 @@ class Engine:
             await self._reload_credentials()
         self._passes += 1
         self.upstream.new_pass()
-        found = await asyncio.gather(
-            *(self.catalog.discover(b, self.upstream, self.focus) for b in self.items)
-        )
-        entries: list[Entry] = []
-        failures: list[Outcome] = []
-        for bound, result in zip(self.items, found, strict=True):
-            if isinstance(result, ItemFailure):
-                log.error("discovery_failed", entry=result.key, error=result.message)
-                rows = [
-                    ArchPlan(a, None, None, "failed", result.message) for a in bound.item.arches
-                ]
-                failures.append(
-                    Outcome(EntryPlan(result.key, rows, error=result.message), [], result.message)
-                )
-            else:
-                entries.extend(result)
-        if self.focus.version is not None and not entries and not failures:
+        timeout = self.settings.discovery_timeout
+        tasks = [
+            asyncio.create_task(self._discover_one(i, b, timeout)) for i, b in enumerate(self.items)
+        ]
+        seen = 0
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                index, bound, result = await next_done
+                if isinstance(result, ItemFailure):
+                    seen += 1
+                    yield index, [], [self._failed(bound, result)]
+                else:
+                    seen += len(result)
+                    yield index, result, []
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.focus.version is not None and not seen:
             raise ConfigError(f"focus {self.focus.spec!r} matches no catalog entry")
-        return entries, failures
+
+    async def _discover_one(
+        self, index: int, bound: BoundItem, time_limit: float
+    ) -> tuple[int, BoundItem, list[Entry] | ItemFailure]:
+        found = await self.catalog.discover(bound, self.upstream, self.focus, time_limit=time_limit)
+        return index, bound, found
+
+    @staticmethod
+    def _failed(bound: BoundItem, result: ItemFailure) -> Outcome:
+        if result.crashed is not None:
+            log.debug("source_crashed", entry=result.key, exception=result.crashed)
+        log.error("discovery_failed", entry=result.key, error=result.message)
+        rows = [ArchPlan(a, None, None, "failed", result.message) for a in bound.item.arches]
+        return Outcome(EntryPlan(result.key, rows, error=result.message), [], result.message)
 
     async def sync(self, entry: Entry) -> Outcome:
         """Plan one entry and, unless this is a dry run, publish what the plan says."""

@@ -8,11 +8,18 @@ Shape (kopf's reactor, with anyio's memory object stream as the queue):
   (`interval` plus up to `interval_jitter` of it, start to start) and hands entries whose backoff
   ran out to the queue. It awaits nothing but its own sleep, so no upstream, registry or slow
   entry can stall it: `/healthz` reports a stuck loop, never a slow network.
-- A *pass* (a task) discovers the catalog, then sends each entry into the bounded queue
-  (`queue_size`): a full queue holds the pass back, not the tick loop. A pass whose discovery or
+- A *pass* (a task) discovers the catalog item by item (each under its own deadline) and sends
+  each item's entries into the bounded queue (`queue_size`) as soon as that item is discovered,
+  so a slow source holds up only its own entries: a full queue holds the pass back, not the
+  tick loop. A pass whose discovery or
   feeding is still running when the next is due is not doubled. An entry already queued or
   running is not queued twice; an entry waiting out a backoff is skipped. The pass completes when
   its own entries are synced: then the results file is rewritten (not in a dry run).
+- Readiness: the daemon is ready once the first pass completed, or earlier, once at least one
+  of its items is discovered and every entry discovered so far is synced: an item still
+  discovering (a slow mirror, bounded by `discovery_timeout`) does not hold readiness back.
+- Nothing a source or an entry raises ends a pass or the daemon, nor prints a traceback: it is
+  one error line (the exception type in it), and the entry or item fails.
 - `workers` tasks receive entries and run `Engine.sync`, one entry at a time each.
 - A failed entry is tried again after `backoff_initial` seconds, doubled per further failure up to
   `backoff_max`, with jitter; the others go on as scheduled.
@@ -31,7 +38,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -40,7 +47,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from containerdisks.catalog import Entry
+from containerdisks.catalog import Entry, one_line
 from containerdisks.engine.core import Outcome
 from containerdisks.engine.plan import EntryPlan
 from containerdisks.engine.results import write_results
@@ -59,7 +66,7 @@ _CLEANUP_TIMEOUT = 15.0
 class SyncEngine(Protocol):
     """What the scheduler needs of the engine (`containerdisks.engine.core.Engine`)."""
 
-    async def discover(self) -> tuple[list[Entry], list[Outcome]]: ...
+    def discover_each(self) -> AsyncGenerator[tuple[int, list[Entry], list[Outcome]]]: ...
 
     async def sync(self, entry: Entry) -> Outcome: ...
 
@@ -86,9 +93,11 @@ class _Pass:
     started: float  # monotonic
     started_wall: float = 0.0
     order: list[str] = field(default_factory=list)
+    item: dict[str, int] = field(default_factory=dict)  # key -> catalog index, for the order
     pending: set[str] = field(default_factory=set)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     fed: bool = False  # discovery and feeding are over
+    answered: int = 0  # items discovered (or failed) so far
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def finished(self, outcome: Outcome) -> None:
@@ -223,19 +232,30 @@ class Scheduler:
         self._feeding = run
         run.started_wall = self.status.pass_started()
         log.info("pass_started", number=run.number)
+        entries: list[Entry] = []
+        failures: list[Outcome] = []
         try:
             try:
-                entries, failures = await self.engine.discover()
+                async with contextlib.aclosing(self.engine.discover_each()) as found:
+                    async for index, new, failed in found:
+                        entries += new
+                        failures += failed
+                        run.answered += 1
+                        run.item.update(
+                            (k, index) for k in [*(e.key for e in new), *(f.key for f in failed)]
+                        )
+                        await self._feed(run, new, failed)
+                        self._settle(run)
                 self._reconcile(entries, failures)
             except ConfigError as e:
                 if first:
                     raise
-                entries, failures = [], []
                 log.error("pass_failed", number=run.number, error=str(e))
             except Exception as e:
                 # A bug in discovery must not end the daemon: the next pass tries again.
-                log.exception("pass_failed", number=run.number, error=str(e))
-                entries, failures = [], []
+                log.error(
+                    "pass_failed", number=run.number, error=one_line(f"{type(e).__name__}: {e}")
+                )
             log.info(
                 "discovered",
                 number=run.number,
@@ -243,28 +263,6 @@ class Scheduler:
                 failed=len(failures),
                 seconds=round(self.monotonic() - run.started, 3),
             )
-            for failure in failures:
-                self._record_failure_outcome(failure)
-                run.order.append(failure.key)
-                run.outcomes[failure.key] = failure
-            now = self.monotonic()
-            for entry in entries:
-                key = entry.key
-                self._latest[key] = entry
-                if key in self._active:
-                    log.info("skipped", entry=key, reason="already queued or running")
-                    continue
-                if self._not_before.get(key, 0.0) > now:
-                    log.info("skipped", entry=key, reason="backing off after a failure")
-                    if key in self._last_outcome:
-                        run.order.append(key)
-                        run.outcomes[key] = self._last_outcome[key]
-                    continue
-                run.order.append(key)
-                run.pending.add(key)
-                self._mark_queued(key)
-                await self._send.send(_Job(entry, run))
-                self.metrics.queue_depth.set(self._queued())
         finally:
             run.fed = True
             if self._feeding is run:
@@ -273,8 +271,40 @@ class Scheduler:
             await run.done.wait()
         return self._finish(run)
 
+    async def _feed(self, run: _Pass, entries: list[Entry], failures: list[Outcome]) -> None:
+        """Record one item's discovery failures and queue its entries."""
+        for failure in failures:
+            self._record_failure_outcome(failure)
+            run.order.append(failure.key)
+            run.outcomes[failure.key] = failure
+        now = self.monotonic()
+        for entry in entries:
+            key = entry.key
+            self._latest[key] = entry
+            if key in self._active:
+                log.info("skipped", entry=key, reason="already queued or running")
+                continue
+            if self._not_before.get(key, 0.0) > now:
+                log.info("skipped", entry=key, reason="backing off after a failure")
+                if key in self._last_outcome:
+                    run.order.append(key)
+                    run.outcomes[key] = self._last_outcome[key]
+                continue
+            run.order.append(key)
+            run.pending.add(key)
+            self._mark_queued(key)
+            await self._send.send(_Job(entry, run))
+            self.metrics.queue_depth.set(self._queued())
+
+    def _settle(self, run: _Pass) -> None:
+        """Ready early: the first pass synced all it discovered, only slow items are left."""
+        if run.number == 1 and run.answered and not run.pending:
+            self.status.first_pass_settled()
+
     def _finish(self, run: _Pass) -> list[Outcome]:
-        outcomes = [run.outcomes[k] for k in run.order if k in run.outcomes]
+        # Items are discovered concurrently: report them in catalog order, whatever came first.
+        order = sorted(run.order, key=lambda k: run.item.get(k, -1))
+        outcomes = [run.outcomes[k] for k in order if k in run.outcomes]
         failed = [o.key for o in outcomes if o.error]
         seconds = self.monotonic() - run.started
         if self.results_path is not None:
@@ -342,9 +372,9 @@ class Scheduler:
             try:
                 outcome = await self.engine.sync(entry)
             except Exception as e:
-                # A bug or an unexpected OS error fails this entry only.
-                message = f"{key}: internal error: {type(e).__name__}: {e}"
-                log.exception("sync_crashed", entry=key, error=message)
+                # A bug or an unexpected OS error fails this entry only: one line, no traceback.
+                message = one_line(f"{key}: internal error: {type(e).__name__}: {e}")
+                log.error("sync_crashed", entry=key, error=message)
                 outcome = Outcome(EntryPlan(key, [], error=message), [], message)
         finally:
             self._running.discard(key)
@@ -356,6 +386,7 @@ class Scheduler:
         self._record(outcome, self.monotonic() - started)
         if job.run is not None:
             job.run.finished(outcome)
+            self._settle(job.run)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 

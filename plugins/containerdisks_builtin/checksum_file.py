@@ -25,6 +25,10 @@ Decisions that shaped it:
   `Upstream` shares the fetch.
 - Every failure is per arch (`ArchError` naming the URL and, when nothing matched, the pattern):
   an unreachable or malformed checksum file, no match, an invalid unique tag or checksum.
+- Names in the checksum file are upstream's data: the parser keeps only plain file names, `match`
+  runs through `api.NameMatcher` (a time budget, off the event loop), and the download URL, the
+  default one or the `download` template's, must stay in its directory (`api.url_in_directory`:
+  the checksum file's directory, or the template's part before its first placeholder).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from containerdisks.api import (
     ChecksumFormat,
     Compression,
     DiscoveryRequest,
+    NameMatcher,
     Release,
     Source,
     SourceError,
@@ -52,6 +57,7 @@ from containerdisks.api import (
     Upstream,
     check_placeholders,
     render,
+    url_in_directory,
 )
 
 __all__ = ["ChecksumFileParams", "ChecksumFileSource"]
@@ -91,9 +97,9 @@ class ChecksumFileParams(SourceParams):
         _known_placeholders("match", self.match, _CONTEXT)
         dummy = dict.fromkeys(_CONTEXT, "x")
         try:
-            pattern = re.compile(render(self.match, dummy, regex=True))
-        except re.error as e:
-            raise ValueError(f"match {self.match!r} is not a valid regex: {e}") from None
+            pattern = NameMatcher(render(self.match, dummy, regex=True))
+        except ValueError:
+            raise ValueError(f"match {self.match!r} is not a valid regex") from None
         groups = {g for g in pattern.groupindex if _RENDERED.fullmatch(g)}
         clash = sorted(set(pattern.groupindex) & (_CONTEXT | {"file"}))
         if clash:
@@ -137,20 +143,26 @@ class ChecksumFileSource(Source):
             sums = await upstream.get_checksums(url, p.format)
         except SourceError as e:
             return ArchError(arch, str(e))
-        pattern = re.compile(render(p.match, values, regex=True))
-        names = sorted(n for n in sums if pattern.fullmatch(n))
+        pattern = NameMatcher(render(p.match, values, regex=True))
+        try:
+            matches = await pattern.fullmatches(sums)
+        except SourceError as e:
+            return ArchError(arch, f"{url}: {e}")
+        names = sorted(matches)
         if not names:
             return ArchError(arch, f"{url}: no file name matches '{pattern.pattern}'")
         name = names[-1] if p.pick == "last" else names[0]
-        m = pattern.fullmatch(name)
-        assert m is not None
-        groups = {k: v or "" for k, v in m.groupdict().items()}
-        tag_values = {**groups, **values}
-        download = (
-            render(p.download, {**tag_values, "file": name})
-            if p.download is not None
-            else url[: url.rfind("/") + 1] + name
-        )
+        tag_values = {**matches[name], **values}
+        if p.download is None:
+            directory = url[: url.rfind("/") + 1]
+            download = directory + name
+        else:
+            directory = _static_directory(render(p.download, values))
+            download = render(p.download, {**tag_values, "file": name})
+        try:
+            url_in_directory(directory, download)
+        except SourceError as e:
+            return ArchError(arch, f"{url}: {e}")
         tags: tuple[str, ...] = ()
         if p.unique_tag is not None:
             tag = render(p.unique_tag, tag_values)
@@ -170,6 +182,14 @@ class ChecksumFileSource(Source):
             )
         except SourceError as e:
             return ArchError(arch, f"{url}: {e}")
+
+
+def _static_directory(template: str) -> str:
+    """The directory a rendered `download` template fixes: up to the last `/` before the
+    first placeholder left (the match's groups and `{file}` come from upstream)."""
+    first = template.find("{")
+    fixed = template if first < 0 else template[:first]
+    return fixed[: fixed.rfind("/") + 1]
 
 
 def _compression(setting: str, url: str) -> Compression | None:

@@ -14,8 +14,9 @@ Decisions that shaped it:
   `https://cloud.debian.org/images/cloud/`), not the moving `latest/` file medius downloaded: a
   release landing between reading the JSON and downloading cannot give a checksum mismatch, and
   the `org.opencontainers.image.source` label names the exact file (DESIGN.md, deliberate
-  differences). A `data.ref` that is not a plain relative path is refused, so the JSON cannot
-  send the download elsewhere.
+  differences). A `data.ref` that is not a plain relative path (each segment a plain file name,
+  `api.file_name_problem`) is refused, and the URL must stay under `download_base`
+  (`api.url_in_directory`), so the JSON cannot send the download elsewhere.
 - Versions map to codenames through a parameter (`codenames`, default 11/12/13 ->
   bullseye/bookworm/trixie): a new Debian release is a catalog change, not a code change. A
   version without a codename fails the entry (medius: "can't understand provided version").
@@ -48,7 +49,9 @@ from containerdisks.api import (
     SourceParams,
     Upstream,
     check_placeholders,
+    file_name_problem,
     render,
+    url_in_directory,
 )
 
 __all__ = ["DebianParams", "DebianSource", "sha512_hex"]
@@ -159,7 +162,7 @@ class DebianSource(Source):
             return ArchError(arch, str(e))
         try:
             return _artifact(document, version, arch, p)
-        except ValueError as e:
+        except (ValueError, SourceError) as e:
             return ArchError(arch, f"{url}: {e}")
 
     def describe(self, request: DiscoveryRequest) -> dict[str, Any]:
@@ -197,11 +200,12 @@ def _artifact(document: Any, version: str, arch: str, p: DebianParams) -> Artifa
     ref = _at(item, "data", "ref")
     if not isinstance(ref, str) or not ref:
         raise ValueError(f"{what} has no data.ref")
-    if not _REF.fullmatch(ref) or any(part in (".", "..") for part in ref.split("/")):
+    if not _REF.fullmatch(ref) or any(file_name_problem(part) for part in ref.split("/")):
         raise ValueError(f"{what} has data.ref {ref!r}, not a relative path")
+    url = url_in_directory(p.download_base, p.download_base + ref)
     return Artifact(
         arch=arch,
-        url=p.download_base + ref,
+        url=url,
         checksum=checksum,
         algorithm="sha512",
         unique_tags=(tag,),

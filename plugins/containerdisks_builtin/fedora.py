@@ -41,7 +41,14 @@ Decisions that shaped it (medius's rules, with its bugs fixed):
 - `releases.json` that is not JSON, not an array, or has an item without the string fields
   `version`, `arch`, `link`, `variant`, `subvariant` is a `SourceError` (one line, with the URL):
   the whole source fails rather than guess. `sha256` may be missing (Fedora omits it for some
-  non-cloud artifacts); it is then treated as empty.
+  non-cloud artifacts); it is then treated as empty. A field with a control character, or
+  longer than Fedora ever writes (`version`, `arch`, `variant`, `subvariant` and `sha256` 128
+  characters, `link` 2048), makes the file malformed in the same way: upstream strings are data,
+  and a NUL in a link or a 5000-digit version is no Fedora release.
+- The image file name (the link's last segment) must be a plain file name
+  (`api.file_name_problem`) before any pattern runs on it, and the CHECKSUM URL derived from it
+  must stay in the image's directory (`api.url_in_directory`); otherwise the arch is an
+  `ArchError`.
 - Every parameter may be overridden per arch by the catalog; items are filtered for each arch with
   that arch's parameters, and one `releases.json` URL is fetched once per pass by the core.
 """
@@ -54,7 +61,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from containerdisks.api import (
     ArchError,
@@ -66,6 +81,8 @@ from containerdisks.api import (
     SourceError,
     SourceParams,
     Upstream,
+    file_name_problem,
+    url_in_directory,
 )
 
 __all__ = ["FedoraParams", "FedoraSource", "checksum_file_name", "normalize_version"]
@@ -79,6 +96,10 @@ _RELEASE_ID = re.compile(
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SIZE = re.compile(r"[0-9]{1,20}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: The longest value of each releases.json field we accept (Fedora's are far shorter).
+_LONGEST = {"link": 2048}
+_LONGEST_DEFAULT = 128
 
 
 class FedoraParams(SourceParams):
@@ -131,6 +152,18 @@ class _Item(BaseModel):
             return int(self.size)
         return None
 
+    @field_validator("version", "arch", "link", "variant", "subvariant", "sha256")
+    @classmethod
+    def _plain(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        longest = _LONGEST.get(str(info.field_name), _LONGEST_DEFAULT)
+        if len(value) > longest:
+            raise ValueError(f"longer than {longest} characters")
+        if _CONTROL.search(value):
+            raise ValueError("contains a control character")
+        return value
+
 
 _ITEMS: TypeAdapter[list[_Item]] = TypeAdapter(list[_Item])
 
@@ -175,6 +208,7 @@ def _items(url: str, data: Any) -> list[_Item]:
         where = f"item {loc[0]}" if loc else "the array"
         field = f" field {loc[1]!r}" if len(loc) > 1 else ""
         msg = "expected an object" if err["type"] == "model_type" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
         raise SourceError(f"{url}: malformed releases.json: {where}{field}: {msg}") from None
 
 
@@ -263,6 +297,9 @@ class FedoraSource(Source):
         self, item: _Item, arch: str, version: _Version, upstream: Upstream
     ) -> Artifact | ArchError:
         image = _file_name(item.link)
+        problem = file_name_problem(image)
+        if problem is not None:
+            return ArchError(arch, f"{item.link}: image file name {problem}")
         tags: tuple[str, ...] = ()
         if version.stable:
             m = _UNIQUE_TAG.search(image)
@@ -280,13 +317,16 @@ class FedoraSource(Source):
             if isinstance(found, ArchError):
                 return found
             checksum = found
-        return Artifact(
-            arch=arch,
-            url=item.link,
-            checksum=checksum.lower(),
-            unique_tags=tags,
-            size=item.declared_size,
-        )
+        try:
+            return Artifact(
+                arch=arch,
+                url=item.link,
+                checksum=checksum.lower(),
+                unique_tags=tags,
+                size=item.declared_size,
+            )
+        except SourceError as e:
+            return ArchError(arch, str(e))
 
 
 async def _from_checksum_file(item: _Item, arch: str, upstream: Upstream) -> str | ArchError:
@@ -298,6 +338,7 @@ async def _from_checksum_file(item: _Item, arch: str, upstream: Upstream) -> str
         return ArchError(arch, f"{why} no CHECKSUM file name can be derived from {image!r}")
     url = item.link[: item.link.rfind("/") + 1] + name
     try:
+        url_in_directory(item.link[: item.link.rfind("/") + 1], url)
         sums = await upstream.get_checksums(url, ChecksumFormat.BSD)
     except SourceError as e:
         return ArchError(arch, f"{why} {e}")

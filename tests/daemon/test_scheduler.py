@@ -15,7 +15,7 @@ import itertools
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,22 +50,30 @@ class FakeEngine:
         self.overlaps = 0
         self.discover_error: Exception | None = None
         self.undiscoverable: set[str] = set()  # items whose discovery fails (`name:*`)
+        self.discovering: dict[str, asyncio.Event] = {}  # slow items: answer when set
         self.passes = 0
 
     def hold(self, key: str) -> asyncio.Event:
         self.gates[key] = asyncio.Event()
         return self.gates[key]
 
-    async def discover(self) -> tuple[list[Any], list[Outcome]]:
+    async def discover_each(self) -> AsyncGenerator[tuple[int, list[Any], list[Outcome]]]:
+        """One item per key, answered in key order; an item in `discovering` answers only when
+        its event is set (a slow source)."""
         self.passes += 1
         if self.discover_error is not None:
             raise self.discover_error
-        failures = [
-            Outcome(EntryPlan(f"{n}:*", [], error=f"{n}:*: HTTP 503"), [], f"{n}:*: HTTP 503")
-            for n in sorted(self.undiscoverable)
-        ]
-        entries = [FakeEntry(k) for k in self.keys if k.split(":")[0] not in self.undiscoverable]
-        return entries, failures
+        for n in sorted(self.undiscoverable):
+            message = f"{n}:*: HTTP 503"
+            yield -1, [], [Outcome(EntryPlan(f"{n}:*", [], error=message), [], message)]
+        keys = [k for k in self.keys if k.split(":")[0] not in self.undiscoverable]
+        slow = [k for k in keys if k in self.discovering]
+        for index, key in enumerate(keys):
+            if key not in slow:
+                yield index, [FakeEntry(key)], []
+        for key in slow:
+            await self.discovering[key].wait()
+            yield keys.index(key), [FakeEntry(key)], []
 
     async def sync(self, entry: Any) -> Outcome:
         key = entry.key
@@ -302,6 +310,39 @@ async def test_run_once_is_one_pass_in_discovery_order_with_the_results_file(
     assert {"a": {"Stage": "push", "Err": "a: boom"}} == json.loads(results.read_text())
     assert scheduler.status.is_ready()
     assert 1 == scheduler.status.passes
+
+
+async def test_a_slow_item_holds_up_neither_the_others_nor_readiness() -> None:
+    engine = FakeEngine("slow:1", "fast:1", "other:1")
+    engine.discovering["slow:1"] = asyncio.Event()
+    gate = engine.hold("fast:1")
+    scheduler = make(engine, interval=60.0)
+
+    async def body(_: asyncio.Event) -> None:
+        await until("fast synced", lambda: engine.count("fast:1") == 1)
+        # fast:1 discovered but not yet synced: not ready.
+        assert not scheduler.status.is_ready()
+        gate.set()
+        await until("ready", scheduler.status.is_ready)
+        assert 0 == scheduler.status.passes  # the first pass still waits for slow:1
+        assert 1 == engine.count("other:1")
+        assert 0 == engine.count("slow:1")
+        engine.discovering["slow:1"].set()
+        await until("slow synced", lambda: engine.count("slow:1") == 1)
+        await until("first pass", lambda: scheduler.status.passes == 1)
+
+    await running(scheduler, body)
+
+
+async def test_run_once_reports_in_catalog_order_whatever_answered_first() -> None:
+    engine = FakeEngine("a", "b", "c")
+    engine.discovering["a"] = asyncio.Event()
+    scheduler = make(engine, workers=2)
+    task = asyncio.create_task(scheduler.run_once())
+    await until("b and c synced", lambda: engine.count("b") == engine.count("c") == 1)
+    engine.discovering["a"].set()
+    outcomes = await asyncio.wait_for(task, 5)
+    assert ["a", "b", "c"] == [o.key for o in outcomes]
 
 
 async def test_a_first_pass_that_matches_nothing_ends_the_daemon() -> None:

@@ -810,3 +810,72 @@ def test_registered_as_a_plugin() -> None:
         "compression": "auto",
     }
     assert expected == source.describe(ENTRIES["centos-stream:9"].request())
+
+
+# -- upstream names are data, never structure ---------------------------------------------------
+
+SUMS = "https://mirror.example/pub/images/SHA256SUMS"
+HEX = "c" * 64
+
+
+def _ours(**changes: Any) -> Entry:
+    source = {"url": SUMS, "format": "gnu", "match": r".*\.qcow2", **changes}
+    return Entry("1", ("x86_64",), source, ())
+
+
+@pytest.mark.parametrize(
+    ("sums", "changes", "message"),
+    [
+        pytest.param(
+            f"{HEX}  https://evil.example/x.qcow2\n{HEX}  ../x.qcow2\n{HEX}  %2e%2e/x.qcow2\n"
+            f"{HEX}  README\n",
+            {},
+            rf"{SUMS}: no file name matches '.*\.qcow2'",
+            id="absolute-url-and-dot-dot-names-refused",
+        ),
+        pytest.param(
+            f"{HEX}  %2e%2e\n",
+            {"match": r"%2e%2e"},
+            f"{SUMS}: 'https://mirror.example/pub/images/%2e%2e': URL built from an upstream "
+            "name leaves the directory 'https://mirror.example/pub/images/'",
+            id="percent-encoded-dot-dot",
+        ),
+        pytest.param(
+            f"{HEX}  x.qcow2%3fa=..%2f\n{HEX}  README\n",
+            {"match": r"x\.qcow2%3fa=\.\.%2f"},
+            rf"{SUMS}: no file name matches 'x\.qcow2%3fa=\.\.%2f'",
+            id="dot-dot-anywhere",
+        ),
+        pytest.param(
+            f"{HEX}  %2e%2e\n",
+            {"match": r"(?P<tag>%2e%2e)", "download": "https://cdn.example/img/{tag}/{file}"},
+            f"{SUMS}: 'https://cdn.example/img/%2e%2e/%2e%2e': URL built from an upstream name "
+            "leaves the directory 'https://cdn.example/img/'",
+            id="download-template-leaves-its-directory",
+        ),
+        pytest.param(
+            f"{HEX}  {'a' * 200}b.qcow2\n{HEX}  ok.qcow2\n",
+            {"match": r"(a|a)+\.qcow2|ok\.qcow2"},
+            rf"{SUMS}: match '(a|a)+\.qcow2|ok\.qcow2' took longer than 2 s on the upstream names",
+            id="catastrophic-regex",
+        ),
+    ],
+)
+async def test_upstream_names_cannot_redirect_or_stall_discovery(
+    serve: Serve, sums: str, changes: dict[str, Any], message: str
+) -> None:
+    entry = _ours(**changes)
+    async with serve(()) as (server, upstream):
+        put(server.root, SUMS, sums)
+        (release,) = await ChecksumFileSource().discover(entry.request(), upstream)
+    assert [ArchError("x86_64", message)] == list(release.artifacts)
+
+
+async def test_a_download_template_below_its_directory_is_kept(serve: Serve) -> None:
+    entry = _ours(match=r"(?P<tag>v1)-x\.qcow2", download="https://cdn.example/img/{tag}/{file}")
+    async with serve(()) as (server, upstream):
+        put(server.root, SUMS, f"{HEX}  v1-x.qcow2\n")
+        (release,) = await ChecksumFileSource().discover(entry.request(), upstream)
+    (artifact,) = release.artifacts
+    assert isinstance(artifact, Artifact)
+    assert "https://cdn.example/img/v1/v1-x.qcow2" == artifact.url

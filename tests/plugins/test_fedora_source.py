@@ -522,6 +522,18 @@ def test_normalize_version(raw: str, expected: str) -> None:
 # -- failures of the whole source -----------------------------------------------------------------
 
 
+def _item(**changes: str) -> dict[str, str]:
+    item = {
+        "version": "40",
+        "arch": "x86_64",
+        "link": "https://download.example/pub/fedora/40/Fedora-Cloud-Base-Generic.x86_64-40-1.14.qcow2",
+        "variant": "Cloud",
+        "subvariant": "Cloud_Base",
+        "sha256": "",
+    }
+    return {**item, **changes}
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -567,6 +579,24 @@ def test_normalize_version(raw: str, expected: str) -> None:
             json.dumps(["40"]),
             f"{RELEASES}: malformed releases.json: item 0: expected an object",
             id="item-not-an-object",
+        ),
+        pytest.param(
+            json.dumps([_item(version="4" * 5000)]),
+            f"{RELEASES}: malformed releases.json: item 0 field 'version': longer than 128 "
+            "characters",
+            id="5000-digit-version",
+        ),
+        pytest.param(
+            json.dumps([_item(link=_item()["link"].replace(".qcow2", "\u0000.qcow2"))]),
+            f"{RELEASES}: malformed releases.json: item 0 field 'link': contains a control "
+            "character",
+            id="nul-in-the-link",
+        ),
+        pytest.param(
+            json.dumps([_item(arch="x86_64\u2028")]),
+            f"{RELEASES}: malformed releases.json: item 0 field 'arch': contains a control "
+            "character",
+            id="line-separator-in-the-arch",
         ),
     ],
 )

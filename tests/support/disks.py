@@ -15,6 +15,7 @@ import lzma
 import random
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from tests.support.upstream_server import FIXTURES_DIR, put
 
@@ -101,3 +102,23 @@ def replace_fedora_image(root: Path, version: str, arch: str, data: bytes) -> No
         if item["link"] == link:
             item["sha256"] = sha256(data)
     path.write_text(json.dumps(items))
+
+
+def checksum_file_tree(root: Path, name: str, *, host: str = "images.example") -> dict[str, Any]:
+    """Serve one x86_64 qcow2 and a GNU SHA256SUMS beside it at `https://<host>/<name>/`;
+    return the catalog entry (`<name>:1`, source `checksum-file`) that publishes it."""
+    base = f"https://{host}/{name}/"
+    data = make_qcow2(root.parent / "disks" / f"{name}.qcow2", name)
+    put(root, base + f"{name}-x86_64.qcow2", data)
+    put(root, base + "SHA256SUMS", f"{sha256(data)}  {name}-x86_64.qcow2\n")
+    return {
+        "name": name,
+        "version": "1",
+        "arches": ["x86_64"],
+        "source": {
+            "kind": "checksum-file",
+            "url": base + "SHA256SUMS",
+            "format": "gnu",
+            "match": name + r"-{arch}\.qcow2",
+        },
+    }
