@@ -12,7 +12,8 @@ Shape (kopf's reactor, with anyio's memory object stream as the queue):
   (`queue_size`): a full queue holds the pass back, not the tick loop. A pass whose discovery or
   feeding is still running when the next is due is not doubled. An entry already queued or
   running is not queued twice; an entry waiting out a backoff is skipped. The pass completes when
-  its own entries are synced: then the results file is rewritten (not in a dry run).
+  its own entries are synced: then the results file is rewritten (not in a dry run); when that
+  fails, `results_error` says why (one line) and `images push` exits 1.
 - `workers` tasks receive entries and run `Engine.sync`, one entry at a time each.
 - A failed entry is tried again after `backoff_initial` seconds, doubled per further failure up to
   `backoff_max`, with jitter; the others go on as scheduled.
@@ -43,7 +44,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from containerdisks.catalog import Entry
 from containerdisks.engine.core import Outcome
 from containerdisks.engine.plan import EntryPlan
-from containerdisks.engine.results import write_results
+from containerdisks.engine.results import ResultsError, write_results
 from containerdisks.metrics import Metrics
 from containerdisks.settings import ConfigError
 from containerdisks.status import ArchState, Status
@@ -140,6 +141,7 @@ class Scheduler:
         self.workers = workers
         self.dry_run = dry_run
         self.results_path = results_path
+        self.results_error = ""  # why the last pass could not write the results file
         self.monotonic = monotonic
         self.wall = wall
         self.rand = rand
@@ -281,8 +283,11 @@ class Scheduler:
             results = {o.key: r for o in outcomes if (r := o.result) is not None}
             try:
                 write_results(self.results_path, results)
-            except OSError as e:
+            except ResultsError as e:
+                self.results_error = str(e)
                 log.error("results_not_written", path=str(self.results_path), error=str(e))
+            else:
+                self.results_error = ""
         self.status.pass_finished(
             run.started_wall, len(outcomes), len(failed), first=run.number == 1
         )
