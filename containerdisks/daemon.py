@@ -15,6 +15,9 @@ Decisions:
   results file where `--results-file` says, exit 1 when an entry failed (0 with `--no-fail`),
   and a signal cancels it at once (130/143, by the command line's own handler).
 - Leftover spool files of a killed predecessor (`*.spool` in the work dir) are removed at start.
+- The work dir is checked (or created 0700) before anything else when the run publishes: one
+  owned by another user or writable by group/others ends the command (exit 2, workdir.py).
+- A results file that cannot be written makes the run exit 1 (the daemon logs it and goes on).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from containerdisks.server import serving
 from containerdisks.settings import ConfigError, Settings, parse_listen
 from containerdisks.status import Status
 from containerdisks.upstream import Mirrors
+from containerdisks.workdir import own_work_dir
 
 __all__ = ["serve"]
 
@@ -152,6 +156,8 @@ async def _once(
     *,
     owns_work_dir: bool = True,
 ) -> int:
+    if not settings.dry_run:
+        own_work_dir(settings.work_dir)
     metrics = Metrics()
     status = Status(heartbeat_timeout=settings.heartbeat_timeout, dry_run=settings.dry_run)
     if not settings.dry_run and owns_work_dir:
@@ -164,8 +170,9 @@ async def _once(
     failed = [o.key for o in outcomes if o.error]
     if failed:
         log.warning("entries_failed", count=len(failed), entries=failed)
-        return 0 if settings.no_fail else 1
-    return 0
+    if scheduler.results_error:  # not an entry's failure: --no-fail does not cover it
+        return 1
+    return 0 if settings.no_fail or not failed else 1
 
 
 def _results_path(settings: Settings) -> Path | None:
@@ -182,10 +189,11 @@ async def _daemon(settings: Settings, config: dict[str, Any], config_name: str) 
     logging_setup.add_observer(metrics.observer(Mirrors(settings.upstream_mirrors).rewrite))
     results = _results_path(settings)
     if results is not None:
+        own_work_dir(settings.work_dir)
         try:
-            results.parent.mkdir(parents=True, exist_ok=True)
+            results.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"work dir {results.parent}: {e.strerror or e}") from None
+            raise ConfigError(f"results file {results}: {e.strerror or e}") from None
         _remove_stale_files(settings.work_dir)
 
     stop = asyncio.Event()

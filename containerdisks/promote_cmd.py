@@ -14,7 +14,8 @@ entry and writes stage `promote` back. Decisions:
   Either may be `oci:/dir`.
 - Dry run (the default) resolves and checks the staging tags in the source, prints what would be
   copied, and copies, tags and writes nothing (no results file either).
-- Exit 1 when an entry failed, 0 with `--no-fail` (as verify).
+- Exit 1 when an entry failed, 0 with `--no-fail` (as verify), and 1 when the results file
+  cannot be written. Promote uses no work dir: it streams registry to registry.
 """
 
 from __future__ import annotations
@@ -99,7 +100,11 @@ async def images_promote(
         updated = dict(results)
         for o in outcomes:
             updated[o.key] = o.record(results[o.key])
-        write_results(Path(settings.results_file), updated)
+        try:
+            write_results(Path(settings.results_file), updated)
+        except ResultsError as e:
+            log.error("results_not_written", error=str(e))
+            return 1
     if any(o.error for o in outcomes) and not settings.no_fail:
         return 1
     return 0

@@ -5,7 +5,8 @@ promote. Decisions:
 - A blob the target repository already has (HEAD) is skipped; within one store it is mounted
   from the source repository (no bytes move); otherwise it is streamed from registry to registry
   through a small bounded queue, never through a temporary file, and committed only after the
-  source's bytes matched the digest (a mismatch raises before the commit).
+  source's bytes matched the digest (a mismatch raises before the commit, and the upload is
+  deleted at its latest Location: the body goes chunked, so it can end where the bytes did).
 - Manifests go up by digest, children before their index, so nothing refers to what the target
   does not hold yet; a manifest the target already has is not copied again. Tags are the
   caller's business, after the copy returned.
@@ -67,8 +68,11 @@ async def copy_blob(
     producer = asyncio.create_task(produce())
     try:
         async with target.blob_upload(dst_repo) as upload:
-            # read_blob checks the digest; the upload need not hash the bytes a second time
-            await upload.write(chunks(), size=blob.size, digest=digest)
+            # read_blob checks the digest; the upload need not hash the bytes a second time.
+            # No size: a chunked body can end early when the source fails (a digest mismatch),
+            # so the registry answers with the upload's latest Location and the cancel deletes
+            # it; a Content-Length body would be cut off and the partial upload kept.
+            await upload.write(chunks(), digest=digest)
             await upload.commit(digest)
     finally:
         producer.cancel()

@@ -3,7 +3,10 @@
 `{"name:version": {"Tags": [...], "Stage": "push", "Digest": "sha256:...", "Err": "..."}}` with
 `Tags`, `Digest` and `Err` left out when empty, no key at all for an entry that was up to date,
 2-space indent, mode 0600 (medius's `json.MarshalIndent` and `os.WriteFile(..., 0600)`). Written
-atomically (temporary file + rename) so a reader never sees half a file.
+atomically so a reader never sees half a file: into a `mkstemp` file beside it (a new name,
+opened `O_EXCL|O_NOFOLLOW`, so no planted file or link is written through), fsynced, renamed over
+the old one, and the directory fsynced. A file that cannot be written is a `ResultsError` naming
+it, and the temporary file is removed.
 
 `Digest` is ours (medius's readers ignore unknown keys): the digest the tags pointed to when push
 wrote them. verify pulls and boots exactly that digest, and promote copies exactly the digest
@@ -15,8 +18,11 @@ reading side, with one-line errors naming the file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +33,8 @@ STAGES = ("push", "verify", "promote")
 
 
 class ResultsError(Exception):
-    """The results file is missing or malformed; the message is one line naming it."""
+    """The results file is missing, malformed or cannot be written; the message is one line
+    naming it."""
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,39 @@ def read_results(path: Path) -> dict[str, Result]:
 
 
 def write_results(path: Path, results: Mapping[str, Result]) -> None:
-    data = json.dumps({k: r.as_json() for k, r in results.items()}, indent=2) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Replace `path` with `results`, atomically and durably; `ResultsError` when it cannot."""
+    data = (json.dumps({k: r.as_json() for k, r in results.items()}, indent=2) + "\n").encode()
+    directory = path.parent
+    where = f"results file {path}"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise ResultsError(f"{where}: cannot write: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise ResultsError(f"{where}: cannot write: {e.strerror or e}") from None
+        raise
+    _fsync_dir(directory, where)
+
+
+def _fsync_dir(directory: Path, where: str) -> None:
+    """Make the rename durable; a file system that cannot sync a directory is let be."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise ResultsError(f"{where}: cannot sync its directory: {e.strerror or e}") from None
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise ResultsError(f"{where}: cannot sync its directory: {e.strerror or e}") from None
+    finally:
+        os.close(fd)

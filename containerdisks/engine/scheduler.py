@@ -14,7 +14,8 @@ Shape (kopf's reactor, with anyio's memory object stream as the queue):
   tick loop. A pass whose discovery or
   feeding is still running when the next is due is not doubled. An entry already queued or
   running is not queued twice; an entry waiting out a backoff is skipped. The pass completes when
-  its own entries are synced: then the results file is rewritten (not in a dry run).
+  its own entries are synced: then the results file is rewritten (not in a dry run); when that
+  fails, `results_error` says why (one line) and `images push` exits 1.
 - Readiness: the daemon is ready once the first pass completed, or earlier, once at least one
   of its items is discovered and every entry discovered so far is synced: an item still
   discovering (a slow mirror, bounded by `discovery_timeout`) does not hold readiness back.
@@ -50,7 +51,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from containerdisks.catalog import Entry, one_line
 from containerdisks.engine.core import Outcome
 from containerdisks.engine.plan import EntryPlan
-from containerdisks.engine.results import write_results
+from containerdisks.engine.results import ResultsError, write_results
 from containerdisks.metrics import Metrics
 from containerdisks.settings import ConfigError
 from containerdisks.status import ArchState, Status
@@ -149,6 +150,7 @@ class Scheduler:
         self.workers = workers
         self.dry_run = dry_run
         self.results_path = results_path
+        self.results_error = ""  # why the last pass could not write the results file
         self.monotonic = monotonic
         self.wall = wall
         self.rand = rand
@@ -311,8 +313,11 @@ class Scheduler:
             results = {o.key: r for o in outcomes if (r := o.result) is not None}
             try:
                 write_results(self.results_path, results)
-            except OSError as e:
+            except ResultsError as e:
+                self.results_error = str(e)
                 log.error("results_not_written", path=str(self.results_path), error=str(e))
+            else:
+                self.results_error = ""
         self.status.pass_finished(
             run.started_wall, len(outcomes), len(failed), first=run.number == 1
         )

@@ -6,7 +6,8 @@ DESIGN.md "How one sync flows", steps 3 and 4:
   A disk whose header `diskcheck` refuses (a qcow2 naming a backing or data file, ...) fails the
   arch before any of its bytes are spooled or sent; that is not retried. With a known size and no
   decompression nothing touches the disk; otherwise the (decompressed) image is spooled to the
-  work dir, verified, then streamed; the spool file is always removed. The layer upload is
+  work dir, verified, then streamed from the same descriptor (a new file, `O_EXCL|O_NOFOLLOW`,
+  0600; never reopened by name); the spool file is always removed. The layer upload is
   committed only after the upstream checksum matched; on a mismatch it is cancelled, so nothing
   is published.
 - Sizes are bounded before bytes flow: the download by `max_image_bytes` and the size the
@@ -66,6 +67,7 @@ from containerdisks.pipeline.stages import (
     tar_disk,
 )
 from containerdisks.upstream import HttpUpstream
+from containerdisks.workdir import WorkDirError, own_work_dir
 
 __all__ = ["PublishError", "Publisher"]
 
@@ -229,7 +231,7 @@ class Publisher:
             if dl.size is not None and dl.size > limit[0]:
                 raise PublishError(f"{artifact.url}: Content-Length {dl.size} {_over(limit)}")
             raw = hashed(_limited(dl.chunks, "download", limit, artifact), upstream_digest)
-            spool: Path | None = None
+            spool: _Spool | None = None
             try:
                 if artifact.compression is None and dl.size is not None:
                     size, body = dl.size, self._inspected(raw, artifact)
@@ -242,11 +244,10 @@ class Publisher:
                             (self.max_image_bytes, "max_image_bytes"),
                             artifact,
                         )
-                    spool, size = await self._spool(
-                        entry, artifact, self._inspected(source, artifact)
-                    )
+                    spool = await self._spool(entry, artifact, self._inspected(source, artifact))
+                    size = spool.size
                     _verify(artifact, upstream_digest)  # before a single byte is uploaded
-                    body = _read_file(spool)
+                    body = _read_file(spool)  # through the descriptor that wrote the bytes
                 # The upload hashes what it sends (the layer digest); without compression
                 # that is the tar itself, so the diff_id needs no hash of its own.
                 tar = tar_disk(size, body)
@@ -262,8 +263,7 @@ class Publisher:
                 diff_id = diff.digest if diff is not None else layer_digest
             finally:
                 if spool is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        spool.unlink()
+                    spool.remove()
         log.info(
             "layer_pushed",
             entry=entry.key,
@@ -287,26 +287,59 @@ class Publisher:
             return artifact.size, "the size the upstream metadata declares"
         return self.max_image_bytes, "max_image_bytes"
 
-    async def _spool(self, entry: Entry, artifact: Artifact, source: Chunks) -> tuple[Path, int]:
-        """Write `source` to a file in the work dir (bounded); the caller removes it."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        path = self.work_dir / f"{entry.name}-{artifact.arch}-{uuid.uuid4().hex}.spool"
-        size = 0
+    async def _spool(self, entry: Entry, artifact: Artifact, source: Chunks) -> _Spool:
+        """Write `source` to a new file in the work dir (bounded); the caller removes it.
+
+        The file is created `O_EXCL|O_NOFOLLOW`, mode 0600, so nothing planted at its name is
+        written through, and it is read back through the same descriptor: a file swapped in
+        under its name after the checksum matched is never what gets uploaded.
+        """
         try:
-            with path.open("wb") as f:
-                async for chunk in source:
-                    size += len(chunk)
-                    if size > self.max_spool_bytes:
-                        raise PublishError(
-                            f"{artifact.url}: image larger than max_spool_bytes "
-                            f"({self.max_spool_bytes})"
-                        )
-                    await asyncio.to_thread(f.write, chunk)
+            own_work_dir(self.work_dir)
+        except WorkDirError as e:
+            raise PublishError(str(e)) from None
+        path = self.work_dir / f"{entry.name}-{artifact.arch}-{uuid.uuid4().hex}.spool"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as e:
+            raise PublishError(f"spool file {path}: {e.strerror or e}") from None
+        spool = _Spool(path, fd)
+        try:
+            async for chunk in source:
+                if spool.size + len(chunk) > self.max_spool_bytes:
+                    raise PublishError(
+                        f"{artifact.url}: image larger than max_spool_bytes "
+                        f"({self.max_spool_bytes})"
+                    )
+                await asyncio.to_thread(_write_all, fd, chunk)
+                spool.size += len(chunk)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            spool.remove()
             raise
-        return path, size
+        return spool
+
+
+@dataclass
+class _Spool:
+    """A spool file: its name (for cleanup only) and the descriptor its bytes are read through."""
+
+    path: Path
+    fd: int
+    size: int = 0
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _write_all(fd: int, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _over(limit: tuple[int, str]) -> str:
@@ -335,16 +368,16 @@ async def _named_errors(source: Chunks, url: str) -> AsyncIterator[bytes]:
         raise PublishError(f"{url}: cannot decompress: {e}") from None
 
 
-async def _read_file(path: Path) -> AsyncIterator[bytes]:
-    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
-    try:
-        while True:
-            chunk = await asyncio.to_thread(os.read, fd, BLOCK)
-            if not chunk:
-                return
-            yield chunk
-    finally:
-        os.close(fd)
+async def _read_file(spool: _Spool) -> AsyncIterator[bytes]:
+    """The spool's bytes, by `pread` on its own descriptor (never reopened by name); the spool
+    keeps the descriptor and closes it."""
+    offset = 0
+    while offset < spool.size:
+        chunk = await asyncio.to_thread(os.pread, spool.fd, min(BLOCK, spool.size - offset), offset)
+        if not chunk:
+            return
+        offset += len(chunk)
+        yield chunk
 
 
 def _verify(artifact: Artifact, digest: Digest) -> None:

@@ -4,8 +4,21 @@ Decision: the data is an async iterator of bytes whose digest and size nobody kn
 (the layer is compressed while it is sent), so the session hashes what it sends on the way and
 refuses to commit under any digest but the one it computed; hashing of big chunks runs in a
 worker thread (hashlib releases the GIL) and overlaps with sending them. A streamed body cannot
-be sent twice, so nothing here retries it. Leaving the session without a commit cancels the
-upload with ``DELETE <location>``, whose failure is ignored (a registry purges stale uploads).
+be sent twice, so nothing here retries it.
+
+Leaving the session without a commit cancels the upload with ``DELETE`` on its *latest*
+``Location``: its upload state names the bytes the registry holds, and distribution refuses a
+``DELETE`` carrying an older state ("upload resumed at wrong offset") and keeps the partial
+upload until its purge, days later. So a PATCH is never simply cut off when it can be ended:
+- a source that fails, or a cancellation (a signal), ends a chunked-encoding body at once
+  (the pending read of the source is interrupted), the registry answers the PATCH with the
+  new ``Location``, and that is deleted; a fixed-size chunk PATCH is let finish first;
+- waiting for that answer (``SETTLE_TIMEOUT``) and the ``DELETE`` (``CANCEL_TIMEOUT``) are
+  bounded, run to their end even when the task is cancelled again meanwhile, and never raise
+  over the error that ended the upload (a failed ``DELETE`` is logged; a registry purges
+  stale uploads in the end).
+A body sent with ``Content-Length`` (``write(size=)``) cannot be ended early: when its source
+fails, the connection is dropped and the ``DELETE`` may come too late for the registry.
 
 How the bytes go (distribution-spec §"Pushing blobs", registry-protocol.md §4):
 
@@ -23,12 +36,13 @@ How the bytes go (distribution-spec §"Pushing blobs", registry-protocol.md §4)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Final, Protocol, Self
+from typing import Any, Final, Protocol, Self, TypeVar
 
 import yarl
 
@@ -59,6 +73,8 @@ OCTET_STREAM: Final = "application/octet-stream"
 THREAD_HASH_MIN: Final = 256 * 1024
 #: How long a cancel (``DELETE``) may take before it is given up.
 CANCEL_TIMEOUT: Final = 10.0
+#: How long a PATCH cut short (by a cancellation) may take to answer with its ``Location``.
+SETTLE_TIMEOUT: Final = 4.0
 _MIB: Final = 1024 * 1024
 
 #: Registries known to refuse one streamed PATCH, and the chunk size they take.
@@ -170,6 +186,8 @@ class BlobUpload:
         self._source_error: BaseException | None = None
         self._writing = False
         self._state = "new"
+        self._stopping = False  # end the streamed body now (the upload is being given up)
+        self._pulling: asyncio.Task[Any] | None = None  # the task awaiting the source's next chunk
 
     def __repr__(self) -> str:
         return f"<BlobUpload {self._subject} {self._state} sent={self.sent}>"
@@ -237,17 +255,45 @@ class BlobUpload:
         return self._location
 
     async def cancel(self) -> None:
-        """Give the upload up: ``DELETE`` it, ignoring any failure. Safe to call twice."""
+        """Give the upload up: ``DELETE`` its latest location, ignoring any failure (bounded,
+        and carried to its end when the task is cancelled meanwhile). Safe to call twice."""
         if self._state != "open" or self._location is None:
             self._state = "cancelled" if self._state != "committed" else self._state
             return
         self._state = "cancelled"
+        await _to_the_end(self._delete(self._location))
+
+    async def _delete(self, location: yarl.URL) -> None:
         try:
             async with asyncio.timeout(CANCEL_TIMEOUT):
-                response = await self._send("DELETE", self._location)
+                response = await self._send("DELETE", location)
+        except Exception as exc:  # never raised over the error that ended the upload
+            logger.warning("%s: cancelling the upload failed: %s", self._subject, exc)
+            return
+        if response.status in {200, 202, 204}:
             logger.debug("%s: upload cancelled (HTTP %d)", self._subject, response.status)
-        except (OCIError, TimeoutError) as exc:
-            logger.debug("%s: cancelling the upload failed: %s", self._subject, exc)
+        else:
+            logger.warning(
+                "%s: cancelling the upload failed: HTTP %d", self._subject, response.status
+            )
+
+    async def _settle(self, request: asyncio.Future[Response]) -> None:
+        """A PATCH whose caller was cancelled: end its body, and take the ``Location`` it
+        answers with, so that :meth:`cancel` deletes what the registry really holds."""
+        self._stopping = True
+        pulling = self._pulling
+        if pulling is not None and pulling is not asyncio.current_task():
+            pulling.cancel()  # a source that is waiting for bytes: the body ends now
+        try:
+            async with asyncio.timeout(SETTLE_TIMEOUT):
+                response = await asyncio.shield(request)
+        except (Exception, asyncio.CancelledError) as exc:
+            request.cancel()
+            logger.debug("%s: the cut-short PATCH did not answer: %r", self._subject, exc)
+            return
+        if response.status == 202 and response.header("Location"):
+            with contextlib.suppress(ProtocolError):
+                self._location = next_location(response, self._subject)
 
     # -- the bytes --------------------------------------------------------------------------
 
@@ -262,8 +308,22 @@ class BlobUpload:
         """
         start = self._read
         pending: asyncio.Future[None] | None = None
+        source = aiter(chunks)
         try:
-            async for chunk in chunks:
+            while not self._stopping:
+                self._pulling = asyncio.current_task()
+                try:
+                    chunk = await anext(source)
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    if not self._stopping:
+                        raise
+                    # _settle interrupted the wait for the source: end the body here
+                    self._uncancel()
+                    return
+                finally:
+                    self._pulling = None
                 if not chunk:
                     continue
                 if pending is not None:
@@ -280,6 +340,8 @@ class BlobUpload:
                     self._hash.update(chunk)
                 self._read += len(chunk)
                 yield chunk
+            if self._stopping:
+                return  # given up: the body ends short, the upload is deleted
             if pending is not None:
                 await pending
                 pending = None
@@ -295,6 +357,12 @@ class BlobUpload:
         finally:
             if pending is not None:
                 pending.cancel()
+
+    @staticmethod
+    def _uncancel() -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
 
     async def write(
         self, chunks: AsyncIterable[bytes], *, size: int | None = None, digest: str | None = None
@@ -337,8 +405,15 @@ class BlobUpload:
             headers.append(("Content-Length", str(size)))
         self._source_error = None
         body = self._hashed(chunks, size, end_on_error=size is None)
+        request = asyncio.ensure_future(self._send("PATCH", location, headers=headers, stream=body))
         try:
-            response = await self._send("PATCH", location, headers=headers, stream=body)
+            response = await asyncio.shield(request)
+        except asyncio.CancelledError:
+            if size is None:  # a chunked body can end here; one of a fixed length cannot
+                await self._settle(request)
+            else:
+                request.cancel()
+            raise
         except OCIError:
             if self._source_error is not None:
                 raise self._source_error from None
@@ -373,12 +448,19 @@ class BlobUpload:
     async def _patch_chunk(self, piece: bytes) -> None:
         assert self._location is not None
         first, last = self._acked, self._acked + len(piece) - 1
-        response = await self._send(
-            "PATCH",
-            self._location,
-            headers=[("Content-Type", OCTET_STREAM), ("Content-Range", f"{first}-{last}")],
-            body=piece,
+        request = asyncio.ensure_future(
+            self._send(
+                "PATCH",
+                self._location,
+                headers=[("Content-Type", OCTET_STREAM), ("Content-Range", f"{first}-{last}")],
+                body=piece,
+            )
         )
+        try:
+            response = await asyncio.shield(request)
+        except asyncio.CancelledError:
+            await self._settle(request)  # the piece is in memory: let it finish
+            raise
         if response.status != 202:
             raise self._error(response)
         self._location = next_location(response, self._subject)
@@ -436,3 +518,18 @@ class BlobUpload:
             body=response.body,
             retry_after=response.header("Retry-After"),
         )
+
+
+T = TypeVar("T")
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Await `work` in its own task; a cancellation meanwhile waits for it, then propagates
+    (`work` is bounded in time by its own timeout)."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await task
+        raise

@@ -10,7 +10,8 @@ One job: wiring. Selection is `target.select_targets`, the flow `flow.verify_all
 - Locally the image is pulled by the digest push recorded; a results file without one (medius's) has
   `Tags[0]` resolved once, and the digest found is recorded for promote.
 - Entries the flow did not verify (skipped, other stages, other arches) keep their record as it
-  was; the file is rewritten atomically, only when not a dry run.
+  was; the file is rewritten atomically, only when not a dry run (exit 1 when it cannot be).
+- `--local` (not a dry run) checks the work dir first: ours alone, or exit 2 (workdir.py).
 - Exit 1 when an entry failed, 0 with `--no-fail`; a skip is not a failure, and not a pass.
 """
 
@@ -34,6 +35,7 @@ from containerdisks.verify.flow import Verdict, render, verify_all
 from containerdisks.verify.local import LocalBooter, remove_stale_work
 from containerdisks.verify.ssh import SshCheck
 from containerdisks.verify.target import Skipped, Target, select_targets
+from containerdisks.workdir import own_work_dir
 
 __all__ = ["images_verify"]
 
@@ -67,6 +69,8 @@ async def images_verify(
         raise ConfigError(
             "images verify: --registry is required (the registry as the cluster sees it)"
         )
+    if settings.verify_local and not settings.dry_run:
+        own_work_dir(settings.work_dir)  # boots pull and run disks there
     try:
         results = read_results(settings.results_file)
     except ResultsError as e:
@@ -87,7 +91,11 @@ async def images_verify(
         for v in verdicts:
             if v.result is not None:
                 updated[v.key] = v.result
-        write_results(Path(settings.results_file), updated)
+        try:
+            write_results(Path(settings.results_file), updated)
+        except ResultsError as e:
+            log.error("results_not_written", error=str(e))
+            return 1
     failed = [v for v in verdicts if v.status == "failed"]
     if failed and not settings.no_fail:
         return 1

@@ -3,8 +3,8 @@
 `kubectl --dry-run=client` needs a cluster, so the manifests are parsed with PyYAML and checked
 against what the code defines: the probe paths are routes of the server, the port is the one
 `listen` binds, every `CONTAINERDISKS_*` variable is a setting whose value validates, the work
-dir is the writable emptyDir (larger than the spool limit), the credentials are a mounted
-`kubernetes.io/dockerconfigjson` Secret where `REGISTRY_AUTH_FILE` points, the config is a
+dir is a directory in the writable emptyDir (larger than the spool limit), the credentials are a
+mounted `kubernetes.io/dockerconfigjson` Secret where `REGISTRY_AUTH_FILE` points, the config is a
 ConfigMap where `CONTAINERDISKS_CONFIG` points and it loads, and the pod runs as the image's
 non-root user with a read-only root filesystem. The Containerfile is read for the same facts;
 that it builds and runs is shown by CI's container stage (.ci/container).
@@ -139,11 +139,13 @@ def test_mounts_work_dir_config_and_credentials(
 ) -> None:
     env = env_of(container)
     mounts = mounts_of(pod, container)
-    # The work dir is a size-limited emptyDir, big enough for the largest spool; temp files too.
-    kind, source = mounts[env["CONTAINERDISKS_WORK_DIR"]]
+    # The work dir is a directory of its own (made 0700: the emptyDir itself is root's and 0777)
+    # in a size-limited emptyDir, big enough for the largest spool; temp files go there too.
+    work = Path(env["CONTAINERDISKS_WORK_DIR"])
+    kind, source = mounts[str(work.parent)]
     assert "emptyDir" == kind
     assert int(env["CONTAINERDISKS_MAX_SPOOL_BYTES"]) < quantity(source["sizeLimit"])
-    assert env["TMPDIR"] == env["CONTAINERDISKS_WORK_DIR"]
+    assert env["TMPDIR"] == str(work.parent)
     # Credentials: the dockerconfigjson Secret, mounted where REGISTRY_AUTH_FILE points.
     auth = Path(env["REGISTRY_AUTH_FILE"])
     kind, source = mounts[str(auth.parent)]
@@ -198,6 +200,8 @@ def test_the_containerfile_matches(pod: dict[str, Any], container: dict[str, Any
     assert json.loads(entrypoint.removeprefix("ENTRYPOINT "))[-1] == "serve"
     assert "EXPOSE 8080" in instructions
     work = env_of(container)["CONTAINERDISKS_WORK_DIR"]
-    assert f"WORKDIR {work}" in instructions
     assert f"CONTAINERDISKS_WORK_DIR={work}" in text
-    assert f"HOME={work}" in text
+    writable = Path(work).parent  # the emptyDir's mount point; made the user's in the image
+    assert f"WORKDIR {writable}" in instructions
+    assert f"HOME={writable}" in text
+    assert f"chown 65532:65532 {writable}" in text

@@ -123,7 +123,9 @@ def test_publish_fedora_into_oci_layouts(tmp_path: Path, fedora: Any) -> None:
     assert results["fedora:40"]["Tags"][0].startswith("fedora:40-")
     assert ["fedora:41-beta"] == results["fedora:41-beta"]["Tags"][1:]
     assert 0o600 == (tmp_path / "results.json").stat().st_mode & 0o777
-    assert not (tmp_path / "work").exists()  # known size, no decompression: nothing spooled
+    # known size, no decompression: nothing spooled (the work dir is made, private, at start)
+    assert [] == list((tmp_path / "work").iterdir())
+    assert 0o700 == (tmp_path / "work").stat().st_mode & 0o777
 
     # Second run: nothing downloaded, nothing written, the layout unchanged.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
