@@ -3,7 +3,9 @@
 `{"name:version": {"Tags": [...], "Stage": "push", "Digest": "sha256:...", "Err": "..."}}` with
 `Tags`, `Digest` and `Err` left out when empty, no key at all for an entry that was up to date,
 2-space indent, mode 0600 (medius's `json.MarshalIndent` and `os.WriteFile(..., 0600)`). Written
-atomically (temporary file + rename) so a reader never sees half a file.
+atomically (temporary file + rename) so a reader never sees half a file. Every string written
+passes through `containerdisks.oci.redact.redact_data`: an `Err` that quotes a registry's error
+body never carries a secret we hold.
 
 `Digest` is ours (medius's readers ignore unknown keys): the digest the tags pointed to when push
 wrote them. verify pulls and boots exactly that digest, and promote copies exactly the digest
@@ -20,6 +22,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from containerdisks.oci.redact import redact, redact_data
 
 __all__ = ["Result", "ResultsError", "read_results", "write_results"]
 
@@ -90,7 +94,8 @@ def read_results(path: Path) -> dict[str, Result]:
 
 
 def write_results(path: Path, results: Mapping[str, Result]) -> None:
-    data = json.dumps({k: r.as_json() for k, r in results.items()}, indent=2) + "\n"
+    doc = redact_data({k: r.as_json() for k, r in results.items()})
+    data = redact(json.dumps(doc, indent=2)) + "\n"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

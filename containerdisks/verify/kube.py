@@ -33,11 +33,15 @@ Decisions (`verify-kubevirt.md`):
   the verifier's reason, a config error (exit 2) before anything is created, since giving
   `--target-architecture` would not help; with it, each create fails so, and no lookup follows
   (no connection was made, so no request was sent).
+- The cluster credentials the config holds (a bearer token, a Basic password) are registered
+  with `containerdisks.oci.redact` once loaded, and a token refreshed for the port-forward when
+  it is seen: an API server that echoes one in an error body shows it masked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -56,6 +60,7 @@ from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from containerdisks.oci import redact
 from containerdisks.verify.finish import to_the_end
 from containerdisks.verify.ssh import CheckFailedError
 from containerdisks.verify.target import Target
@@ -142,7 +147,24 @@ async def load_config(kubeconfig: str) -> kclient.Configuration:
     except (ConfigException, FileNotFoundError, OSError, ValueError) as e:
         where = kubeconfig or "default kubeconfig or in-cluster config"
         raise KubeError(f"kubernetes config ({where}): {e}") from None
+    for value in cfg.api_key.values():
+        _register_authorization(value)
+    redact.register(cfg.password)
     return cfg
+
+
+def _register_authorization(value: object) -> None:
+    """Register the credential of an `Authorization` value (`Bearer <token>`, `Basic <b64>`)."""
+    if not isinstance(value, str):
+        return
+    scheme, _, credential = value.strip().partition(" ")
+    credential = credential.strip() or scheme
+    redact.register(credential)
+    if scheme.lower() == "basic":
+        with contextlib.suppress(ValueError):
+            user_password = base64.b64decode(credential, validate=True).decode()
+            redact.register(user_password)
+            redact.register(user_password.partition(":")[2])
 
 
 async def node_architecture(api: kclient.ApiClient) -> str:
@@ -423,6 +445,7 @@ class KubeBooter:
         headers = {}
         auth = (await self.cfg.auth_settings()).get("BearerToken")
         if auth and auth.get("value"):
+            _register_authorization(auth["value"])  # refreshed, maybe
             headers[auth["key"]] = auth["value"]
         session: aiohttp.ClientSession = self.api.rest_client.pool_manager
         return await session.ws_connect(
