@@ -180,7 +180,7 @@ def _reason(text: str) -> str:
 
 
 def _one_line(text: str, limit: int = 200) -> str:
-    line = " ".join(text.split())
+    line = " ".join(redact(text).split())  # masked before it is cut: no half token is left
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

@@ -94,8 +94,11 @@ _MAX_MESSAGE = 300
 
 
 def one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
-    """Collapse whitespace (bare ``\\n`` from HAProxy pages included) and cut to ``limit``."""
-    flat = " ".join(text.split())
+    """Collapse whitespace (bare ``\\n`` from HAProxy pages included) and cut to ``limit``.
+
+    Secrets are masked first: a cut or a collapsed space must not leave part of one unmasked.
+    """
+    flat = " ".join(redact(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -327,7 +330,8 @@ def error_from_response(
         code, message = parsed
     else:
         code = ""
-        message = _PRINTABLE.sub(" ", body[:1024].decode("utf-8", "replace"))
+        # masked before it is cut or its non-ASCII letters blanked: no half secret is left
+        message = _PRINTABLE.sub(" ", redact(body.decode("utf-8", "replace"))[:1024])
     message = one_line(message)
     cls = _CLASS_BY_CODE.get(code)
     if cls is None:

@@ -125,6 +125,7 @@ def _api_error(what: str, e: ApiException) -> KubeError:
         message = body.get("message", "") if isinstance(body, dict) else ""
     except (ValueError, TypeError):
         message = (e.body or "").strip() if isinstance(e.body, str) else ""
+    message = redact.redact(message) if isinstance(message, str) else ""
     head = f"{what}: HTTP {e.status} {e.reason or ''}".rstrip()
     return KubeError(" ".join(f"{head}: {message}".split()) if message else head)  # one line
 
@@ -428,7 +429,7 @@ class KubeBooter:
             except ApiException as e:
                 if e.status in (401, 403):
                     raise _api_error(f"guestosinfo of {name}", e) from None
-                last = f"HTTP {e.status}: {str(e.body or '').strip()[:300]}"
+                last = f"HTTP {e.status}: {redact.redact(str(e.body or '')).strip()[:300]}"
             except (aiohttp.ClientError, TimeoutError) as e:
                 last = f"{type(e).__name__}: {e}"
             else:

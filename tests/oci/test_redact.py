@@ -112,3 +112,22 @@ def test_a_registry_that_echoes_a_secret_in_its_error_body() -> None:
         assert PASSWORD not in error.message
         assert b64("alice:" + PASSWORD) not in str(error)
         assert MASK in error.message
+
+
+@pytest.mark.parametrize("json_body", [True, False], ids=["OCI error body", "plain text body"])
+def test_a_secret_across_the_cut_of_a_long_message_leaves_no_part(json_body: bool) -> None:
+    secret = "0123456789-secret-" * 4  # 72 characters
+    register(secret)
+    for filler in (270, 290, 1000):
+        text = "x" * filler + secret + " and  more"
+        body = json.dumps({"errors": [{"code": "DENIED", "message": text}]}) if json_body else text
+        error = error_from_response("reg/repo", status=403, body=body.encode())
+        assert secret[:8] not in str(error), filler
+
+
+def test_a_secret_with_a_run_of_spaces_is_masked_before_spaces_collapse() -> None:
+    secret = "two  spaces\there"
+    register(secret)
+    error = error_from_response("reg/repo", status=500, body=f"echo: {secret}".encode())
+    assert "spaces" not in str(error)
+    assert MASK in str(error)
