@@ -20,9 +20,10 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO, cast
 
 from containerdisks import __version__, log
+from containerdisks.oci.redact import redact
 from containerdisks.settings import ConfigError, Settings, load_config_file, load_settings
 from containerdisks.upstream import parse_mirror
 
@@ -396,6 +397,19 @@ def _run(command: Command, settings: Settings, config: dict[str, Any], config_na
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; whatever it prints on stdout or stderr has its secrets masked."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout = cast(TextIO, log.RedactingStream(out))
+    sys.stderr = cast(TextIO, log.RedactingStream(err))
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         handler, flags, mirrors, config_path = parse(argv)
@@ -409,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.configure(settings.log_level, settings.log_format)
         return _run(_handler(handler), settings, config, config_name)
     except (UsageError, ConfigError) as e:
-        print(f"containerdisks: {e}", file=sys.stderr)  # noqa: T201 - the one-line error
+        message = redact(f"containerdisks: {e}")
+        print(message, file=sys.stderr)  # noqa: T201 - the one-line error
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_SIGINT

@@ -6,6 +6,11 @@ the command-line entry point; library modules only call `structlog.get_logger()`
 Decisions:
 - The level filter is a processor, placed after the *observers* (the daemon counts retries from
   the engine's events), so observers see every event whatever the level.
+- No secret reaches the output: every string of an event is passed through
+  `containerdisks.oci.redact.redact` before rendering (so a secret with a quote or a backslash
+  is masked before JSON escapes it), and the rendered line once more (for what the renderer
+  took from a `repr`). The command line also wraps stdout and stderr in `RedactingStream`, for
+  what is printed rather than logged (tables, tracebacks, the standard library's log records).
 - On a terminal with the console format, a `ProgressConsole` owns stderr: log lines are written
   above a block of progress bars (downloads and pushes in flight), which is cleared and drawn
   again around each line, so bars never tear log lines. Off a terminal there are no bars: JSON
@@ -17,13 +22,22 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any, Literal, TextIO
 
 import structlog
 from structlog.typing import Processor
 
-__all__ = ["ProgressConsole", "add_observer", "configure", "console", "format_bar"]
+from containerdisks.oci.redact import redact, redact_data
+
+__all__ = [
+    "ProgressConsole",
+    "RedactingStream",
+    "add_observer",
+    "configure",
+    "console",
+    "format_bar",
+]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -124,6 +138,39 @@ def _level_filter(min_level: int) -> Processor:
     return drop_below
 
 
+def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        event[key] = redact_data(value)
+    return event
+
+
+def _redacting(renderer: Processor) -> Processor:
+    def render(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        line = renderer(logger, method, event)
+        return redact(line) if isinstance(line, str) else line
+
+    return render
+
+
+class RedactingStream:
+    """A text stream that masks every registered secret in what is written to it; anything
+    else (`isatty`, `fileno`, `flush`, `encoding`, ...) is the wrapped stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.wrapped = stream
+
+    def write(self, text: str) -> int:
+        self.wrapped.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
 def _observe(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for observer in _state["observers"]:
         event = observer(_, method, event)
@@ -158,7 +205,8 @@ def configure(
             _level_filter(_LEVELS[level]),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            renderer,
+            _redact_event,
+            _redacting(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=logger_factory,

@@ -14,6 +14,8 @@ Decisions:
   `upstream_retry`, `download_retry`), through a structlog processor that runs before the level
   filter, so they are counted whatever the log level.
 - The same meter lists the transfers in flight, which the console uses for progress bars.
+- The rendered text passes through `containerdisks.oci.redact.redact`: no label value shows a
+  secret we hold.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from containerdisks import __version__
+from containerdisks.oci.redact import redact
 
 __all__ = ["CONTENT_TYPE", "RESULTS", "HttpMeter", "Metrics", "Transfer"]
 
@@ -301,7 +304,9 @@ class Metrics:
         self.last_pass.set(when)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition text; a registered secret in a label value is masked (labels hold
+        hosts and entry names, never a credential; this is the boundary that makes sure)."""
+        return redact(generate_latest(self.registry).decode("utf-8")).encode("utf-8")
 
     # -- retries, from the engine's log events ---------------------------------------------------
 

@@ -12,7 +12,9 @@ Decisions:
   shutting down.
 - Only GET (and HEAD) routes exist; anything else is 405 from aiohttp. `/status` shows entries,
   checksums, digests and errors, never a setting: no credential, token or mirror URL can leak.
-  Errors shown are the engine's one-line messages, which are built to be secret-free.
+  Errors shown are the engine's one-line messages, which are built to be secret-free, and every
+  string of every answer passes through `containerdisks.oci.redact.redact_data` besides (a
+  registry may echo a secret into an error body).
 - The port faces a network, so what a client can hold is bounded. aiohttp bounds header sizes
   but neither the number of connections nor (before 3.14) the time a connection may take to
   send its first request, so a thin protocol wrapper (`_Guarded`) stands between asyncio's
@@ -41,6 +43,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from containerdisks.metrics import CONTENT_TYPE, Metrics
+from containerdisks.oci.redact import redact, redact_data
 from containerdisks.status import Status
 
 __all__ = ["make_app", "serving"]
@@ -60,7 +63,7 @@ _METRICS = web.AppKey("metrics", Metrics)
 def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(
         status=status,
-        text=json.dumps(data, indent=2, sort_keys=False) + "\n",
+        text=redact(json.dumps(redact_data(data), indent=2, sort_keys=False)) + "\n",
         content_type="application/json",
         headers={"Cache-Control": "no-store"},
     )

@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     )
     insecure_skip_tls: bool = Field(
         False,
-        description="Skip TLS certificate verification for registries and allow the plain-HTTP "
-        "fallback for any host.",
+        description="Skip TLS certificate verification for registries, allow the plain-HTTP "
+        "fallback for any host, and allow a plain-HTTP token service for an HTTPS registry.",
     )
     ca_file: Path | None = Field(None, description="Extra CA bundle (PEM) to verify registries.")
     upstream_mirrors: dict[str, str] = Field(

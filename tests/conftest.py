@@ -7,11 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from containerdisks.oci import redact
 from tests.support.disks import fedora_tree
 from tests.support.registry import Registry, start_registry
 from tests.support.upstream_server import UpstreamServer
 
 pytest_plugins = ["pytester"]  # tests/oci/test_leak_guard.py runs a small inner session
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Secrets a test registers are masked in its own outputs only (one process runs them all)."""
+    yield
+    redact.forget_all()
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ application/json`.
 
 Decisions that shaped it:
 - Errors are one line naming the method, the API path and the status, with Quay's own words
-  (`error_message`, else `detail`, else the start of the body); they never carry the token,
-  and any echo of it in a server's answer is masked before it is shown.
+  (`error_message`, else `detail`, else the start of the body); they never carry the token:
+  the client registers it with `containerdisks.oci.redact` when it is made, and any echo of it
+  in a server's answer (raw, base64, percent-encoded) is masked before it is shown.
 - Both calls are idempotent, so connection failures, timeouts and 408/429/5xx are retried with
   the project's backoff formula (bounded attempts, `Retry-After` honoured); any other status
   fails at once (a 401 or 404 will not pass by waiting). medius had no retries and no timeouts.
@@ -29,6 +30,7 @@ import aiohttp
 import structlog
 
 from containerdisks import __version__
+from containerdisks.oci.redact import redact, register
 from containerdisks.upstream import RetryPolicy
 
 __all__ = ["QuayClient", "QuayError"]
@@ -36,7 +38,6 @@ __all__ = ["QuayClient", "QuayError"]
 log = structlog.get_logger(__name__)
 
 _TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
-_MASK = "<token>"
 
 
 class QuayError(Exception):
@@ -66,6 +67,7 @@ class QuayClient:
     ) -> None:
         if not token:
             raise ValueError("empty Quay token")
+        register(token)
         self._base = base_url.rstrip("/")
         self._token = token
         self._timeout = aiohttp.ClientTimeout(
@@ -117,7 +119,7 @@ class QuayClient:
     # -- internals ----------------------------------------------------------------------------
 
     def _mask(self, text: str) -> str:
-        return text.replace(self._token, _MASK)
+        return redact(text)
 
     async def _call(self, method: str, path: str, body: dict[str, Any]) -> None:
         failures = 0
@@ -178,7 +180,7 @@ def _reason(text: str) -> str:
 
 
 def _one_line(text: str, limit: int = 200) -> str:
-    line = " ".join(text.split())
+    line = " ".join(redact(text).split())  # masked before it is cut: no half token is left
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

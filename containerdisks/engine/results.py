@@ -7,6 +7,8 @@ atomically so a reader never sees half a file: into a `mkstemp` file beside it (
 opened `O_EXCL|O_NOFOLLOW`, so no planted file or link is written through), fsynced, renamed over
 the old one, and the directory fsynced. A file that cannot be written is a `ResultsError` naming
 it, and the temporary file is removed.
+Every string written passes through `containerdisks.oci.redact.redact_data`: an `Err` that
+quotes a registry's error body never carries a secret we hold.
 
 `Digest` is ours (medius's readers ignore unknown keys): the digest the tags pointed to when push
 wrote them. verify pulls and boots exactly that digest, and promote copies exactly the digest
@@ -26,6 +28,8 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from containerdisks.oci.redact import redact, redact_data
 
 __all__ = ["Result", "ResultsError", "read_results", "write_results"]
 
@@ -102,7 +106,8 @@ def read_results(path: Path) -> dict[str, Result]:
 
 def write_results(path: Path, results: Mapping[str, Result]) -> None:
     """Replace `path` with `results`, atomically and durably; `ResultsError` when it cannot."""
-    data = (json.dumps({k: r.as_json() for k, r in results.items()}, indent=2) + "\n").encode()
+    doc = redact_data({k: r.as_json() for k, r in results.items()})
+    data = (redact(json.dumps(doc, indent=2)) + "\n").encode()
     directory = path.parent
     where = f"results file {path}"
     try:

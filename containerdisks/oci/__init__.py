@@ -11,6 +11,7 @@ Modules, one job each:
 - :mod:`.digest`     ``algorithm:hex`` digests: parse, compute, verify
 - :mod:`.media`      media types, descriptors, platforms, manifests as exact bytes
 - :mod:`.errors`     the exception tree (drawn in its docstring)
+- :mod:`.redact`     the secrets the process holds, masked in any text it emits
 - :mod:`.messages`   immutable request/response values
 - :mod:`.auth`       the sans-I/O authentication flow (Basic, Bearer tokens, OAuth2)
 - :mod:`.credentials` credentials from auth.json / config.json files and credential helpers

@@ -26,7 +26,13 @@ What it does (distribution ``docs/spec/auth/{token,oauth,scope}.md``, RFC 6750 Â
   hides the real error). A challenge naming a new scope puts it first (some registries read only
   the first scope); the token fetched for the merged scopes covers the scopes asked for.
 
-Secrets never appear in a ``repr``, a log line or an error message.
+- A Bearer realm on plain ``http://`` for a registry that challenged over ``https://`` is
+  refused (its tokens, and our Basic credentials, would cross the network in clear text) unless
+  the authenticator is told to allow it (``insecure_skip_tls``).
+
+Secrets never appear in a ``repr``, a log line or an error message: credentials register theirs
+with :mod:`.redact` when they are made, and every token a token service hands out is registered
+before it is used.
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ from dataclasses import dataclass, field
 
 import yarl
 
+from containerdisks.oci import redact
 from containerdisks.oci.errors import ProtocolError, error_from_response, one_line
-from containerdisks.oci.messages import Purpose, Request, Response
+from containerdisks.oci.messages import Purpose, Request, Response, safe_url
 
 __all__ = [
     "DEFAULT_TOKEN_LIFETIME",
@@ -89,6 +96,12 @@ class Credentials:
     identity_token: str = ""
     registry_token: str = ""
     source: str = ""
+
+    def __post_init__(self) -> None:
+        for secret in (self.password, self.identity_token, self.registry_token):
+            redact.register(secret)
+        if self.has_basic:
+            redact.register(f"{self.username}:{self.password}")  # its base64 is the header
 
     @property
     def has_basic(self) -> bool:
@@ -390,12 +403,15 @@ class Authenticator:
         *,
         tokens: TokenCache | None = None,
         clock: Clock = time.monotonic,
+        allow_http_realm: bool = False,
     ) -> None:
         self.host = host
         self._credentials = credentials
         self._identity_token = credentials.identity_token if credentials else ""
         self._tokens = tokens if tokens is not None else TokenCache(clock)
         self._challenge: Challenge | None = None
+        self._challenged_over = ""  # the scheme of the response that carried the challenge
+        self._allow_http_realm = allow_http_realm
 
     def __repr__(self) -> str:
         scheme = self._challenge.scheme if self._challenge else "unknown"
@@ -429,6 +445,7 @@ class Authenticator:
         challenge = select_challenge(response.header_all("WWW-Authenticate"))
         if challenge is not None:
             self._challenge = challenge
+            self._challenged_over = response.url.scheme
         return challenge
 
     @property
@@ -515,6 +532,12 @@ class Authenticator:
             raise ProtocolError(
                 f"{self.host}: Bearer challenge with unusable realm {one_line(realm_text, 80)!r}"
             )
+        downgrade = realm.scheme == "http" and self._challenged_over == "https"
+        if downgrade and not self._allow_http_realm:
+            raise ProtocolError(
+                f"{self.host}: token realm {safe_url(realm)} is plain http for an https registry;"
+                " refused (--insecure-skip-tls allows it)"
+            )
         subject = f"token for {self.host} from {realm.host} ({' '.join(scopes) or 'no scope'})"
         service = challenge.params.get("service")
         if self._identity_token:
@@ -554,6 +577,8 @@ class Authenticator:
                 retry_after=response.header("Retry-After"),
             )
         value, lifetime, refresh = _parse_token_reply(response.body, subject)
+        redact.register(value, expiring=True)
+        redact.register(refresh)
         if refresh and self._identity_token:
             self._identity_token = refresh  # a rotated refresh token replaces the old one
         self._tokens.put(self.host, scopes, value, lifetime)

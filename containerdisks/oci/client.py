@@ -155,7 +155,8 @@ class RegistryClient:
     bytes (raised to the registry's ``OCI-Chunk-Min-Length``). ``credentials``: a
     :class:`Credentials` (e.g. from :func:`.credentials.find_credentials`), a ``(user,
     password)`` pair, or None for anonymous; they go to this registry's origin and its token
-    service only.
+    service only. ``insecure_skip_tls`` also lets an ``https`` registry name a token service on
+    plain ``http`` (refused otherwise).
     """
 
     def __init__(
@@ -188,7 +189,11 @@ class RegistryClient:
         self._max_manifest_size = max_manifest_size
         self._max_config_size = max_config_size
         self._auth = Authenticator(
-            self.api_host, _as_credentials(credentials), tokens=token_cache, clock=clock
+            self.api_host,
+            _as_credentials(credentials),
+            tokens=token_cache,
+            clock=clock,
+            allow_http_realm=insecure_skip_tls,
         )
         self._transport = Transport(
             ssl=make_ssl(insecure_skip_tls=insecure_skip_tls, ca_file=ca_file),

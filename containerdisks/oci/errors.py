@@ -5,7 +5,9 @@ and say why), so each kind is a class and ``temporary`` says whether trying agai
 Third-party exceptions (aiohttp, ssl, OSError) are translated into these at one boundary,
 :meth:`containerdisks.oci.transport.Transport.send`; nothing else escapes the package.
 Messages are one line, name the registry, repository and reference involved, and never carry
-secrets: no tokens, no ``Authorization`` values, no passwords, no query strings.
+secrets: no tokens, no ``Authorization`` values, no passwords, no query strings. What a registry
+writes into an error body is ours to show, so every message (and a :class:`RegistryError`'s
+``message``) is passed through :func:`.redact.redact`: a secret the server echoes is masked.
 
     OCIError
     ├── InvalidReferenceError          (also a ValueError) a registry/image string does not parse
@@ -47,6 +49,8 @@ import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+
+from containerdisks.oci.redact import redact
 
 __all__ = [
     "BlobUnknownError",
@@ -90,8 +94,11 @@ _MAX_MESSAGE = 300
 
 
 def one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
-    """Collapse whitespace (bare ``\\n`` from HAProxy pages included) and cut to ``limit``."""
-    flat = " ".join(text.split())
+    """Collapse whitespace (bare ``\\n`` from HAProxy pages included) and cut to ``limit``.
+
+    Secrets are masked first: a cut or a collapsed space must not leave part of one unmasked.
+    """
+    flat = " ".join(redact(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -100,6 +107,9 @@ class OCIError(Exception):
 
     #: Whether repeating the same operation later may succeed.
     temporary: bool = False
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class InvalidReferenceError(OCIError, ValueError):
@@ -173,7 +183,7 @@ class RegistryError(OCIError):
         self.subject = subject
         self.status = status
         self.code = code
-        self.message = message
+        self.message = message = redact(message)
         self.temporary = status in TEMPORARY_STATUSES if temporary is None else temporary
         self.retry_after = retry_after
         parts = [f"HTTP {status}"]
@@ -320,7 +330,8 @@ def error_from_response(
         code, message = parsed
     else:
         code = ""
-        message = _PRINTABLE.sub(" ", body[:1024].decode("utf-8", "replace"))
+        # masked before it is cut or its non-ASCII letters blanked: no half secret is left
+        message = _PRINTABLE.sub(" ", redact(body.decode("utf-8", "replace"))[:1024])
     message = one_line(message)
     cls = _CLASS_BY_CODE.get(code)
     if cls is None:

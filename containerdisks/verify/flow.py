@@ -19,6 +19,7 @@ from typing import Literal, Protocol, TextIO
 import structlog
 
 from containerdisks.engine.results import Result
+from containerdisks.oci.redact import redact
 from containerdisks.verify.kube import KubeError
 from containerdisks.verify.pull import PullError
 from containerdisks.verify.qemu import QemuError
@@ -80,7 +81,7 @@ def _one_line(e: Exception) -> str:
     """An unexpected error as one line: `No space left on device: '/w/disk.img'`."""
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}: '{e.filename}'" if e.filename else e.strerror
-    text = " ".join(str(e).split())
+    text = " ".join(redact(str(e)).split())  # masked before spaces are collapsed
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 

@@ -33,11 +33,15 @@ Decisions (`verify-kubevirt.md`):
   the verifier's reason, a config error (exit 2) before anything is created, since giving
   `--target-architecture` would not help; with it, each create fails so, and no lookup follows
   (no connection was made, so no request was sent).
+- The cluster credentials the config holds (a bearer token, a Basic password) are registered
+  with `containerdisks.oci.redact` once loaded, and a token refreshed for the port-forward when
+  it is seen: an API server that echoes one in an error body shows it masked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -56,6 +60,7 @@ from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from containerdisks.oci import redact
 from containerdisks.verify.finish import to_the_end
 from containerdisks.verify.ssh import CheckFailedError
 from containerdisks.verify.target import Target
@@ -120,6 +125,7 @@ def _api_error(what: str, e: ApiException) -> KubeError:
         message = body.get("message", "") if isinstance(body, dict) else ""
     except (ValueError, TypeError):
         message = (e.body or "").strip() if isinstance(e.body, str) else ""
+    message = redact.redact(message) if isinstance(message, str) else ""
     head = f"{what}: HTTP {e.status} {e.reason or ''}".rstrip()
     return KubeError(" ".join(f"{head}: {message}".split()) if message else head)  # one line
 
@@ -142,7 +148,24 @@ async def load_config(kubeconfig: str) -> kclient.Configuration:
     except (ConfigException, FileNotFoundError, OSError, ValueError) as e:
         where = kubeconfig or "default kubeconfig or in-cluster config"
         raise KubeError(f"kubernetes config ({where}): {e}") from None
+    for value in cfg.api_key.values():
+        _register_authorization(value)
+    redact.register(cfg.password)
     return cfg
+
+
+def _register_authorization(value: object) -> None:
+    """Register the credential of an `Authorization` value (`Bearer <token>`, `Basic <b64>`)."""
+    if not isinstance(value, str):
+        return
+    scheme, _, credential = value.strip().partition(" ")
+    credential = credential.strip() or scheme
+    redact.register(credential)
+    if scheme.lower() == "basic":
+        with contextlib.suppress(ValueError):
+            user_password = base64.b64decode(credential, validate=True).decode()
+            redact.register(user_password)
+            redact.register(user_password.partition(":")[2])
 
 
 async def node_architecture(api: kclient.ApiClient) -> str:
@@ -406,7 +429,7 @@ class KubeBooter:
             except ApiException as e:
                 if e.status in (401, 403):
                     raise _api_error(f"guestosinfo of {name}", e) from None
-                last = f"HTTP {e.status}: {str(e.body or '').strip()[:300]}"
+                last = f"HTTP {e.status}: {redact.redact(str(e.body or '')).strip()[:300]}"
             except (aiohttp.ClientError, TimeoutError) as e:
                 last = f"{type(e).__name__}: {e}"
             else:
@@ -423,6 +446,7 @@ class KubeBooter:
         headers = {}
         auth = (await self.cfg.auth_settings()).get("BearerToken")
         if auth and auth.get("value"):
+            _register_authorization(auth["value"])  # refreshed, maybe
             headers[auth["key"]] = auth["value"]
         session: aiohttp.ClientSession = self.api.rest_client.pool_manager
         return await session.ws_connect(

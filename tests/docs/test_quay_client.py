@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import urllib.parse
 
 import pytest
 
 from containerdisks.docs.quay import QuayClient, QuayError
+from containerdisks.oci.redact import MASK
 from tests.support.fake_quay import FakeQuay, free_port
 
 TOKEN = "s3cr3t-quay-token"
@@ -99,13 +102,23 @@ async def test_a_silent_server_times_out() -> None:
     assert 2 == len(quay.requests)
 
 
-async def test_a_token_echoed_by_the_server_is_masked() -> None:
+@pytest.mark.parametrize(
+    "echo",
+    [
+        TOKEN,
+        base64.b64encode(TOKEN.encode()).decode(),
+        urllib.parse.quote(f"Bearer {TOKEN}", safe=""),
+    ],
+    ids=["raw", "base64", "percent-encoded"],
+)
+async def test_a_token_echoed_by_the_server_is_masked(echo: str) -> None:
     async with FakeQuay(TOKEN, ["containerdisks/fedora"]) as quay, client(quay.url) as c:
-        quay.respond("PUT", REPO, 400, body={"error_message": f"bad token {TOKEN}"})
+        quay.respond("PUT", REPO, 400, body={"error_message": f"bad token {echo}"})
         with pytest.raises(QuayError) as err:
             await c.set_description("containerdisks", "fedora", "x")
+    assert echo not in str(err.value)
     assert TOKEN not in str(err.value)
-    assert "bad token <token>" in str(err.value)
+    assert f"bad token {'Bearer%20' if '%' in echo else ''}{MASK}" in str(err.value)
 
 
 async def test_a_body_that_is_not_json_is_shown_on_one_line() -> None:

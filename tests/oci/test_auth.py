@@ -23,6 +23,7 @@ from containerdisks.oci.auth import (
     select_challenge,
 )
 from containerdisks.oci.messages import Purpose, Request, Response
+from containerdisks.oci.redact import redact
 
 HOST = "registry.test"
 REALM = "https://auth.test/token"
@@ -514,3 +515,47 @@ def test_token_cache_coverage() -> None:
     assert cache.get(HOST, ["registry:catalog:*"]) == "c"
     cache.forget(HOST, "t")
     assert cache.get(HOST, [SCOPE]) is None
+
+
+def _challenge_over(scheme: str, realm: str) -> Response:
+    url = yarl.URL(f"{scheme}://{HOST}/v2/")
+    return Response(401, url, (("WWW-Authenticate", f'Bearer realm="{realm}"'),))
+
+
+def test_plain_http_realm_of_an_https_registry_is_refused() -> None:
+    auth = Authenticator(HOST, Credentials("user", SECRET))
+    auth.observe(_challenge_over("https", "http://auth.test/token?x=1"))
+    with pytest.raises(ProtocolError) as caught:
+        next(auth.flow(req(), [SCOPE]))
+    assert str(caught.value) == (
+        f"{HOST}: token realm http://auth.test/token is plain http for an https registry;"
+        " refused (--insecure-skip-tls allows it)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("registry_scheme", "realm", "allow"),
+    [
+        ("https", "http://auth.test/token", True),  # --insecure-skip-tls
+        ("http", "http://auth.test/token", False),  # a plain-http registry already is in clear
+        ("https", "https://auth.test/token", False),
+    ],
+)
+def test_realm_accepted(registry_scheme: str, realm: str, allow: bool) -> None:
+    auth = Authenticator(HOST, Credentials("user", SECRET), allow_http_realm=allow)
+    auth.observe(_challenge_over(registry_scheme, realm))
+    token_request = next(auth.flow(req(), [SCOPE]))
+    assert token_request.purpose is Purpose.TOKEN
+    assert str(token_request.url.with_query(None)) == realm
+
+
+def test_tokens_and_credentials_are_registered_as_secrets() -> None:
+    refresh = "rotated-refresh-token"
+    auth = Authenticator(HOST, Credentials(identity_token="identity-1234"))
+    auth.observe(challenge_401())
+    flow = auth.flow(req(), [SCOPE])
+    next(flow)
+    flow.send(token_reply("access-token-5678", refresh_token=refresh))
+    echoed = f"{SECRET} identity-1234 access-token-5678 {refresh}"
+    Credentials("user", SECRET)
+    assert redact(echoed) == "*** *** *** ***"
