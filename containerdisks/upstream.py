@@ -23,6 +23,10 @@ Upstream servers are hostile until checked, so every transfer is bounded:
   later), or that is not done within `download_deadline`. Both are `DownloadInterruptedError`s,
   transient: the publisher streams the arch again. The byte limits of an image belong to the
   publisher, which knows what the metadata declared.
+- Bytes are taken as the server stores them: every request says `Accept-Encoding: identity` and
+  nothing is decoded on the way (`auto_decompress=False`), so the checksum covers exactly the
+  published file and no `Content-Encoding` can inflate a body past the byte limits. An answer
+  that is content-encoded all the same is refused in one line.
 """
 
 from __future__ import annotations
@@ -228,7 +232,7 @@ class HttpUpstream:
         self._min_rate = min_transfer_rate
         self._rate_window = rate_window
         self._download_deadline = download_deadline
-        self._headers = {"User-Agent": user_agent}
+        self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
         self._pass: dict[str, asyncio.Task[bytes]] = {}
@@ -240,6 +244,7 @@ class HttpUpstream:
         self._session = aiohttp.ClientSession(
             timeout=self._timeout,
             headers=self._headers,
+            auto_decompress=False,
             read_bufsize=1 << 20,
             trace_configs=self._trace_configs or None,
         )
@@ -350,6 +355,12 @@ class HttpUpstream:
             except (TimeoutError, aiohttp.ClientError) as e:
                 raise _TransientError(_describe(e), None, None) from None
             if resp.status in (200, 304):
+                encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    resp.release()
+                    raise UpstreamError(
+                        url, f"answered with Content-Encoding {encoding[:40]!r}, not asked for"
+                    )
                 return resp
             resp.release()
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:

@@ -8,6 +8,7 @@ small (a second or two) and every time bound is asserted with a wide margin.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -238,3 +239,26 @@ async def test_a_fast_download_is_untouched_by_the_guard(tmp_path: Path) -> None
         async with client(srv, min_transfer_rate=1_000_000, rate_window=0.2) as up:
             assert len(data) == await _drain(up, IMAGE)
             await asyncio.sleep(0.5)  # the download is over: no watchdog may fire now
+
+
+# -- bytes as stored: no content coding -------------------------------------------------------
+
+
+async def test_bytes_are_asked_for_as_stored_and_a_content_coding_is_refused(
+    tmp_path: Path,
+) -> None:
+    """aiohttp's static handler serves `x.gz` for `x` to a client accepting gzip: we never do,
+    and a server that content-encodes anyway is refused instead of being decoded unbounded."""
+    image = b"disk bytes " * 1000
+    with UpstreamServer(tmp_path / "up") as srv:
+        put(srv.root, IMAGE, image)
+        put(srv.root, IMAGE + ".gz", gzip.compress(image))
+        async with client(srv) as up, up.download(IMAGE) as dl:
+            got = b"".join([c async for c in dl.chunks])
+        assert image == got
+        assert {"identity"} == {r.headers.get("Accept-Encoding") for r in srv.requests}
+        srv.respond(URL, 200, body=gzip.compress(b"[]"), headers={"Content-Encoding": "gzip"})
+        async with client(srv) as up:
+            with pytest.raises(UpstreamError) as e:
+                await up.get_json(URL)
+    assert f"{URL}: answered with Content-Encoding 'gzip', not asked for" == str(e.value)
