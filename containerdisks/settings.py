@@ -228,6 +228,12 @@ class Settings(BaseSettings):
     verify_memory_mib: PositiveInt = Field(
         1024, description="`images verify`: guest memory in MiB (medius's VM has 1Gi)."
     )
+    verify_qemu_user: str = Field(
+        "nobody",
+        description="`images verify --local` run as root: the user qemu runs as (never root); "
+        "give a dedicated one where other services run as `nobody`.",
+        min_length=1,
+    )
     verify_ssh_attempts: PositiveInt = Field(
         30,
         description="`images verify`: SSH attempts (medius: 30); in KubeVirt every try through "

@@ -32,7 +32,7 @@ from containerdisks.engine.stores import Place, open_places
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.verify import kube, qemu
 from containerdisks.verify.flow import Verdict, render, verify_all
-from containerdisks.verify.local import LocalBooter, remove_stale_work
+from containerdisks.verify.local import LocalBooter, LocalError, private_dir, remove_stale_work
 from containerdisks.verify.ssh import SshCheck
 from containerdisks.verify.target import Skipped, Target, select_targets
 from containerdisks.workdir import own_work_dir
@@ -169,9 +169,19 @@ async def _run_local(
     registry = settings.verify_registry or settings.target
     backoff = Backoff(attempts=settings.retries)
     source = settings.model_copy(update={"source_registry": registry, "target_registry": ""})
+    try:
+        account = qemu.qemu_account(settings.verify_qemu_user)
+    except qemu.QemuError as e:
+        raise ConfigError(f"images verify: {e}") from None
     async with open_places(source, backoff) as (place, _):
         if not settings.dry_run:
             remove_stale_work(settings.work_dir)
+            kept = settings.work_dir / "serial-logs"
+            try:
+                if kept.exists() or kept.is_symlink():
+                    private_dir(kept)  # an older version's 0755 is fixed now, not at a failure
+            except LocalError as e:
+                raise ConfigError(f"images verify: {e}") from None
         ready: list[Target | Skipped] = []
         for c in chosen:
             if isinstance(c, Target) and not settings.dry_run:
@@ -194,6 +204,7 @@ async def _run_local(
             backoff=backoff,
             max_virtual_size=settings.max_virtual_size,
             max_disk_bytes=settings.max_image_bytes,
+            account=account,
         )
         check = SshCheck(timeout=settings.verify_timeout, attempts=settings.verify_ssh_attempts)
         verdicts += await verify_all(

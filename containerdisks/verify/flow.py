@@ -21,6 +21,7 @@ import structlog
 from containerdisks.engine.results import Result
 from containerdisks.oci.redact import redact
 from containerdisks.verify.kube import KubeError
+from containerdisks.verify.local import LocalError
 from containerdisks.verify.pull import PullError
 from containerdisks.verify.qemu import QemuError
 from containerdisks.verify.seed import SeedError, make_credentials, user_data
@@ -62,7 +63,9 @@ async def _verify(target: Target, booter: Booter, check: SshCheck) -> Verdict:
         async with booter.boot(target, user_data(credentials)) as guest:
             await check_login(guest, credentials, check)
     except Exception as e:  # a full disk or a hung tool too: this entry fails, the others go on
-        expected = isinstance(e, (CheckFailedError, PullError, SeedError, QemuError, KubeError))
+        expected = isinstance(
+            e, (CheckFailedError, PullError, SeedError, QemuError, KubeError, LocalError)
+        )
         detail = str(e) if expected else _one_line(e)
         message = f"{target.key}: {detail}"
         log.error(

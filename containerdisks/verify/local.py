@@ -8,7 +8,10 @@ says which are still in use, so runs sharing a work dir leave each other alone).
 of a failed boot is kept, under `<work_dir>/serial-logs/` (the newest 100), and its path is put
 into the error so that a person can read why. The pulled disk's header is inspected before qemu
 starts (`diskcheck`: an image in the registry may not have come from our push); a refused one
-fails its entry as a `PullError` naming the field, and nothing is booted.
+fails its entry as a `PullError` naming the field, and nothing is booted. A guest's console can
+print anything it read (a secret, if a hostile image got one): the kept logs are 0600 in a 0700
+directory, and so is `<work_dir>/verify/`. qemu itself runs as `verify_qemu_user` when we are
+root (`qemu.boot`): it reaches the boot's files only through the fds we hand it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -36,7 +40,7 @@ from containerdisks.verify.seed import meta_data, write_seed
 from containerdisks.verify.ssh import CheckFailedError, Guest
 from containerdisks.verify.target import Target
 
-__all__ = ["LocalBooter", "remove_stale_work"]
+__all__ = ["LocalBooter", "LocalError", "private_dir", "remove_stale_work"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +48,10 @@ log = structlog.get_logger(__name__)
 _LOCK = ".owner.lock"  # held (flock) by the process booting in that directory
 _YOUNG = 60.0  # seconds a directory may still be waiting for its lock file to appear
 KEPT_LOGS = 100  # serial logs of failed boots kept under <work_dir>/serial-logs
+
+
+class LocalError(Exception):
+    """A directory of the work dir that is not ours alone; one line naming it."""
 
 
 def remove_stale_work(work_dir: Path) -> None:
@@ -77,9 +85,26 @@ def remove_stale_work(work_dir: Path) -> None:
             os.close(fd)
 
 
+def private_dir(path: Path) -> None:
+    """`path` as a directory only we can enter (0700): made so, or an existing one of ours made
+    so (an older version left it 0755: fixing it hides what it holds at once). A link, a file,
+    or a directory of another user is refused (`LocalError`): we would be writing where
+    someone else decides."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise LocalError(f"{path} is not a directory (a link or a file); not writing into it")
+    if st.st_uid != os.geteuid():
+        raise LocalError(f"{path} belongs to uid {st.st_uid}, not to us; not writing into it")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
 def _owned_dir(root: Path, prefix: str) -> tuple[Path, int]:
     """A new boot directory and the fd of the lock that says it is in use."""
-    root.mkdir(parents=True, exist_ok=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(root)
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     fd = os.open(work / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -101,6 +126,7 @@ class LocalBooter:
     backoff: Backoff
     max_virtual_size: int
     max_disk_bytes: int = 64 << 30  # max_image_bytes
+    account: qemu.Account | None = None  # whom qemu runs as (`qemu.qemu_account`)
 
     def firmware_for(self, target: Target) -> qemu.Firmware:
         return "secure" if target.secure_boot else self.firmware
@@ -125,8 +151,11 @@ class LocalBooter:
                 try:
                     yield vm
                 except CheckFailedError as e:
-                    kept = self._keep(vm, target)
-                    raise CheckFailedError(e.kind, f"{e} (serial log: {kept})") from None
+                    try:
+                        kept = f"serial log: {self._keep(vm, target)}"
+                    except (LocalError, OSError) as why:
+                        kept = f"serial log not kept: {why}"
+                    raise CheckFailedError(e.kind, f"{e} ({kept})") from None
         finally:
             try:
                 await to_the_end(asyncio.to_thread(shutil.rmtree, work, True))
@@ -155,38 +184,35 @@ class LocalBooter:
             raise PullError(f"{where}: {why}")
         seed = await write_seed(work, user_data, meta_data(target.name))
         firmware = self.firmware_for(target)
-        template = qemu.firmware_vars(target.goarch, firmware)
-        vars_copy = None
-        if template is not None:
-            vars_copy = work / "vars.fd"
-            # to the end: a copy still running must not create vars.fd after the cleanup
-            await to_the_end(asyncio.to_thread(shutil.copyfile, template, vars_copy))
-        port = qemu.free_port()
-        serial = work / "serial.log"
-        command = qemu.command_line(
+        log.info("booting", entry=target.key, arch=target.arch, firmware=firmware)
+        async with qemu.boot(
             goarch=target.goarch,
             disk=disk,
             seed=seed,
-            serial_log=serial,
-            ssh_port=port,
+            work=work,
             firmware=firmware,
-            vars_copy=vars_copy,
             kvm=self.host.accelerated(target.goarch, self.accel),
             memory_mib=self.memory_mib,
-        )
-        log.info("booting", entry=target.key, arch=target.arch, firmware=firmware)
-        async with qemu.VirtualMachine(command, serial, port) as vm:
+            account=self.account,
+        ) as vm:
             yield vm
 
     def _keep(self, vm: qemu.VirtualMachine, target: Target) -> Path:
         kept = self.work_dir / "serial-logs"
-        kept.mkdir(parents=True, exist_ok=True)
+        private_dir(kept)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        path = kept / f"{target.name}-{target.version}-{target.arch}-{stamp}.log"
-        with contextlib.suppress(FileNotFoundError):
-            shutil.copyfile(vm.serial_log, path)
+        # mkstemp: 0600, O_EXCL (a name taken, or a link planted, is never written through)
+        fd, name = tempfile.mkstemp(
+            prefix=f"{target.name}-{target.version}-{target.arch}-{stamp}-", suffix=".log", dir=kept
+        )
+        with (
+            open(fd, "wb") as out,
+            contextlib.suppress(FileNotFoundError),  # qemu never started: an empty log
+            vm.serial_log.open("rb") as log_file,
+        ):
+            shutil.copyfileobj(log_file, out)
         logs = sorted(kept.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in logs[KEPT_LOGS:]:  # a failing image retried for weeks must not fill the disk
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
-        return path
+        return Path(name)

@@ -3,16 +3,29 @@
 A VM is an async context manager: it starts qemu and always stops it (SIGTERM, then SIGKILL)
 when the block ends, on success, failure, timeout or cancellation. qemu is started under
 `setpriv --pdeathsig KILL` where util-linux has it, so even a SIGKILLed verifier leaves no VM.
+`boot()` is the whole of one boot: it opens the files, starts the VM and closes them again.
 
 Decisions:
 - KVM only when `/dev/kvm` opens read-write and the CPU advertises virtualisation; otherwise TCG
   (a `/dev/kvm` node without VT-x makes `-accel kvm` spin at 100 % sys, `local-tools.md` §3).
 - q35, as KubeVirt; UEFI from OVMF in pflash with a per-VM copy of the vars file; Secure Boot
   with SMM and the Microsoft-keys vars (`.ms`), as KubeVirt's `efi.secureBoot`; BIOS = SeaBIOS.
-- The disk under test is attached with `snapshot=on` (the pulled image is never written), its
-  format given explicitly from its magic (no probing); the seed as a read-only virtio disk, as
-  KubeVirt's `cloudInitNoCloud`; virtio-rng, as medius's VM; user networking with SSH forwarded
-  to a loopback port only; `-no-reboot` so that a panic or a failed boot ends qemu.
+- The disk under test is hostile until booted: qemu opens no file by a name the image chose.
+  Every file qemu uses (disk, overlay, seed, firmware, vars, serial log) is opened by us and
+  inherited as a file descriptor (`-add-fd`, `/dev/fdset/N`), so qemu needs no access to the
+  (0700, root's) work dir. The disk is a read-only `-blockdev` node of the format its magic
+  says (no probing), a qcow2 with `backing: null`; a qcow2 whose header names an external data
+  file is refused (qemu would open that name itself, and blockdev cannot say "none"). The
+  guest's writes go to a fresh qcow2 overlay we make (what `snapshot=on` did, minus the temp
+  file qemu would open in /var/tmp).
+- Run by root, qemu runs as `verify_qemu_user` (default `nobody`; `--groups` the owner group
+  of `/dev/kvm` with KVM), under `no_new_privs`, and with its seccomp sandbox denying
+  obsolete calls, privilege changes, fork/exec and resource control. A qemu without seccomp
+  support fails to start, and the entry fails with qemu's words: never an unsandboxed boot.
+- The seed is a read-only virtio disk, as KubeVirt's `cloudInitNoCloud`; virtio-rng fed by
+  qemu's own `getrandom` (no file); user networking `restrict=on` (the guest reaches neither
+  the host nor the world) with SSH forwarded to a loopback port only; `-no-reboot` so that a
+  panic or a failed boot ends qemu; `-name` is the boot directory, for `ps` and leak checks.
 - The serial console goes to a file that `failure()` reads for the signs of a boot that cannot
   succeed (no bootable device, Secure Boot refusal, kernel panic): those end the wait early.
 """
@@ -21,27 +34,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import platform
+import pwd
 import shutil
 import signal
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
 import structlog
 
+from containerdisks.pipeline.diskcheck import disk_format
+from containerdisks.verify.finish import to_the_end
+
 __all__ = [
+    "Account",
+    "DiskHeader",
     "Firmware",
+    "Handed",
     "Host",
     "QemuError",
     "VirtualMachine",
-    "disk_format",
+    "boot",
+    "command_line",
     "free_port",
+    "launcher",
     "probe_host",
+    "qemu_account",
+    "read_header",
 ]
 
 log = structlog.get_logger(__name__)
@@ -50,7 +75,8 @@ Firmware = Literal["bios", "uefi", "secure"]
 Accel = Literal["auto", "kvm", "tcg"]
 
 _STOP_GRACE = 5.0
-_QCOW2_MAGIC = b"QFI\xfb"
+_QCOW2_DATA_FILE = 1 << 2  # incompatible feature bit: the data lives in an external file
+_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 #: Signs in the serial log that the boot cannot succeed, and how to say it.
 _FATAL_MARKS = (
@@ -145,10 +171,76 @@ def free_port() -> int:
         return port
 
 
-def disk_format(path: Path) -> Literal["qcow2", "raw"]:
-    """qcow2 by its magic, raw otherwise: never let qemu probe a format."""
-    with path.open("rb") as f:
-        return "qcow2" if f.read(4) == _QCOW2_MAGIC else "raw"
+@dataclass(frozen=True)
+class DiskHeader:
+    """What qemu is told about the disk: its format and the size the guest sees."""
+
+    format: Literal["qcow2", "raw"]
+    virtual_size: int
+
+
+def read_header(fd: int, name: str) -> DiskHeader:
+    """qcow2 by its magic, raw otherwise (never let qemu probe a format); a qcow2 that keeps its
+    data in an external file is refused, naming `name`."""
+    head = os.pread(fd, 80, 0)
+    if disk_format(head) == "raw":
+        return DiskHeader("raw", os.fstat(fd).st_size)
+    version = int.from_bytes(head[4:8], "big")
+    incompatible = int.from_bytes(head[72:80], "big") if version >= 3 else 0
+    if incompatible & _QCOW2_DATA_FILE:
+        raise QemuError(f"{name}: the qcow2 header names an external data file; not booted")
+    return DiskHeader("qcow2", int.from_bytes(head[24:32], "big"))
+
+
+@dataclass(frozen=True)
+class Handed:
+    """The file descriptors qemu inherits: every file it touches, opened by us."""
+
+    disk: int  # read-only: the image under test
+    overlay: int  # read-write: a fresh qcow2 that takes the guest's writes
+    seed: int  # read-only
+    serial: int  # write-only: the serial console
+    code: int | None = None  # read-only: UEFI firmware
+    vars: int | None = None  # read-write: this VM's copy of the UEFI variables
+
+    def fds(self) -> tuple[int, ...]:
+        return tuple(fd for fd in astuple(self) if fd is not None)
+
+
+@dataclass(frozen=True)
+class Account:
+    """The unprivileged account qemu runs as when the verifier is root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def qemu_account(user: str) -> Account | None:
+    """Whom qemu runs as: None (as we are) unless we are root, then `user`, never root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise QemuError(f"verify_qemu_user {user!r}: no such user on this host") from None
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise QemuError(f"verify_qemu_user {user!r}: is root or in group root; qemu must not be")
+    return Account(user, entry.pw_uid, entry.pw_gid)
+
+
+def launcher(account: Account | None, groups: Sequence[int] = ()) -> list[str]:
+    """The `setpriv` prefix: parent-death signal, no new privileges, and the drop to `account`
+    (with supplementary `groups` only, e.g. /dev/kvm's) when given."""
+    if shutil.which("setpriv") is None:
+        if account is not None:
+            raise QemuError(f"setpriv (util-linux) is needed to run qemu as {account.name}")
+        return []
+    args = ["setpriv"]
+    if account is not None:
+        args += [f"--reuid={account.uid}", f"--regid={account.gid}"]
+        args += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+    return [*args, "--no-new-privs", "--pdeathsig", "KILL", "--"]
 
 
 def _firmware_files(goarch: str, firmware: Firmware) -> tuple[str, str] | None:
@@ -167,19 +259,37 @@ def _require_firmware(goarch: str, firmware: Firmware) -> tuple[str, str]:
     return files
 
 
+def _blockdev(**options: object) -> list[str]:
+    return ["-blockdev", json.dumps(options, separators=(",", ":"))]
+
+
+def _node(
+    name: str, fdset: int, driver: str, *, read_only: bool, **format_options: object
+) -> list[str]:
+    """A format node over a file node that opens `/dev/fdset/<fdset>` (an inherited fd)."""
+    ro = {"read-only": True} if read_only else {}
+    return [
+        *_blockdev(
+            driver="file", **{"node-name": f"{name}-file"}, filename=f"/dev/fdset/{fdset}", **ro
+        ),
+        *_blockdev(
+            driver=driver, **{"node-name": name}, file=f"{name}-file", **ro, **format_options
+        ),
+    ]
+
+
 def command_line(
     *,
     goarch: str,
-    disk: Path,
-    seed: Path,
-    serial_log: Path,
+    name: str,
+    files: Handed,
+    disk_format: Literal["qcow2", "raw"],
     ssh_port: int,
     firmware: Firmware,
-    vars_copy: Path | None,
     kvm: bool,
     memory_mib: int,
 ) -> list[str]:
-    """The qemu command for one VM (the firmware's vars file already copied to `vars_copy`)."""
+    """The qemu command for one VM, every file given as one of the inherited fds in `files`."""
     if goarch == "amd64":
         machine = "q35,smm=on" if firmware == "secure" else "q35"
         args = [_BINARY[goarch], "-machine", machine]
@@ -191,25 +301,35 @@ def command_line(
         args = [_BINARY[goarch], "-machine", "virt", "-cpu", "host" if kvm else "max"]
     else:
         raise QemuError(f"no local emulator for {goarch}")
+    handed = {f.name: getattr(files, f.name) for f in fields(files)}
+    fdset = {role: n for n, (role, fd) in enumerate(handed.items(), start=1) if fd is not None}
+    for role, n in fdset.items():
+        args += ["-add-fd", f"fd={handed[role]},set={n},opaque={role}"]
+    args += ["-name", "guest=" + name.replace(",", ",,"), "-sandbox", _SANDBOX]
     args += ["-accel", "kvm" if kvm else "tcg", "-m", str(memory_mib), "-smp", "2" if kvm else "1"]
-    args += ["-nographic", "-no-reboot", "-monitor", "none", "-serial", f"file:{serial_log}"]
+    args += [
+        "-nographic", "-no-reboot", "-monitor", "none", "-serial", "chardev:serial0",
+        "-chardev", f"file,id=serial0,path=/dev/fdset/{fdset['serial']}",
+    ]  # fmt: skip
     if firmware != "bios":
-        files = _require_firmware(goarch, firmware)
-        assert vars_copy is not None
+        if "code" not in fdset or "vars" not in fdset:
+            raise QemuError(f"{firmware} boots need the firmware and its vars file")
         if firmware == "secure":
             args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
-        args += [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={files[0]}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
-        ]  # fmt: skip
+        args[2] += ",pflash0=code,pflash1=vars"
+        args += _node("code", fdset["code"], "raw", read_only=True)
+        args += _node("vars", fdset["vars"], "raw", read_only=False)
+    base: dict[str, object] = {"backing": None} if disk_format == "qcow2" else {}
+    args += _node("base", fdset["disk"], disk_format, read_only=True, **base)
+    args += _node("disk0", fdset["overlay"], "qcow2", read_only=False, backing="base")
+    args += _node("seed", fdset["seed"], "raw", read_only=True)
     args += [
-        "-drive", f"file={disk},format={disk_format(disk)},if=none,id=disk0,snapshot=on",
         "-device", "virtio-blk-pci,drive=disk0,bootindex=0",
-        "-drive", f"file={seed},format=raw,if=virtio,readonly=on",
-        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+        "-device", "virtio-blk-pci,drive=seed",
+        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         "-device", "virtio-net-pci,netdev=net0,romfile=",
         "-boot", "strict=on",
-        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-object", "rng-builtin,id=rng0",
         "-device", "virtio-rng-pci,rng=rng0",
     ]  # fmt: skip
     return args
@@ -222,11 +342,91 @@ def firmware_vars(goarch: str, firmware: Firmware) -> Path | None:
     return Path(_require_firmware(goarch, firmware)[1])
 
 
+async def _create_overlay(path: Path, size: int) -> None:
+    """A fresh, empty qcow2 of `size` bytes (no backing file in it: blockdev names the base)."""
+    process = await asyncio.create_subprocess_exec(
+        "qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await process.communicate()
+    if process.returncode != 0:
+        said = err.decode(errors="replace").strip().splitlines()
+        raise QemuError(f"qemu-img create {path}: {said[-1] if said else process.returncode}")
+
+
+@contextlib.asynccontextmanager
+async def boot(
+    *,
+    goarch: str,
+    disk: Path,
+    seed: Path,
+    work: Path,
+    firmware: Firmware,
+    kvm: bool,
+    memory_mib: int,
+    account: Account | None,
+) -> AsyncIterator[VirtualMachine]:
+    """One VM of `disk` with `seed`, its files made in `work` (ours, private) and handed to qemu
+    as open fds; run as `account` when given. The fds are closed when the VM has stopped."""
+    with contextlib.ExitStack() as opened:
+
+        def hand(path: Path, flags: int) -> int:
+            fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+            opened.callback(os.close, fd)
+            return fd
+
+        here = os.O_NOFOLLOW  # the files in `work` are ours: never follow a link planted there
+        disk_fd = hand(disk, os.O_RDONLY | here)
+        header = read_header(disk_fd, disk.name)
+        overlay = work / "overlay.qcow2"
+        await to_the_end(_create_overlay(overlay, header.virtual_size))
+        code = variables = None
+        if firmware != "bios":
+            code_path, template = _require_firmware(goarch, firmware)
+            vars_copy = work / "vars.fd"
+            # to the end: a copy still running must not create vars.fd after the cleanup
+            await to_the_end(asyncio.to_thread(shutil.copyfile, template, vars_copy))
+            code = hand(Path(code_path), os.O_RDONLY)  # the distribution's, often a symlink
+            variables = hand(vars_copy, os.O_RDWR | here)
+        serial = work / "serial.log"
+        files = Handed(
+            disk=disk_fd,
+            overlay=hand(overlay, os.O_RDWR | here),
+            seed=hand(seed, os.O_RDONLY | here),
+            serial=hand(serial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | here),
+            code=code,
+            vars=variables,
+        )
+        groups = [os.stat("/dev/kvm").st_gid] if kvm and account is not None else []
+        port = free_port()
+        command = launcher(account, groups) + command_line(
+            goarch=goarch,
+            name=str(work),
+            files=files,
+            disk_format=header.format,
+            ssh_port=port,
+            firmware=firmware,
+            kvm=kvm,
+            memory_mib=memory_mib,
+        )
+        async with VirtualMachine(command, serial, port, files.fds()) as vm:
+            yield vm
+
+
 class VirtualMachine:
     """A running qemu; `async with` starts it and always stops it."""
 
-    def __init__(self, command: Sequence[str], serial_log: Path, ssh_port: int) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        serial_log: Path,
+        ssh_port: int,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
         self.command = list(command)
+        self.pass_fds = tuple(pass_fds)
         self.serial_log = serial_log
         self.ssh_host = "127.0.0.1"
         self.ssh_port = ssh_port
@@ -241,11 +441,10 @@ class VirtualMachine:
         return self._process.pid if self._process else None
 
     async def __aenter__(self) -> VirtualMachine:
-        wrapper = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
         try:
             self._process = await asyncio.create_subprocess_exec(
-                *wrapper,
                 *self.command,
+                pass_fds=self.pass_fds,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,

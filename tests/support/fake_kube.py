@@ -384,14 +384,11 @@ class FakeKube:
         work.mkdir(parents=True)
         vm.stack.callback(_rmtree, work)
         seed = await write_seed(work, user_data, meta_data(name))
-        port = qemu.free_port()
-        serial = work / "serial.log"
-        command = qemu.command_line(
-            goarch="amd64", disk=disk, seed=seed, serial_log=serial, ssh_port=port,
-            firmware="bios", vars_copy=None, kvm=False, memory_mib=256,
+        booted = qemu.boot(
+            goarch="amd64", disk=disk, seed=seed, work=work, firmware="bios", kvm=False,
+            memory_mib=256, account=qemu.qemu_account("nobody"),
         )  # fmt: skip
-        await vm.stack.enter_async_context(qemu.VirtualMachine(command, serial, port))
-        vm.ssh_port = port
+        vm.ssh_port = (await vm.stack.enter_async_context(booted)).ssh_port
 
     async def _list_vms(self, request: web.Request) -> web.Response:
         ns = request.match_info["ns"]

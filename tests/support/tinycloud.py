@@ -6,6 +6,10 @@ makes the variants the tests need: one whose `/init` ignores the seed (a wrong k
 Boot chain (Debian's signed shim and GRUB, unpacked by `scripts/fetch-test-debs`) and a disk
 of garbage. Nothing is committed: the images are made per test session.
 
+`build_dump_image(dir, mib)` makes the opt-in "dump" variant (BIOS only) for the sandbox tests:
+its `/init` prints the disk's bytes at `mib` MiB and the answer of the seed's probe URL between
+markers (`dump_report` reads them back), then powers off.
+
 `qemu_processes(marker)` lists running qemu processes whose command line names `marker` (a
 test's temporary directory): the leak check after every verify test.
 """
@@ -13,6 +17,7 @@ test's temporary directory): the leak check after every verify test.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +62,35 @@ def build_images(out: Path) -> Images:
     return Images(
         out / "tinycloud.qcow2", out / "ignores-seed.qcow2", out / "secure.qcow2", garbage
     )
+
+
+def build_dump_image(out: Path, mib: int) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "NAME": "dump.qcow2", "DUMP_MIB": str(mib), "UEFI": "0"}
+    subprocess.run(
+        [HERE / "build-tinycloud.sh", out], check=True, capture_output=True, timeout=120, env=env
+    )
+    return out / "dump.qcow2"
+
+
+@dataclass(frozen=True)
+class DumpReport:
+    disk: str  # the device the guest read (empty: it found no disk labelled BOOT)
+    read: int  # bytes it read at the offset
+    got: str  # the printable bytes among them
+    probe: str  # what the probe URL answered (empty: nothing)
+
+
+_DUMP = re.compile(r"TINYCLOUD-DUMP disk=(\S*) at=\d+MiB read=(\d+) \[([^]]*)\] TINYCLOUD-DUMP-END")
+_PROBE = re.compile(r"TINYCLOUD-PROBE url=\S* \[([^]]*)\] TINYCLOUD-PROBE-END")
+
+
+def dump_report(serial: str) -> DumpReport | None:
+    """What the dump variant reported on its serial console, once it reported it all."""
+    dump, probe = _DUMP.search(serial), _PROBE.search(serial)
+    if dump is None or probe is None:
+        return None
+    return DumpReport(dump[1], int(dump[2]), dump[3], probe[1])
 
 
 def qemu_processes(marker: str) -> list[str]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -87,6 +88,9 @@ def test_a_garbage_disk_fails_fast_and_the_other_entry_still_passes(
 ) -> None:
     published.push("tiny-garbage:1")
     published.push("tiny:1")
+    kept_dir = published.work / "serial-logs"
+    kept_dir.mkdir(parents=True)
+    kept_dir.chmod(0o755)  # as an older version left it
     started = time.monotonic()
     done = published.verify("--dry-run=false", "--workers", "2")
     assert 1 == done.returncode, done.stderr
@@ -94,7 +98,15 @@ def test_a_garbage_disk_fails_fast_and_the_other_entry_still_passes(
     results = published.read_results()
     err = results["tiny-garbage:1"]["Err"]
     assert err.startswith("tiny-garbage:1: did not boot: the firmware found no bootable disk")
-    assert _kept_log(err).is_file()
+    kept = _kept_log(err)
+    assert kept.parent == kept_dir
+    # What a guest printed may be a secret it read: for our eyes only.
+    assert (0o600, 0o700) == (
+        stat.S_IMODE(kept.stat().st_mode),
+        stat.S_IMODE(kept_dir.stat().st_mode),
+    )
+    assert "UEFI Interactive Shell" in kept.read_text(errors="replace")  # the copy is whole
+    assert 0o700 == stat.S_IMODE((published.work / "verify").stat().st_mode)
     assert {"Stage": "verify"} == {
         "Stage": results["tiny:1"]["Stage"],
     }

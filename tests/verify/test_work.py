@@ -9,15 +9,24 @@ import contextlib
 import fcntl
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import ClassVar
 
+import pytest
+
 from containerdisks.engine.results import Result
 from containerdisks.verify.flow import verify_all
-from containerdisks.verify.local import _LOCK, _owned_dir, remove_stale_work
+from containerdisks.verify.local import (
+    _LOCK,
+    LocalError,
+    _owned_dir,
+    private_dir,
+    remove_stale_work,
+)
 from containerdisks.verify.seed import meta_data, write_seed
 from containerdisks.verify.ssh import SshCheck
 from containerdisks.verify.target import Target
@@ -133,3 +142,26 @@ def test_a_lock_is_released_with_its_directory(tmp_path: Path) -> None:
         os.close(fd)
     remove_stale_work(tmp_path)
     assert [] == list((tmp_path / "verify").iterdir())
+
+
+def test_the_kept_logs_directory_is_ours_alone_or_refused(tmp_path: Path) -> None:
+    made = tmp_path / "made"
+    private_dir(made)
+    assert 0o700 == stat.S_IMODE(made.stat().st_mode)
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    private_dir(loose)  # ours: fixed, not refused (an older version made it so)
+    assert 0o700 == stat.S_IMODE(loose.stat().st_mode)
+    link = tmp_path / "link"
+    link.symlink_to(made)
+    with pytest.raises(LocalError) as e:
+        private_dir(link)
+    assert f"{link} is not a directory (a link or a file); not writing into it" == str(e.value)
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o755)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(LocalError, match=f"{theirs} belongs to uid 65534, not to us"):
+            private_dir(theirs)
+        assert 0o755 == stat.S_IMODE(theirs.stat().st_mode)  # left as it was

@@ -2,7 +2,8 @@
 # Build a tiny BIOS+UEFI-bootable qcow2 that behaves like a cloud image:
 # FAT "superfloppy" (no partition table) with syslinux (BIOS) + GRUB standalone (UEFI) + Debian cloud kernel + busybox/dropbear initramfs.
 # usage: build-tinycloud.sh OUTDIR   (IGNORE_SEED=1: a variant whose /init ignores the seed's keys;
-#        UEFI=0: BIOS only; NAME: output file name, default tinycloud.qcow2)
+#        DUMP_MIB=N: a variant that prints what its disk holds at N MiB and what the seed's probe
+#        URL answers, then powers off; UEFI=0: BIOS only; NAME: output file name)
 # Needs: linux-image-cloud-amd64 busybox-static dropbear-bin syslinux mtools dosfstools qemu-utils cpio grub-efi-amd64-bin
 set -euo pipefail
 OUT=${1:-$PWD/build}
@@ -53,6 +54,7 @@ printf '/bin/sh\n/bin/ash\n'         > $R/etc/shells
 echo 'passwd: files'                 > $R/etc/nsswitch.conf
 chmod 700 $R/root; chmod 600 $R/etc/shadow
 [ "${IGNORE_SEED:-0}" = 1 ] && : > $R/etc/tinycloud-ignore-seed
+[ -n "${DUMP_MIB:-}" ] && echo "$DUMP_MIB" > $R/etc/tinycloud-dump
 
 (cd $R && find . | cpio -o -H newc --quiet) | gzip -9 > $W/initrd.gz
 
