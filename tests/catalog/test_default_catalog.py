@@ -371,6 +371,13 @@ ROWS = [
 ]  # fmt: skip
 
 
+def declared_size(url: str) -> int:
+    """The size Fedora's releases.json declares for the image at `url` (a string there)."""
+    items = json.loads((FIXTURES_DIR / "fedora/releases.json").read_text())
+    (size,) = {int(i["size"]) for i in items if i["link"] == url}
+    return size
+
+
 async def discover_all(
     catalog: Catalog, upstream: HttpUpstream, items: list[BoundItem] | None = None
 ) -> dict[str, Entry]:
@@ -397,6 +404,7 @@ async def test_selects_like_medius(serve: Serve, row: Row) -> None:
         checksum,
         algorithm="sha512" if name == "debian" else "sha256",
         unique_tags=row.tags,
+        size=declared_size(row.url) if name == "fedora" else None,
     )
     assert expected == artifact
     assert checksum.startswith(row.prefix)
