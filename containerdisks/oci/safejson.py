@@ -1,9 +1,12 @@
 """Parsing JSON that comes from outside (a registry, a token service, an auth file, a helper).
 
 One job: `loads`, which is `json.loads` except that a document nested deeper than the parser's
-recursion limit is a `ValueError` like any other malformed document. Every caller already turns
-a `ValueError` into its own one-line error; a `RecursionError` escaped all of them and ended
-the command in a traceback (a hostile token service, or an auth file of 100,000 brackets).
+recursion limit is a `ValueError` like any other malformed document.
+
+Decision: convert, don't pre-scan. The C parser meets the recursion limit cleanly and quickly;
+every caller already turns a `ValueError` into its own one-line error, where a `RecursionError`
+escaped all of them and ended the command in a traceback (a hostile token service, or an auth
+file of 100,000 brackets).
 """
 
 from __future__ import annotations
