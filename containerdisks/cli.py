@@ -1,4 +1,4 @@
-"""The command line: medius's grammar on argparse, and the exit statuses of DESIGN.md.
+"""The command line: medius's grammar on argparse, and the call of the command it names.
 
 pflag-style booleans (`--flag`, `--flag=true`, `--flag=false`) are had by rewriting a bare
 boolean flag to `--flag=true` before argparse sees it, so a boolean never swallows the next word
@@ -6,34 +6,31 @@ boolean flag to `--flag=true` before argparse sees it, so a boolean never swallo
 accepted before and after the subcommand: both parsers know them, with suppressed defaults so
 that only flags actually given reach the settings layer.
 
-Exit statuses: 0 all good; 1 some entry failed (0 with `--no-fail`); 2 usage or configuration
-error (one line on stderr, no traceback); 130 / 143 when SIGINT / SIGTERM ended the run.
+Each command is a typed `run(ctx) -> int` in `containerdisks.commands`, called directly and
+imported only when it runs; `--help` and `--version` import none of them, nor the settings.
+Exit statuses (docs/cli.md, decided in commands/context.py): 0 all good; 1 some entry failed (0
+with `--no-fail`); 2 usage or configuration error (one line on stderr, no traceback); 130 / 143
+when SIGINT / SIGTERM ended the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
-from containerdisks import __version__, log
-from containerdisks.oci.redact import redact
-from containerdisks.settings import ConfigError, Settings, load_config_file, load_settings
-from containerdisks.upstream import parse_mirror
+from containerdisks import __version__
+
+if TYPE_CHECKING:
+    from containerdisks.commands.context import Context
 
 __all__ = ["main"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-
-Command = Callable[[Settings, dict[str, Any], str], Awaitable[int]]
 
 _BOOL_FLAGS = ("--dry-run", "--insecure-skip-tls", "--force", "--no-fail", "--once", "--local")
 _TRUE = {"true", "t", "1", "yes"}
@@ -345,6 +342,8 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str], str
     config = args.pop("config", None)
     mirrors: dict[str, str] = {}
     for spec in args.pop("mirrors_root", []) + args.pop("mirrors_sub", []):
+        from containerdisks.upstream import parse_mirror  # not for --help: it loads aiohttp
+
         try:
             src, dst = parse_mirror(spec)
         except ValueError as e:
@@ -353,27 +352,44 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str], str
     return handler, args, mirrors, config
 
 
-#: handler -> (module, function); only the one a run needs is imported (keeps start-up short:
-#: `images promote` need not load asyncssh, `--help` loads none).
-_HANDLERS: dict[str, tuple[str, str]] = {
-    "images_push": ("containerdisks.daemon", "images_push"),
-    "images_verify": ("containerdisks.verify.command", "images_verify"),
-    "images_prune": ("containerdisks.prune_cmd", "images_prune"),
-    "images_promote": ("containerdisks.promote_cmd", "images_promote"),
-    "catalog": ("containerdisks.catalog_cmd", "catalog_command"),
-    "serve": ("containerdisks.daemon", "serve"),
-    "docs_publish": ("containerdisks.docs.publish", "docs_publish"),
-}
+async def _dispatch(command: str, ctx: Context) -> int:
+    """Run `command`'s `run(ctx)`; only its own module is imported (start-up stays short:
+    `images promote` need not load asyncssh, `--help` loads none)."""
+    if command == "images_push":
+        from containerdisks.commands import push
+
+        return await push.run(ctx)
+    if command == "images_verify":
+        from containerdisks.commands import verify
+
+        return await verify.run(ctx)
+    if command == "images_prune":
+        from containerdisks.commands import prune
+
+        return await prune.run(ctx)
+    if command == "images_promote":
+        from containerdisks.commands import promote
+
+        return await promote.run(ctx)
+    if command == "serve":
+        from containerdisks.commands import serve
+
+        return await serve.run(ctx)
+    if command == "catalog":
+        from containerdisks.commands import catalog
+
+        return await catalog.run(ctx)
+    if command == "docs_publish":
+        from containerdisks.commands import docs
+
+        return await docs.run(ctx)
+    raise AssertionError(f"no command {command!r}")  # the parser names only the above
 
 
-def _handler(name: str) -> Command:
-    module, function = _HANDLERS[name]
-    command: Command = getattr(importlib.import_module(module), function)
-    return command
-
-
-def _run(command: Command, settings: Settings, config: dict[str, Any], config_name: str) -> int:
+def _run(command: str, ctx: Context) -> int:
     """Run a command on a fresh event loop; SIGINT/SIGTERM cancel it and give 130/143."""
+    from containerdisks.commands.context import EXIT_SIGINT, EXIT_SIGTERM
+
     got: list[int] = []
 
     async def runner() -> int:
@@ -388,7 +404,7 @@ def _run(command: Command, settings: Settings, config: dict[str, Any], config_na
 
             loop.add_signal_handler(sig, on_signal)
         try:
-            return await command(settings, config, config_name)
+            return await _dispatch(command, ctx)
         except asyncio.CancelledError:
             if got:
                 return got[0]
@@ -397,13 +413,30 @@ def _run(command: Command, settings: Settings, config: dict[str, Any], config_na
     return asyncio.run(runner())
 
 
+def _usage_error(e: Exception) -> int:
+    from containerdisks.commands.context import EXIT_USAGE
+    from containerdisks.oci.redact import redact
+
+    print(redact(f"containerdisks: {e}"), file=sys.stderr)  # noqa: T201 - the one-line error
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; whatever it prints on stdout or stderr has its secrets masked."""
+    """Run the command line; whatever it prints on stdout or stderr has its secrets masked.
+
+    The flags are parsed first, with nothing of the commands imported: `--help` and
+    `--version` end there (argparse exits), so they load neither aiohttp nor the settings."""
+    try:
+        parsed = parse(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        return _usage_error(e)
+    from containerdisks import log
+
     out, err = sys.stdout, sys.stderr
     sys.stdout = cast(TextIO, log.RedactingStream(out))
     sys.stderr = cast(TextIO, log.RedactingStream(err))
     try:
-        return _main(argv)
+        return _main(*parsed)
     except Exception:
         # A bug: the traceback is printed while stderr still masks secrets (a registered
         # password in an exception's message would otherwise reach the terminal in clear).
@@ -415,11 +448,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout, sys.stderr = out, err
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _main(command: str, flags: dict[str, Any], mirrors: dict[str, str], path: str | None) -> int:
+    from containerdisks import log
+    from containerdisks.commands.context import EXIT_SIGINT, Context
+    from containerdisks.settings import ConfigError, load_config_file, load_settings
+
     try:
-        handler, flags, mirrors, config_path = parse(argv)
-        config_path = config_path or os.environ.get("CONTAINERDISKS_CONFIG") or None
+        config_path = path or os.environ.get("CONTAINERDISKS_CONFIG") or None
         config: dict[str, Any] = {}
         config_name = "config file"
         if config_path:
@@ -427,11 +462,9 @@ def _main(argv: Sequence[str] | None) -> int:
             config_name = f"config file {config_path}"
         settings = load_settings(flags, config, file_name=config_name, extra_mirrors=mirrors)
         log.configure(settings.log_level, settings.log_format)
-        return _run(_handler(handler), settings, config, config_name)
+        return _run(command, Context(settings, config, config_name, sys.stdout))
     except (UsageError, ConfigError) as e:
-        message = redact(f"containerdisks: {e}")
-        print(message, file=sys.stderr)  # noqa: T201 - the one-line error
-        return EXIT_USAGE
+        return _usage_error(e)
     except KeyboardInterrupt:
         return EXIT_SIGINT
 

@@ -1,8 +1,9 @@
-"""`serve`: the daemon's wiring — engine, scheduler, HTTP server, signals — and `serve --once`.
+"""The wiring of `serve`: engine, scheduler, HTTP server and signals for one process.
 
-One job: put the parts together for one process and turn what happened into an exit status.
-The scheduler and the server never meet except here, through the `Status` and `Metrics`
-objects this module creates and hands to both.
+One job: put the parts together — for the daemon (`serve`) and for the single pass that
+`images push` and `serve --once` run (`one_pass`; commands/push.py prints it and decides the
+exit status). The scheduler and the server never meet except here, through the `Status` and
+`Metrics` objects this module creates and hands to both.
 
 Decisions:
 - `serve` listens before the first pass, so `/healthz` answers while it runs and `/readyz` says
@@ -10,14 +11,15 @@ Decisions:
   `results_file` is taken relative to `work_dir`: a pod's root filesystem is read-only).
 - Signals: the first SIGTERM/SIGINT drains (the scheduler's shutdown) and the process exits 0;
   a second one ends the process at once (`os._exit`, status 128 + signal), as an impatient
-  operator or the kubelet's SIGKILL would.
-- `serve --once` is a one-shot run like `images push`: no HTTP server, the plan on stdout, the
-  results file where `--results-file` says, exit 1 when an entry failed (0 with `--no-fail`),
-  and a signal cancels it at once (130/143, by the command line's own handler).
-- Leftover spool files of a killed predecessor (`*.spool` in the work dir) are removed at start.
-- The work dir is checked (or created 0700) before anything else when the run publishes: one
+  operator or the kubelet's SIGKILL would. A single pass installs none: the command line's own
+  handler cancels it at once (130/143).
+- Leftover spool files of a killed predecessor (`*.spool` in the work dir) are removed at start
+  by the daemon and `serve --once` (`remove_stale_files`), never by `images push`, whose work
+  dir other runs may share.
+- The work dir is checked (or created 0700) before anything else when the daemon publishes: one
   owned by another user or writable by group/others ends the command (exit 2, workdir.py).
-- A results file that cannot be written makes the run exit 1 (the daemon logs it and goes on).
+- A results file the daemon cannot write is logged and the daemon goes on; a single pass
+  reports it to its caller (exit 1).
 """
 
 from __future__ import annotations
@@ -28,15 +30,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TextIO
 
 import structlog
 
 from containerdisks import log as logging_setup
-from containerdisks.engine.core import Engine
-from containerdisks.engine.report import render_plans
+from containerdisks.catalog import Catalog
+from containerdisks.engine.core import Engine, Outcome
 from containerdisks.engine.scheduler import Scheduler, Timing
 from containerdisks.metrics import Metrics
 from containerdisks.server import serving
@@ -45,7 +46,7 @@ from containerdisks.status import Status
 from containerdisks.upstream import Mirrors
 from containerdisks.workdir import own_work_dir
 
-__all__ = ["serve"]
+__all__ = ["one_pass", "remove_stale_files", "serve"]
 
 log = structlog.get_logger(__name__)
 
@@ -62,11 +63,10 @@ def _timing(settings: Settings) -> Timing:
     )
 
 
-def _engine(settings: Settings, config: dict[str, Any], name: str, metrics: Metrics) -> Engine:
+def _engine(settings: Settings, catalog: Catalog, metrics: Metrics) -> Engine:
     return Engine(
         settings,
-        config,
-        name,
+        catalog,
         upstream_traces=[metrics.upstream.trace_config()],
         registry_traces=[metrics.registry_meter.trace_config()],
     )
@@ -87,7 +87,7 @@ def _scheduler(
     )
 
 
-def _remove_stale_files(work_dir: Path) -> None:
+def remove_stale_files(work_dir: Path) -> None:
     """Spool files and half-written results left by a killed predecessor."""
     if not work_dir.is_dir():
         return
@@ -131,48 +131,19 @@ async def _meter(metrics: Metrics) -> None:
         await asyncio.sleep(_PROGRESS_PERIOD)
 
 
-async def serve(
-    settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
-) -> int:
-    if settings.once:
-        return await _once(settings, config, config_name, out or sys.stdout)
-    return await _daemon(settings, config, config_name)
-
-
-async def images_push(
-    settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
-) -> int:
-    """`images push`: the same single pass as `serve --once` (one code path, as regsync's
-    `once`), except that the work dir may be shared with other runs, so nothing in it is
-    removed at start."""
-    return await _once(settings, config, config_name, out or sys.stdout, owns_work_dir=False)
-
-
-async def _once(
-    settings: Settings,
-    config: dict[str, Any],
-    config_name: str,
-    out: TextIO,
-    *,
-    owns_work_dir: bool = True,
-) -> int:
-    if not settings.dry_run:
-        own_work_dir(settings.work_dir)
+async def one_pass(
+    settings: Settings, catalog: Callable[[], Catalog]
+) -> tuple[list[Outcome], bool]:
+    """One pass through the scheduler, as `images push` and `serve --once` run it: the
+    outcomes, and whether the results file could not be written. The caller checked the work
+    dir; `catalog` is called when the engine starts."""
     metrics = Metrics()
     status = Status(heartbeat_timeout=settings.heartbeat_timeout, dry_run=settings.dry_run)
-    if not settings.dry_run and owns_work_dir:
-        _remove_stale_files(settings.work_dir)
-    async with _metering(metrics), _engine(settings, config, config_name, metrics) as engine:
+    async with _metering(metrics), _engine(settings, catalog(), metrics) as engine:
         results = None if settings.dry_run else settings.results_file
         scheduler = _scheduler(settings, engine, status, metrics, results)
         outcomes = await scheduler.run_once()
-    render_plans([o.plan for o in outcomes], out, settings.output)
-    failed = [o.key for o in outcomes if o.error]
-    if failed:
-        log.warning("entries_failed", count=len(failed), entries=failed)
-    if scheduler.results_error:  # not an entry's failure: --no-fail does not cover it
-        return 1
-    return 0 if settings.no_fail or not failed else 1
+    return outcomes, bool(scheduler.results_error)
 
 
 def _results_path(settings: Settings) -> Path | None:
@@ -182,7 +153,9 @@ def _results_path(settings: Settings) -> Path | None:
     return path if path.is_absolute() else settings.work_dir / path
 
 
-async def _daemon(settings: Settings, config: dict[str, Any], config_name: str) -> int:
+async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
+    """The daemon until a signal: `catalog` is called when the engine starts, after the
+    server listens."""
     host, port = parse_listen(settings.listen)
     metrics = Metrics()
     status = Status(heartbeat_timeout=settings.heartbeat_timeout, dry_run=settings.dry_run)
@@ -194,7 +167,7 @@ async def _daemon(settings: Settings, config: dict[str, Any], config_name: str) 
             results.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"results file {results}: {e.strerror or e}") from None
-        _remove_stale_files(settings.work_dir)
+        remove_stale_files(settings.work_dir)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -230,7 +203,7 @@ async def _daemon(settings: Settings, config: dict[str, Any], config_name: str) 
             interval=settings.interval,
             workers=settings.workers,
         )
-        async with _metering(metrics), _engine(settings, config, config_name, metrics) as engine:
+        async with _metering(metrics), _engine(settings, catalog(), metrics) as engine:
             scheduler = _scheduler(settings, engine, status, metrics, results)
             await scheduler.run(stop)
     finally:

@@ -6,14 +6,13 @@ Parsing is tested in-process; exit statuses and "no traceback" through real subp
 
 from __future__ import annotations
 
-import inspect
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from containerdisks.cli import UsageError, _handler, parse
+from containerdisks.cli import UsageError, parse
 from tests.support.cli import clean_env
 
 
@@ -187,22 +186,42 @@ def test_help_exits_0() -> None:
     assert "--source-registry" in result.stdout
 
 
+def test_help_imports_no_command_nor_the_settings() -> None:
+    """`--help` parses and exits: no command, no settings, no aiohttp (start-up time)."""
+    probe = (
+        "import sys\n"
+        "from containerdisks import cli\n"
+        "try:\n"
+        "    cli.main(['images', 'verify', '--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "heavy = ('aiohttp', 'pydantic_settings', 'containerdisks.settings',\n"
+        "         'containerdisks.commands.verify')\n"
+        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=clean_env()
+    )
+    assert 0 == result.returncode, result.stderr
+    assert "--registry" in result.stdout
+    assert "[]" == result.stderr.strip()
+
+
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "needle"),
     [
-        ["images", "push"],
-        ["images", "verify"],
-        ["images", "prune"],
-        ["images", "promote", "--source-registry", "localhost:5000/staging"],
-        ["serve"],
-        ["catalog"],
-        ["docs", "publish"],
+        (["images", "push"], "focus 'nosuch:1' matches no catalog entry"),
+        (["images", "prune"], "focus 'nosuch:1' matches no catalog entry"),
+        (["serve", "--once"], "focus 'nosuch:1' matches no catalog entry"),
+        (["catalog"], "focus 'nosuch:1' matches no catalog entry"),
+        (["docs", "publish", "--registry", "x"], "expected quay.io/<organization>"),
+        (["images", "verify", "--local"], "results.json"),
+        (["images", "promote", "--source-registry", "localhost:5000/staging"], "results.json"),
     ],
 )
-def test_every_command_imports_its_handler_alone(argv: list[str]) -> None:
-    """Handlers are imported on use (start-up time); each must name a real coroutine."""
-    handler, _, _, _ = parse(argv)
-    assert inspect.iscoroutinefunction(_handler(handler))
+def test_every_command_runs_its_own_code(tmp_path: Path, argv: list[str], needle: str) -> None:
+    """Each command is dispatched to its own `run`: it fails as only that command would."""
+    one_line_error(run(*argv, "--focus", "nosuch:1", cwd=tmp_path), 2, needle)
 
 
 def test_promote_needs_its_source_registry() -> None:

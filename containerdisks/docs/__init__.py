@@ -1,6 +1,6 @@
-"""`docs publish`: the repository descriptions on Quay.
+"""The repository descriptions on Quay, for `docs publish` (commands/docs.py).
 
-Split in three so each part is testable alone: `page` renders Markdown from catalog data and
-does no I/O, `quay` is the Quay API client and knows nothing of the catalog, `publish` is the
-command that joins them (focus, discovery, dry run, exit status).
+Split in two so each part is testable alone: `page` renders Markdown from catalog data and
+does no I/O, `quay` is the Quay API client and knows nothing of the catalog; the command
+joins them (focus, discovery, dry run, exit status).
 """

@@ -24,14 +24,13 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import aiohttp
 import structlog
 
 from containerdisks import oci
 from containerdisks.api import Artifact, SourceError
-from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure, load_catalog
+from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
 from containerdisks.engine.publish import Publisher, PublishError
@@ -91,8 +90,7 @@ class Engine:
     def __init__(
         self,
         settings: Settings,
-        config: dict[str, Any],
-        config_name: str,
+        catalog: Catalog,
         *,
         upstream_traces: Sequence[aiohttp.TraceConfig] = (),
         registry_traces: Sequence[aiohttp.TraceConfig] = (),
@@ -102,7 +100,7 @@ class Engine:
         self.settings = settings
         self._registry_traces = registry_traces
         self.focus = Focus(settings.focus)
-        self.catalog: Catalog = load_catalog(config, config_name=config_name)
+        self.catalog = catalog
         self.items = self.catalog.select(self.focus)
         self.publish = not settings.dry_run
         self.backoff = Backoff(attempts=settings.retries)

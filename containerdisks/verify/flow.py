@@ -2,19 +2,18 @@
 -> the entry's result at stage `verify`.
 
 `images verify --local` (qemu on this host) and `images verify` (KubeVirt) differ only in the
-`Booter` they hand in; selection, credentials, the check, results and the table are here once.
-Several targets run in parallel (`--workers`); a failure in one never stops the others, and a
-cancellation (a signal) ends every boot through its own cleanup before it propagates.
+`Booter` they hand in; credentials, the check and the results record are here once.
+`images verify` (commands/verify.py) runs the targets in parallel (`--workers`): a failure in
+one never stops the others, and a cancellation (a signal) ends every boot through its own
+cleanup before it propagates.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Literal, Protocol, TextIO
+from typing import Literal, Protocol
 
 import structlog
 
@@ -28,7 +27,7 @@ from containerdisks.verify.seed import SeedError, make_credentials, user_data
 from containerdisks.verify.ssh import CheckFailedError, Guest, SshCheck, check_login
 from containerdisks.verify.target import Skipped, Target
 
-__all__ = ["Booter", "Verdict", "render", "verify_all"]
+__all__ = ["Booter", "Verdict", "triage", "verify"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +54,8 @@ class Verdict:
     result: Result | None = None  # the new results-file record; None leaves the entry as it was
 
 
-async def _verify(target: Target, booter: Booter, check: SshCheck) -> Verdict:
+async def verify(target: Target, booter: Booter, check: SshCheck) -> Verdict:
+    """Boot `target`, log in, and say how it went; an error fails this entry alone."""
     start = time.monotonic()
     credentials = make_credentials(target.user)
     log.info("verifying", entry=target.key, arch=target.arch, digest=target.digest)
@@ -88,51 +88,14 @@ def _one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-async def verify_all(
-    chosen: Sequence[Target | Skipped],
-    booter: Booter,
-    check: SshCheck,
-    *,
-    workers: int,
-    dry_run: bool,
-) -> list[Verdict]:
-    """One verdict per chosen target or skip, in order."""
-    verdicts: list[Verdict | None] = [None] * len(chosen)
-    todo: list[tuple[int, Target]] = []
-    for i, c in enumerate(chosen):
-        if isinstance(c, Skipped):
-            verdicts[i] = Verdict(c.key, c.arch, "skipped", c.why)
-        elif why := booter.cannot_boot(c):
-            log.warning("verify_skipped", entry=c.key, arch=c.arch, why=why)
-            verdicts[i] = Verdict(c.key, c.arch, "skipped", f"cannot boot here: {why}")
-        elif dry_run:
-            verdicts[i] = Verdict(c.key, c.arch, "planned", f"would boot ({booter.describe(c)})")
-        else:
-            todo.append((i, c))
-    gate = asyncio.Semaphore(workers)
-
-    async def run(i: int, target: Target) -> None:
-        async with gate:
-            verdicts[i] = await _verify(target, booter, check)
-
-    async with asyncio.TaskGroup() as group:
-        for i, target in todo:
-            group.create_task(run(i, target))
-    return [v for v in verdicts if v is not None]
-
-
-def render(verdicts: Sequence[Verdict], out: TextIO) -> None:
-    """ENTRY, ARCH, RESULT: `verified in 8.4 s`, `failed: <why>`, `skipped: <why>`, or the
-    dry run's `would boot (...)`."""
-    rows = [("ENTRY", "ARCH", "RESULT")]
-    for v in verdicts:
-        if v.status == "verified":
-            text = f"verified in {v.seconds:.1f} s"
-        elif v.status == "planned":
-            text = v.detail
-        else:
-            text = f"{v.status}: {v.detail}"
-        rows.append((v.key, v.arch, text))
-    widths = [max(len(r[i]) for r in rows) for i in range(2)]
-    for r in rows:
-        out.write(f"{r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}".rstrip() + "\n")
+def triage(c: Target | Skipped, booter: Booter, *, dry_run: bool) -> Target | Verdict:
+    """The verdict a chosen target gets without a boot (skipped, or the dry run's plan), or
+    the target itself when it is to be booted."""
+    if isinstance(c, Skipped):
+        return Verdict(c.key, c.arch, "skipped", c.why)
+    if why := booter.cannot_boot(c):
+        log.warning("verify_skipped", entry=c.key, arch=c.arch, why=why)
+        return Verdict(c.key, c.arch, "skipped", f"cannot boot here: {why}")
+    if dry_run:
+        return Verdict(c.key, c.arch, "planned", f"would boot ({booter.describe(c)})")
+    return c

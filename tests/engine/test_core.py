@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from containerdisks.api import Artifact
+from containerdisks.catalog import load_catalog
 from containerdisks.engine.core import Engine
 from containerdisks.engine.spec import EntrySpec
 from containerdisks.settings import Settings, load_settings
@@ -70,7 +71,7 @@ async def test_a_fresh_pass_reads_each_arch_once_and_heads_each_extra_tag(
     per entry the top manifest, a platform manifest and a config per arch (1 + 2 x arches),
     one HEAD per tag besides `<version>` (DESIGN.md's tag check), and one `/v2/` per process."""
     with published_fedora(tmp_path, registry) as (_, proxy, settings):
-        async with Engine(settings, {}, "test") as engine:
+        async with Engine(settings, load_catalog({}, config_name="test")) as engine:
             t0 = time.monotonic()
             entries, failures = await engine.discover()
             assert [] == failures
@@ -100,7 +101,7 @@ async def test_a_fresh_pass_reads_each_arch_once_and_heads_each_extra_tag(
 
 async def test_second_pass_costs_one_head_per_entry(tmp_path: Path, registry: Any) -> None:
     with published_fedora(tmp_path, registry) as (srv, proxy, settings):
-        async with Engine(settings, {}, "test") as engine:
+        async with Engine(settings, load_catalog({}, config_name="test")) as engine:
             first = await one_pass(engine)
             assert {
                 "fedora:40": "up-to-date",
@@ -153,7 +154,7 @@ async def test_a_later_pass_follows_rotated_credentials(
         values = {"focus": "fedora:40", "dry_run": False}
         values["source_registry"] = f"{basic_registry.host}/cd"
         settings = load_settings(values, extra_mirrors=srv.mirrors())
-        async with Engine(settings, {}, "test") as engine:
+        async with Engine(settings, load_catalog({}, config_name="test")) as engine:
 
             async def errors() -> list[str | None]:
                 entries, failures = await engine.discover()

@@ -112,7 +112,7 @@ def test_an_unexpected_error_is_printed_masked(
 ) -> None:
     """A bug's traceback is printed before the streams that mask secrets are taken down."""
 
-    def bug(argv: object) -> int:
+    def bug(*args: object) -> int:
         raise RuntimeError(f"a bug that quotes {SECRET}")
 
     monkeypatch.setattr(cli, "_main", bug)

@@ -18,8 +18,8 @@ from typing import ClassVar
 
 import pytest
 
+from containerdisks.commands.verify import verify_all
 from containerdisks.engine.results import Result
-from containerdisks.verify.flow import verify_all
 from containerdisks.verify.local import (
     _LOCK,
     LocalError,

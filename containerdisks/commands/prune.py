@@ -1,4 +1,4 @@
-"""`containerdisks images prune`: tag retention on its own, for the focused catalog entries.
+"""`images prune`: tag retention on its own, for the focused catalog entries.
 
 One job: for each focused entry, say which `<version>-<YYMMDDhhmm>` tags retention keeps and
 which it deletes from the target registry (engine/prune.py decides), and, with
@@ -16,33 +16,30 @@ Decisions:
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 import structlog
 
 from containerdisks import oci
-from containerdisks.catalog import Focus, load_catalog
+from containerdisks.commands.context import Context
+from containerdisks.commands.render import write_json, write_table
 from containerdisks.engine.prune import PrunePlan, Pruner
 from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import open_places
-from containerdisks.settings import Settings
 from containerdisks.tags import published_versions
 
-__all__ = ["images_prune", "render_prune"]
+__all__ = ["prune_json", "render_prune", "run"]
 
 log = structlog.get_logger(__name__)
 
 _HEADER = ("ENTRY", "TAG", "DIGEST", "ACTION")
 
 
-async def images_prune(
-    settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
-) -> int:
-    catalog = load_catalog(config, config_name=config_name)
-    focus = Focus(settings.focus)
+async def run(ctx: Context) -> int:
+    settings = ctx.settings
+    catalog = ctx.catalog
+    focus = ctx.focus
     items = catalog.select(focus)
     plans: list[PrunePlan] = []
     async with open_places(settings, Backoff(attempts=settings.retries)) as (_, target):
@@ -78,14 +75,11 @@ async def images_prune(
                 if not settings.dry_run and plan.error is None:
                     plan = await pruner.apply(plan)
                 plans.append(plan)
-    render_prune(plans, out or sys.stdout, settings.output, dry_run=settings.dry_run)
-    failed = [p.key for p in plans if p.error]
-    if failed:
-        for p in plans:
-            if p.error:
-                log.error("retention_failed", entry=p.key, error=p.error)
-        return 0 if settings.no_fail else 1
-    return 0
+    render_prune(plans, ctx.out, ctx.output, dry_run=settings.dry_run)
+    for p in plans:
+        if p.error:
+            log.error("retention_failed", entry=p.key, error=p.error)
+    return ctx.exit_status(any(p.error for p in plans))
 
 
 def _action(plan: PrunePlan, action: str, reason: str, digest: str | None, dry_run: bool) -> str:
@@ -127,8 +121,7 @@ def render_prune(
 ) -> None:
     """The retention plan: one row per timestamp tag (newest first) of each entry."""
     if fmt == "json":
-        json.dump(prune_json(plans, dry_run=dry_run), out, indent=2)
-        out.write("\n")
+        write_json(prune_json(plans, dry_run=dry_run), out)
         return
     rows: list[tuple[str, str, str, str]] = [_HEADER]
     for p in plans:
@@ -143,7 +136,4 @@ def render_prune(
         for r in p.rows:
             short = r.digest[:19] if r.digest else "-"
             rows.append((p.key, r.tag, short, _action(p, r.action, r.reason, r.digest, dry_run)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER) - 1)]
-    for row in rows:
-        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
-        out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+    write_table(rows, out)

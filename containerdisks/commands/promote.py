@@ -1,4 +1,4 @@
-"""`containerdisks images promote`: copy every verified entry of the results file to the target.
+"""`images promote`: copy every verified entry of the results file to the target.
 
 One job: wiring. The per-entry work is engine/promote.py (check the staging tags, copy by the
 verified digest, tags last); this reads the results file, picks the entries, prints one row per
@@ -20,14 +20,12 @@ entry and writes stage `promote` back. Decisions:
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
-from typing import Any, TextIO
 
 import structlog
 
-from containerdisks.catalog import Focus, load_catalog
+from containerdisks.commands.context import Context
+from containerdisks.commands.render import write_table
 from containerdisks.engine.promote import (
     Candidate,
     Outcome,
@@ -37,9 +35,9 @@ from containerdisks.engine.promote import (
 from containerdisks.engine.results import Result, ResultsError, read_results, write_results
 from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Place, open_places, same_place
-from containerdisks.settings import ConfigError, Settings
+from containerdisks.settings import ConfigError
 
-__all__ = ["images_promote"]
+__all__ = ["run"]
 
 log = structlog.get_logger(__name__)
 
@@ -61,10 +59,8 @@ async def _one(promoter: Promoter, c: Candidate, target: Place, *, dry_run: bool
     return outcome
 
 
-async def images_promote(
-    settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
-) -> int:
-    out = out or sys.stdout
+async def run(ctx: Context) -> int:
+    settings = ctx.settings
     target_spec = settings.promote_registry  # never push's target_registry (staging)
     if same_place(settings.source_registry, target_spec, target_setting="promote_registry"):
         raise ConfigError(
@@ -75,9 +71,9 @@ async def images_promote(
         results = read_results(settings.results_file)
     except ResultsError as e:
         raise ConfigError(str(e)) from None
-    focus = Focus(settings.focus)
+    focus = ctx.focus
     if focus.name is not None:
-        load_catalog(config, config_name=config_name).select(focus)  # names no entry: usage
+        ctx.catalog.select(focus)  # names no entry: usage
     candidates = []
     for key, result in results.items():
         name, _, version = key.partition(":")
@@ -87,15 +83,14 @@ async def images_promote(
     backoff = Backoff(attempts=settings.retries)
     async with open_places(places, backoff) as (source, target):
         promoter = Promoter(source, target, backoff)
-        limit = asyncio.Semaphore(settings.workers)
 
-        async def bounded(c: Candidate) -> Outcome:
-            async with limit:
-                return await _one(promoter, c, target, dry_run=settings.dry_run)
+        async def one(c: Candidate) -> Outcome:
+            return await _one(promoter, c, target, dry_run=settings.dry_run)
 
-        outcomes = await asyncio.gather(*(bounded(c) for c in candidates))
+        outcomes = await ctx.each(candidates, one)
         where = {c.key: target.where(c.name) for c in candidates}
-    render(outcomes, where, out, dry_run=settings.dry_run)
+    render(outcomes, where, ctx, dry_run=settings.dry_run)
+    broken = False
     if not settings.dry_run:
         updated = dict(results)
         for o in outcomes:
@@ -104,13 +99,11 @@ async def images_promote(
             write_results(Path(settings.results_file), updated)
         except ResultsError as e:
             log.error("results_not_written", error=str(e))
-            return 1
-    if any(o.error for o in outcomes) and not settings.no_fail:
-        return 1
-    return 0
+            broken = True
+    return ctx.exit_status(any(o.error for o in outcomes), broken=broken)
 
 
-def render(outcomes: list[Outcome], where: dict[str, str], out: TextIO, *, dry_run: bool) -> None:
+def render(outcomes: list[Outcome], where: dict[str, str], ctx: Context, *, dry_run: bool) -> None:
     """ENTRY, DIGEST, TARGET, RESULT: `would copy (tags ...)`, `promoted (...)`, or
     `failed: <why>`."""
     rows = [("ENTRY", "DIGEST", "TARGET", "RESULT")]
@@ -127,7 +120,4 @@ def render(outcomes: list[Outcome], where: dict[str, str], out: TextIO, *, dry_r
                 f"copied, {len(s.present)} present), tagged {tags}"
             )
         rows.append((o.key, o.digest or "-", where.get(o.key, "-"), text))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        line = "  ".join(r[i].ljust(widths[i]) for i in range(3)) + f"  {r[3]}"
-        out.write(line.rstrip() + "\n")
+    write_table(rows, ctx.out)

@@ -1,4 +1,4 @@
-"""`containerdisks catalog`: what the catalog would publish, and how, without touching the network.
+"""`catalog`: what the catalog would publish, and how, without touching the network.
 
 One job: list the focused catalog items — entry, arches, source kind and parameters (per-arch
 overrides shown as differences), image env, default user and tag policy — as a readable listing
@@ -18,15 +18,15 @@ Decisions that shaped it:
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any, TextIO
 
 from containerdisks.api import render
-from containerdisks.catalog import BoundItem, Focus, load_catalog
-from containerdisks.settings import Settings
+from containerdisks.catalog import BoundItem
+from containerdisks.commands.context import EXIT_OK, Context
+from containerdisks.commands.render import table_lines, write_json
 from containerdisks.tags import STAMP_PLACEHOLDER, tag_order
 
-__all__ = ["catalog_command", "describe_item"]
+__all__ = ["describe_item", "run"]
 
 _HEADER = ("ENTRY", "ARCHES", "SOURCE", "USER", "NOTES")
 
@@ -109,6 +109,7 @@ def _env_lines(env: dict[str, list[str]]) -> list[tuple[str, str]]:
 
 
 def render_listing(described: list[dict[str, Any]], out: TextIO) -> None:
+    """The table, each row followed by its details, indented."""
     rows = [_HEADER] + [
         (
             d["entry"],
@@ -119,14 +120,10 @@ def render_listing(described: list[dict[str, Any]], out: TextIO) -> None:
         )
         for d in described
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER) - 1)]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join([*(c.ljust(widths[i]) for i, c in enumerate(cells[:-1])), cells[-1]])
-
-    out.write(line(_HEADER).rstrip() + "\n")
-    for d, row in zip(described, rows[1:], strict=True):
-        out.write(line(row).rstrip() + "\n")
+    header, *lines = table_lines(rows)
+    out.write(header + "\n")
+    for d, line in zip(described, lines, strict=True):
+        out.write(line + "\n")
         details = [("tags", ", ".join(d["tags"])), *_env_lines(d["env"])]
         for key, value in d["source"].items():
             if key != "kind" and value is not None:
@@ -139,17 +136,12 @@ def render_listing(described: list[dict[str, Any]], out: TextIO) -> None:
             out.write(f"    {key.ljust(width)}  {value}\n")
 
 
-async def catalog_command(
-    settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
-) -> int:
-    catalog = load_catalog(config, config_name=config_name)
-    focus = Focus(settings.focus)
+async def run(ctx: Context) -> int:
+    catalog, focus = ctx.catalog, ctx.focus
     items = catalog.select(focus) if focus.name is not None else list(catalog.items)
     described = [describe_item(b) for b in items]
-    stream = out or sys.stdout
-    if settings.output == "json":
-        json.dump({"entries": described}, stream, indent=2)
-        stream.write("\n")
+    if ctx.output == "json":
+        write_json({"entries": described}, ctx.out)
     else:
-        render_listing(described, stream)
-    return 0
+        render_listing(described, ctx.out)
+    return EXIT_OK

@@ -1,7 +1,8 @@
 """`images verify`: read the results file, verify every entry at stage `push`, write stage
 `verify` back, print one row per entry, exit as medius.
 
-One job: wiring. Selection is `target.select_targets`, the flow `flow.verify_all`, the boot
+One job: wiring. Selection is `target.select_targets`, the flow `flow.verify` (run over the
+targets by the commands' runner, `--workers` at once), the boot
 `local.LocalBooter` (qemu here) or `kube.KubeBooter` (a VM in KubeVirt). Decisions:
 - Dry run (the default, as for every command here; medius's verify ignored it) prints what would
   be booted and boots, pulls and writes nothing.
@@ -17,15 +18,16 @@ One job: wiring. Selection is `target.select_targets`, the flow `flow.verify_all
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
 
 import structlog
 from kubernetes_asyncio import client as kclient
 
 from containerdisks import oci
-from containerdisks.catalog import Catalog, Focus, load_catalog
+from containerdisks.catalog import Catalog, Focus
+from containerdisks.commands.context import Context, run_entries
+from containerdisks.commands.render import write_table
 from containerdisks.engine.results import (
     Result,
     ResultsError,
@@ -36,14 +38,14 @@ from containerdisks.engine.results import (
 from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Place, open_places
 from containerdisks.settings import ConfigError, Settings
-from containerdisks.verify import kube, qemu
-from containerdisks.verify.flow import Verdict, render, verify_all
+from containerdisks.verify import flow, kube, qemu
+from containerdisks.verify.flow import Booter, Verdict
 from containerdisks.verify.local import LocalBooter, LocalError, private_dir, remove_stale_work
 from containerdisks.verify.ssh import SshCheck
 from containerdisks.verify.target import Skipped, Target, select_targets
 from containerdisks.workdir import own_work_dir
 
-__all__ = ["images_verify"]
+__all__ = ["render", "run", "verify_all"]
 
 log = structlog.get_logger(__name__)
 
@@ -67,10 +69,8 @@ async def _with_digest(place: Place, target: Target) -> Target | Verdict:
     return Target(**{**target.__dict__, "digest": digest})
 
 
-async def images_verify(
-    settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
-) -> int:
-    out = out or sys.stdout
+async def run(ctx: Context) -> int:
+    settings = ctx.settings
     if not settings.verify_local and not settings.verify_registry:
         raise ConfigError(
             "images verify: --registry is required (the registry as the cluster sees it)"
@@ -81,8 +81,8 @@ async def images_verify(
         results = read_results(settings.results_file)
     except ResultsError as e:
         raise ConfigError(str(e)) from None
-    catalog = load_catalog(config, config_name=config_name)
-    focus = Focus(settings.focus)
+    catalog = ctx.catalog
+    focus = ctx.focus
     if focus.name is not None:
         catalog.select(focus)  # a focus that names no catalog entry is a usage error
     if settings.verify_local:
@@ -91,7 +91,8 @@ async def images_verify(
         verdicts = await _run_kube(settings, results, catalog, focus)
     order = {key: i for i, key in enumerate(results)}
     verdicts.sort(key=lambda v: order.get(v.key, len(order)))
-    render(verdicts, out)
+    render(verdicts, ctx)
+    broken = False
     if not settings.dry_run:
         updated = dict(results)
         for v in verdicts:
@@ -101,11 +102,42 @@ async def images_verify(
             write_results(Path(settings.results_file), updated)
         except ResultsError as e:
             log.error("results_not_written", error=str(e))
-            return 1
-    failed = [v for v in verdicts if v.status == "failed"]
-    if failed and not settings.no_fail:
-        return 1
-    return 0
+            broken = True
+    return ctx.exit_status(any(v.status == "failed" for v in verdicts), broken=broken)
+
+
+async def verify_all(
+    chosen: Sequence[Target | Skipped],
+    booter: Booter,
+    check: SshCheck,
+    *,
+    workers: int,
+    dry_run: bool,
+) -> list[Verdict]:
+    """One verdict per chosen target or skip, in order; the boots `workers` at once."""
+    triaged = [flow.triage(c, booter, dry_run=dry_run) for c in chosen]
+    todo = [t for t in triaged if isinstance(t, Target)]
+
+    async def one(target: Target) -> Verdict:
+        return await flow.verify(target, booter, check)
+
+    booted = iter(await run_entries(todo, one, workers=workers))
+    return [next(booted) if isinstance(t, Target) else t for t in triaged]
+
+
+def render(verdicts: Sequence[Verdict], ctx: Context) -> None:
+    """ENTRY, ARCH, RESULT: `verified in 8.4 s`, `failed: <why>`, `skipped: <why>`, or the
+    dry run's `would boot (...)`."""
+    rows = [("ENTRY", "ARCH", "RESULT")]
+    for v in verdicts:
+        if v.status == "verified":
+            text = f"verified in {v.seconds:.1f} s"
+        elif v.status == "planned":
+            text = v.detail
+        else:
+            text = f"{v.status}: {v.detail}"
+        rows.append((v.key, v.arch, text))
+    write_table(rows, ctx.out)
 
 
 def _choose(

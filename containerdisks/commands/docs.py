@@ -24,20 +24,19 @@ Decisions that shaped it:
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
 
 import structlog
 
-from containerdisks.catalog import BoundItem, Catalog, Focus, ItemFailure, load_catalog
+from containerdisks.catalog import BoundItem, Catalog, Focus, ItemFailure
+from containerdisks.commands.context import Context, exit_status
 from containerdisks.docs.page import PageVersion, render_page
 from containerdisks.docs.quay import QuayClient, QuayError
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
 
-__all__ = ["docs_publish", "parse_registry"]
+__all__ = ["parse_registry", "run"]
 
 log = structlog.get_logger(__name__)
 
@@ -171,14 +170,12 @@ async def _send(
                 log.info("docs_published", repository=repository)
 
 
-async def docs_publish(
-    settings: Settings, config: dict[str, Any], config_name: str, out: TextIO | None = None
-) -> int:
-    stream = out or sys.stdout
+async def run(ctx: Context) -> int:
+    settings, stream = ctx.settings, ctx.out
     registry = settings.docs_registry
     _, org = parse_registry(registry, settings.quay_api_url)
-    catalog = load_catalog(config, config_name=config_name)
-    names = _repositories(catalog, Focus(settings.focus))
+    catalog = ctx.catalog
+    names = _repositories(catalog, ctx.focus)
     token = None if settings.dry_run else _read_token(settings.quay_token_file)
     pages = await _render(settings, catalog, names, registry)
     if token is None:
@@ -193,5 +190,4 @@ async def docs_publish(
     failed = [p.name for p in pages if p.error]
     if failed:
         log.warning("docs_repositories_failed", count=len(failed), repositories=failed)
-        return 1
-    return 0
+    return exit_status(bool(failed))  # no --no-fail here: a failed repository is exit 1
