@@ -37,7 +37,7 @@ from containerdisks.docs.quay import QuayClient, QuayError
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
 
-__all__ = ["docs_publish", "parse_registry"]
+__all__ = ["docs_publish", "quay_organization"]
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +46,7 @@ _QUAY = "quay.io"
 _DEFAULT_API = "https://quay.io"
 
 
-def parse_registry(registry: str, api_url: str) -> tuple[str, str]:
+def quay_organization(registry: str, api_url: str) -> tuple[str, str]:
     """`quay.io/<org>` -> (host, org). Another host needs its own `quay_api_url`."""
     parts = registry.split("/")
     if len(parts) != 2 or not parts[0] or not _ORG.match(parts[1]):
@@ -176,7 +176,7 @@ async def docs_publish(
 ) -> int:
     stream = out or sys.stdout
     registry = settings.docs_registry
-    _, org = parse_registry(registry, settings.quay_api_url)
+    _, org = quay_organization(registry, settings.quay_api_url)
     catalog = load_catalog(config, config_name=config_name)
     names = _repositories(catalog, Focus(settings.focus))
     token = None if settings.dry_run else _read_token(settings.quay_token_file)

@@ -37,8 +37,8 @@ from typing import Literal
 import structlog
 
 from containerdisks import oci
-from containerdisks.engine.stores import Place
 from containerdisks.oci.media import parse_index
+from containerdisks.registry.stores import Place
 
 __all__ = [
     "PrunePlan",

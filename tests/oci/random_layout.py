@@ -16,6 +16,10 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from containerdisks.oci import RegistryClient
+from containerdisks.oci.media import parse_image_manifest, parse_index
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -122,3 +126,19 @@ def write_random_layout(
         _canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [top]})
     )
     return layout
+
+
+async def read_config(
+    client: RegistryClient, repository: str, reference: str, arch: str
+) -> dict[str, Any]:
+    """The config of the `arch` image of `repository:reference`, read as a pull reads it: an
+    index, its platform manifest (3 GETs with the config), or a single manifest."""
+    manifest = await client.get_manifest(repository, reference)
+    if manifest.is_index:
+        entries = parse_index(manifest, reference)
+        entry = next(e for e in entries if e.platform and e.platform.architecture == arch)
+        manifest = await client.get_manifest(repository, entry.digest)
+    image = parse_image_manifest(manifest, reference)
+    config = await client.get_blob(repository, image.config.digest, max_size=image.config.size)
+    doc: dict[str, Any] = json.loads(config)
+    return doc

@@ -1,10 +1,20 @@
 """Where images are read from and written to: a registry namespace or a directory of layouts.
 
-`--source-registry` / `--target-registry` take `host[:port]/namespace` or `oci:/dir`. Both
-become a `Place`: a store (a `RegistryClient` or a `LayoutStore`, which share one surface) plus
-the namespace repositories live under. When source and target name the same registry host, one
-client (one connection pool, one token cache) serves both. A registry place can re-read its
-credentials, so that a long-running process follows a rotated Secret.
+A registry spec (`--source-registry`, `--target-registry`, `--promote-registry`,
+`--verify-registry`) is `host[:port]/namespace` or `oci:/dir`. `open_places` makes two of them
+(a source and a target) into `Place`s: a store plus the namespace repositories live under.
+
+Decisions:
+- The stores are `containerdisks.oci`'s `RegistryClient` and `LayoutStore`; `Store` is the
+  surface they share, written down here beside the one wrapper this layer adds
+  (`RetryingStore`); an upload is either's own (`oci.BlobUpload` or `LayoutUpload`).
+- `open_places` takes the specs and a `Connection` (TLS and timeouts), never the whole
+  settings: a command that reads from a registry of its own (verify, promote) passes that spec.
+- When source and target name the same registry host, one client (one connection pool, one
+  token cache) serves both. A registry place can re-read its credentials, so that a
+  long-running process follows a rotated Secret.
+- Every store is a `RetryingStore`: its idempotent operations are retried under the caller's
+  backoff; uploads pass through (a broken stream cannot be replayed here).
 """
 
 from __future__ import annotations
@@ -14,51 +24,33 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
 import structlog
 
 from containerdisks import oci
-from containerdisks.engine.retry import Backoff, RetryingStore
-from containerdisks.oci.layout import LayoutStore
+from containerdisks.oci.layout import LayoutStore, LayoutUpload
+from containerdisks.retry import Backoff, retrying
 from containerdisks.settings import ConfigError, Settings
 
-__all__ = ["BlobUpload", "Place", "Store", "open_places", "same_place"]
+__all__ = [
+    "Connection",
+    "Place",
+    "RetryingStore",
+    "Store",
+    "Upload",
+    "open_places",
+    "same_place",
+]
 
 log = structlog.get_logger(__name__)
 
+_T = TypeVar("_T")
 
-class BlobUpload(Protocol):
-    """A streamed blob upload: `write` all chunks, then `commit`; leaving it uncommitted
-    cancels it."""
-
-    async def __aenter__(self) -> BlobUpload: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-    @property
-    def digest(self) -> str:
-        """The digest of what was sent so far (the blob's, once `write` returned)."""
-        ...
-
-    @property
-    def size(self) -> int: ...
-
-    async def write(
-        self, chunks: AsyncIterator[bytes], *, size: int | None = None, digest: str | None = None
-    ) -> None:
-        """`size`: sent as Content-Length; `digest`: the bytes are checked against it by their
-        producer, so the upload need not hash them again (the registry does)."""
-        ...
-
-    async def commit(self, digest: str) -> object: ...
+#: A streamed blob upload of either store: `write` all chunks, then `commit`; leaving it
+#: uncommitted cancels it.
+Upload = oci.BlobUpload | LayoutUpload
 
 
 class Store(Protocol):
@@ -81,7 +73,7 @@ class Store(Protocol):
 
     async def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool: ...
 
-    def blob_upload(self, repository: str) -> BlobUpload: ...
+    def blob_upload(self, repository: str) -> Upload: ...
 
     async def put_blob(self, repository: str, data: bytes) -> oci.Descriptor: ...
 
@@ -92,6 +84,105 @@ class Store(Protocol):
     async def list_tags(self, repository: str) -> list[str]: ...
 
     async def delete_manifest(self, repository: str, digest: str) -> None: ...
+
+
+class RetryingStore:
+    """A `Store` whose idempotent operations are retried under `policy`.
+
+    Uploads pass through untouched: a broken stream cannot be replayed here; the publisher
+    restreams the whole arch instead.
+    """
+
+    def __init__(self, store: Store, policy: Backoff) -> None:
+        self.inner = store
+        self.policy = policy
+
+    @property
+    def host(self) -> str:
+        return self.inner.host
+
+    def _run(self, what: str, op: Callable[[], Awaitable[_T]]) -> Awaitable[_T]:
+        return retrying(f"{what} {self.inner.host}", op, self.policy, host=self.inner.host)
+
+    async def get_manifest(self, repository: str, reference: str) -> oci.Manifest:
+        return await self._run(
+            f"GET {repository}:{reference}",
+            lambda: self.inner.get_manifest(repository, reference),
+        )
+
+    async def head_manifest(self, repository: str, reference: str) -> oci.Descriptor | None:
+        return await self._run(
+            f"HEAD {repository}:{reference}",
+            lambda: self.inner.head_manifest(repository, reference),
+        )
+
+    async def get_blob(self, repository: str, digest: str, *, max_size: int) -> bytes:
+        return await self._run(
+            f"GET {repository}@{digest}",
+            lambda: self.inner.get_blob(repository, digest, max_size=max_size),
+        )
+
+    async def read_blob(
+        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]]
+    ) -> int:
+        # Not retried: the sink has already consumed what arrived.
+        return await self.inner.read_blob(repository, digest, sink)
+
+    async def has_blob(self, repository: str, digest: str) -> bool:
+        return await self._run(
+            f"HEAD {repository}@{digest}", lambda: self.inner.has_blob(repository, digest)
+        )
+
+    async def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
+        return await self.inner.mount_blob(repository, digest, from_repository)
+
+    def blob_upload(self, repository: str) -> Upload:
+        return self.inner.blob_upload(repository)
+
+    async def put_blob(self, repository: str, data: bytes) -> oci.Descriptor:
+        return await self._run(
+            f"PUT blob into {repository}", lambda: self.inner.put_blob(repository, data)
+        )
+
+    async def put_manifest(
+        self, repository: str, reference: str, media_type: str, data: bytes
+    ) -> str:
+        return await self._run(
+            f"PUT {repository}:{reference}",
+            lambda: self.inner.put_manifest(repository, reference, media_type, data),
+        )
+
+    async def list_tags(self, repository: str) -> list[str]:
+        return await self._run(
+            f"GET tags of {repository}", lambda: self.inner.list_tags(repository)
+        )
+
+    async def delete_manifest(self, repository: str, digest: str) -> None:
+        # Idempotent: a retry after a lost answer finds it gone (the caller takes that as done).
+        await self._run(
+            f"DELETE {repository}@{digest}",
+            lambda: self.inner.delete_manifest(repository, digest),
+        )
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How every registry of a run is reached: TLS and timeouts."""
+
+    insecure_skip_tls: bool
+    ca_file: Path | None
+    connect_timeout: float
+    read_timeout: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> Connection:
+        """The connection settings (`insecure_skip_tls`, `ca_file`, the timeouts) name."""
+        return cls(
+            insecure_skip_tls=settings.insecure_skip_tls,
+            ca_file=settings.ca_file,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
 
 
 @dataclass(frozen=True)
@@ -139,17 +230,19 @@ def same_place(source: str, target: str, *, target_setting: str = "target_regist
 
 @asynccontextmanager
 async def open_places(
-    settings: Settings,
-    backoff: Backoff | None = None,
+    source: str,
+    target: str,
+    connection: Connection,
+    backoff: Backoff,
     *,
     trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> AsyncIterator[tuple[Place, Place]]:
-    """The source and target places of one run; store operations retried under `backoff`.
+    """The places `source` and `target` name (registry specs); store operations retried under
+    `backoff`. A malformed spec is a ConfigError naming `source_registry` or `target_registry`.
 
     `trace_configs` (aiohttp tracing, e.g. the daemon's metrics) observe every registry request.
     """
-    policy = backoff or Backoff(attempts=settings.retries)
-    specs = {"source": settings.source_registry, "target": settings.target}
+    specs = {"source": source, "target": target}
     parsed = {k: _parse(v, f"{k}_registry") for k, v in specs.items()}
     async with AsyncExitStack() as stack:
         stores: dict[str, Store] = {}
@@ -164,7 +257,7 @@ async def open_places(
                 store_key, namespace = p
             if store_key not in stores:
                 if isinstance(p, Path):
-                    stores[store_key] = RetryingStore(LayoutStore(p), policy)
+                    stores[store_key] = RetryingStore(LayoutStore(p), backoff)
                 else:
                     try:
                         credentials = await asyncio.to_thread(oci.find_credentials, spec)
@@ -182,13 +275,13 @@ async def open_places(
                         store_key,
                         session=session,
                         credentials=credentials,
-                        insecure_skip_tls=settings.insecure_skip_tls,
-                        ca_file=settings.ca_file,
-                        connect_timeout=settings.connect_timeout,
-                        read_timeout=settings.read_timeout,
+                        insecure_skip_tls=connection.insecure_skip_tls,
+                        ca_file=connection.ca_file,
+                        connect_timeout=connection.connect_timeout,
+                        read_timeout=connection.read_timeout,
                     )
                     opened = await stack.enter_async_context(client)
-                    stores[store_key] = RetryingStore(opened, policy)
+                    stores[store_key] = RetryingStore(opened, backoff)
                     reloaders[store_key] = _reloader(opened, spec, store_key)
             places[key] = Place(
                 spec, stores[store_key], namespace, isinstance(p, Path), reloaders.get(store_key)
