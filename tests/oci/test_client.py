@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,30 +21,14 @@ from containerdisks.oci import (
     RegistryClient,
     RepositoryUnknownError,
 )
-from tests.oci.random_layout import Layout, write_random_layout
-from tests.support.registry import Registry, start_registry
-
-
-@dataclass
-class Published:
-    registry: Registry
-    multi: Layout  # oci/multi:v1 (OCI index) and oci/multi-docker:v1 (Docker list)
-    single: Layout  # oci/single:v1 (OCI manifest) and oci/single-docker:v1 (Docker v2s2)
+from tests.oci.random_layout import Published, published_layouts, write_random_layout
+from tests.support.registry import start_registry
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Published]:
-    work = tmp_path_factory.mktemp("oci-client")
-    with start_registry(work / "registry") as reg:
-        multi = write_random_layout(work / "multi", "v1", ["amd64", "arm64"])
-        single = write_random_layout(work / "single", "v1", ["amd64"], index=False)
-        reg.push_layout(multi.root, "v1", "oci/multi", "v1", all_images=True)
-        reg.push_layout(
-            multi.root, "v1", "oci/multi-docker", "v1", all_images=True, docker_format=True
-        )
-        reg.push_layout(single.root, "v1", "oci/single", "v1")
-        reg.push_layout(single.root, "v1", "oci/single-docker", "v1", docker_format=True)
-        yield Published(reg, multi, single)
+    with published_layouts(tmp_path_factory.mktemp("oci-client")) as pushed:
+        yield pushed
 
 
 def sha256(data: bytes) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -13,29 +12,13 @@ from containerdisks import oci
 from containerdisks.oci import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, RegistryClient
 from containerdisks.oci.media import parse_image_manifest
 from containerdisks.registry.walk import children, platform_manifest
-from tests.oci.random_layout import Layout, write_random_layout
-from tests.support.registry import Registry, start_registry
-
-
-@dataclass
-class Pushed:
-    registry: Registry
-    multi: Layout  # oci/multi:v1 (OCI index) and oci/multi-docker:v1 (Docker list)
-    single: Layout  # oci/single:v1 (OCI manifest)
+from tests.oci.random_layout import Published, published_layouts
 
 
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pushed]:
-    work = tmp_path_factory.mktemp("walk")
-    with start_registry(work / "registry") as reg:
-        multi = write_random_layout(work / "multi", "v1", ["amd64", "arm64"])
-        single = write_random_layout(work / "single", "v1", ["amd64"], index=False)
-        reg.push_layout(multi.root, "v1", "oci/multi", "v1", all_images=True)
-        reg.push_layout(
-            multi.root, "v1", "oci/multi-docker", "v1", all_images=True, docker_format=True
-        )
-        reg.push_layout(single.root, "v1", "oci/single", "v1")
-        yield Pushed(reg, multi, single)
+def pushed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Published]:
+    with published_layouts(tmp_path_factory.mktemp("walk")) as published:
+        yield published
 
 
 class Counting:
@@ -64,7 +47,7 @@ def sha256(data: bytes) -> str:
     [("oci/multi", OCI_MANIFEST), ("oci/multi-docker", DOCKER_MANIFEST)],
 )
 async def test_an_index_leads_to_the_manifest_of_the_platform(
-    pushed: Pushed, repository: str, child_type: str, arch: str
+    pushed: Published, repository: str, child_type: str, arch: str
 ) -> None:
     async with RegistryClient(pushed.registry.host) as client:
         top = await client.get_manifest(repository, "v1")
@@ -82,14 +65,14 @@ async def test_an_index_leads_to_the_manifest_of_the_platform(
         assert manifest.digest == pushed.multi.manifests[arch]
 
 
-async def test_a_platform_the_index_lacks_is_none(pushed: Pushed) -> None:
+async def test_a_platform_the_index_lacks_is_none(pushed: Published) -> None:
     async with RegistryClient(pushed.registry.host) as client:
         top = await client.get_manifest("oci/multi", "v1")
         assert await platform_manifest(client, "oci/multi", top, "s390x", "oci/multi") is None
         assert await platform_manifest(client, "oci/multi", top, "amd64", "x", os="windows") is None
 
 
-async def test_a_single_manifest_stands_for_itself(pushed: Pushed) -> None:
+async def test_a_single_manifest_stands_for_itself(pushed: Published) -> None:
     async with RegistryClient(pushed.registry.host) as client:
         top = await client.get_manifest("oci/single", "v1")
         for arch in ("amd64", "arm64"):  # its config is the caller's to check
@@ -98,7 +81,7 @@ async def test_a_single_manifest_stands_for_itself(pushed: Pushed) -> None:
     assert top.data == pushed.registry.inspect_raw("oci/single", "v1")
 
 
-async def test_only_the_first_entry_per_wanted_platform_is_read(pushed: Pushed) -> None:
+async def test_only_the_first_entry_per_wanted_platform_is_read(pushed: Published) -> None:
     """An index with a windows entry and a second amd64 entry (pointing at arm64's manifest):
     only linux entries of the wanted arches are fetched, the first per arch, in index order."""
     amd64, arm64 = pushed.multi.manifests["amd64"], pushed.multi.manifests["arm64"]
