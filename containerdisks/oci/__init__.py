@@ -25,6 +25,7 @@ from containerdisks.oci.client import RegistryClient
 from containerdisks.oci.credentials import find_credentials
 from containerdisks.oci.digest import compute_digest, is_digest, parse_digest, verify_digest
 from containerdisks.oci.errors import (
+    BlobSizeError,
     BlobUnknownError,
     CertificateError,
     ConnectError,
@@ -43,6 +44,7 @@ from containerdisks.oci.errors import (
     RegistryError,
     RepositoryUnknownError,
     TLSError,
+    TransferTooSlowError,
     TransportError,
     TransportTimeoutError,
     UnauthorizedError,
@@ -96,6 +98,7 @@ __all__ = [
     "OCI_LAYER_GZIP",
     "OCI_LAYER_ZSTD",
     "OCI_MANIFEST",
+    "BlobSizeError",
     "BlobUnknownError",
     "BlobUpload",
     "CertificateError",
@@ -124,6 +127,7 @@ __all__ = [
     "RepositoryUnknownError",
     "TLSError",
     "TokenCache",
+    "TransferTooSlowError",
     "TransportError",
     "TransportTimeoutError",
     "UnauthorizedError",

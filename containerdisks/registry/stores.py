@@ -66,8 +66,10 @@ class Store(Protocol):
     async def get_blob(self, repository: str, digest: str, *, max_size: int) -> bytes: ...
 
     async def read_blob(
-        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]]
-    ) -> int: ...
+        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]], *, size: int
+    ) -> int:
+        """`size`: the descriptor's; a body of another size is an `oci.BlobSizeError`."""
+        ...
 
     async def has_blob(self, repository: str, digest: str) -> bool: ...
 
@@ -123,10 +125,10 @@ class RetryingStore:
         )
 
     async def read_blob(
-        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]]
+        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]], *, size: int
     ) -> int:
         # Not retried: the sink has already consumed what arrived.
-        return await self.inner.read_blob(repository, digest, sink)
+        return await self.inner.read_blob(repository, digest, sink, size=size)
 
     async def has_blob(self, repository: str, digest: str) -> bool:
         return await self._run(
@@ -167,21 +169,29 @@ class RetryingStore:
 
 @dataclass(frozen=True)
 class Connection:
-    """How every registry of a run is reached: TLS and timeouts."""
+    """How every registry of a run is reached: TLS, timeouts and the bounds of a blob read."""
 
     insecure_skip_tls: bool
     ca_file: Path | None
     connect_timeout: float
     read_timeout: float
+    #: A blob read slower than `blob_min_rate` bytes/s over `blob_rate_window` seconds, or
+    #: longer than `blob_deadline` seconds, fails (temporary: retried).
+    blob_min_rate: int
+    blob_rate_window: float
+    blob_deadline: float
 
     @classmethod
     def of(cls, settings: Settings) -> Connection:
-        """The connection settings (`insecure_skip_tls`, `ca_file`, the timeouts) name."""
+        """The connection `settings` name (TLS, timeouts, the transfer bounds)."""
         return cls(
             insecure_skip_tls=settings.insecure_skip_tls,
             ca_file=settings.ca_file,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            blob_min_rate=settings.min_transfer_rate,
+            blob_rate_window=settings.min_transfer_rate_window,
+            blob_deadline=settings.download_deadline,
         )
 
 
@@ -279,6 +289,9 @@ async def open_places(
                         ca_file=connection.ca_file,
                         connect_timeout=connection.connect_timeout,
                         read_timeout=connection.read_timeout,
+                        blob_min_rate=connection.blob_min_rate,
+                        blob_rate_window=connection.blob_rate_window,
+                        blob_deadline=connection.blob_deadline,
                     )
                     opened = await stack.enter_async_context(client)
                     stores[store_key] = RetryingStore(opened, backoff)
