@@ -12,7 +12,15 @@ from containerdisks.retry import Backoff
 from containerdisks.settings import ConfigError
 from tests.support.registry import Registry, start_registry
 
-CONNECTION = Connection(insecure_skip_tls=False, ca_file=None, connect_timeout=5, read_timeout=5)
+CONNECTION = Connection(
+    insecure_skip_tls=False,
+    ca_file=None,
+    connect_timeout=5,
+    read_timeout=5,
+    blob_min_rate=0,
+    blob_rate_window=60,
+    blob_deadline=60,
+)
 
 
 async def _no_sleep(_: float) -> None:
