@@ -36,7 +36,7 @@ from containerdisks.docs.quay import QuayClient, QuayError
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
 
-__all__ = ["parse_registry", "run"]
+__all__ = ["quay_organization", "run"]
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +45,7 @@ _QUAY = "quay.io"
 _DEFAULT_API = "https://quay.io"
 
 
-def parse_registry(registry: str, api_url: str) -> tuple[str, str]:
+def quay_organization(registry: str, api_url: str) -> tuple[str, str]:
     """`quay.io/<org>` -> (host, org). Another host needs its own `quay_api_url`."""
     parts = registry.split("/")
     if len(parts) != 2 or not parts[0] or not _ORG.match(parts[1]):
@@ -173,7 +173,7 @@ async def _send(
 async def run(ctx: Context) -> int:
     settings, stream = ctx.settings, ctx.out
     registry = settings.docs_registry
-    _, org = parse_registry(registry, settings.quay_api_url)
+    _, org = quay_organization(registry, settings.quay_api_url)
     catalog = ctx.catalog
     names = _repositories(catalog, ctx.focus)
     token = None if settings.dry_run else _read_token(settings.quay_token_file)

@@ -33,8 +33,8 @@ from containerdisks.engine.promote import (
     describe_error,
 )
 from containerdisks.engine.results import Result, ResultsError, read_results, write_results
-from containerdisks.engine.retry import Backoff
-from containerdisks.engine.stores import Place, open_places, same_place
+from containerdisks.registry.stores import Connection, Place, open_places, same_place
+from containerdisks.retry import Backoff
 from containerdisks.settings import ConfigError
 
 __all__ = ["run"]
@@ -79,9 +79,9 @@ async def run(ctx: Context) -> int:
         name, _, version = key.partition(":")
         if _eligible(result) and focus.selects_key(name, version):
             candidates.append(Candidate(key, name, result))
-    places = settings.model_copy(update={"target_registry": target_spec})
     backoff = Backoff(attempts=settings.retries)
-    async with open_places(places, backoff) as (source, target):
+    places = open_places(settings.source_registry, target_spec, Connection.of(settings), backoff)
+    async with places as (source, target):
         promoter = Promoter(source, target, backoff)
 
         async def one(c: Candidate) -> Outcome:

@@ -25,8 +25,8 @@ from containerdisks import oci
 from containerdisks.commands.context import Context
 from containerdisks.commands.render import write_json, write_table
 from containerdisks.engine.prune import PrunePlan, Pruner
-from containerdisks.engine.retry import Backoff
-from containerdisks.engine.stores import open_places
+from containerdisks.registry.stores import Connection, open_places
+from containerdisks.retry import Backoff
 from containerdisks.tags import published_versions
 
 __all__ = ["prune_json", "render_prune", "run"]
@@ -42,7 +42,10 @@ async def run(ctx: Context) -> int:
     focus = ctx.focus
     items = catalog.select(focus)
     plans: list[PrunePlan] = []
-    async with open_places(settings, Backoff(attempts=settings.retries)) as (_, target):
+    backoff = Backoff(attempts=settings.retries)
+    connection = Connection.of(settings)
+    places = open_places(settings.source_registry, settings.target, connection, backoff)
+    async with places as (_, target):
         pruner = Pruner(target)
         for bound in items:
             item = bound.item

@@ -35,8 +35,8 @@ from containerdisks.engine.results import (
     recorded_digest,
     write_results,
 )
-from containerdisks.engine.retry import Backoff
-from containerdisks.engine.stores import Place, open_places
+from containerdisks.registry.stores import Connection, Place, open_places
+from containerdisks.retry import Backoff
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.verify import flow, kube, qemu
 from containerdisks.verify.flow import Booter, Verdict
@@ -206,12 +206,11 @@ async def _run_local(
     chosen, verdicts = _choose(results, catalog, focus, goarch)
     registry = settings.verify_registry or settings.target
     backoff = Backoff(attempts=settings.retries)
-    source = settings.model_copy(update={"source_registry": registry, "target_registry": ""})
     try:
         account = qemu.qemu_account(settings.verify_qemu_user)
     except qemu.QemuError as e:
         raise ConfigError(f"images verify: {e}") from None
-    async with open_places(source, backoff) as (place, _):
+    async with open_places(registry, registry, Connection.of(settings), backoff) as (place, _):
         if not settings.dry_run:
             remove_stale_work(settings.work_dir)
             kept = settings.work_dir / "serial-logs"

@@ -34,12 +34,12 @@ from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
 from containerdisks.engine.publish import Publisher, PublishError
-from containerdisks.engine.published import RegistryReader
 from containerdisks.engine.results import Result
-from containerdisks.engine.retry import Backoff
 from containerdisks.engine.spec import EntrySpec
-from containerdisks.engine.stores import Place, open_places
 from containerdisks.pipeline.image import MediaFamily
+from containerdisks.registry.published import RegistryReader
+from containerdisks.registry.stores import Connection, Place, open_places
+from containerdisks.retry import Backoff
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
 
@@ -125,7 +125,13 @@ class Engine:
     async def __aenter__(self) -> Engine:
         try:
             await self._stack.enter_async_context(self.upstream)
-            places = open_places(self.settings, self.backoff, trace_configs=self._registry_traces)
+            places = open_places(
+                self.settings.source_registry,
+                self.settings.target,
+                Connection.of(self.settings),
+                self.backoff,
+                trace_configs=self._registry_traces,
+            )
             self.source, self.target = await self._stack.enter_async_context(places)
         except BaseException:
             await self._stack.aclose()

@@ -17,58 +17,24 @@ the same way, and the planner never imports a registry client itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from containerdisks.api import GOARCH, ArchError, Artifact
 from containerdisks.engine.spec import ArchSpec, EntrySpec
 from containerdisks.oci import Descriptor
 from containerdisks.pipeline.image import LayerCompression, MediaFamily, compression_of
+from containerdisks.registry.published import PublishedArch, PublishedImage, ReadError
 
 __all__ = [
     "Action",
     "ArchPlan",
     "EntryPlan",
-    "PublishedArch",
-    "PublishedImage",
     "PublishedReader",
-    "ReadError",
     "plan_entry",
 ]
 
 Action = Literal["up-to-date", "build", "reuse", "retag", "failed"]
-
-
-class ReadError(Exception):
-    """Reading the published state failed for a reason other than "not there yet"."""
-
-
-@dataclass(frozen=True)
-class PublishedArch:
-    digest: str
-    family: MediaFamily | None
-    config: Mapping[str, Any]
-    size: int = 0
-    media_type: str = ""
-    layer: Descriptor | None = None  # the single layer, when the manifest has exactly one
-
-    @property
-    def shasum(self) -> str | None:
-        labels = (self.config.get("config") or {}).get("Labels") or {}
-        value = labels.get("shasum")
-        return value if isinstance(value, str) else None
-
-
-@dataclass(frozen=True)
-class PublishedImage:
-    """What `<name>:<version>` holds: its digest, shape and the arches that were asked for."""
-
-    digest: str
-    family: MediaFamily | None
-    is_index: bool
-    platforms: tuple[str, ...]  # goarch of every entry of the index, in order
-    arches: Mapping[str, PublishedArch]  # by goarch; absent = arch missing from the index
 
 
 class PublishedReader(Protocol):

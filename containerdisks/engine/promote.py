@@ -2,7 +2,7 @@
 
 One job: for one results-file entry at stage `verify`, check that its staging tags still name
 the verified digest, copy that digest (index, every arch manifest, config, layer) into the target
-repository (engine/copy.py: mounted within one registry, streamed otherwise, present blobs
+repository (registry/copy.py: mounted within one registry, streamed otherwise, present blobs
 skipped), and only then write the tags, in the recorded order (timestamp tag, unique tags,
 `<version>`, `latest`), so moving tags move last and a failed copy moves no tag.
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from containerdisks import oci
-from containerdisks.engine.copy import CopyStats, copy_manifest
 from containerdisks.engine.results import Result, recorded_digest
-from containerdisks.engine.retry import Backoff
-from containerdisks.engine.stores import Place
+from containerdisks.registry.copy import CopyStats, copy_manifest
+from containerdisks.registry.stores import Place
+from containerdisks.retry import Backoff
 
 __all__ = ["Candidate", "Outcome", "PromoteError", "Promoter"]
 

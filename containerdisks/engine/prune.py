@@ -34,8 +34,8 @@ from typing import Literal
 import structlog
 
 from containerdisks import oci
-from containerdisks.engine.stores import Place
 from containerdisks.oci.media import parse_index
+from containerdisks.registry.stores import Place
 from containerdisks.tags import timestamp_tags
 
 __all__ = ["PrunePlan", "Pruner", "TagRow"]

@@ -42,11 +42,8 @@ import structlog
 
 from containerdisks import oci
 from containerdisks.api import Artifact
-from containerdisks.engine.copy import copy_manifest
 from containerdisks.engine.plan import ArchPlan, EntryPlan
-from containerdisks.engine.retry import Backoff, retrying
 from containerdisks.engine.spec import ArchSpec, EntrySpec
-from containerdisks.engine.stores import Place
 from containerdisks.pipeline.diskcheck import inspected
 from containerdisks.pipeline.image import (
     MEDIA_TYPES,
@@ -68,6 +65,9 @@ from containerdisks.pipeline.stages import (
     hashed,
     tar_disk,
 )
+from containerdisks.registry.copy import copy_manifest
+from containerdisks.registry.stores import Place
+from containerdisks.retry import Backoff, retrying
 from containerdisks.upstream import HttpUpstream
 from containerdisks.workdir import WorkDirError, own_work_dir
 

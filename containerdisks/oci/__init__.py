@@ -21,7 +21,7 @@ Modules, one job each:
 """
 
 from containerdisks.oci.auth import Credentials, TokenCache
-from containerdisks.oci.client import RegistryClient, ResolvedImage
+from containerdisks.oci.client import RegistryClient
 from containerdisks.oci.credentials import find_credentials
 from containerdisks.oci.digest import compute_digest, is_digest, parse_digest, verify_digest
 from containerdisks.oci.errors import (
@@ -40,7 +40,6 @@ from containerdisks.oci.errors import (
     ManifestUnknownError,
     NotFoundError,
     OCIError,
-    PlatformNotFoundError,
     ProtocolError,
     RegistryError,
     RepositoryUnknownError,
@@ -121,13 +120,11 @@ __all__ = [
     "NotFoundError",
     "OCIError",
     "Platform",
-    "PlatformNotFoundError",
     "ProtocolError",
     "RegistryClient",
     "RegistryError",
     "RegistryNamespace",
     "RepositoryUnknownError",
-    "ResolvedImage",
     "TLSError",
     "TokenCache",
     "TransferTooSlowError",

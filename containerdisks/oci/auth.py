@@ -363,10 +363,6 @@ class TokenCache:
         key = (host, frozenset(merge_scopes(scopes)))
         self._tokens[key] = _Token(value, self._clock() + lifetime)
 
-    def drop(self, host: str, scopes: Iterable[str]) -> None:
-        """Forget the token for this scope set."""
-        self._tokens.pop((host, frozenset(merge_scopes(scopes))), None)
-
     def proven(self, host: str, value: str) -> bool:
         """Whether the registry has accepted ``value`` before (see :meth:`prove`)."""
         return any(k[0] == host and t.value == value and t.proven for k, t in self._tokens.items())
@@ -416,11 +412,6 @@ class Authenticator:
         scheme = self._challenge.scheme if self._challenge else "unknown"
         anonymous = self._credentials is None
         return f"<Authenticator {self.host} scheme={scheme} anonymous={anonymous}>"
-
-    @property
-    def challenge(self) -> Challenge | None:
-        """The last challenge this registry sent, if any."""
-        return self._challenge
 
     @property
     def anonymous(self) -> bool:

@@ -25,9 +25,8 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Final, Self
 
 import aiohttp
 import yarl
@@ -48,14 +47,12 @@ from containerdisks.oci.errors import (
     BlobSizeError,
     BlobUnknownError,
     CertificateError,
-    ContentTooLargeError,
     DeniedError,
     DigestMismatchError,
     InvalidManifestError,
     InvalidReferenceError,
     ManifestUnknownError,
     OCIError,
-    PlatformNotFoundError,
     ProtocolError,
     RegistryError,
     RepositoryUnknownError,
@@ -66,15 +63,10 @@ from containerdisks.oci.errors import (
 )
 from containerdisks.oci.media import (
     ACCEPT_MANIFESTS,
-    IMAGE_MANIFEST_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
     Descriptor,
-    ImageManifest,
     Manifest,
-    Platform,
     detect_media_type,
-    parse_image_manifest,
-    parse_index,
     parse_json_object,
 )
 from containerdisks.oci.messages import Purpose, Request, Response
@@ -94,47 +86,19 @@ from containerdisks.oci.upload import (
     with_digest,
 )
 
-__all__ = ["DEFAULT_USER_AGENT", "RegistryClient", "ResolvedImage"]
+__all__ = ["DEFAULT_USER_AGENT", "RegistryClient"]
 
 logger = logging.getLogger("containerdisks.oci")
 
 DEFAULT_USER_AGENT: Final = "containerdisks-oci"
 #: Registries SHOULD accept manifests of at least 4 MB; we read no bigger ones.
 DEFAULT_MAX_MANIFEST_SIZE: Final = 4 * 1024 * 1024
-#: Image configs are small; a containerdisk's is a few hundred bytes.
-DEFAULT_MAX_CONFIG_SIZE: Final = 4 * 1024 * 1024
 _TOKEN_BODY_LIMIT: Final = 1024 * 1024
 #: Chunk size for registries that refused one streamed PATCH (GHCR's limit; ACR takes it too).
 FALLBACK_CHUNK_SIZE: Final = 4 * 1024 * 1024
 #: Pages of a tag list followed at most (a registry whose ``Link`` never ends is broken).
 _MAX_TAG_PAGES: Final = 10_000
 _HASH_BATCH: Final = 8 << 20  # bytes of a blob hashed per thread hop in read_blob
-
-
-@dataclass(frozen=True)
-class ResolvedImage:
-    """An image resolved for one platform: from the top-level manifest down to its config."""
-
-    #: What the reference points at: an index/manifest list, or the image manifest itself.
-    top: Manifest
-    #: The image manifest for the platform (``top`` itself when ``top`` is not an index).
-    manifest: Manifest
-    #: The platform manifest's config and layer descriptors.
-    image: ImageManifest
-    #: The config, parsed.
-    config: dict[str, Any] = field(repr=False)
-    #: The config exactly as stored (its digest is ``image.config.digest``).
-    config_bytes: bytes = field(repr=False)
-
-    @property
-    def platform(self) -> Platform:
-        """The platform the config declares."""
-        variant = self.config.get("variant")
-        return Platform(
-            str(self.config.get("os", "")),
-            str(self.config.get("architecture", "")),
-            variant if isinstance(variant, str) and variant else None,
-        )
 
 
 def _as_credentials(value: Credentials | tuple[str, str] | None) -> Credentials | None:
@@ -145,7 +109,7 @@ def _as_credentials(value: Credentials | tuple[str, str] | None) -> Credentials 
 
 
 class RegistryClient:
-    """An async client for one OCI registry: manifests, blobs, tags, platforms; read and write.
+    """An async client for one OCI registry: manifests, blobs and tags; read and write.
 
     Use as ``async with RegistryClient("quay.io") as client: ...``. ``registry`` is a host with
     an optional port (``127.0.0.1:5000``, ``[::1]:5000``); ``docker.io`` is served by
@@ -176,7 +140,6 @@ class RegistryClient:
         read_timeout: float = 30.0,
         request_timeout: float = 120.0,
         max_manifest_size: int = DEFAULT_MAX_MANIFEST_SIZE,
-        max_config_size: int = DEFAULT_MAX_CONFIG_SIZE,
         user_agent: str = DEFAULT_USER_AGENT,
         token_cache: TokenCache | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -195,7 +158,6 @@ class RegistryClient:
         self.api_host = api_host(parsed.host)
         self._insecure = insecure_skip_tls
         self._max_manifest_size = max_manifest_size
-        self._max_config_size = max_config_size
         self._auth = Authenticator(
             self.api_host,
             _as_credentials(credentials),
@@ -673,75 +635,6 @@ class RegistryClient:
             raise DigestMismatchError(subject, expected=digest, actual=actual)
         return size
 
-    async def resolve_platform(
-        self,
-        repository: str,
-        reference: str,
-        *,
-        os: str = "linux",
-        architecture: str,
-        variant: str | None = None,
-    ) -> ResolvedImage:
-        """Follow ``reference`` to the image for one platform, and fetch its config.
-
-        An index or manifest list is searched for an entry with this ``os`` and ``architecture``
-        (and ``variant`` when given; the first match wins otherwise); a plain manifest must have
-        a config for that platform. Raises :class:`PlatformNotFoundError` when there is none.
-        """
-        wanted = Platform(os, architecture, variant)
-        top = await self.get_manifest(repository, reference)
-        subject = self._subject("image", repository, reference)
-        from_index = top.is_index
-        if from_index:
-            entries = parse_index(top, subject)
-            match = next(
-                (
-                    entry
-                    for entry in entries
-                    if entry.platform is not None
-                    and entry.media_type in IMAGE_MANIFEST_MEDIA_TYPES
-                    and _matches(entry.platform, wanted)
-                ),
-                None,
-            )
-            if match is None:
-                raise PlatformNotFoundError(
-                    subject,
-                    wanted=str(wanted),
-                    available=[str(e.platform) for e in entries if e.platform is not None],
-                )
-            manifest = await self.get_manifest(repository, match.digest)
-        elif top.media_type in IMAGE_MANIFEST_MEDIA_TYPES:
-            manifest = top
-        else:
-            raise InvalidManifestError(
-                f"{subject}: unsupported manifest media type {top.media_type}"
-            )
-        image = parse_image_manifest(manifest, subject)
-        if image.config.size > self._max_config_size:
-            raise ContentTooLargeError(
-                f"{subject}: config of {image.config.size} bytes, more than the "
-                f"{self._max_config_size} allowed"
-            )
-        config_bytes = await self.get_blob(
-            repository, image.config.digest, max_size=image.config.size
-        )
-        if len(config_bytes) != image.config.size:
-            raise InvalidManifestError(
-                f"{subject}: config is {len(config_bytes)} bytes, manifest says {image.config.size}"
-            )
-        config = parse_json_object(config_bytes, f"config of {subject}")
-        resolved = ResolvedImage(top, manifest, image, config, config_bytes)
-        if not _matches(resolved.platform, wanted):
-            if from_index:
-                raise InvalidManifestError(
-                    f"{subject}: index entry for {wanted} has a config for {resolved.platform}"
-                )
-            raise PlatformNotFoundError(
-                subject, wanted=str(wanted), available=[str(resolved.platform)]
-            )
-        return resolved
-
     # -- write side -------------------------------------------------------------------------
 
     async def has_blob(self, repository: str, digest: str) -> bool:
@@ -1034,12 +927,6 @@ class _RateFloor:
                 self._window_end += self._window
         self._in_window += nbytes
         return None
-
-
-def _matches(have: Platform, wanted: Platform) -> bool:
-    if have.os != wanted.os or have.architecture != wanted.architecture:
-        return False
-    return wanted.variant is None or have.variant == wanted.variant
 
 
 def _same_origin(a: yarl.URL, b: yarl.URL) -> bool:

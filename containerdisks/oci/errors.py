@@ -30,7 +30,6 @@ writes into an error body is ours to show, so every message (and a :class:`Regis
     │   │                              expired tag ("time machine") }
     │   └── BlobUnknownError           BLOB_UNKNOWN                 }
     ├── NotFoundError                  what was asked for does not exist (catch this for "build it")
-    │   └── PlatformNotFoundError      the image exists, but not for this os/architecture
     ├── ContentError                   not temporary: the bytes are not what they must be
     │   ├── DigestMismatchError        content does not hash to its digest (read, uploaded,
     │   │                              or announced back by the registry)
@@ -69,7 +68,6 @@ __all__ = [
     "ManifestUnknownError",
     "NotFoundError",
     "OCIError",
-    "PlatformNotFoundError",
     "ProtocolError",
     "RegistryError",
     "RepositoryUnknownError",
@@ -228,17 +226,6 @@ class ManifestUnknownError(RegistryError, NotFoundError):
 
 class BlobUnknownError(RegistryError, NotFoundError):
     """The blob does not exist in this repository (``BLOB_UNKNOWN``)."""
-
-
-class PlatformNotFoundError(NotFoundError):
-    """The image exists, but has no manifest for the requested platform."""
-
-    def __init__(self, subject: str, *, wanted: str, available: list[str]) -> None:
-        self.subject = subject
-        self.wanted = wanted
-        self.available = list(available)
-        have = ", ".join(self.available) if self.available else "none"
-        super().__init__(f"{subject}: no manifest for platform {wanted} (available: {have})")
 
 
 class ContentError(OCIError):

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import structlog
 
-from containerdisks.engine.retry import Backoff
-from containerdisks.engine.stores import Store
 from containerdisks.pipeline.diskcheck import HEAD, refusal
+from containerdisks.registry.stores import Store
+from containerdisks.retry import Backoff
 from containerdisks.verify import qemu
 from containerdisks.verify.finish import to_the_end
 from containerdisks.verify.pull import PullError, pull_disk

@@ -38,9 +38,10 @@ import zstandard
 from isal import isal_zlib
 
 from containerdisks import oci
-from containerdisks.engine.retry import Backoff, retrying
-from containerdisks.engine.stores import Store
-from containerdisks.oci.media import parse_image_manifest, parse_index
+from containerdisks.oci.media import parse_image_manifest
+from containerdisks.registry.stores import Store
+from containerdisks.registry.walk import platform_manifest
+from containerdisks.retry import Backoff, retrying
 
 __all__ = ["PullError", "Pulled", "pull_disk"]
 
@@ -374,21 +375,9 @@ async def pull_disk(
     policy = backoff or Backoff()
     try:
         top = await store.get_manifest(repository, digest)
-        manifest = top
-        if top.is_index:
-            wanted = oci.Platform("linux", goarch)
-            match = next(
-                (
-                    e
-                    for e in parse_index(top, where)
-                    if e.platform is not None
-                    and (e.platform.os, e.platform.architecture) == (wanted.os, goarch)
-                ),
-                None,
-            )
-            if match is None:
-                raise PullError(f"{where} has no linux/{goarch} image")
-            manifest = await store.get_manifest(repository, match.digest)
+        manifest = await platform_manifest(store, repository, top, goarch, where)
+        if manifest is None:
+            raise PullError(f"{where} has no linux/{goarch} image")
         image = parse_image_manifest(manifest, where)
         if not image.layers:
             raise PullError(f"{where}: the image has no layers")

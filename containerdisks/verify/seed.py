@@ -19,7 +19,7 @@ from pathlib import Path
 
 from containerdisks.verify.sshlib import asyncssh
 
-__all__ = ["Credentials", "SeedError", "make_credentials", "meta_data", "user_data", "write_seed"]
+__all__ = ["SeedError", "SshLogin", "make_credentials", "meta_data", "user_data", "write_seed"]
 
 SEED_LABEL = "cidata"
 _TOOL_TIMEOUT = 60.0
@@ -30,7 +30,7 @@ class SeedError(Exception):
 
 
 @dataclass(frozen=True)
-class Credentials:
+class SshLogin:
     """A login: the user, the private key (in memory), its public half (authorized_keys form)."""
 
     user: str
@@ -38,16 +38,16 @@ class Credentials:
     public: str
 
     def __repr__(self) -> str:  # the private key never reaches a log or an error
-        return f"Credentials(user={self.user!r}, public={self.public!r})"
+        return f"SshLogin(user={self.user!r}, public={self.public!r})"
 
 
-def make_credentials(user: str) -> Credentials:
+def make_credentials(user: str) -> SshLogin:
     key = asyncssh.generate_private_key("ssh-ed25519", comment="containerdisks-verify")
     public = key.export_public_key("openssh").decode("ascii").strip()
-    return Credentials(user, key, public)
+    return SshLogin(user, key, public)
 
 
-def user_data(credentials: Credentials) -> str:
+def user_data(credentials: SshLogin) -> str:
     """medius's cloud-config: the default user gets the key."""
     return (
         "#cloud-config\n"

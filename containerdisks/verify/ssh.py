@@ -28,7 +28,7 @@ from typing import Protocol
 
 import structlog
 
-from containerdisks.verify.seed import Credentials
+from containerdisks.verify.seed import SshLogin
 from containerdisks.verify.sshlib import asyncssh
 
 __all__ = ["CheckFailedError", "Guest", "SshCheck", "check_login"]
@@ -98,7 +98,7 @@ async def _banner(host: str, port: int, wait: float) -> bool:
             await writer.wait_closed()
 
 
-async def _login(guest: Guest, credentials: Credentials, wait: float) -> str:
+async def _login(guest: Guest, credentials: SshLogin, wait: float) -> str:
     """One login; the output of `echo hello`, or raises asyncssh / OS errors."""
     async with asyncssh.connect(
         guest.ssh_host,
@@ -121,7 +121,7 @@ async def _login(guest: Guest, credentials: Credentials, wait: float) -> str:
 
 async def check_login(
     guest: Guest,
-    credentials: Credentials,
+    credentials: SshLogin,
     check: SshCheck,
     *,
     clock: Clock = time.monotonic,
@@ -168,7 +168,7 @@ async def check_login(
 
 
 def _give_up(
-    credentials: Credentials, check: SshCheck, banner_seen: bool, attempts: int, last: str
+    credentials: SshLogin, check: SshCheck, banner_seen: bool, attempts: int, last: str
 ) -> float:
     noun = "attempt" if check.count_unanswered else "login attempt"
     tried = f"after {attempts} {noun}{'s' if attempts != 1 else ''}"

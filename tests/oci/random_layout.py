@@ -13,9 +13,15 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from containerdisks.oci import RegistryClient
+from containerdisks.oci.media import parse_image_manifest, parse_index
+from tests.support.registry import Registry, start_registry
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -122,3 +128,41 @@ def write_random_layout(
         _canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [top]})
     )
     return layout
+
+
+async def read_config(
+    client: RegistryClient, repository: str, reference: str, arch: str
+) -> dict[str, Any]:
+    """The config of the `arch` image of `repository:reference`, read as a pull reads it: an
+    index, its platform manifest (3 GETs with the config), or a single manifest."""
+    manifest = await client.get_manifest(repository, reference)
+    if manifest.is_index:
+        entries = parse_index(manifest, reference)
+        entry = next(e for e in entries if e.platform and e.platform.architecture == arch)
+        manifest = await client.get_manifest(repository, entry.digest)
+    image = parse_image_manifest(manifest, reference)
+    config = await client.get_blob(repository, image.config.digest, max_size=image.config.size)
+    doc: dict[str, Any] = json.loads(config)
+    return doc
+
+
+@dataclass
+class Published:
+    registry: Registry
+    multi: Layout  # oci/multi:v1 (OCI index) and oci/multi-docker:v1 (Docker list)
+    single: Layout  # oci/single:v1 (OCI manifest) and oci/single-docker:v1 (Docker v2s2)
+
+
+@contextmanager
+def published_layouts(work: Path) -> Iterator[Published]:
+    """A real registry holding random images in every shape, pushed by skopeo."""
+    with start_registry(work / "registry") as reg:
+        multi = write_random_layout(work / "multi", "v1", ["amd64", "arm64"])
+        single = write_random_layout(work / "single", "v1", ["amd64"], index=False)
+        reg.push_layout(multi.root, "v1", "oci/multi", "v1", all_images=True)
+        reg.push_layout(
+            multi.root, "v1", "oci/multi-docker", "v1", all_images=True, docker_format=True
+        )
+        reg.push_layout(single.root, "v1", "oci/single", "v1")
+        reg.push_layout(single.root, "v1", "oci/single-docker", "v1", docker_format=True)
+        yield Published(reg, multi, single)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from containerdisks.oci import (
-    DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
     OCI_MANIFEST,
@@ -20,34 +18,17 @@ from containerdisks.oci import (
     InvalidReferenceError,
     ManifestUnknownError,
     NotFoundError,
-    PlatformNotFoundError,
     RegistryClient,
     RepositoryUnknownError,
 )
-from tests.oci.random_layout import Layout, write_random_layout
-from tests.support.registry import Registry, start_registry
-
-
-@dataclass
-class Published:
-    registry: Registry
-    multi: Layout  # oci/multi:v1 (OCI index) and oci/multi-docker:v1 (Docker list)
-    single: Layout  # oci/single:v1 (OCI manifest) and oci/single-docker:v1 (Docker v2s2)
+from tests.oci.random_layout import Published, published_layouts, write_random_layout
+from tests.support.registry import start_registry
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Published]:
-    work = tmp_path_factory.mktemp("oci-client")
-    with start_registry(work / "registry") as reg:
-        multi = write_random_layout(work / "multi", "v1", ["amd64", "arm64"])
-        single = write_random_layout(work / "single", "v1", ["amd64"], index=False)
-        reg.push_layout(multi.root, "v1", "oci/multi", "v1", all_images=True)
-        reg.push_layout(
-            multi.root, "v1", "oci/multi-docker", "v1", all_images=True, docker_format=True
-        )
-        reg.push_layout(single.root, "v1", "oci/single", "v1")
-        reg.push_layout(single.root, "v1", "oci/single-docker", "v1", docker_format=True)
-        yield Published(reg, multi, single)
+    with published_layouts(tmp_path_factory.mktemp("oci-client")) as pushed:
+        yield pushed
 
 
 def sha256(data: bytes) -> str:
@@ -72,59 +53,13 @@ async def test_get_manifest_of_a_docker_manifest_list(published: Published) -> N
     assert sha256(manifest.data) == manifest.digest
 
 
-@pytest.mark.parametrize("arch", ["amd64", "arm64"])
-@pytest.mark.parametrize(
-    ("repository", "child_type"),
-    [("oci/multi", OCI_MANIFEST), ("oci/multi-docker", DOCKER_MANIFEST)],
-)
-async def test_resolve_platform_through_an_index(
-    published: Published, repository: str, child_type: str, arch: str
-) -> None:
-    async with RegistryClient(published.registry.host) as client:
-        resolved = await client.resolve_platform(repository, "v1", architecture=arch)
-    assert resolved.top.is_index
-    assert resolved.manifest.media_type == child_type
-    assert str(resolved.platform) == f"linux/{arch}"
-    # skopeo keeps config bytes when converting to Docker types: the config is ours, unchanged
-    assert resolved.config_bytes == published.multi.configs[arch]
-    assert resolved.config == json.loads(published.multi.configs[arch])
-    assert resolved.image.config.digest == sha256(resolved.config_bytes)
-    if child_type == OCI_MANIFEST:
-        assert resolved.manifest.digest == published.multi.manifests[arch]
-    raw_child = published.registry.inspect_raw(repository, resolved.manifest.digest)
-    assert resolved.manifest.data == raw_child
-
-
-@pytest.mark.parametrize(
-    ("repository", "media_type"),
-    [("oci/single", OCI_MANIFEST), ("oci/single-docker", DOCKER_MANIFEST)],
-)
-async def test_resolve_platform_of_a_single_manifest(
-    published: Published, repository: str, media_type: str
-) -> None:
-    async with RegistryClient(published.registry.host) as client:
-        resolved = await client.resolve_platform(repository, "v1", architecture="amd64")
-        assert resolved.top is resolved.manifest
-        assert resolved.manifest.media_type == media_type
-        assert resolved.config_bytes == published.single.configs["amd64"]
-        with pytest.raises(PlatformNotFoundError) as caught:
-            await client.resolve_platform(repository, "v1", architecture="arm64")
-    host = published.registry.host
-    assert str(caught.value) == (
-        f"image {host}/{repository}:v1: no manifest for platform linux/arm64 "
-        "(available: linux/amd64)"
-    )
-
-
-async def test_unknown_repository_tag_and_arch_are_told_apart(published: Published) -> None:
+async def test_unknown_repository_and_tag_are_told_apart(published: Published) -> None:
     host = published.registry.host
     async with RegistryClient(host) as client:
         with pytest.raises(RepositoryUnknownError) as repo:
-            await client.resolve_platform("oci/nothing", "v1", architecture="amd64")
+            await client.get_manifest("oci/nothing", "v1")
         with pytest.raises(ManifestUnknownError) as tag:
-            await client.resolve_platform("oci/multi", "v2", architecture="amd64")
-        with pytest.raises(PlatformNotFoundError) as arch:
-            await client.resolve_platform("oci/multi", "v1", architecture="s390x")
+            await client.get_manifest("oci/multi", "v2")
     assert str(repo.value) == (
         f"manifest {host}/oci/nothing:v1: HTTP 404 NAME_UNKNOWN: "
         "repository name not known to registry"
@@ -133,11 +68,7 @@ async def test_unknown_repository_tag_and_arch_are_told_apart(published: Publish
         str(tag.value)
         == f"manifest {host}/oci/multi:v2: HTTP 404 MANIFEST_UNKNOWN: manifest unknown"
     )
-    assert str(arch.value) == (
-        f"image {host}/oci/multi:v1: no manifest for platform linux/s390x "
-        "(available: linux/amd64, linux/arm64)"
-    )
-    for caught in (repo, tag, arch):
+    for caught in (repo, tag):
         assert isinstance(caught.value, NotFoundError)
         assert not getattr(caught.value, "temporary", False)
 

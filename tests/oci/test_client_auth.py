@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from containerdisks.oci import RegistryClient, RepositoryUnknownError, UnauthorizedError
-from tests.oci.random_layout import write_random_layout
+from tests.oci.random_layout import read_config, write_random_layout
 from tests.support.registry import Registry
 
 REPO = "auth/image"
@@ -42,8 +42,8 @@ async def test_basic_auth(
     assert basic_registry.credentials is not None
     user, password = basic_registry.credentials
     async with RegistryClient(basic_registry.host, credentials=(user, password)) as client:
-        resolved = await client.resolve_platform(REPO, "v1", architecture="arm64")
-    assert resolved.platform.architecture == "arm64"
+        config = await read_config(client, REPO, "v1", "arm64")
+    assert config["architecture"] == "arm64"
 
     errors: list[Exception] = []
     for credentials in (None, (user, "wrong-" + password)):
@@ -72,7 +72,7 @@ async def test_bearer_token_is_requested_with_the_pull_scope_and_reused(
     before = server.count()
     async with RegistryClient(token_registry.host) as client:  # anonymous: pull is allowed
         for arch in ("amd64", "arm64"):
-            await client.resolve_platform(REPO, "v1", architecture=arch)  # 3 GETs each
+            await read_config(client, REPO, "v1", arch)  # 3 GETs each
         assert await client.head_manifest(REPO, "v1") is not None
     issued = server.requests[before:]
     assert [(r.user, r.scopes, r.status) for r in issued] == [(None, (SCOPE,), 200)]

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from containerdisks.oci import CertificateError, RegistryClient, TLSError
-from tests.oci.random_layout import write_random_layout
+from tests.oci.random_layout import read_config, write_random_layout
 from tests.support.registry import Registry
 
 
@@ -78,9 +78,9 @@ async def test_plain_http_registry_under_a_public_name_does_not_fall_back(
 async def test_tls_registry_with_its_ca_file(tls_registry: Registry, tmp_path: Path) -> None:
     publish(tls_registry, tmp_path)
     async with RegistryClient(tls_registry.host, ca_file=tls_registry.ca_file) as client:
-        resolved = await client.resolve_platform("tls/image", "v1", architecture="amd64")
+        config = await read_config(client, "tls/image", "v1", "amd64")
         assert client.scheme == "https"
-    assert resolved.platform.architecture == "amd64"
+    assert config["architecture"] == "amd64"
 
 
 async def test_tls_registry_without_its_ca_fails_and_never_falls_back(

@@ -16,7 +16,6 @@ from containerdisks.oci import (
     ManifestUnknownError,
     NotFoundError,
     OCIError,
-    PlatformNotFoundError,
     RegistryError,
     RepositoryUnknownError,
     TLSError,
@@ -61,8 +60,6 @@ def test_not_found_classes_share_a_base_a_caller_can_catch() -> None:
     for cls in (RepositoryUnknownError, ManifestUnknownError, BlobUnknownError):
         assert issubclass(cls, NotFoundError)
         assert issubclass(cls, RegistryError)
-    assert issubclass(PlatformNotFoundError, NotFoundError)
-    assert not issubclass(PlatformNotFoundError, RegistryError)
     assert issubclass(DeniedError, UnauthorizedError)
     assert issubclass(CertificateError, TLSError)
     assert issubclass(TLSError, TransportError)
@@ -141,15 +138,6 @@ def test_retry_after_parses_seconds_and_dates() -> None:
     assert 25 <= seconds <= 31
     past = format_datetime(datetime.now(UTC) - timedelta(seconds=30), usegmt=True)
     assert parse_retry_after(past) == 0.0
-
-
-def test_platform_not_found_names_what_exists() -> None:
-    error = PlatformNotFoundError(
-        "image quay.io/cd/fedora:41", wanted="linux/s390x", available=["linux/amd64"]
-    )
-    assert str(error) == (
-        "image quay.io/cd/fedora:41: no manifest for platform linux/s390x (available: linux/amd64)"
-    )
 
 
 def test_transport_errors_are_temporary_except_certificates() -> None:

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from containerdisks import oci
-from containerdisks.engine.retry import Backoff, retrying
-from containerdisks.engine.stores import Store
-from containerdisks.oci.media import parse_image_manifest, parse_index
+from containerdisks.oci.media import parse_image_manifest
+from containerdisks.registry.stores import Store
+from containerdisks.registry.walk import children
+from containerdisks.retry import Backoff, retrying
 
 __all__ = ["CopyStats", "copy_blob", "copy_manifest"]
 
@@ -133,8 +134,7 @@ async def copy_manifest(
         return stats
     what = f"{source.host}/{src_repo}@{manifest.digest}"
     if manifest.is_index:
-        for child in parse_index(manifest, what):
-            sub = await source.get_manifest(src_repo, child.digest)
+        async for _, sub in children(source, src_repo, manifest, what):
             await copy_manifest(
                 source, src_repo, target, dst_repo, sub, backoff=backoff, stats=stats
             )

@@ -1,24 +1,58 @@
-"""Reading what a registry has published, for the planner (a `PublishedReader`).
+"""Reading what a registry has published, for the planner (its `PublishedReader`).
 
-`<name>:<version>` is read once per entry: the top manifest, then only the platform manifests
-and configs of the arches the entry publishes. "Repository unknown" and "tag unknown" (Quay's
-deleted-tag answer included) are answers, not errors; everything else is a `ReadError` naming the
-reference, so that the entry fails and the others go on.
+`<name>:<version>` is read once per entry: the top manifest, then (through the index walker,
+`walk.children`) only the platform manifests and configs of the arches the entry publishes.
+"Repository unknown" and "tag unknown" (Quay's deleted-tag answer included) are answers, not
+errors; everything else is a `ReadError` naming the reference, so that the entry fails and the
+others go on. What was read is a `PublishedImage`, the value the planner compares with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from containerdisks import oci
-from containerdisks.engine.plan import PublishedArch, PublishedImage, ReadError
-from containerdisks.engine.stores import Place
-from containerdisks.oci.media import parse_json_object
-from containerdisks.pipeline.image import family_of
+from containerdisks.oci.media import parse_index, parse_json_object
+from containerdisks.pipeline.image import MediaFamily, family_of
+from containerdisks.registry.stores import Place
+from containerdisks.registry.walk import children
 
-__all__ = ["RegistryReader"]
+__all__ = ["PublishedArch", "PublishedImage", "ReadError", "RegistryReader"]
 
 _MAX_CONFIG = 1 << 20
+
+
+class ReadError(Exception):
+    """Reading the published state failed for a reason other than "not there yet"."""
+
+
+@dataclass(frozen=True)
+class PublishedArch:
+    digest: str
+    family: MediaFamily | None
+    config: Mapping[str, Any]
+    size: int = 0
+    media_type: str = ""
+    layer: oci.Descriptor | None = None  # the single layer, when the manifest has exactly one
+
+    @property
+    def shasum(self) -> str | None:
+        labels = (self.config.get("config") or {}).get("Labels") or {}
+        value = labels.get("shasum")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class PublishedImage:
+    """What `<name>:<version>` holds: its digest, shape and the arches that were asked for."""
+
+    digest: str
+    family: MediaFamily | None
+    is_index: bool
+    platforms: tuple[str, ...]  # goarch of every entry of the index, in order
+    arches: Mapping[str, PublishedArch]  # by goarch; absent = arch missing from the index
 
 
 class RegistryReader:
@@ -38,23 +72,22 @@ class RegistryReader:
         repo = self._repo(name)
         try:
             top = await self._client.get_manifest(repo, tag)
-            doc = _parse(top.data, self._where(name, tag))
+            where = self._where(name, tag)
+            _parse(top.data, where)  # a top that is no JSON object says so in its own words
             if top.is_index:
-                platforms: list[str] = []
-                children: dict[str, str] = {}
-                for m in doc.get("manifests") or []:
-                    plat = m.get("platform") or {}
-                    arch = plat.get("architecture", "")
-                    platforms.append(arch)
-                    if plat.get("os") == "linux" and arch in goarches and arch not in children:
-                        children[arch] = m["digest"]
-                arches = {
-                    arch: await self._arch(repo, name, tag, digest)
-                    for arch, digest in children.items()
-                }
-                return PublishedImage(
-                    top.digest, family_of(top.media_type), True, tuple(platforms), arches
+                platforms = tuple(
+                    e.platform.architecture if e.platform else "" for e in parse_index(top, where)
                 )
+                arches: dict[str, PublishedArch] = {}
+                async for entry, manifest in children(
+                    self._client, repo, top, where, architectures=goarches
+                ):
+                    assert entry.platform is not None  # children() chose it by its platform
+                    arches[entry.platform.architecture] = await self._config_of(
+                        repo, name, tag, manifest
+                    )
+                family = family_of(top.media_type)
+                return PublishedImage(top.digest, family, True, platforms, arches)
             single = await self._config_of(repo, name, tag, top)
             arch = str(single.config.get("architecture", ""))
             return PublishedImage(
@@ -70,10 +103,6 @@ class RegistryReader:
             return "tag unknown"
         except (oci.OCIError, KeyError, TypeError) as e:
             raise ReadError(f"cannot read published {self._where(name, tag)}: {e}") from None
-
-    async def _arch(self, repo: str, name: str, tag: str, digest: str) -> PublishedArch:
-        manifest = await self._client.get_manifest(repo, digest)
-        return await self._config_of(repo, name, tag, manifest)
 
     async def _config_of(
         self, repo: str, name: str, tag: str, manifest: oci.Manifest
