@@ -10,7 +10,7 @@ Decisions that shaped it:
   currently offers (that is `images push`'s dry run). A source that discovers its versions
   (Fedora) is listed once, as `name:*`, with the rules it reports.
 - A source may report its unique-tag rule as `unique_tag` in `describe()` (None: no unique tag);
-  it is shown in tag order: `<version>-<YYMMDDhhmm>`, the unique tag, `<version>`, `latest`.
+  it is shown in the tag order push writes (containerdisks/tags.py).
 - Without `--focus` every item is listed, the test-only ones marked as such; `--focus` selects
   as `images push` does, and a focus matching nothing is a usage error (exit 2).
 """
@@ -24,10 +24,10 @@ from typing import Any, TextIO
 from containerdisks.api import render
 from containerdisks.catalog import BoundItem, Focus, load_catalog
 from containerdisks.settings import Settings
+from containerdisks.tags import STAMP_PLACEHOLDER, tag_order
 
 __all__ = ["catalog_command", "describe_item"]
 
-STAMP = "<YYMMDDhhmm>"
 _HEADER = ("ENTRY", "ARCHES", "SOURCE", "USER", "NOTES")
 
 
@@ -50,9 +50,12 @@ def describe_item(bound: BoundItem) -> dict[str, Any]:
         unique = None if rule is None else render(str(rule), {"version": version})
     else:
         unique = "<as the source reports>"
-    tags = [f"{version}-{STAMP}", *([unique] if unique else []), version]
-    if item.latest:
-        tags.append("latest")
+    tags = tag_order(
+        version,
+        unique=[unique] if unique else [],
+        latest=item.latest,
+        stamp=f"{version}-{STAMP_PLACEHOLDER}",
+    )
     return {
         "entry": item.label,
         "name": item.name,

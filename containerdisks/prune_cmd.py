@@ -25,10 +25,11 @@ import structlog
 
 from containerdisks import oci
 from containerdisks.catalog import Focus, load_catalog
-from containerdisks.engine.prune import PrunePlan, Pruner, published_versions
+from containerdisks.engine.prune import PrunePlan, Pruner
 from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import open_places
 from containerdisks.settings import Settings
+from containerdisks.tags import published_versions
 
 __all__ = ["images_prune", "render_prune"]
 

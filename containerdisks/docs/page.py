@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from containerdisks.catalog import ENV_INSTANCETYPE, ENV_PREFERENCE, CatalogItem, RepositoryDocs
+from containerdisks.tags import STAMP_PLACEHOLDER, tag_order
 
 __all__ = [
     "DOC_LINKS",
@@ -76,7 +77,8 @@ class PageVersion:
 
     @property
     def tags(self) -> tuple[str, ...]:
-        return (self.version, "latest") if self.latest else (self.version,)
+        """The tags that move to each new build (the unique and timestamp tags do not)."""
+        return tuple(tag_order(self.version, latest=self.latest))
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -188,7 +190,8 @@ def _versions_table(registry: str, name: str, versions: Sequence[PageVersion]) -
         lines.append(f"| {tags} | {', '.join(v.arches)} | {user} |")
     lines += [
         "",
-        "These tags move to each new build. Every build is also tagged `<version>-<YYMMDDhhmm>`",
+        "These tags move to each new build. Every build is also tagged "
+        f"`<version>-{STAMP_PLACEHOLDER}`",
         "(its UTC build time) and, where the distribution names its builds, with that name: pin",
         "such a tag to keep an image that never changes.",
     ]

@@ -6,8 +6,9 @@
   with its own deadline (`discovery_timeout`), its result handed on as soon as it is in, so a
   slow mirror holds up only its own item; a failed item (whatever its source raised) is an
   `Outcome` recorded under `name:version` or `name:*`. `discover()` waits for them all;
-- `sync(entry)`: plan the entry against the source, then (unless a dry run) publish it, and
-  with `keep_timestamp_tags` on, delete its older timestamp tags (engine/prune.py).
+- `sync(entry)`: compute once what the entry should look like published (engine/spec.py),
+  plan that against the source, then (unless a dry run) publish it, and with
+  `keep_timestamp_tags` on, delete its older timestamp tags (engine/prune.py).
 
 An `Engine` lives as long as its process: the upstream answers' validators (conditional GETs),
 registry connections and tokens carry over from pass to pass, and so does what the engine saw
@@ -33,11 +34,12 @@ from containerdisks.api import Artifact, SourceError
 from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure, load_catalog
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
+from containerdisks.engine.publish import Publisher, PublishError
 from containerdisks.engine.published import RegistryReader
 from containerdisks.engine.results import Result
 from containerdisks.engine.retry import Backoff
+from containerdisks.engine.spec import EntrySpec
 from containerdisks.engine.stores import Place, open_places
-from containerdisks.engine.sync import Publisher, PublishError
 from containerdisks.pipeline.image import MediaFamily
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
@@ -72,12 +74,12 @@ class Outcome:
         return None
 
 
-def _fingerprint(entry: Entry, family: str, compression: str) -> tuple[object, ...]:
+def _fingerprint(spec: EntrySpec, family: str, compression: str) -> tuple[object, ...]:
     """Everything upstream or the catalog says about an entry that its image depends on."""
     return (
-        entry.artifacts,
-        tuple(entry.item.env(a.arch) for a in entry.artifacts if isinstance(a, Artifact)),
-        entry.latest,
+        spec.entry.artifacts,
+        tuple(a.core for a in spec.arches),
+        spec.tags,
         family,
         compression,
     )
@@ -213,11 +215,12 @@ class Engine:
 
     async def sync(self, entry: Entry) -> Outcome:
         """Plan one entry and, unless this is a dry run, publish what the plan says."""
-        shortcut = await self._unchanged(entry)
+        spec = EntrySpec.of(entry, keep_timestamp_tags=self.settings.keep_timestamp_tags)
+        shortcut = await self._unchanged(spec)
         if shortcut is not None:
             return shortcut
         plan = await plan_entry(
-            entry,
+            spec,
             self._reader,
             family=self.family,
             compression=self.settings.layer_compression,
@@ -228,32 +231,31 @@ class Engine:
             return Outcome(plan, [], plan.error)
         log.info("planned", entry=plan.key, actions={r.arch: r.action for r in plan.arches})
         if not plan.needs_publish:
-            self._remember(entry, plan)
+            self._remember(spec, plan)
             return Outcome(plan, [], None)
         if not self.publish:
             return Outcome(plan, [], None)
         log.info("publishing", entry=plan.key)
         try:
-            tags, digest = await self._publisher.publish(entry, plan)
+            tags, digest = await self._publisher.publish(spec, plan)
         except (PublishError, SourceError, oci.OCIError) as e:
             message = str(e) if str(e).startswith(entry.key) else f"{entry.key}: {e}"
             log.error("publish_failed", entry=plan.key, error=message)
             return Outcome(plan, [], message)
         log.info("published", entry=plan.key, tags=tags, digest=digest)
         self._seen.pop(entry.key, None)  # the next pass reads what was written
-        await self._prune(entry)
+        await self._prune(spec)
         return Outcome(plan, tags, None, digest)
 
-    async def _prune(self, entry: Entry) -> None:
+    async def _prune(self, spec: EntrySpec) -> None:
         """Retention after a publish, when `keep_timestamp_tags` is on for the entry. Its
         failure is logged (`retention_failed`) and does not undo or fail the publish; a
         registry refusing deletes is one warning (engine/prune.py)."""
-        keep = entry.item.keep_for(self.settings.keep_timestamp_tags)
-        if not keep:
+        if not spec.keep:
             return
-        plan = await self._pruner.plan(entry.name, entry.version, keep)
+        plan = await self._pruner.plan(spec.name, spec.version, spec.keep)
         if plan.error:
-            log.error("retention_failed", entry=entry.key, error=plan.error)
+            log.error("retention_failed", entry=spec.key, error=plan.error)
             return
         await self._pruner.apply(plan)
 
@@ -265,18 +267,19 @@ class Engine:
 
     # -- memory across passes -------------------------------------------------------------------
 
-    def _remember(self, entry: Entry, plan: EntryPlan) -> None:
+    def _remember(self, spec: EntrySpec, plan: EntryPlan) -> None:
         if plan.published_digest is not None:
-            fingerprint = _fingerprint(entry, self.family, self.settings.layer_compression)
-            self._seen[entry.key] = (fingerprint, plan.published_digest)
+            fingerprint = _fingerprint(spec, self.family, self.settings.layer_compression)
+            self._seen[spec.key] = (fingerprint, plan.published_digest)
 
-    async def _unchanged(self, entry: Entry) -> Outcome | None:
+    async def _unchanged(self, spec: EntrySpec) -> Outcome | None:
         """Up to date for one HEAD, when nothing changed since this engine last looked."""
+        entry = spec.entry
         seen = self._seen.get(entry.key)
         if seen is None or self.settings.force:
             return None
         fingerprint, digest = seen
-        if fingerprint != _fingerprint(entry, self.family, self.settings.layer_compression):
+        if fingerprint != _fingerprint(spec, self.family, self.settings.layer_compression):
             return None
         try:
             head = await self.source.store.head_manifest(

@@ -2,9 +2,10 @@
 
 DESIGN.md "How one sync flows", step 2. For each arch the published `<name>:<version>` is read
 (manifest list -> platform manifest -> config). An arch is *unchanged* when its published config
-is the one we would build (everything but `rootfs`: the `shasum` label pins the upstream bytes and
-builds are reproducible) and its manifest is of the configured media-type family. Unknown
-repository, tag or arch means "build"; any other error fails this entry only.
+is the one we would build (the entry spec's config core, engine/spec.py: everything but
+`rootfs`; the `shasum` label pins the upstream bytes and builds are reproducible) and its
+manifest is of the configured media-type family. Unknown repository, tag or arch means
+"build"; any other error fails this entry only.
 
 Actions per arch: `up-to-date`, `build`, `reuse` (unchanged, but the entry is republished because
 another arch changed or the index shape is not what we would publish), `retag` (content is
@@ -21,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from containerdisks.api import GOARCH, ArchError, Artifact
-from containerdisks.catalog import Entry
+from containerdisks.engine.spec import ArchSpec, EntrySpec
 from containerdisks.oci import Descriptor
-from containerdisks.pipeline.image import LayerCompression, MediaFamily, compression_of, config_core
+from containerdisks.pipeline.image import LayerCompression, MediaFamily, compression_of
 
 __all__ = [
     "Action",
@@ -34,7 +35,6 @@ __all__ = [
     "PublishedReader",
     "ReadError",
     "plan_entry",
-    "tags_for",
 ]
 
 Action = Literal["up-to-date", "build", "reuse", "retag", "failed"]
@@ -114,27 +114,16 @@ class EntryPlan:
         return any(a.action in ("build", "reuse", "retag") for a in self.arches)
 
 
-def tags_for(entry: Entry) -> list[str]:
-    """The tags an entry carries besides its timestamp tag, in push order (DESIGN.md "Tags")."""
-    first = entry.artifacts[0]
-    tags = list(first.unique_tags) if isinstance(first, Artifact) else []
-    tags.append(entry.version)
-    if entry.latest:
-        tags.append("latest")
-    return list(dict.fromkeys(tags))
-
-
-def _failed(entry: Entry, message: str) -> EntryPlan:
+def _failed(spec: EntrySpec, message: str) -> EntryPlan:
     rows = [
         ArchPlan(a.arch, a.checksum if isinstance(a, Artifact) else None, None, "failed", message)
-        for a in entry.artifacts
+        for a in spec.entry.artifacts
     ]
-    return EntryPlan(entry.key, rows, tags_for(entry), error=message)
+    return EntryPlan(spec.key, rows, list(spec.tags), error=message)
 
 
 def _compare(
-    entry: Entry,
-    artifact: Artifact,
+    want: ArchSpec,
     have: PublishedArch,
     family: MediaFamily,
     compression: LayerCompression,
@@ -142,12 +131,7 @@ def _compare(
     force: bool,
 ) -> ArchPlan:
     """One published arch against what we would build now."""
-    want = config_core(
-        arch=artifact.arch,
-        checksum=artifact.checksum,
-        source_url=artifact.url,
-        env=entry.item.env(artifact.arch),
-    )
+    artifact = want.artifact
     row = ArchPlan(artifact.arch, artifact.checksum, have.shasum, "up-to-date", "", have.digest)
     if force:
         row.action, row.reason = "build", "forced"
@@ -157,7 +141,7 @@ def _compare(
         return row
     core = {k: v for k, v in have.config.items() if k != "rootfs"}
     layer_compression = compression_of(have.layer.media_type) if have.layer else None
-    if core != want:
+    if core != want.core:
         row.action, row.reason = "build", "config changed"
     elif have.family != family:
         row.action, row.reason = "build", f"media types are not {family}"
@@ -171,16 +155,17 @@ def _compare(
 
 
 async def plan_entry(
-    entry: Entry,
+    spec: EntrySpec,
     reader: PublishedReader,
     *,
     family: MediaFamily,
     compression: LayerCompression = "gzip",
     force: bool = False,
 ) -> EntryPlan:
+    entry = spec.entry
     errors = [a for a in entry.artifacts if isinstance(a, ArchError)]
     if not entry.artifacts:
-        return _failed(entry, "upstream lists no arch for this entry")
+        return _failed(spec, "upstream lists no arch for this entry")
     if errors:
         # The entry waits until every arch is verifiable: a published index never loses an arch.
         waiting = "waiting for " + ", ".join(e.arch for e in errors)
@@ -191,26 +176,26 @@ async def plan_entry(
             for a in entry.artifacts
         ]
         message = "; ".join(f"{e.arch}: {e.message}" for e in errors)
-        return EntryPlan(entry.key, failed_rows, tags_for(entry), error=message)
-    artifacts = [a for a in entry.artifacts if isinstance(a, Artifact)]
-    goarches = tuple(GOARCH[a.arch] for a in artifacts)
+        return EntryPlan(entry.key, failed_rows, list(spec.tags), error=message)
+    goarches = tuple(a.platform.architecture for a in spec.arches)
     try:
         published = await reader.read(entry.name, entry.version, goarches)
     except ReadError as e:
-        return _failed(entry, str(e))
+        return _failed(spec, str(e))
 
     rows: list[ArchPlan] = []
-    for artifact in artifacts:
+    for want in spec.arches:
+        checksum = want.artifact.checksum
         if isinstance(published, str):
-            rows.append(ArchPlan(artifact.arch, artifact.checksum, None, "build", published))
+            rows.append(ArchPlan(want.arch, checksum, None, "build", published))
             continue
-        have = published.arches.get(GOARCH[artifact.arch])
+        have = published.arches.get(want.platform.architecture)
         if have is None:
-            rows.append(ArchPlan(artifact.arch, artifact.checksum, None, "build", "arch missing"))
+            rows.append(ArchPlan(want.arch, checksum, None, "build", "arch missing"))
             continue
-        rows.append(_compare(entry, artifact, have, family, compression, force=force))
+        rows.append(_compare(want, have, family, compression, force=force))
 
-    plan = EntryPlan(entry.key, rows, tags_for(entry))
+    plan = EntryPlan(entry.key, rows, list(spec.tags))
     if not isinstance(published, str):
         plan.published_digest = published.digest
         # A published index never loses an arch: if upstream stopped listing one the catalog
@@ -220,7 +205,7 @@ async def plan_entry(
         if lost:
             names = ", ".join(lost)
             return _failed(
-                entry,
+                spec,
                 f"upstream no longer lists {names}, which the published {entry.key} has; "
                 "a published index never loses an arch",
             )
@@ -231,7 +216,7 @@ async def plan_entry(
         return plan
     shape_ok = (
         published.family == family
-        and published.is_index == (len(artifacts) > 1)
+        and published.is_index == (len(spec.arches) > 1)
         and published.platforms == goarches
     )
     if not shape_ok:
@@ -242,7 +227,7 @@ async def plan_entry(
     try:
         moved = [t for t in stale if await reader.tag_digest(entry.name, t) != published.digest]
     except ReadError as e:
-        return _failed(entry, str(e))
+        return _failed(spec, str(e))
     if moved:
         for row in rows:
             row.action, row.reason = "retag", "tag " + ", ".join(moved) + " not current"

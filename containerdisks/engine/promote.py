@@ -25,7 +25,7 @@ import structlog
 
 from containerdisks import oci
 from containerdisks.engine.copy import CopyStats, copy_manifest
-from containerdisks.engine.results import Result
+from containerdisks.engine.results import Result, recorded_digest
 from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Place
 
@@ -60,7 +60,7 @@ class Outcome:
 
     def record(self, prior: Result) -> Result:
         """The results-file record after this promote (tags as verify recorded them)."""
-        return Result(prior.tags, self.error, "promote", self.digest or prior.digest)
+        return prior.after("promote", self.error, self.digest)
 
 
 class Promoter:
@@ -75,9 +75,10 @@ class Promoter:
         tags = c.result.bare_tags()
         if not tags:
             raise PromoteError(f"{c.key}: no tags recorded")
-        digest = c.result.digest
-        if not digest:
-            digest = await self._head(c, tags[0])
+        digest = await recorded_digest(c.result, self.source.store, self.source.repo(c.name))
+        if digest is None:
+            where = self.source.where(c.name, tags[0])
+            raise PromoteError(f"{c.key}: staging tag {where} not found")
         await self._check_tags(c, tags, digest)
         return Outcome(c.key, digest, tags)
 

@@ -1,13 +1,12 @@
 """Tag retention: keep the newest N `<version>-<YYMMDDhhmm>` tags of an entry, delete the rest.
 
-Every publish adds a timestamp tag (engine/sync.py) and nothing else ever removed them: one
+Every publish adds a timestamp tag (engine/publish.py) and nothing else ever removed them: one
 Quay repository grew to 187 GiB (kubevirt/containerdisks#101). `keep_timestamp_tags` (a
 setting, overridable per catalog entry; 0 = off, keep everything) keeps the newest N.
 
 Decisions:
-- A timestamp tag of an entry is exactly `<version>-` followed by 10 digits that read as a
-  UTC `YYMMDDhhmm`; nothing else is ever a candidate: not `9-latest`, `42-1.1`, Debian's
-  unique `13-20250814-2204`, nor another version's tags. Newest means the largest stamp.
+- Only the entry's own timestamp tags are candidates, newest kept first; what one is, is the
+  tag policy's (containerdisks/tags.py).
 - Deletes are by digest (the distribution spec's delete; by tag is optional and distribution
   2.8 refuses it), and a delete by digest takes away *every* tag pointing at the manifest. So a
   digest is deleted only when no kept tag of the repository (any tag, timestamp or not, of any
@@ -28,10 +27,8 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Literal
 
 import structlog
@@ -39,52 +36,14 @@ import structlog
 from containerdisks import oci
 from containerdisks.engine.stores import Place
 from containerdisks.oci.media import parse_index
+from containerdisks.tags import timestamp_tags
 
-__all__ = [
-    "PrunePlan",
-    "Pruner",
-    "TagRow",
-    "is_timestamp_tag",
-    "published_versions",
-    "timestamp_tags",
-]
+__all__ = ["PrunePlan", "Pruner", "TagRow"]
 
 log = structlog.get_logger(__name__)
 
-_STAMP = re.compile(r"^(?P<version>.+)-(?P<stamp>[0-9]{10})$")
 #: HEAD requests in flight at once while reading where a repository's tags point.
 _HEAD_CONCURRENCY = 8
-
-
-def _valid_stamp(stamp: str) -> bool:
-    try:
-        datetime.strptime(stamp, "%y%m%d%H%M")  # only the shape matters
-    except ValueError:
-        return False
-    return True
-
-
-def is_timestamp_tag(version: str, tag: str) -> bool:
-    """Whether `tag` is `<version>-<YYMMDDhhmm>` for exactly this `version`."""
-    m = _STAMP.match(tag)
-    return m is not None and m["version"] == version and _valid_stamp(m["stamp"])
-
-
-def timestamp_tags(version: str, tags: Iterable[str]) -> list[str]:
-    """The timestamp tags of `version` among `tags`, newest first."""
-    return sorted({t for t in tags if is_timestamp_tag(version, t)}, reverse=True)
-
-
-def published_versions(tags: Iterable[str]) -> list[str]:
-    """Versions this tool published into a repository: a `<version>` tag and at least one
-    `<version>-<YYMMDDhhmm>` tag (what `images prune` looks at for a discovering source)."""
-    tagset = set(tags)
-    found = set()
-    for tag in tagset:
-        m = _STAMP.match(tag)
-        if m is not None and m["version"] in tagset and _valid_stamp(m["stamp"]):
-            found.add(m["version"])
-    return sorted(found)
 
 
 @dataclass(frozen=True)

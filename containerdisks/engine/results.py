@@ -13,6 +13,9 @@ quotes a registry's error body never carries a secret we hold.
 `Digest` is ours (medius's readers ignore unknown keys): the digest the tags pointed to when push
 wrote them. verify pulls and boots exactly that digest, and promote copies exactly the digest
 verify passed, so a staging tag that moved in between cannot slip unverified bytes through.
+A record without one (medius's) is about what its `Tags[0]` names when a later stage first reads
+it (`recorded_digest`, the one fallback verify and promote share); each stage then writes the
+digest it worked on (`Result.after`).
 
 The stages chain through this file (`push` -> `verify` -> `promote`); `read_results` is the
 reading side, with one-line errors naming the file.
@@ -28,10 +31,12 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+from containerdisks import oci
 from containerdisks.oci.redact import redact, redact_data
 
-__all__ = ["Result", "ResultsError", "read_results", "write_results"]
+__all__ = ["Result", "ResultsError", "read_results", "recorded_digest", "write_results"]
 
 STAGES = ("push", "verify", "promote")
 
@@ -59,6 +64,11 @@ class Result:
             out["Err"] = self.error
         return out
 
+    def after(self, stage: str, error: str = "", digest: str = "") -> Result:
+        """This record once `stage` ran on it: the same tags, the stage's error, and the digest
+        it worked on (this record's when it names none)."""
+        return Result(self.tags, error, stage, digest or self.digest)
+
     def bare_tags(self) -> list[str]:
         """The tags without their `name:` (medius writes `fedora:40-2406011530`); a tag read
         from an older file of ours, without a name, is taken as it is."""
@@ -80,6 +90,23 @@ class Result:
         if values["Stage"] not in STAGES:
             raise ResultsError(f"{where}: entry {key!r}: unknown Stage {values['Stage']!r}")
         return cls(tags=tags, error=values["Err"], stage=values["Stage"], digest=values["Digest"])
+
+
+class _Heads(Protocol):
+    async def head_manifest(self, repository: str, reference: str) -> oci.Descriptor | None: ...
+
+
+async def recorded_digest(result: Result, store: _Heads, repository: str) -> str | None:
+    """The digest a record is about: its `Digest`, else what its first tag names now in
+    `repository` (a medius results file records no digest); None when that tag is gone or
+    there is none. A registry error (`oci.OCIError`) is the caller's to word."""
+    if result.digest:
+        return result.digest
+    tags = result.bare_tags()
+    if not tags:
+        return None
+    head = await store.head_manifest(repository, tags[0])
+    return head.digest if head is not None else None
 
 
 def read_results(path: Path) -> dict[str, Result]:

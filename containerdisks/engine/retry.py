@@ -109,10 +109,10 @@ class RetryingStore:
         )
 
     async def read_blob(
-        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]]
+        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]], *, size: int
     ) -> int:
         # Not retried: the sink has already consumed what arrived.
-        return await self.inner.read_blob(repository, digest, sink)
+        return await self.inner.read_blob(repository, digest, sink, size=size)
 
     async def has_blob(self, repository: str, digest: str) -> bool:
         return await self._run(

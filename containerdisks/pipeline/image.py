@@ -9,7 +9,7 @@ but `rootfs`, which only a build can know) to decide whether an arch is unchange
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from containerdisks import oci
@@ -92,7 +92,7 @@ def config_core(*, arch: str, checksum: str, source_url: str, env: Sequence[str]
     return {"architecture": GOARCH[arch], "os": "linux", "config": config}
 
 
-def config_bytes(core: dict[str, Any], diff_id: str) -> bytes:
+def config_bytes(core: Mapping[str, Any], diff_id: str) -> bytes:
     return canonical_json({**core, "rootfs": {"type": "layers", "diff_ids": [diff_id]}})
 
 

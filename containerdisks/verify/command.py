@@ -26,7 +26,13 @@ from kubernetes_asyncio import client as kclient
 
 from containerdisks import oci
 from containerdisks.catalog import Catalog, Focus, load_catalog
-from containerdisks.engine.results import Result, ResultsError, read_results, write_results
+from containerdisks.engine.results import (
+    Result,
+    ResultsError,
+    read_results,
+    recorded_digest,
+    write_results,
+)
 from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Place, open_places
 from containerdisks.settings import ConfigError, Settings
@@ -49,16 +55,16 @@ async def _with_digest(place: Place, target: Target) -> Target | Verdict:
     repo = place.repo(target.name)
     where = f"{place.store.host}/{repo}:{target.first_tag}"
     try:
-        head = await place.store.head_manifest(repo, target.first_tag)
+        digest = await recorded_digest(target.result, place.store, repo)
     except oci.OCIError as e:
-        head, why = None, str(e)
+        digest, why = None, str(e)
     else:
         why = "not found"
-    if head is None:
+    if digest is None:
         message = f"{target.key}: {where}: {why}"
-        result = Result(target.result.tags, message, "verify")
+        result = target.result.after("verify", message)
         return Verdict(target.key, target.arch, "failed", f"{where}: {why}", result=result)
-    return Target(**{**target.__dict__, "digest": head.digest})
+    return Target(**{**target.__dict__, "digest": digest})
 
 
 async def images_verify(
@@ -116,7 +122,7 @@ def _choose(
                 goarch,
                 "failed",
                 message.removeprefix(f"{key}: "),
-                result=Result(prior.tags, message, "verify", prior.digest),
+                result=prior.after("verify", message),
             )
         )
     return chosen, verdicts

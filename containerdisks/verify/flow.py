@@ -72,11 +72,11 @@ async def _verify(target: Target, booter: Booter, check: SshCheck) -> Verdict:
             "verify_failed", entry=target.key, arch=target.arch, error=message,
             exc_info=not expected,  # a surprise keeps its traceback in the log
         )  # fmt: skip
-        result = Result(target.result.tags, message, "verify", target.digest)
+        result = target.result.after("verify", message, target.digest)
         return Verdict(target.key, target.arch, "failed", detail, time.monotonic() - start, result)
     seconds = time.monotonic() - start
     log.info("verified", entry=target.key, arch=target.arch, seconds=round(seconds, 2))
-    result = Result(target.result.tags, "", "verify", target.digest)
+    result = target.result.after("verify", "", target.digest)
     return Verdict(target.key, target.arch, "verified", "echo hello", seconds, result)
 
 

@@ -37,7 +37,7 @@ from containerdisks.catalog import (
     ItemFailure,
     load_catalog,
 )
-from containerdisks.engine.plan import tags_for
+from containerdisks.engine.spec import EntrySpec
 from containerdisks.upstream import HttpUpstream
 from tests.support.sources import Serve
 from tests.support.upstream_server import (
@@ -461,7 +461,7 @@ async def test_centos_stream_9_latest_tag(serve: Serve) -> None:
     assert dated  # dated GenericCloud images are listed too, and sort before -latest
     assert all(n < "CentOS-Stream-GenericCloud-9-latest.aarch64.qcow2" for n in dated)
     # Pushed as <version>-<stamp>, then these, in this order.
-    assert ["9-latest", "9"] == tags_for(entry)
+    assert ("9-latest", "9") == EntrySpec.of(entry, keep_timestamp_tags=0).tags
 
 
 async def test_debian_13_is_latest_and_sha512(serve: Serve) -> None:
@@ -470,5 +470,5 @@ async def test_debian_13_is_latest_and_sha512(serve: Serve) -> None:
         entries = await discover_all(catalog, upstream, catalog.select(Focus("debian:13")))
     entry = entries["debian:13"]
     assert (True, True) == (entry.latest, entry.docs)
-    assert ["13-20250814-2204", "13", "latest"] == tags_for(entry)
+    assert ("13-20250814-2204", "13", "latest") == EntrySpec.of(entry, keep_timestamp_tags=0).tags
     assert {"sha512"} == {a.algorithm for a in entry.artifacts if isinstance(a, Artifact)}

@@ -12,7 +12,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from containerdisks.engine.prune import timestamp_tags
+from containerdisks.tags import timestamp_tags
 from tests.daemon.conftest import Fedora, StartDaemon, serve_command
 from tests.support.cli import clean_env
 from tests.support.images import seeded_layout

@@ -15,45 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from containerdisks.engine.prune import is_timestamp_tag, published_versions, timestamp_tags
 from tests.support.cli import clean_env
 from tests.support.fault_proxy import FaultProxy, Rule
 from tests.support.images import seeded_layout
 from tests.support.registry import Registry
 
 REF = "org.opencontainers.image.ref.name"
-
-
-@pytest.mark.parametrize(
-    ("version", "tag", "expected"),
-    [
-        ("13", "13-2401010000", True),
-        ("13", "13-20250814-2204", False),  # Debian's unique tag
-        ("9", "9-latest", False),
-        ("42", "42-1.1", False),
-        ("13", "13", False),
-        ("1", "13-2401010000", False),  # another version's
-        ("13", "113-2401010000", False),
-        ("13", "13-2413010000", False),  # month 13: not a stamp
-        ("13", "13-240101000", False),  # 9 digits
-        ("13", "13-24010100000", False),  # 11 digits
-        ("41-beta", "41-beta-2401010000", True),
-        ("41", "41-beta-2401010000", False),
-    ],
-)
-def test_only_the_entrys_own_timestamp_tags_are_candidates(
-    version: str, tag: str, expected: bool
-) -> None:
-    assert expected == is_timestamp_tag(version, tag)
-
-
-def test_newest_first_and_the_versions_published() -> None:
-    tags = ["13-2401010000", "13-2512312359", "13", "13-2406010000", "12-2401010000", "9-latest"]
-    assert ["13-2512312359", "13-2406010000", "13-2401010000"] == timestamp_tags("13", tags)
-    # 12 has a stamp but no moving tag: not something this tool published as a version.
-    assert ["13"] == published_versions(tags)
 
 
 def digest(data: bytes) -> str:

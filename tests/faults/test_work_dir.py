@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from containerdisks.engine.sync import Publisher, PublishError
+from containerdisks.engine.publish import Publisher, PublishError
 from tests.support.cli import clean_env, command, push
 from tests.support.disks import make_qcow2
 from tests.support.fault_proxy import FaultProxy, Rule
@@ -244,7 +244,7 @@ def test_a_symlink_planted_at_the_spool_name_is_not_followed(
     """The spool's name is random; the test makes it known in advance (uuid4 patched) and plants
     a link there to a file the link's target must not get: the open fails, the file is intact."""
     fixed = uuid.UUID(int=1)
-    monkeypatch.setattr("containerdisks.engine.sync.uuid.uuid4", lambda: fixed)
+    monkeypatch.setattr("containerdisks.engine.publish.uuid.uuid4", lambda: fixed)
     work = tmp_path / "work"
     work.mkdir(mode=0o700)
     victim = tmp_path / "victim"
@@ -258,6 +258,8 @@ def test_a_symlink_planted_at_the_spool_name_is_not_followed(
         compression="gzip",
         work_dir=work,
         max_spool_bytes=1 << 20,
+        max_virtual_size=1 << 40,
+        max_image_bytes=1 << 20,
     )
     entry: Any = type("E", (), {"name": "tiny"})()
     artifact: Any = type("A", (), {"arch": "x86_64", "url": URL})()

@@ -1,5 +1,8 @@
 """Publishing one planned entry: build what changed in one streaming pass, reuse the rest, tag.
 
+The entry's shape (config core per arch, tags) is its `EntrySpec` (engine/spec.py), the same
+value the plan compared with what is published.
+
 DESIGN.md "How one sync flows", steps 3 and 4:
 - A `build` arch streams upstream bytes -> checksum -> (decompress) -> header inspection ->
   tar -> (compress) -> target in one pass, with the layer digest and diff_id computed on the way.
@@ -19,8 +22,8 @@ DESIGN.md "How one sync flows", steps 3 and 4:
 - A `reuse` arch keeps its published manifest as is (same store: mounted into the target
   repository when that differs).
 - Platform manifests are pushed by digest, then the index (or the single manifest) under each
-  tag: `<version>-<YYMMDDhhmm>` (UTC, taken once when the entry's publish starts), the unique
-  tags, `<version>`, `latest` — moving tags last.
+  tag, in the tag policy's order (containerdisks/tags.py): the timestamp tag (UTC, taken once
+  when the entry's publish starts), the unique tags, `<version>`, `latest` — moving tags last.
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ from pathlib import Path
 import structlog
 
 from containerdisks import oci
-from containerdisks.api import GOARCH, Artifact
-from containerdisks.catalog import Entry
+from containerdisks.api import Artifact
 from containerdisks.engine.copy import copy_manifest
 from containerdisks.engine.plan import ArchPlan, EntryPlan
 from containerdisks.engine.retry import Backoff, retrying
+from containerdisks.engine.spec import ArchSpec, EntrySpec
 from containerdisks.engine.stores import Place
 from containerdisks.pipeline.diskcheck import inspected
 from containerdisks.pipeline.image import (
@@ -50,7 +53,6 @@ from containerdisks.pipeline.image import (
     LayerCompression,
     MediaFamily,
     config_bytes,
-    config_core,
     index_bytes,
     layer_media_type,
     manifest_bytes,
@@ -96,7 +98,7 @@ class Publisher:
         work_dir: Path,
         max_spool_bytes: int,
         max_virtual_size: int,
-        max_image_bytes: int = 64 << 30,
+        max_image_bytes: int,
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -112,118 +114,109 @@ class Publisher:
         self.backoff = backoff or Backoff()
         self.clock = clock
 
-    async def publish(self, entry: Entry, plan: EntryPlan) -> tuple[list[str], str]:
-        """Publish `entry` as `plan` says; return the tags written, in order, and the digest
-        they point to (what verify pulls and promote copies)."""
-        stamp = f"{entry.version}-{self.clock().astimezone(UTC):%y%m%d%H%M}"
-        repo = self.target.repo(entry.name)
+    async def publish(self, spec: EntrySpec, plan: EntryPlan) -> tuple[list[str], str]:
+        """Publish the entry `spec` describes as `plan` says; return the tags written, in
+        order, and the digest they point to (what verify pulls and promote copies)."""
+        tags = spec.tags_at(self.clock())
+        repo = self.target.repo(spec.name)
         if all(row.action == "retag" for row in plan.arches):
-            return await self._retag(entry, plan)
-        artifacts = [a for a in entry.artifacts if isinstance(a, Artifact)]
+            return await self._retag(spec, plan)
         built: list[_Built] = []
-        for artifact, row in zip(artifacts, plan.arches, strict=True):
+        for want, row in zip(spec.arches, plan.arches, strict=True):
             if row.action == "reuse" and row.published_digest:
-                built.append(await self._reuse(entry, row))
+                built.append(await self._reuse(spec, want, row))
             else:
-                built.append(await self._build(entry, artifact, row))
+                built.append(await self._build(spec, want, row))
         types = MEDIA_TYPES[self.family]
         if len(built) == 1:
             top_type, top = types["manifest"], built[0].manifest
         else:
             top_type, top = types["index"], index_bytes(self.family, [b.descriptor for b in built])
-        tags = [stamp, *plan.tags]
         digest = ""
         for tag in tags:
             digest = await self.target.store.put_manifest(repo, tag, top_type, top)
-            log.info("tagged", entry=entry.key, tag=tag, digest=digest)
+            log.info("tagged", entry=spec.key, tag=tag, digest=digest)
         return tags, digest
 
-    async def _retag(self, entry: Entry, plan: EntryPlan) -> tuple[list[str], str]:
+    async def _retag(self, spec: EntrySpec, plan: EntryPlan) -> tuple[list[str], str]:
         """Content is current; point the tags that drifted at what `<version>` points to."""
-        top = await self.source.store.get_manifest(self.source.repo(entry.name), entry.version)
-        repo = self.target.repo(entry.name)
+        top = await self.source.store.get_manifest(self.source.repo(spec.name), spec.version)
+        repo = self.target.repo(spec.name)
         written = []
         for tag in plan.tags:
             head = await self.target.store.head_manifest(repo, tag)
             if head is None or head.digest != top.digest:
                 await self.target.store.put_manifest(repo, tag, top.media_type, top.data)
                 written.append(tag)
-                log.info("retagged", entry=entry.key, tag=tag, digest=top.digest)
+                log.info("retagged", entry=spec.key, tag=tag, digest=top.digest)
         return written, top.digest
 
     # -- reuse ----------------------------------------------------------------------------------
 
-    async def _reuse(self, entry: Entry, row: ArchPlan) -> _Built:
+    async def _reuse(self, spec: EntrySpec, want: ArchSpec, row: ArchPlan) -> _Built:
         """Keep the published manifest of an unchanged arch; bring it into the target if needed:
         blobs are mounted within one registry and streamed from registry to registry otherwise,
         never downloaded from upstream again."""
         assert row.published_digest is not None
-        src_repo = self.source.repo(entry.name)
+        src_repo = self.source.repo(spec.name)
         manifest = await self.source.store.get_manifest(src_repo, row.published_digest)
-        platform = oci.Platform("linux", GOARCH[row.arch])
-        descriptor = manifest.descriptor(platform)
+        descriptor = manifest.descriptor(want.platform)
         await copy_manifest(
             self.source.store,
             src_repo,
             self.target.store,
-            self.target.repo(entry.name),
+            self.target.repo(spec.name),
             manifest,
             backoff=self.backoff,
         )
-        log.info("reused", entry=entry.key, arch=row.arch, digest=manifest.digest)
+        log.info("reused", entry=spec.key, arch=row.arch, digest=manifest.digest)
         return _Built(descriptor, manifest.data)
 
     # -- build ----------------------------------------------------------------------------------
 
-    async def _build(self, entry: Entry, artifact: Artifact, row: ArchPlan) -> _Built:
-        repo = self.target.repo(entry.name)
+    async def _build(self, spec: EntrySpec, want: ArchSpec, row: ArchPlan) -> _Built:
+        artifact = want.artifact
+        repo = self.target.repo(spec.name)
         layer_type = layer_media_type(self.family, self.compression)
         reused = None
         if row.layer is not None and row.diff_id is not None:
-            reused = await self._existing_layer(entry, row.layer, layer_type)
+            reused = await self._existing_layer(spec, row.layer, layer_type)
         if reused is not None and row.diff_id is not None:
             layer, diff_id = reused, row.diff_id
         else:
             # A transient failure mid-stream (upstream or registry) restreams the arch.
             layer, diff_id = await retrying(
-                f"layer of {entry.key} {artifact.arch}",
-                lambda: self._stream_layer(entry, artifact, layer_type),
+                f"layer of {spec.key} {artifact.arch}",
+                lambda: self._stream_layer(spec, artifact, layer_type),
                 self.backoff,
             )
-        core = config_core(
-            arch=artifact.arch,
-            checksum=artifact.checksum,
-            source_url=artifact.url,
-            env=entry.item.env(artifact.arch),
-        )
-        config = config_bytes(core, diff_id)
+        config = config_bytes(want.core, diff_id)
         config_desc = await self.target.store.put_blob(repo, config)
         manifest = manifest_bytes(self.family, config_desc, layer)
         media_type = MEDIA_TYPES[self.family]["manifest"]
         digest = oci.compute_digest(manifest)
         pushed = await self.target.store.put_manifest(repo, digest, media_type, manifest)
-        log.info("built", entry=entry.key, arch=artifact.arch, digest=pushed)
-        platform = oci.Platform("linux", GOARCH[artifact.arch])
-        return _Built(oci.Descriptor(media_type, digest, len(manifest), platform), manifest)
+        log.info("built", entry=spec.key, arch=artifact.arch, digest=pushed)
+        return _Built(oci.Descriptor(media_type, digest, len(manifest), want.platform), manifest)
 
     async def _existing_layer(
-        self, entry: Entry, published: oci.Descriptor, layer_type: str
+        self, spec: EntrySpec, published: oci.Descriptor, layer_type: str
     ) -> oci.Descriptor | None:
         """The published layer, made present in the target repository, or None to rebuild."""
-        repo = self.target.repo(entry.name)
-        src_repo = self.source.repo(entry.name)
+        repo = self.target.repo(spec.name)
+        src_repo = self.source.repo(spec.name)
         present = await self.target.store.has_blob(repo, published.digest)
         if not present and self.source.store is self.target.store:
             present = await self.target.store.mount_blob(repo, published.digest, src_repo)
         if not present:
             return None
-        log.info("layer_reused", entry=entry.key, digest=published.digest)
+        log.info("layer_reused", entry=spec.key, digest=published.digest)
         return oci.Descriptor(layer_type, published.digest, published.size)
 
     async def _stream_layer(
-        self, entry: Entry, artifact: Artifact, layer_type: str
+        self, spec: EntrySpec, artifact: Artifact, layer_type: str
     ) -> tuple[oci.Descriptor, str]:
-        repo = self.target.repo(entry.name)
+        repo = self.target.repo(spec.name)
         started = time.monotonic()
         async with self.upstream.download(artifact.url) as dl:
             upstream_digest = Digest(artifact.algorithm)
@@ -244,7 +237,7 @@ class Publisher:
                             (self.max_image_bytes, "max_image_bytes"),
                             artifact,
                         )
-                    spool = await self._spool(entry, artifact, self._inspected(source, artifact))
+                    spool = await self._spool(spec, artifact, self._inspected(source, artifact))
                     size = spool.size
                     _verify(artifact, upstream_digest)  # before a single byte is uploaded
                     body = _read_file(spool)  # through the descriptor that wrote the bytes
@@ -266,7 +259,7 @@ class Publisher:
                     spool.remove()
         log.info(
             "layer_pushed",
-            entry=entry.key,
+            entry=spec.key,
             arch=artifact.arch,
             downloaded=upstream_digest.size,
             disk=size,
@@ -287,7 +280,7 @@ class Publisher:
             return artifact.size, "the size the upstream metadata declares"
         return self.max_image_bytes, "max_image_bytes"
 
-    async def _spool(self, entry: Entry, artifact: Artifact, source: Chunks) -> _Spool:
+    async def _spool(self, spec: EntrySpec, artifact: Artifact, source: Chunks) -> _Spool:
         """Write `source` to a new file in the work dir (bounded); the caller removes it.
 
         The file is created `O_EXCL|O_NOFOLLOW`, mode 0600, so nothing planted at its name is
@@ -298,7 +291,7 @@ class Publisher:
             own_work_dir(self.work_dir)
         except WorkDirError as e:
             raise PublishError(str(e)) from None
-        path = self.work_dir / f"{entry.name}-{artifact.arch}-{uuid.uuid4().hex}.spool"
+        path = self.work_dir / f"{spec.name}-{artifact.arch}-{uuid.uuid4().hex}.spool"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(path, flags, 0o600)
