@@ -6,6 +6,13 @@ file is flat: every setting by its field name, plus the catalog keys `entries` a
 and the flags are layered here, so that one `ConfigError` line names whichever source was wrong.
 The upstream mirror table is the one merged setting: flags add pairs to the table from the
 environment or the file instead of replacing it.
+
+Decisions:
+- Settings are grouped by concern in the code: one small model per group (run, registries,
+  upstream, connections, image, verify, daemon, docs, output), each holding its fields and
+  their validators; `Settings` inherits them all. Fields stay flat attributes
+  (`settings.max_image_bytes`), so names, `CONTAINERDISKS_*` variables, flags and the config
+  file are unchanged by the grouping, and docs/settings.md orders its tables by the same groups.
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Any, Literal, Self, get_origin
 
 from pydantic import (
+    BaseModel,
     Field,
     PositiveFloat,
     PositiveInt,
@@ -38,7 +46,16 @@ from containerdisks.yamlfile import YamlFileError, read_yaml_file
 __all__ = [
     "CATALOG_KEYS",
     "ConfigError",
+    "ConnectionSettings",
+    "DaemonSettings",
+    "DocsSettings",
+    "ImageSettings",
+    "OutputSettings",
+    "RegistrySettings",
+    "RunSettings",
     "Settings",
+    "UpstreamSettings",
+    "VerifySettings",
     "load_config_file",
     "load_settings",
     "parse_listen",
@@ -53,33 +70,12 @@ class ConfigError(Exception):
     """A setting, flag, config file or catalog is wrong. The message is one line naming it."""
 
 
-class Settings(BaseSettings):
-    """All settings. Field docs are the user documentation (docs/settings.md is checked)."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
-    )
+class RunSettings(BaseModel):
+    """What one run does: which entries, how many at once, what it may change."""
 
     dry_run: bool = Field(True, description="Don't publish anything; plan only (medius default).")
     focus: str = Field(
         "", description="Only this entry: `name:version` or `name:*`; empty for all."
-    )
-    insecure_skip_tls: bool = Field(
-        False,
-        description="Skip TLS certificate verification for registries, allow the plain-HTTP "
-        "fallback for any host, and allow a plain-HTTP token service for an HTTPS registry.",
-    )
-    ca_file: Path | None = Field(None, description="Extra CA bundle (PEM) to verify registries.")
-    upstream_mirrors: dict[str, str] = Field(
-        default_factory=dict,
-        description="URL prefix rewrite table for every upstream request (FROM -> TO).",
-    )
-    source_registry: str = Field(
-        "quay.io/containerdisks",
-        description="Registry (`host[:port]/namespace`) read to decide what needs publishing.",
-    )
-    target_registry: str = Field(
-        "", description="Registry to publish to; empty means the source registry."
     )
     workers: PositiveInt = Field(1, description="Entries processed concurrently.")
     force: bool = Field(False, description="Rebuild every arch of the focused entries.")
@@ -87,33 +83,43 @@ class Settings(BaseSettings):
     results_file: Path = Field(
         Path("results.json"), description="medius-compatible results file (not written in dry run)."
     )
-    output: Literal["table", "json"] = Field("table", description="Format of plans on stdout.")
-    media_types: Literal["docker", "oci"] = Field(
-        "docker", description="Media-type family of published manifests and indexes."
+
+
+class RegistrySettings(BaseModel):
+    """Where images are read from and written to, and how registries are trusted."""
+
+    source_registry: str = Field(
+        "quay.io/containerdisks",
+        description="Registry (`host[:port]/namespace`) read to decide what needs publishing.",
     )
-    layer_compression: Literal["gzip", "zstd", "none"] = Field(
-        "gzip", description="Layer compression; zstd and none need `media_types: oci`."
+    target_registry: str = Field(
+        "", description="Registry to publish to; empty means the source registry."
     )
-    work_dir: Path = Field(
-        Path(tempfile.gettempdir()) / "containerdisks",
-        description="Directory for spooled downloads (decompressed or of unknown size).",
+    promote_registry: str = Field(
+        "quay.io/containerdisks",
+        description="`images promote --target-registry`: registry (`host[:port]/namespace` or "
+        "`oci:/dir`) the verified images are copied to; never `target_registry`, which is "
+        "where `images push` writes (staging).",
     )
-    max_spool_bytes: PositiveInt = Field(
-        64 << 30, description="Largest spooled download; a bigger one fails its entry."
+    insecure_skip_tls: bool = Field(
+        False,
+        description="Skip TLS certificate verification for registries, allow the plain-HTTP "
+        "fallback for any host, and allow a plain-HTTP token service for an HTTPS registry.",
     )
-    max_virtual_size: PositiveInt = Field(
-        2 << 40,
-        description="Largest virtual size (bytes) of a qcow2 image; a bigger one is refused by "
-        "`images push` and `images verify --local`.",
-    )
-    max_image_bytes: PositiveInt = Field(
-        64 << 30,
-        description="Largest image download, and largest disk after decompression (also in "
-        "`images verify`); a bigger one fails its entry before anything is published.",
-    )
-    connect_timeout: PositiveFloat = Field(15.0, description="Seconds to connect to a server.")
-    read_timeout: PositiveFloat = Field(
-        60.0, description="Seconds a server may stay silent while answering."
+    ca_file: Path | None = Field(None, description="Extra CA bundle (PEM) to verify registries.")
+
+    @property
+    def target(self) -> str:
+        """Where `images push` writes: the target registry, else the source registry."""
+        return self.target_registry or self.source_registry
+
+
+class UpstreamSettings(BaseModel):
+    """How the distributions' servers are reached and bounded."""
+
+    upstream_mirrors: dict[str, str] = Field(
+        default_factory=dict,
+        description="URL prefix rewrite table for every upstream request (FROM -> TO).",
     )
     min_transfer_rate: int = Field(
         1_000_000,
@@ -139,14 +145,53 @@ class Settings(BaseSettings):
         description="Seconds one catalog item's discovery may take in a pass; then its entries "
         "fail and the others go on.",
     )
+
+    @field_validator("upstream_mirrors")
+    @classmethod
+    def _mirrors_nonempty(cls, v: dict[str, str]) -> dict[str, str]:
+        for src, dst in v.items():
+            if not src or not dst:
+                raise ValueError("mirror prefixes must not be empty")
+        return v
+
+
+class ConnectionSettings(BaseModel):
+    """Every HTTP client's timeouts and retries (upstream, registries, Quay)."""
+
+    connect_timeout: PositiveFloat = Field(15.0, description="Seconds to connect to a server.")
+    read_timeout: PositiveFloat = Field(
+        60.0, description="Seconds a server may stay silent while answering."
+    )
     retries: PositiveInt = Field(
         4, description="Attempts for a transient upstream, registry or Quay API failure (>= 1)."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Minimum level of log events on stderr."
+
+
+class ImageSettings(BaseModel):
+    """What a published image is made of, the bounds on its input, and tag retention."""
+
+    media_types: Literal["docker", "oci"] = Field(
+        "docker", description="Media-type family of published manifests and indexes."
     )
-    log_format: Literal["auto", "json", "console"] = Field(
-        "auto", description="`json` lines, readable `console`, or `auto` (console on a terminal)."
+    layer_compression: Literal["gzip", "zstd", "none"] = Field(
+        "gzip", description="Layer compression; zstd and none need `media_types: oci`."
+    )
+    work_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "containerdisks",
+        description="Directory for spooled downloads (decompressed or of unknown size).",
+    )
+    max_spool_bytes: PositiveInt = Field(
+        64 << 30, description="Largest spooled download; a bigger one fails its entry."
+    )
+    max_virtual_size: PositiveInt = Field(
+        2 << 40,
+        description="Largest virtual size (bytes) of a qcow2 image; a bigger one is refused by "
+        "`images push` and `images verify --local`.",
+    )
+    max_image_bytes: PositiveInt = Field(
+        64 << 30,
+        description="Largest image download, and largest disk after decompression (also in "
+        "`images verify`); a bigger one fails its entry before anything is published.",
     )
     keep_timestamp_tags: int = Field(
         0,
@@ -155,48 +200,20 @@ class Settings(BaseSettings):
         "and delete older ones after each publish and in `images prune`; 0 keeps all. A catalog "
         "entry's `keep_timestamp_tags` overrides it.",
     )
-    # -- the daemon (`serve`) -------------------------------------------------------------------
-    once: bool = Field(False, description="`serve`: run exactly one pass, then exit.")
-    interval: PositiveFloat = Field(1800.0, description="`serve`: seconds between passes.")
-    interval_jitter: float = Field(
-        0.1,
-        ge=0.0,
-        le=1.0,
-        description="`serve`: up to this fraction of `interval` is added at random to each wait.",
-    )
-    queue_size: PositiveInt = Field(
-        64, description="`serve`: entries waiting for a worker; a full queue holds the pass back."
-    )
-    listen: str = Field(
-        "0.0.0.0:8080",  # a pod's probes and Prometheus reach it from outside
-        description="`serve`: HOST:PORT of the health, readiness, metrics and status server.",
-    )
-    shutdown_grace: float = Field(
-        30.0,
-        ge=0.0,
-        description="`serve`: seconds in-flight syncs get to finish after SIGTERM/SIGINT.",
-    )
-    backoff_initial: PositiveFloat = Field(
-        60.0, description="`serve`: seconds before a failed entry is tried again (doubles)."
-    )
-    backoff_max: PositiveFloat = Field(
-        1800.0, description="`serve`: the longest wait before a failed entry is tried again."
-    )
-    heartbeat_timeout: PositiveFloat = Field(
-        60.0, description="`serve`: `/healthz` fails when the scheduler has not ticked this long."
-    )
-    http_header_timeout: PositiveFloat = Field(
-        5.0,
-        description="`serve`: seconds an HTTP client gets to send a request's headers, from "
-        "connecting or from the previous answer; a slower connection is closed.",
-    )
-    http_max_connections: PositiveInt = Field(
-        100,
-        description="`serve`: open connections of the HTTP server; past it a new connection "
-        "displaces the oldest one that has not sent a request yet, or is closed at once.",
-    )
 
-    # -- `images verify` -------------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _layers_fit_media_types(self) -> Self:
+        if self.media_types == "docker" and self.layer_compression != "gzip":
+            raise ValueError(
+                f"layer_compression {self.layer_compression} needs media_types oci "
+                "(Docker schema 2 knows gzip layers only)"
+            )
+        return self
+
+
+class VerifySettings(BaseModel):
+    """`images verify`: where images are pulled from and how the guests boot."""
+
     verify_registry: str = Field(
         "",
         description="`images verify --registry`: registry (`host[:port]/namespace`) the pushed "
@@ -256,14 +273,61 @@ class Settings(BaseSettings):
         description="`images verify`: seconds between guest-agent and SSH attempts in KubeVirt "
         "(medius: 10).",
     )
-    # -- `images promote` -----------------------------------------------------------------------
-    promote_registry: str = Field(
-        "quay.io/containerdisks",
-        description="`images promote --target-registry`: registry (`host[:port]/namespace` or "
-        "`oci:/dir`) the verified images are copied to; never `target_registry`, which is "
-        "where `images push` writes (staging).",
+
+
+class DaemonSettings(BaseModel):
+    """`serve`: passes, the scheduler's queue and backoff, and the HTTP server."""
+
+    once: bool = Field(False, description="`serve`: run exactly one pass, then exit.")
+    interval: PositiveFloat = Field(1800.0, description="`serve`: seconds between passes.")
+    interval_jitter: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="`serve`: up to this fraction of `interval` is added at random to each wait.",
     )
-    # -- `docs publish` --------------------------------------------------------------------------
+    queue_size: PositiveInt = Field(
+        64, description="`serve`: entries waiting for a worker; a full queue holds the pass back."
+    )
+    listen: str = Field(
+        "0.0.0.0:8080",  # a pod's probes and Prometheus reach it from outside
+        description="`serve`: HOST:PORT of the health, readiness, metrics and status server.",
+    )
+    shutdown_grace: float = Field(
+        30.0,
+        ge=0.0,
+        description="`serve`: seconds in-flight syncs get to finish after SIGTERM/SIGINT.",
+    )
+    backoff_initial: PositiveFloat = Field(
+        60.0, description="`serve`: seconds before a failed entry is tried again (doubles)."
+    )
+    backoff_max: PositiveFloat = Field(
+        1800.0, description="`serve`: the longest wait before a failed entry is tried again."
+    )
+    heartbeat_timeout: PositiveFloat = Field(
+        60.0, description="`serve`: `/healthz` fails when the scheduler has not ticked this long."
+    )
+    http_header_timeout: PositiveFloat = Field(
+        5.0,
+        description="`serve`: seconds an HTTP client gets to send a request's headers, from "
+        "connecting or from the previous answer; a slower connection is closed.",
+    )
+    http_max_connections: PositiveInt = Field(
+        100,
+        description="`serve`: open connections of the HTTP server; past it a new connection "
+        "displaces the oldest one that has not sent a request yet, or is closed at once.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
+class DocsSettings(BaseModel):
+    """`docs publish`: the Quay namespace and API."""
+
     docs_registry: str = Field(
         "quay.io/containerdisks",
         description="`docs publish` (flag `--registry`): the Quay namespace, `quay.io/<org>`, "
@@ -280,32 +344,40 @@ class Settings(BaseSettings):
         "server).",
     )
 
-    @field_validator("upstream_mirrors")
-    @classmethod
-    def _mirrors_nonempty(cls, v: dict[str, str]) -> dict[str, str]:
-        for src, dst in v.items():
-            if not src or not dst:
-                raise ValueError("mirror prefixes must not be empty")
-        return v
 
-    @field_validator("listen")
-    @classmethod
-    def _listen_is_host_port(cls, v: str) -> str:
-        parse_listen(v)
-        return v
+class OutputSettings(BaseModel):
+    """What the commands write: the plan format and the log."""
 
-    @model_validator(mode="after")
-    def _layers_fit_media_types(self) -> Settings:
-        if self.media_types == "docker" and self.layer_compression != "gzip":
-            raise ValueError(
-                f"layer_compression {self.layer_compression} needs media_types oci "
-                "(Docker schema 2 knows gzip layers only)"
-            )
-        return self
+    output: Literal["table", "json"] = Field("table", description="Format of plans on stdout.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Minimum level of log events on stderr."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="`json` lines, readable `console`, or `auto` (console on a terminal)."
+    )
 
-    @property
-    def target(self) -> str:
-        return self.target_registry or self.source_registry
+
+class Settings(
+    RunSettings,
+    RegistrySettings,
+    UpstreamSettings,
+    ConnectionSettings,
+    ImageSettings,
+    VerifySettings,
+    DaemonSettings,
+    DocsSettings,
+    OutputSettings,
+    BaseSettings,
+):
+    """All settings, one flat object (`settings.max_image_bytes`) made of the groups above.
+
+    Field docs are the user documentation (docs/settings.md is checked, and orders its tables by
+    the same groups).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, frozen=True
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -282,13 +282,13 @@ def test_line_rules(text: str, fmt: str, expected: dict[str, str]) -> None:
         pytest.param("ab" * 31 + "  a.img\n", "gnu", "no GNU checksum line found", id="short-hex"),
     ],
 )
-def test_malformed(text: str, fmt: str, message: str) -> None:
+def test_a_malformed_checksum_file_is_refused_saying_why(text: str, fmt: str, message: str) -> None:
     with pytest.raises(ChecksumParseError) as err:
         parse_checksum_file(text, fmt)
     assert message == str(err.value)
 
 
-def test_unknown_format() -> None:
+def test_an_unknown_checksum_format_is_refused_naming_it() -> None:
     with pytest.raises(ValueError, match="'md5'"):
         parse_checksum_file("", "md5")
 

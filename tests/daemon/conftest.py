@@ -28,7 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.cli import clean_env
 from tests.support.disks import fedora_tree
-from tests.support.registry import Registry, free_port
+from tests.support.loopback import free_port
+from tests.support.registry import Registry
 from tests.support.upstream_server import UpstreamServer
 
 Fedora = tuple[UpstreamServer, dict[tuple[str, str], bytes], Path]

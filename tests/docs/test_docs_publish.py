@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import clean_env
-from tests.support.fake_quay import FakeQuay, free_port
+from tests.support.fake_quay import FakeQuay
+from tests.support.loopback import free_port
 from tests.support.upstream_server import FIXTURES_DIR, UpstreamServer, lay_out_upstream, put
 
 TOKEN = "quay-oauth-Zx9q7TOKEN"

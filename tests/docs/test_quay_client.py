@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestServer
 
 from containerdisks.docs.quay import QuayClient, QuayError
 from containerdisks.oci.redact import MASK
-from tests.support.fake_quay import FakeQuay, free_port
+from tests.support.fake_quay import FakeQuay
+from tests.support.loopback import free_port
 
 TOKEN = "s3cr3t-quay-token"
 REPO = "/api/v1/repository/containerdisks/fedora"

@@ -6,12 +6,13 @@ images' checksums replaced by those of small real qcow2 files (qemu-img, 1 MiB v
 beside them. `containerdisks images push --dry-run=false` with the real default catalog publishes
 all distributions and arches — into `oci:` layouts, and into the real registry — and skopeo
 reads back tags, platforms, `shasum` and source labels, and env. A second pass downloads no
-image and asks each distinct upstream metadata file exactly once (counted on the server).
+image and asks each distinct upstream metadata file exactly once (counted on the server); it
+needs the first, so the two share a test.
 
 The test-only cirros entry is pinned to upstream's real checksums, which local bytes cannot
-match: a dry run with `--focus cirros:6.1` shows it planned from the default catalog without
-any request upstream, and a separate run publishes the same entry with only its two checksums
-replaced by those of local images.
+match (an unfocused run leaves it out): a dry run with `--focus cirros:6.1` shows it planned
+from the default catalog without any request upstream, and a test of its own publishes the same
+entry with only its two checksums replaced by those of local images.
 
 Where the tree differs from the fixtures, it is said below: each CentOS Stream arch serves the
 current (aarch64) CHECKSUM layout, so `-latest` wins everywhere and `centos-stream:9-latest` is
@@ -418,7 +419,7 @@ def check_published(
             } == config["config"], (want.key, image.arch)
 
 
-@pytest.mark.parametrize(
+TARGETS = pytest.mark.parametrize(
     "target",
     [
         "oci",
@@ -432,16 +433,22 @@ def check_published(
         ),
     ],
 )
-def test_publish_every_catalog_entry(
+
+
+def destination(tmp_path: Path, target: str, request: pytest.FixtureRequest) -> str:
+    """Where `target` publishes: an `oci:` layout, or the real registry."""
+    if target == "oci":
+        return f"oci:{tmp_path / 'out'}"
+    registry = request.getfixturevalue("registry")
+    return f"{registry.host}/containerdisks"
+
+
+@TARGETS
+def test_every_catalog_entry_publishes_and_a_second_pass_downloads_no_image(
     tmp_path: Path, tree: Tree, target: str, request: pytest.FixtureRequest
 ) -> None:
-    if target == "oci":
-        dest = f"oci:{tmp_path / 'out'}"
-        reader = Reader(dest)
-    else:
-        registry = request.getfixturevalue("registry")
-        dest = f"{registry.host}/containerdisks"
-        reader = Reader(dest)
+    dest = destination(tmp_path, target, request)
+    reader = Reader(dest)
     wants = list(tree.wants.values())
     images = {served(i.url) for w in wants for i in w.images}
     metadata = {served(u) for u in tree.metadata}
@@ -472,24 +479,36 @@ def test_publish_every_catalog_entry(
         assert {"up-to-date"} == {a["action"] for p in plans for a in p["arches"]}
         assert {} == json.loads((tmp_path / "results.json").read_text())
 
-        # cirros, pinned to upstream's real checksums: planned from the default catalog with no
-        # request upstream, not published by an unfocused run (above), ...
-        srv.clear()
-        planned = push(srv, tmp_path, "--focus", "cirros:6.1", "--source-registry", dest)
+
+def test_cirros_is_planned_from_the_default_catalog_without_asking_upstream(
+    tmp_path: Path, tree: Tree
+) -> None:
+    """cirros is pinned to upstream's real checksums: planning it needs no request upstream."""
+    with UpstreamServer(tree.root) as srv:
+        planned = push(
+            srv, tmp_path, "--focus", "cirros:6.1", "--source-registry", f"oci:{tmp_path / 'out'}"
+        )
         assert 0 == planned.returncode, planned.stderr
         assert [] == srv.paths()
-        (plan,) = json.loads(planned.stdout)["entries"]
-        assert [
-            (X, "build", "cc704ab14342c1c8a8d91b66a7fc611d921c8b8f1aaf4695f9d6463d913fa8d1"),
-            (A, "build", "db9420c481c11dee17860aa46fb1a3efa05fa4fb152726d6344e24da03cb0ccf"),
-        ] == [(a["arch"], a["action"], a["upstream"]) for a in plan["arches"]]
-        # ... and published with only its checksums pinned to the local images.
-        entries = yaml.safe_load(CATALOG.read_text())["entries"]
-        (cirros,) = (e for e in entries if e["name"] == "cirros")
-        for image in tree.cirros.images:
-            cirros["source"]["per_arch"][image.arch]["checksum"] = image.checksum
-        config = tmp_path / "cirros.yaml"
-        config.write_text(yaml.safe_dump({"entries": [cirros]}))
+    (plan,) = json.loads(planned.stdout)["entries"]
+    assert [
+        (X, "build", "cc704ab14342c1c8a8d91b66a7fc611d921c8b8f1aaf4695f9d6463d913fa8d1"),
+        (A, "build", "db9420c481c11dee17860aa46fb1a3efa05fa4fb152726d6344e24da03cb0ccf"),
+    ] == [(a["arch"], a["action"], a["upstream"]) for a in plan["arches"]]
+
+
+@TARGETS
+def test_cirros_publishes_with_only_its_checksums_pinned_to_local_images(
+    tmp_path: Path, tree: Tree, target: str, request: pytest.FixtureRequest
+) -> None:
+    dest = destination(tmp_path, target, request)
+    entries = yaml.safe_load(CATALOG.read_text())["entries"]
+    (cirros,) = (e for e in entries if e["name"] == "cirros")
+    for image in tree.cirros.images:
+        cirros["source"]["per_arch"][image.arch]["checksum"] = image.checksum
+    config = tmp_path / "cirros.yaml"
+    config.write_text(yaml.safe_dump({"entries": [cirros]}))
+    with UpstreamServer(tree.root) as srv:
         pinned = push(
             srv,
             tmp_path,
@@ -503,11 +522,11 @@ def test_publish_every_catalog_entry(
         )
         assert 0 == pinned.returncode, pinned.stderr
     results = json.loads((tmp_path / "results.json").read_text())
-    check_published(reader, [tree.cirros], results, target == "oci")
+    check_published(Reader(dest), [tree.cirros], results, target == "oci")
 
 
 def test_every_catalog_entry_is_in_the_tree(tree: Tree) -> None:
-    """The test above covers the whole default catalog, every arch."""
+    """The tests above cover the whole default catalog, every arch."""
     entries = yaml.safe_load(CATALOG.read_text())["entries"]
     fixed = {
         (f"{e['name']}:{e['version']}", a)

@@ -32,7 +32,8 @@ from containerdisks.engine.publish import Publisher, PublishError
 from tests.support.cli import clean_env, command, push
 from tests.support.disks import make_qcow2
 from tests.support.fault_proxy import FaultProxy, Rule
-from tests.support.registry import Registry, free_port
+from tests.support.loopback import free_port
+from tests.support.registry import Registry
 from tests.support.upstream_server import UpstreamServer, put
 
 URL = "https://example.org/tiny/tiny-x86_64.qcow2.gz"

@@ -28,20 +28,33 @@ D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 
 
-def test_digests() -> None:
+def test_compute_digest_names_the_algorithm_and_the_hex_of_the_bytes() -> None:
     data = b"hello"
     assert compute_digest(data) == "sha256:" + hashlib.sha256(data).hexdigest()
     assert compute_digest(data, "sha512") == "sha512:" + hashlib.sha512(data).hexdigest()
+
+
+def test_a_digest_parses_into_algorithm_and_hex_and_a_bad_hex_is_no_digest() -> None:
     assert parse_digest(D1) == ("sha256", "1" * 64)
     assert is_digest(D1)
     assert not is_digest("sha256:xyz")
+
+
+def test_verify_digest_accepts_the_bytes_of_either_algorithm() -> None:
+    data = b"hello"
     verify_digest(data, compute_digest(data), subject="blob x")
     verify_digest(data, compute_digest(data, "sha512"), subject="blob x")
+
+
+def test_a_digest_mismatch_names_the_subject_and_the_expected_digest() -> None:
     with pytest.raises(DigestMismatchError) as caught:
-        verify_digest(b"other", compute_digest(data), subject="blob x")
+        verify_digest(b"other", compute_digest(b"hello"), subject="blob x")
     assert str(caught.value).startswith("blob x: digest mismatch: expected sha256:2cf24")
+
+
+def test_an_unknown_digest_algorithm_is_refused() -> None:
     with pytest.raises(InvalidReferenceError):
-        compute_digest(data, "md5")
+        compute_digest(b"hello", "md5")
 
 
 def manifest(doc: object, media_type: str) -> Manifest:

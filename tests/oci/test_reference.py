@@ -134,7 +134,7 @@ def test_parse_image_reference_rejects(text: str, reason: str) -> None:
     assert reason in str(caught.value)
 
 
-def test_validators() -> None:
+def test_repository_and_tag_validators_keep_valid_names_and_refuse_bad_ones() -> None:
     assert validate_repository("a/b-c/d__e") == "a/b-c/d__e"
     assert validate_tag("v1.2_3-x") == "v1.2_3-x"
     for bad in ("", "a/", "/a", "A", "a..b"):

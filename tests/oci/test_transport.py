@@ -24,7 +24,7 @@ from containerdisks.oci import (
     RegistryClient,
     TransportTimeoutError,
 )
-from tests.support.registry import free_port
+from tests.support.loopback import free_port
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BLOB = b'{"architecture":"amd64","os":"linux"}'

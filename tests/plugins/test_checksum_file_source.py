@@ -570,7 +570,7 @@ async def test_shared_checksum_file_is_fetched_once_per_pass(serve: Serve) -> No
         ),
     ],
 )
-async def test_options(
+async def test_entry_options_choose_the_download_url_compression_and_tags(
     serve: Serve,
     entry_id: str,
     arch: str,

@@ -100,7 +100,22 @@ def manifest_puts(reg: Registry, repo: str) -> list[str]:
     return [m.group(1) for m in pattern.finditer(reg.log_text())]
 
 
-def test_promote_between_two_registries_by_the_verified_digest(tmp_path: Path) -> None:
+@dataclass
+class _Promoted:
+    """One promote between two registries, done once for the tests that read its outcome."""
+
+    tmp: Path
+    src: Registry
+    dst: Registry
+    tags: list[str]
+    digest: str  # what verify booted: staging/fedora:42
+    centos: str  # staging/centos-stream:9, found in the source (no Digest in the results)
+    done: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Promoted]:
+    tmp_path = tmp_path_factory.mktemp("promoted")
     with (
         start_registry(tmp_path / "staging") as src,
         start_registry(tmp_path / "prod") as dst,
@@ -119,35 +134,49 @@ def test_promote_between_two_registries_by_the_verified_digest(tmp_path: Path) -
                 "ubuntu:24.04": {"Stage": "push", "Err": "upstream down"},
             },
         )
-
         done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--dry-run=false")
-
         assert done.returncode == 0, done.stderr
-        for tag in tags:
-            assert digest_of(dst, "prod/fedora", tag) == digest
-        assert sorted(dst.list_tags("prod/fedora")) == sorted(tags)
-        assert digest_of(dst, "prod/centos-stream", "9") == centos
-        # every child manifest and blob is there: skopeo reads it all back (a Docker list
-        # cannot go into an OCI layout unconverted, hence no --preserve-digests)
-        dst.pull("prod/fedora", digest, f"oci:{tmp_path / 'back'}:x", preserve_digests=False)
-        results = read_results(tmp_path)
-        assert results["fedora:42"] == {
-            "Tags": [f"fedora:{t}" for t in tags],
-            "Stage": "promote",
-            "Digest": digest,
-        }
-        assert results["centos-stream:9"]["Stage"] == "promote"
-        assert results["centos-stream:9"]["Digest"] == centos
-        assert results["ubuntu:24.04"] == {"Stage": "push", "Err": "upstream down"}
-        # blobs were streamed into the other registry, never mounted
-        assert blob_uploads(dst, "prod/fedora")
-        assert "mount=" not in dst.log_text()
-        # manifests by digest first (children before the index), then the tags in order
-        refs = manifest_puts(dst, "prod/fedora")
-        assert refs[-len(tags) :] == tags
-        assert refs[: -len(tags)][-1] == digest
-        assert all(r.startswith("sha256:") for r in refs[: -len(tags)])
-        assert "promoted" in done.stdout
+        yield _Promoted(tmp_path, src, dst, tags, digest, centos, done)
+
+
+def test_promote_copies_every_tag_by_the_verified_digest(promoted: _Promoted) -> None:
+    dst, digest = promoted.dst, promoted.digest
+    for tag in promoted.tags:
+        assert digest_of(dst, "prod/fedora", tag) == digest
+    assert sorted(dst.list_tags("prod/fedora")) == sorted(promoted.tags)
+    assert digest_of(dst, "prod/centos-stream", "9") == promoted.centos
+    # every child manifest and blob is there: skopeo reads it all back (a Docker list
+    # cannot go into an OCI layout unconverted, hence no --preserve-digests)
+    back = f"oci:{promoted.tmp / 'back'}:x"
+    dst.pull("prod/fedora", digest, back, preserve_digests=False)
+    assert "promoted" in promoted.done.stdout
+
+
+def test_promote_rewrites_the_results_of_promoted_entries_only(promoted: _Promoted) -> None:
+    results = read_results(promoted.tmp)
+    assert results["fedora:42"] == {
+        "Tags": [f"fedora:{t}" for t in promoted.tags],
+        "Stage": "promote",
+        "Digest": promoted.digest,
+    }
+    assert results["centos-stream:9"]["Stage"] == "promote"
+    assert results["centos-stream:9"]["Digest"] == promoted.centos
+    assert results["ubuntu:24.04"] == {"Stage": "push", "Err": "upstream down"}
+
+
+def test_promote_streams_blobs_into_another_registry_never_mounts(promoted: _Promoted) -> None:
+    assert blob_uploads(promoted.dst, "prod/fedora")
+    assert "mount=" not in promoted.dst.log_text()
+
+
+def test_promote_writes_manifests_by_digest_before_the_tags_in_order(
+    promoted: _Promoted,
+) -> None:
+    tags = promoted.tags
+    refs = manifest_puts(promoted.dst, "prod/fedora")
+    assert refs[-len(tags) :] == tags
+    assert refs[: -len(tags)][-1] == promoted.digest  # the index after its children
+    assert all(r.startswith("sha256:") for r in refs[: -len(tags)])
 
 
 def image_blobs(reg: Registry, repo: str, digest: str) -> tuple[set[str], set[str]]:

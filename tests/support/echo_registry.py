@@ -15,42 +15,39 @@ speaks just enough of the distribution API for a client to get that far:
 
 Every echo is kept under 300 characters (the length a client shortens error messages to), so a
 secret that is not masked shows whole, and every echo is recorded for the test to check that
-the echoes did happen. Runs in a thread, plain HTTP or HTTPS (``ssl``), on 127.0.0.1.
+the echoes did happen. Runs in a thread (``tests.support.loopback``), plain HTTP or HTTPS
+(``ssl``), on 127.0.0.1.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import secrets
-import socket
 import ssl
 import threading
 import urllib.parse
-from types import TracebackType
-from typing import Self
 
 from aiohttp import web
+
+from tests.support.loopback import LoopbackServer
 
 __all__ = ["EchoRegistry"]
 
 _MAX_ECHO = 300
 
 
-class EchoRegistry:
+class EchoRegistry(LoopbackServer):
     """The fake; ``token`` is what its ``/token`` hands out."""
 
+    name = "echo-registry"
+
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(ssl_context=ssl_context)
         self.token = "echo-" + secrets.token_urlsafe(18)
-        self.ssl_context = ssl_context
-        self.port = 0
         self.echoes: list[str] = []  # every echoed message, in order
         self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
 
     @property
     def host(self) -> str:
@@ -65,42 +62,12 @@ class EchoRegistry:
         with self._lock:
             return sum(1 for e in self.echoes if e.startswith(f"you sent {kind} "))
 
-    # -- lifecycle ------------------------------------------------------------------------------
+    # -- the app (served by LoopbackServer) -------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        self.port = sock.getsockname()[1]
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="echo-registry", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(sock), loop).result(timeout=10)
-        return self
-
-    async def _serve(self, sock: socket.socket) -> None:
+    async def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-        self._loop = self._thread = self._runner = None
+        return app
 
     # -- the fake API ---------------------------------------------------------------------------
 

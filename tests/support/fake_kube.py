@@ -37,7 +37,8 @@ Decisions:
   (`registry.make_ca`); `ca` is the CA file, which `kubeconfig` names as
   `certificate-authority` (unless `ca=False`), and which an in-cluster test copies as the
   service account's `ca.crt`, as real clusters serve HTTPS only.
-- Runs in a thread of its own (`with`), since tests start the command line as a subprocess.
+- Runs in a thread of its own (`with`, `tests.support.loopback`), since tests start the command
+  line as a subprocess.
 """
 
 from __future__ import annotations
@@ -47,21 +48,20 @@ import contextlib
 import json
 import re
 import ssl
-import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from aiohttp import WSMsgType, web
 
 from containerdisks.verify import qemu
 from containerdisks.verify.seed import meta_data, write_seed
+from tests.support.loopback import LoopbackServer
 from tests.support.registry import make_ca
 
 __all__ = ["FakeKube", "Scenario"]
@@ -104,8 +104,11 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class FakeKube:
+class FakeKube(LoopbackServer):
     """The fake; `url` is its base, `kubeconfig(path)` writes a kubeconfig for it."""
+
+    name = "fake-kube"
+    stop_timeout = 60.0  # every live VM's qemu is stopped first
 
     def __init__(
         self,
@@ -117,6 +120,7 @@ class FakeKube:
         scenarios: Mapping[str, Scenario] | None = None,
         tls: bool = False,
     ) -> None:
+        super().__init__()
         self.work = work
         self.tls = tls
         self.ca: Path | None = None  # the CA file when `tls`, made on `__enter__`
@@ -141,10 +145,6 @@ class FakeKube:
         self.requests: list[tuple[str, str]] = []
         self.bearers: set[str] = set()
         self.portforwards: list[dict[str, Any]] = []
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -168,34 +168,15 @@ class FakeKube:
         path.write_text(yaml.safe_dump(config))
         return path
 
-    # -- lifecycle --------------------------------------------------------------------------
-    def __enter__(self) -> FakeKube:
-        context = None
+    # -- lifecycle (LoopbackServer serves the app) ------------------------------------------
+    def __enter__(self) -> Self:
         if self.tls:
             self.ca, crt, key = make_ca(self.work / "tls")
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(crt, key)
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="fake-kube", daemon=True)
-        thread.start()
-        self._loop, self._thread = loop, thread
-        asyncio.run_coroutine_threadsafe(self._start(context), loop).result(timeout=30)
-        return self
+            self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ssl_context.load_cert_chain(crt, key)
+        return super().__enter__()
 
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        loop, thread = self._loop, self._thread
-        assert loop is not None
-        assert thread is not None
-        try:
-            asyncio.run_coroutine_threadsafe(self._stop(), loop).result(timeout=60)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=30)
-            loop.close()
-
-    async def _start(self, context: ssl.SSLContext | None) -> None:
+    async def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         vms = "/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines"
         vmis = "/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances"
@@ -213,18 +194,14 @@ class FakeKube:
         app.router.add_get(sub + "/guestosinfo", self._guestosinfo)
         app.router.add_get(sub + "/portforward/{port}", self._portforward)
         app.router.add_get(sub + "/portforward/{port}/{protocol}", self._portforward)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        return app
 
-    async def _stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop every VM's qemu, then serving."""
         for vm in list(self.vms.values()):
             vm.gone.set()
             await vm.stack.aclose()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().stop()
 
     # -- middleware ---------------------------------------------------------------------------
     @web.middleware

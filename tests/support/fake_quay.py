@@ -15,23 +15,23 @@ Decisions:
 - Every request is recorded before it is answered, with its raw body and parsed JSON, so a
   test sees retries and requests that were refused.
 - Runs in the test's loop (`async with`) or in a thread of its own (`with`), for tests that
-  start the command line as a subprocess.
+  start the command line as a subprocess (`tests.support.loopback`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FakeQuay", "QuayRequest", "free_port"]
+from tests.support.loopback import LoopbackServer
+
+__all__ = ["FakeQuay", "QuayRequest"]
 
 
 @dataclass(frozen=True)
@@ -58,32 +58,23 @@ class _Repository:
     history: list[str] = field(default_factory=list)
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (for connection-refused tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def _error(status: int, message: str, kind: str) -> web.Response:
     body = {"error_message": message, "detail": message, "error_type": kind, "status": status}
     return web.json_response(body, status=status)
 
 
-class FakeQuay:
+class FakeQuay(LoopbackServer):
     """A fake Quay API for `token`, knowing the repositories `<org>/<name>` in `repositories`."""
 
+    name = "fake-quay"
+
     def __init__(self, token: str, repositories: Iterable[str]) -> None:
+        super().__init__()
         self.token = token
         self.repositories = {r: _Repository() for r in repositories}
         self._lock = threading.Lock()
         self._requests: list[QuayRequest] = []
         self._canned: dict[tuple[str, str], _Canned] = {}
-        self._runner: web.AppRunner | None = None
-        self._port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     # -- what tests use -----------------------------------------------------------------------
 
@@ -113,58 +104,14 @@ class FakeQuay:
         with self._lock:
             self._canned[(method, path)] = _Canned(status, body, times, delay)
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- the app (served by LoopbackServer) ---------------------------------------------------
 
-    async def start(self) -> None:
+    async def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_put("/api/v1/repository/{org}/{repo}", self._put)
         app.router.add_post("/api/v1/repository/{org}/{repo}/changevisibility", self._visibility)
         app.middlewares.append(self._middleware)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        site = web.SockSite(runner, sock)
-        await site.start()
-        self._port = sock.getsockname()[1]
-        self._runner = runner
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeQuay:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def __enter__(self) -> FakeQuay:
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="fake-quay", daemon=True)
-        thread.start()
-        self._loop, self._thread = loop, thread
-        asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=30)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=30)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=30)
-            loop.close()
-            self._loop = self._thread = None
+        return app
 
     # -- the fake API -------------------------------------------------------------------------
 

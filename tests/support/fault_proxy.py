@@ -7,24 +7,24 @@ releases it — so that a signal or a kill lands mid-upload deterministically. E
 logged (method, path, status, time) so tests can check the order of writes: no tag before all
 blobs and manifests, moving tags last.
 
-It runs in a background thread with its own event loop (`with FaultProxy(backend) as p:`), so
-a CLI subprocess can be pointed at it. `Location` headers naming the backend are rewritten to the
-proxy, so clients that follow them stay behind the proxy.
+It runs in a background thread with its own event loop (`with FaultProxy(backend) as p:`, see
+`tests.support.loopback`), so a CLI subprocess can be pointed at it. `Location` headers naming
+the backend are rewritten to the proxy, so clients that follow them stay behind the proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import aiohttp
 from aiohttp import web
+
+from tests.support.loopback import LoopbackServer
 
 __all__ = ["FaultProxy", "Logged", "Rule"]
 
@@ -72,20 +72,21 @@ class Logged:
     action: str
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
+    name = "fault-proxy"
+    #: Held and stalled requests are let go on stop; a slow body is not waited for.
+    shutdown_timeout = 1.0
+
     def __init__(self, backend: str) -> None:
+        super().__init__()
         self.backend = backend.rstrip("/")
         self._rules: list[Rule] = []
         self._log: list[Logged] = []
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._release: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
         self._held = threading.Event()
-        self.port = 0
 
     # -- control from the test thread --------------------------------------------------------
 
@@ -116,54 +117,27 @@ class FaultProxy:
         return self._held.wait(timeout)
 
     def release(self) -> None:
-        loop, event = self._loop, self._release
+        loop, event = self.loop, self._release
         if loop is not None and event is not None:
             loop.call_soon_threadsafe(event.set)
 
-    # -- lifecycle ------------------------------------------------------------------------------
+    # -- the app (served by LoopbackServer) -----------------------------------------------------
 
-    def __enter__(self) -> FaultProxy:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="fault-proxy", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), loop).result(timeout=30)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        self.release()
-        asyncio.run_coroutine_threadsafe(self._stop(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=30)
-        loop.close()
-        self._loop = self._thread = None
-
-    async def _start(self) -> None:
+    async def _app(self) -> web.Application:
         self._release = asyncio.Event()
         self._stopping = asyncio.Event()
         self._session = aiohttp.ClientSession(auto_decompress=False)
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        return app
 
-    async def _stop(self) -> None:
+    async def stop(self) -> None:
+        """Let held and stalled requests go, stop serving, then close the client session."""
+        if self._release is not None:
+            self._release.set()
         if self._stopping is not None:
             self._stopping.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().stop()
         if self._session is not None:
             await self._session.close()
 

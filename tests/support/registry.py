@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -46,9 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tests.support.loopback import free_port
 from tests.support.token_server import TokenServer
 
-__all__ = ["Registry", "free_port", "make_ca", "start_registry"]
+__all__ = ["Registry", "make_ca", "start_registry"]
 
 Auth = Literal["none", "basic", "token"]
 
@@ -57,14 +57,6 @@ PASSWORD = "testpass"
 _READY_TIMEOUT = 15.0
 _STOP_TIMEOUT = 5.0
 _SKOPEO_TIMEOUT = 60
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def make_ca(directory: Path) -> tuple[Path, Path, Path]:

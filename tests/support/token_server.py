@@ -1,8 +1,9 @@
 """A small Docker token service (distribution ``auth.token``) for tests, in a background thread.
 
-Decision: it runs an aiohttp app on its own event loop in a daemon thread, so sync fixtures can
-start it and both sync and async tests can use it, and it records every request so tests can
-assert how many tokens a client asked for (token reuse) and for which scopes.
+Decision: it runs an aiohttp app on its own event loop in a daemon thread
+(`tests.support.loopback`), so sync fixtures can start it and both sync and async tests can use
+it, and it records every request so tests can assert how many tokens a client asked for (token
+reuse) and for which scopes.
 
 Rules (local-tools.md §1.4): anonymous callers get ``pull`` only; a known user gets the actions
 they ask for; a wrong password gets 401 ``{"errors": [{"code": "UNAUTHORIZED"}]}``. Tokens are
@@ -12,18 +13,14 @@ RS256 JWTs with an ``x5c`` header holding the signing certificate, which is also
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import datetime as dt
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import jwt
 from aiohttp import web
@@ -31,6 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from tests.support.loopback import LoopbackServer
 
 __all__ = ["TokenRequest", "TokenServer"]
 
@@ -64,12 +63,14 @@ def _signing_material() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     return key, cert
 
 
-class TokenServer:
-    """Issues registry tokens on ``http://127.0.0.1:<port>/token``.
+class TokenServer(LoopbackServer):
+    """Issues registry tokens on ``http://127.0.0.1:<port>/token`` (``with TokenServer(...):``).
 
     ``expires_in`` is what the reply announces (None: leave it out); ``token_fields`` chooses
     whether the reply carries ``token``, ``access_token`` or both.
     """
+
+    name = "token-server"
 
     def __init__(
         self,
@@ -82,6 +83,7 @@ class TokenServer:
         expires_in: int | None = 300,
         token_fields: tuple[str, ...] = ("token", "access_token"),
     ) -> None:
+        super().__init__()
         self.workdir = workdir
         self.users = dict(users if users is not None else {"testuser": "testpass"})
         self.issuer = issuer
@@ -99,10 +101,6 @@ class TokenServer:
         )
         self._lock = threading.Lock()
         self._requests: list[TokenRequest] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     # -- what tests look at -----------------------------------------------------------------
 
@@ -125,52 +123,15 @@ class TokenServer:
         """Every token handed out, to check that none leaks into logs or messages."""
         return [r.token for r in self.requests if r.token]
 
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- the app (served by LoopbackServer) -------------------------------------------------
 
-    def start(self) -> Self:
-        """Write the signing certificate, bind a free port and serve in a background thread."""
+    async def _app(self) -> web.Application:
+        """Write the signing certificate (the registry reads it), then the app."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cert_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        self.port = sock.getsockname()[1]
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="token-server", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(sock), loop).result(timeout=10)
-        return self
-
-    async def _serve(self, sock: socket.socket) -> None:
         app = web.Application()
         app.router.add_get("/token", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-
-    def stop(self) -> None:
-        """Stop serving and end the thread."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-        self._loop = self._thread = self._runner = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return app
 
     # -- the endpoint -----------------------------------------------------------------------
 

@@ -15,25 +15,25 @@ Decisions that shaped it:
   an optional announced `Content-Length` that need not be true. That is how a test plays a
   hostile server: an endless body, a 100 TiB Content-Length, one byte per second.
 - The same object runs in the test's event loop (`async with`) or in a background thread with its
-  own loop (`with`), for tests that start the command line as a subprocess.
+  own loop (`with`), for tests that start the command line as a subprocess
+  (`tests.support.loopback`).
 - `lay_out_upstream` copies the real fixture files (tests/fixtures/upstream, see SOURCES.md) to
   the paths of the canonical URLs they were taken from; `put` adds any other file (an image).
 """
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from tests.support.loopback import LoopbackServer
 
 __all__ = [
     "DEFAULT_FIXTURES",
@@ -178,7 +178,7 @@ class _Streamed:
     content_length: int | None
 
 
-class UpstreamServer:
+class UpstreamServer(LoopbackServer):
     """Serve `root` on 127.0.0.1 and record the requests.
 
     `async with UpstreamServer(root) as srv:` in async tests; `with UpstreamServer(root) as srv:`
@@ -186,88 +186,31 @@ class UpstreamServer:
     sending every https URL here; `srv.mirror_args()` the same as command-line flags.
     """
 
+    name = "upstream-server"
+
     def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(bind=host, port=port)
         self.root = Path(root)
         self.host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._canned: dict[str, CannedResponse] = {}
         self._streamed: dict[str, _Streamed] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- the app (served by LoopbackServer) ---------------------------------------------------
 
-    async def start(self) -> None:
+    async def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.on_response_prepare.append(self._on_prepare)
         self.root.mkdir(parents=True, exist_ok=True)
         app.router.add_static("/", self.root, show_index=False, follow_symlinks=False)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind((self.host, self._port))
-            site = web.SockSite(runner, sock)
-            await site.start()
-        except BaseException:
-            sock.close()
-            await runner.cleanup()
-            raise
-        self._port = sock.getsockname()[1]
-        self._runner = runner
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> UpstreamServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def __enter__(self) -> UpstreamServer:
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="upstream-server", daemon=True)
-        thread.start()
-        self._loop, self._thread = loop, thread
-        try:
-            asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=30)
-        except BaseException:
-            self._shutdown_thread()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._shutdown_thread()
-
-    def _shutdown_thread(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=30)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=30)
-            loop.close()
-            self._loop = self._thread = None
+        return app
 
     # -- addresses ----------------------------------------------------------------------------
 
     @property
     def port(self) -> int:
-        if self._runner is None:
+        if not self.running:
             raise RuntimeError("the upstream server is not running")
         return self._port
 
