@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
-from kubernetes_asyncio import client as kclient
 
 from containerdisks import oci
 from containerdisks.catalog import Catalog, Focus, load_catalog
@@ -30,7 +29,7 @@ from containerdisks.engine.results import Result, ResultsError, read_results, wr
 from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Place, open_places
 from containerdisks.settings import ConfigError, Settings
-from containerdisks.verify import kube, qemu
+from containerdisks.verify import qemu
 from containerdisks.verify.flow import Verdict, render, verify_all
 from containerdisks.verify.local import LocalBooter, LocalError, private_dir, remove_stale_work
 from containerdisks.verify.ssh import SshCheck
@@ -125,7 +124,14 @@ def _choose(
 async def _run_kube(
     settings: Settings, results: dict[str, Result], catalog: Catalog, focus: Focus
 ) -> list[Verdict]:
-    """In KubeVirt: the image is `<--registry>/<Tags[0]>` as the cluster pulls it (medius)."""
+    """In KubeVirt: the image is `<--registry>/<Tags[0]>` as the cluster pulls it (medius).
+
+    The Kubernetes client is imported here, not at the top: `--local` never loads it.
+    """
+    from kubernetes_asyncio import client as kclient  # noqa: PLC0415
+
+    from containerdisks.verify import kube  # noqa: PLC0415
+
     try:
         cfg = await kube.load_config(settings.kubeconfig)
     except kube.KubeError as e:
