@@ -30,6 +30,7 @@ import aiohttp
 import structlog
 
 from containerdisks import __version__
+from containerdisks.oci import safejson
 from containerdisks.oci.redact import redact, register
 from containerdisks.upstream import RetryPolicy
 
@@ -167,8 +168,8 @@ class QuayClient:
 def _reason(text: str) -> str:
     """Quay's explanation: `error_message`, else `detail`, else the body's first line."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
+        data = safejson.loads(text)
+    except ValueError:
         data = None
     if isinstance(data, dict):
         for key in ("error_message", "detail", "message", "error"):

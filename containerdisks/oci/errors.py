@@ -44,12 +44,12 @@ A write that fails with a :class:`RegistryError` carries the registry's ``code``
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from containerdisks.oci import safejson
 from containerdisks.oci.redact import redact
 
 __all__ = [
@@ -276,7 +276,7 @@ _CLASS_BY_CODE: dict[str, type[RegistryError]] = {
 def _first_error(body: bytes) -> tuple[str, str] | None:
     """(code, message) of the first entry of an OCI error body, or None if it is not one."""
     try:
-        doc: Any = json.loads(body)
+        doc: Any = safejson.loads(body)
     except ValueError:
         return None
     if not isinstance(doc, dict):

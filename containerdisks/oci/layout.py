@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from containerdisks.oci import safejson
 from containerdisks.oci.digest import compute_digest, is_digest, parse_digest
 from containerdisks.oci.errors import (
     BlobUnknownError,
@@ -115,7 +116,7 @@ class LayoutStore:
                 message="no OCI layout here",
             ) from None
         try:
-            index = json.loads(data)
+            index = safejson.loads(data)
         except ValueError:
             raise InvalidManifestError(f"{path}: index.json is not JSON") from None
         if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
@@ -337,7 +338,7 @@ class LayoutStore:
             try:
                 if path.stat().st_size > _MAX_MANIFEST:
                     continue  # a layer, not a manifest
-                doc = json.loads(path.read_bytes())
+                doc = safejson.loads(path.read_bytes())
             except (OSError, ValueError):
                 continue
             if not isinstance(doc, dict):

@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import secrets
 import time
@@ -60,7 +59,7 @@ from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from containerdisks.oci import redact
+from containerdisks.oci import redact, safejson
 from containerdisks.verify.finish import to_the_end
 from containerdisks.verify.flow import BootError
 from containerdisks.verify.ssh import CheckFailedError
@@ -122,7 +121,7 @@ def _untrusted(what: str, e: aiohttp.ClientConnectorCertificateError) -> Untrust
 def _api_error(what: str, e: ApiException) -> KubeError:
     message = ""
     try:
-        body = json.loads(e.body or "")
+        body = safejson.loads(e.body or "")
         message = body.get("message", "") if isinstance(body, dict) else ""
     except (ValueError, TypeError):
         message = (e.body or "").strip() if isinstance(e.body, str) else ""
