@@ -5,21 +5,26 @@ it discovered so far is synced and only slow discoveries are left; not shutting 
 bookkeeping, and per entry and arch what upstream offers, what is published, the last result
 and error, and when the entry is polled next; and render that as JSON.
 
-Decision: a plain object with bookkeeping only, no I/O and no imports of the engine, so that the
-scheduler and the server both depend on it and never on each other (an import-linter contract).
-Everything runs on one event loop, so there are no locks. Clocks are injected: `monotonic` for
-the heartbeat (immune to wall-clock jumps), `wall` for the timestamps people read.
+Decisions:
+- A plain object with bookkeeping only, no I/O and no imports of the engine, so that the
+  scheduler and the server both depend on it and never on each other (an import-linter
+  contract). It reads a plan's arch rows through the structural `ArchRow`.
+- The bookkeeping is its own: the scheduler says what happened (`queued`, `running`, `synced`,
+  `discovery_failed`, `forget`, ...) and the status decides which fields that changes and what
+  an arch's state becomes (`EntryState.planned`); nothing outside writes its fields.
+- Everything runs on one event loop, so there are no locks. Clocks are injected: `monotonic`
+  for the heartbeat (immune to wall-clock jumps), `wall` for the timestamps people read.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-__all__ = ["ArchState", "EntryState", "EntryStep", "Status"]
+__all__ = ["ArchRow", "ArchState", "EntryState", "EntryStep", "Status"]
 
 #: Where an entry is in the daemon: waiting in the queue, being synced, done until its next
 #: poll, or waiting out a backoff after a failure.
@@ -52,6 +57,23 @@ class ArchState:
         }
 
 
+class ArchRow(Protocol):
+    """One arch of a plan, as far as the status reads it (the engine's `ArchPlan`)."""
+
+    @property
+    def arch(self) -> str: ...
+    @property
+    def upstream(self) -> str | None: ...
+    @property
+    def published(self) -> str | None: ...
+    @property
+    def published_digest(self) -> str | None: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+
+
 @dataclass
 class EntryState:
     key: str
@@ -67,6 +89,34 @@ class EntryState:
     last_attempt: float | None = None
     last_success: float | None = None
     next_poll: float | None = None  # wall time; None: with the next pass
+
+    def planned(
+        self, rows: Sequence[ArchRow], *, published_digest: str | None, rebuilt: bool
+    ) -> None:
+        """What a plan read (and, when `rebuilt`, a publish wrote) for each arch.
+
+        A failed row, or "unchanged since last pass" (nothing was read), keeps what was known.
+        After a rebuild the digests are unknown until the next pass reads them back.
+        """
+        if rebuilt:
+            self.digest = None
+        elif published_digest is not None:
+            self.digest = published_digest
+        for row in rows:
+            old = self.arches.get(row.arch) or ArchState()
+            unread = row.action == "failed" or (
+                row.action == "up-to-date" and row.published_digest is None
+            )
+            arch = ArchState(
+                upstream=row.upstream or (old.upstream if unread else None),
+                published=old.published if unread else row.published,
+                digest=old.digest if unread else row.published_digest,
+                action=row.action,
+                reason=row.reason,
+            )
+            if rebuilt and row.action in ("build", "reuse"):
+                arch.published, arch.digest = row.upstream, None
+            self.arches[row.arch] = arch
 
     def as_json(self, next_pass: float | None) -> dict[str, Any]:
         return {
@@ -135,6 +185,59 @@ class Status:
         if state is None:
             state = self.entries[key] = EntryState(key)
         return state
+
+    def queued(self, key: str) -> None:
+        self.entry(key).step = "queued"
+
+    def idle(self, key: str) -> None:
+        """Not synced after all (dropped at shutdown, or cancelled)."""
+        self.entry(key).step = "idle"
+
+    def running(self, key: str) -> EntryState:
+        state = self.entry(key)
+        state.step, state.last_attempt = "running", self.wall()
+        return state
+
+    def synced(
+        self,
+        key: str,
+        result: str,
+        error: str | None,
+        *,
+        failures: int,
+        retry_in: float | None,
+        tags: Sequence[str],
+    ) -> EntryState:
+        """A sync ended: a failure waits `retry_in` seconds in backoff, a success is idle until
+        the next pass. Tags are kept from an earlier publish when this one wrote none."""
+        state = self.entry(key)
+        now = self.wall()
+        if error:
+            state.step = "backoff"
+            state.next_poll = None if retry_in is None else now + retry_in
+        else:
+            state.step, state.next_poll, state.last_success = "idle", None, now
+        state.result, state.error, state.failures = result, error, failures
+        if tags:
+            state.tags = list(tags)
+        return state
+
+    def discovery_failed(self, key: str, error: str | None, *, failures: int) -> EntryState:
+        """A catalog item could not list its entries: recorded under its own key (`name:*`)."""
+        state = self.entry(key)
+        state.step, state.result, state.error = "idle", "failed", error
+        state.last_attempt, state.failures = self.wall(), failures
+        return state
+
+    def forget(self, key: str) -> None:
+        self.entries.pop(key, None)
+
+    def pass_scheduled(self, seconds: float) -> None:
+        """The next pass starts in `seconds`."""
+        self.next_pass = self.wall() + seconds
+
+    def shutting_down(self) -> None:
+        self.stopping = True
 
     def pass_started(self) -> float:
         """A pass began; returns its start (wall time), to hand back to `pass_finished`."""

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
-from kubernetes_asyncio import client as kclient
 
 from containerdisks import oci
 from containerdisks.catalog import Catalog, Focus
@@ -38,7 +37,7 @@ from containerdisks.engine.results import (
 from containerdisks.registry.stores import Connection, Place, open_places
 from containerdisks.retry import Backoff
 from containerdisks.settings import ConfigError, Settings
-from containerdisks.verify import flow, kube, qemu
+from containerdisks.verify import flow, qemu
 from containerdisks.verify.flow import Booter, Verdict
 from containerdisks.verify.local import LocalBooter, LocalError, private_dir, remove_stale_work
 from containerdisks.verify.ssh import SshCheck
@@ -163,7 +162,14 @@ def _choose(
 async def _run_kube(
     settings: Settings, results: dict[str, Result], catalog: Catalog, focus: Focus
 ) -> list[Verdict]:
-    """In KubeVirt: the image is `<--registry>/<Tags[0]>` as the cluster pulls it (medius)."""
+    """In KubeVirt: the image is `<--registry>/<Tags[0]>` as the cluster pulls it (medius).
+
+    The Kubernetes client is imported here, not at the top: `--local` never loads it.
+    """
+    from kubernetes_asyncio import client as kclient  # noqa: PLC0415
+
+    from containerdisks.verify import kube  # noqa: PLC0415
+
     try:
         cfg = await kube.load_config(settings.kubeconfig)
     except kube.KubeError as e:

@@ -54,7 +54,7 @@ from containerdisks.engine.plan import EntryPlan
 from containerdisks.engine.results import ResultsError, write_results
 from containerdisks.metrics import Metrics
 from containerdisks.settings import ConfigError
-from containerdisks.status import ArchState, Status
+from containerdisks.status import Status
 
 __all__ = ["Scheduler", "SyncEngine", "Timing"]
 
@@ -197,7 +197,7 @@ class Scheduler:
                 if now >= next_pass:
                     self._start_pass(stop)
                     next_pass = now + self.timing.interval * (1 + self.timing.jitter * self.rand())
-                    self.status.next_pass = self.wall() + (next_pass - now)
+                    self.status.pass_scheduled(next_pass - now)
                 self._feed_retries(now)
                 self.metrics.queue_depth.set(self._queued())
                 with contextlib.suppress(TimeoutError):
@@ -359,16 +359,14 @@ class Scheduler:
                 self.metrics.queue_depth.set(self._queued())
                 if self._stopping:
                     self._active.discard(job.entry.key)
-                    self.status.entry(job.entry.key).step = "idle"
+                    self.status.idle(job.entry.key)
                     continue
                 await self._process(job)
 
     async def _process(self, job: _Job) -> None:
         entry = job.entry
         key = entry.key
-        state = self.status.entry(key)
-        state.step = "running"
-        state.last_attempt = self.wall()
+        self.status.running(key)
         self._running.add(key)
         self.metrics.in_flight.inc()
         started = self.monotonic()
@@ -386,7 +384,7 @@ class Scheduler:
             self._active.discard(key)
             self.metrics.in_flight.dec()
             if outcome is None:  # cancelled
-                state.step = "idle"
+                self.status.idle(key)
         assert outcome is not None
         self._record(outcome, self.monotonic() - started)
         if job.run is not None:
@@ -400,7 +398,7 @@ class Scheduler:
 
     def _mark_queued(self, key: str) -> None:
         self._active.add(key)
-        self.status.entry(key).step = "queued"
+        self.status.queued(key)
 
     def _backoff(self, key: str) -> float:
         failures = self._failures.get(key, 0)
@@ -409,15 +407,14 @@ class Scheduler:
 
     def _record(self, outcome: Outcome, seconds: float) -> None:
         key = outcome.key
-        state = self.status.entry(key)
         result = result_of(outcome, self.dry_run)
         now_wall = self.wall()
         self._last_outcome[key] = outcome
+        delay: float | None = None
         if outcome.error:
             self._failures[key] = self._failures.get(key, 0) + 1
             delay = self._backoff(key)
             self._not_before[key] = self.monotonic() + delay
-            state.step, state.next_poll = "backoff", now_wall + delay
             log.warning(
                 "synced",
                 entry=key,
@@ -430,42 +427,26 @@ class Scheduler:
         else:
             self._failures.pop(key, None)
             self._not_before.pop(key, None)
-            state.step, state.next_poll = "idle", None
-            state.last_success = now_wall
             log.info(
                 "synced", entry=key, result=result, seconds=round(seconds, 3), tags=outcome.tags
             )
-        state.result, state.error = result, outcome.error
-        state.failures = self._failures.get(key, 0)
-        if outcome.tags:
-            state.tags = list(outcome.tags)
+        state = self.status.synced(
+            key,
+            result,
+            outcome.error,
+            failures=self._failures.get(key, 0),
+            retry_in=delay,
+            tags=outcome.tags,
+        )
         self._record_arches(outcome, result)
         self.metrics.sync_finished(key, result, seconds, now_wall, state.failures)
 
     def _record_arches(self, outcome: Outcome, result: str) -> None:
-        state = self.status.entry(outcome.key)
         plan = outcome.plan
         rebuilt = result == "published" and any(r.action in ("build", "reuse") for r in plan.arches)
-        if rebuilt:
-            state.digest = None  # what was written is read back by the next pass
-        elif plan.published_digest is not None:
-            state.digest = plan.published_digest
-        for row in plan.arches:
-            old = state.arches.get(row.arch) or ArchState()
-            # A failed row, or "unchanged since last pass" (nothing was read): keep what we knew.
-            unread = row.action == "failed" or (
-                row.action == "up-to-date" and row.published_digest is None
-            )
-            arch = ArchState(
-                upstream=row.upstream or (old.upstream if unread else None),
-                published=old.published if unread else row.published,
-                digest=old.digest if unread else row.published_digest,
-                action=row.action,
-                reason=row.reason,
-            )
-            if rebuilt and row.action in ("build", "reuse"):
-                arch.published, arch.digest = row.upstream, None
-            state.arches[row.arch] = arch
+        self.status.entry(outcome.key).planned(
+            plan.arches, published_digest=plan.published_digest, rebuilt=rebuilt
+        )
 
     def _reconcile(self, entries: list[Entry], failures: list[Outcome]) -> None:
         """Forget what upstream no longer lists (a Fedora release gone, a discovery failure
@@ -481,16 +462,15 @@ class Scheduler:
             self._not_before.pop(key, None)
             self._failures.pop(key, None)
             self._last_outcome.pop(key, None)
-            self.status.entries.pop(key, None)
+            self.status.forget(key)
             self.metrics.forget(key)
 
     def _record_failure_outcome(self, outcome: Outcome) -> None:
         """A catalog item whose discovery failed: recorded under its key (`name:*`)."""
-        state = self.status.entry(outcome.key)
-        state.step, state.result, state.error = "idle", "failed", outcome.error
-        state.last_attempt = self.wall()
         self._failures[outcome.key] = self._failures.get(outcome.key, 0) + 1
-        state.failures = self._failures[outcome.key]
+        state = self.status.discovery_failed(
+            outcome.key, outcome.error, failures=self._failures[outcome.key]
+        )
         self._record_arches(outcome, "failed")
         self.metrics.discovery_failures.inc()
         self.metrics.last_result.labels(outcome.key).state("failed")
@@ -500,7 +480,7 @@ class Scheduler:
 
     async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
         self._stopping = True
-        self.status.stopping = True
+        self.status.shutting_down()
         in_flight = sorted(self._running)
         log.info(
             "shutdown_started",

@@ -26,19 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import lzma
 import tarfile
 from collections.abc import AsyncIterator, Callable
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, TypeVar
 
 import zstandard
 from isal import isal_zlib
+
+from containerdisks.pipeline import unpack
+from containerdisks.pipeline.image import LayerCompression
 
 __all__ = [
     "BLOCK",
     "Chunks",
     "Digest",
-    "LayerCompression",
     "SizeLimitError",
     "capped",
     "compress",
@@ -50,7 +51,6 @@ __all__ = [
 ]
 
 Chunks = AsyncIterator[bytes]
-LayerCompression = Literal["gzip", "zstd", "none"]
 
 #: Fixed block size fed to compressors (and a good network chunk size).
 BLOCK = 1 << 20
@@ -62,15 +62,6 @@ _OWNER = "qemu"
 
 
 _T = TypeVar("_T")
-
-
-class _Decompressor(Protocol):
-    @property
-    def eof(self) -> bool: ...
-    @property
-    def unused_data(self) -> bytes: ...
-
-    def decompress(self, data: bytes, max_length: int = ...) -> bytes: ...
 
 
 async def _cpu(fn: Callable[..., _T], data: bytes, *args: object) -> _T:
@@ -154,48 +145,23 @@ async def reblock(source: Chunks, size: int = BLOCK) -> Chunks:
 async def decompress(source: Chunks, kind: Literal["gzip", "xz"]) -> Chunks:
     """Decompress gzip (several members allowed) or xz (several streams allowed).
 
-    Each call produces at most `BLOCK` bytes, and each output chunk is handed on before the next
-    call: a 156 KB xz of 1 GiB of zeros never holds more than a block. A call that only drains
-    what the decompressor holds runs in a worker thread (a block of xz output costs milliseconds).
-    A member or stream that starts but does not end is a truncated download: `ValueError`.
+    Each step of the `unpack` decoder produces at most `BLOCK` bytes, and each output chunk is
+    handed on before the next step: a 156 KB xz of 1 GiB of zeros never holds more than a block.
+    A step that only drains what the decoder holds runs in a worker thread (a block of xz output
+    costs milliseconds). A member or stream that starts but does not end is a truncated
+    download: `UnpackError`, a `ValueError`.
     """
-    gzip = kind == "gzip"
-
-    def new() -> _Decompressor:
-        if gzip:
-            return isal_zlib.decompressobj(wbits=31)
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-
-    def more(d: _Decompressor, out: bytes) -> bool:
-        """Output may be pending though no input is left."""
-        if gzip:  # zlib cannot tell; a full block may have left some behind
-            return len(out) == BLOCK
-        return not d.needs_input  # type: ignore[attr-defined]
-
-    d = new()
-    open_member = False
+    d = unpack.Stepped(kind, limit=BLOCK)
     async for chunk in source:
-        data = chunk
-        while True:
-            if data:
-                open_member = True
-                out: bytes = await _cpu(d.decompress, data, BLOCK)
-            else:
-                out = await asyncio.to_thread(d.decompress, b"", BLOCK)
-            if out:
-                yield out
-            if d.eof:
-                data, open_member = d.unused_data, False
-                d = new()
-                if not data:
-                    break
-                continue
-            # zlib hands back the input it did not use; lzma keeps it inside.
-            data = d.unconsumed_tail if gzip else b""  # type: ignore[attr-defined]
-            if not data and not more(d, out):
-                break
-    if open_member:
-        raise ValueError(f"truncated {kind} stream")
+        steps = d.steps(chunk)
+        if len(chunk) < _INLINE:
+            out = next(steps, None)
+        else:
+            out = await asyncio.to_thread(next, steps, None)
+        while out is not None:
+            yield out
+            out = await asyncio.to_thread(next, steps, None)
+    d.finish()
 
 
 def _header(info: tarfile.TarInfo) -> bytes:

@@ -19,19 +19,23 @@ import structlog
 
 from containerdisks.engine.results import Result
 from containerdisks.oci.redact import redact
-from containerdisks.verify.kube import KubeError
-from containerdisks.verify.local import LocalError
 from containerdisks.verify.pull import PullError
-from containerdisks.verify.qemu import QemuError
 from containerdisks.verify.seed import SeedError, make_credentials, user_data
 from containerdisks.verify.ssh import CheckFailedError, Guest, SshCheck, check_login
 from containerdisks.verify.target import Skipped, Target
 
-__all__ = ["Booter", "Verdict", "triage", "verify"]
+__all__ = ["BootError", "Booter", "Verdict", "triage", "verify"]
 
 log = structlog.get_logger(__name__)
 
 Status = Literal["verified", "failed", "skipped", "planned"]
+
+
+class BootError(Exception):
+    """A booter could not boot the guest or reach it (qemu here, a VM in KubeVirt); one line.
+
+    Each booter raises its own subclass; the flow knows only this base.
+    """
 
 
 class Booter(Protocol):
@@ -41,7 +45,9 @@ class Booter(Protocol):
 
     def cannot_boot(self, target: Target) -> str | None: ...
 
-    def boot(self, target: Target, user_data: str) -> AbstractAsyncContextManager[Guest]: ...
+    def boot(self, target: Target, user_data: str) -> AbstractAsyncContextManager[Guest]:
+        """The booted guest, for as long as the context lasts; `BootError` when it cannot be."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -63,9 +69,7 @@ async def verify(target: Target, booter: Booter, check: SshCheck) -> Verdict:
         async with booter.boot(target, user_data(credentials)) as guest:
             await check_login(guest, credentials, check)
     except Exception as e:  # a full disk or a hung tool too: this entry fails, the others go on
-        expected = isinstance(
-            e, (CheckFailedError, PullError, SeedError, QemuError, KubeError, LocalError)
-        )
+        expected = isinstance(e, (CheckFailedError, PullError, SeedError, BootError))
         detail = str(e) if expected else _one_line(e)
         message = f"{target.key}: {detail}"
         log.error(

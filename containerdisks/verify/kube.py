@@ -61,6 +61,7 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 
 from containerdisks.oci import redact, safejson
 from containerdisks.verify.finish import to_the_end
+from containerdisks.verify.flow import BootError
 from containerdisks.verify.ssh import CheckFailedError
 from containerdisks.verify.target import Target
 
@@ -97,7 +98,7 @@ _LOOKUP_PAUSES = (0.0, 1.0, 2.0)  # looking for a VM whose create went unanswere
 _CHUNK = 32 * 1024
 
 
-class KubeError(Exception):
+class KubeError(BootError):
     """The cluster said no, or the VM did not come up; one line."""
 
 

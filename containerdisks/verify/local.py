@@ -35,6 +35,7 @@ from containerdisks.registry.stores import Store
 from containerdisks.retry import Backoff
 from containerdisks.verify import qemu
 from containerdisks.verify.finish import to_the_end
+from containerdisks.verify.flow import BootError
 from containerdisks.verify.pull import PullError, pull_disk
 from containerdisks.verify.seed import meta_data, write_seed
 from containerdisks.verify.ssh import CheckFailedError, Guest
@@ -50,7 +51,7 @@ _YOUNG = 60.0  # seconds a directory may still be waiting for its lock file to a
 KEPT_LOGS = 100  # serial logs of failed boots kept under <work_dir>/serial-logs
 
 
-class LocalError(Exception):
+class LocalError(BootError):
     """A directory of the work dir that is not ours alone; one line naming it."""
 
 

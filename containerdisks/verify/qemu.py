@@ -51,6 +51,7 @@ import structlog
 
 from containerdisks.pipeline.diskcheck import disk_format
 from containerdisks.verify.finish import to_the_end
+from containerdisks.verify.flow import BootError
 
 __all__ = [
     "Account",
@@ -115,7 +116,7 @@ _BINARY = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 _HOST_GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
-class QemuError(Exception):
+class QemuError(BootError):
     """qemu could not be started, or this host cannot boot the image; one line."""
 
 

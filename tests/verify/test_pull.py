@@ -17,7 +17,8 @@ import pytest
 import zstandard
 
 from containerdisks import oci
-from containerdisks.verify.pull import PullError, _number, pull_disk
+from containerdisks.pipeline.unpack import _number
+from containerdisks.verify.pull import PullError, pull_disk
 from tests.support.registry import Registry
 
 

@@ -13,6 +13,7 @@ import re
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -134,6 +135,34 @@ def test_dry_run_boots_nothing_and_writes_nothing(published: Published) -> None:
     assert before == published.results.read_bytes()
     assert not published.work.exists()
     assert "booting" not in done.stderr
+
+
+_LOADED = (
+    "import atexit, runpy, sys; "
+    "atexit.register(lambda: print('kubernetes_asyncio loaded:', "
+    "'kubernetes_asyncio' in sys.modules, file=sys.stderr)); "
+    "runpy.run_module('containerdisks', run_name='__main__')"
+)
+
+
+def test_verify_local_never_imports_the_kubernetes_client(published: Published) -> None:
+    """`--local` boots with qemu: the Kubernetes client is not even imported. The cluster path,
+    run the same way, does import it: the probe sees the module when it is there."""
+    published.push("tiny:1")
+    local = published.verify_command()  # a dry run that plans a boot
+    cluster = [flag for flag in local if flag != "--local"]
+    env = clean_env(HOME=str(published.root), KUBECONFIG="")  # no kubeconfig, not in a pod
+    said = []
+    for command in (local, cluster):
+        done = subprocess.run(
+            [sys.executable, "-c", _LOADED, *command[3:]],
+            capture_output=True, text=True, timeout=60, env=env, cwd=published.root,
+        )  # fmt: skip
+        said.append((done.returncode, done.stderr.splitlines()[-1]))
+    assert [
+        (0, "kubernetes_asyncio loaded: False"),
+        (2, "kubernetes_asyncio loaded: True"),
+    ] == said
 
 
 def test_arches_this_host_cannot_boot_are_skipped_not_passed(published: Published) -> None:
