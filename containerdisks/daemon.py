@@ -35,6 +35,7 @@ from typing import Any, TextIO
 import structlog
 
 from containerdisks import log as logging_setup
+from containerdisks import retry
 from containerdisks.engine.core import Engine
 from containerdisks.engine.report import render_plans
 from containerdisks.engine.scheduler import Scheduler, Timing
@@ -186,7 +187,7 @@ async def _daemon(settings: Settings, config: dict[str, Any], config_name: str) 
     host, port = parse_listen(settings.listen)
     metrics = Metrics()
     status = Status(heartbeat_timeout=settings.heartbeat_timeout, dry_run=settings.dry_run)
-    logging_setup.add_observer(metrics.observer(Mirrors(settings.upstream_mirrors).rewrite))
+    count_retries = metrics.retry_observer(Mirrors(settings.upstream_mirrors).rewrite)
     results = _results_path(settings)
     if results is not None:
         own_work_dir(settings.work_dir)
@@ -230,9 +231,13 @@ async def _daemon(settings: Settings, config: dict[str, Any], config_name: str) 
             interval=settings.interval,
             workers=settings.workers,
         )
-        async with _metering(metrics), _engine(settings, config, config_name, metrics) as engine:
-            scheduler = _scheduler(settings, engine, status, metrics, results)
-            await scheduler.run(stop)
+        with retry.observing(count_retries):
+            async with (
+                _metering(metrics),
+                _engine(settings, config, config_name, metrics) as engine,
+            ):
+                scheduler = _scheduler(settings, engine, status, metrics, results)
+                await scheduler.run(stop)
     finally:
         await server.__aexit__(None, None, None)
     log.info("stopped")

@@ -35,8 +35,8 @@ from containerdisks.engine.promote import (
     describe_error,
 )
 from containerdisks.engine.results import Result, ResultsError, read_results, write_results
-from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Place, open_places, same_place
+from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError, Settings
 
 __all__ = ["images_promote"]
@@ -84,7 +84,7 @@ async def images_promote(
         if _eligible(result) and focus.selects_key(name, version):
             candidates.append(Candidate(key, name, result))
     places = settings.model_copy(update={"target_registry": target_spec})
-    backoff = Backoff(attempts=settings.retries)
+    backoff = RetryPolicy.for_registry(settings.retries)
     async with open_places(places, backoff) as (source, target):
         promoter = Promoter(source, target, backoff)
         limit = asyncio.Semaphore(settings.workers)

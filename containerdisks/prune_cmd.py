@@ -26,8 +26,8 @@ import structlog
 from containerdisks import oci
 from containerdisks.catalog import Focus, load_catalog
 from containerdisks.engine.prune import PrunePlan, Pruner, published_versions
-from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import open_places
+from containerdisks.retry import RetryPolicy
 from containerdisks.settings import Settings
 
 __all__ = ["images_prune", "render_prune"]
@@ -44,7 +44,7 @@ async def images_prune(
     focus = Focus(settings.focus)
     items = catalog.select(focus)
     plans: list[PrunePlan] = []
-    async with open_places(settings, Backoff(attempts=settings.retries)) as (_, target):
+    async with open_places(settings, RetryPolicy.for_registry(settings.retries)) as (_, target):
         pruner = Pruner(target)
         for bound in items:
             item = bound.item

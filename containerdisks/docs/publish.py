@@ -34,8 +34,9 @@ import structlog
 from containerdisks.catalog import BoundItem, Catalog, Focus, ItemFailure, load_catalog
 from containerdisks.docs.page import PageVersion, render_page
 from containerdisks.docs.quay import QuayClient, QuayError
+from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError, Settings
-from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
+from containerdisks.upstream import HttpUpstream, Mirrors
 
 __all__ = ["docs_publish", "parse_registry"]
 

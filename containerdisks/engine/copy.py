@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from containerdisks import oci
-from containerdisks.engine.retry import Backoff, retrying
 from containerdisks.engine.stores import Store
 from containerdisks.oci.media import parse_image_manifest, parse_index
+from containerdisks.retry import RetryPolicy, retrying
 
 __all__ = ["CopyStats", "copy_blob", "copy_manifest"]
 
@@ -88,7 +88,7 @@ async def _bring_blob(
     dst_repo: str,
     blob: oci.Descriptor,
     *,
-    backoff: Backoff,
+    backoff: RetryPolicy,
     stats: CopyStats,
 ) -> None:
     digest = blob.digest
@@ -102,6 +102,7 @@ async def _bring_blob(
         f"copy of {digest} to {target.host}/{dst_repo}",
         functools.partial(copy_blob, source, src_repo, target, dst_repo, blob),
         backoff,
+        kind="restream",
     )
     stats.copied.append(digest)
 
@@ -120,7 +121,7 @@ async def copy_manifest(
     dst_repo: str,
     manifest: oci.Manifest,
     *,
-    backoff: Backoff,
+    backoff: RetryPolicy,
     stats: CopyStats | None = None,
 ) -> CopyStats:
     """Make `manifest` (read from `source`/`src_repo`) and all it refers to present in

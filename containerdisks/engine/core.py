@@ -35,12 +35,12 @@ from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
 from containerdisks.engine.published import RegistryReader
 from containerdisks.engine.results import Result
-from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Place, open_places
 from containerdisks.engine.sync import Publisher, PublishError
 from containerdisks.pipeline.image import MediaFamily
+from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError, Settings
-from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
+from containerdisks.upstream import HttpUpstream, Mirrors
 
 __all__ = ["Engine", "Outcome"]
 
@@ -103,7 +103,7 @@ class Engine:
         self.catalog: Catalog = load_catalog(config, config_name=config_name)
         self.items = self.catalog.select(self.focus)
         self.publish = not settings.dry_run
-        self.backoff = Backoff(attempts=settings.retries)
+        self.backoff = RetryPolicy.for_registry(settings.retries)
         self.upstream = HttpUpstream(
             Mirrors(settings.upstream_mirrors),
             connect_timeout=settings.connect_timeout,

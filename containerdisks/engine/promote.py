@@ -26,8 +26,8 @@ import structlog
 from containerdisks import oci
 from containerdisks.engine.copy import CopyStats, copy_manifest
 from containerdisks.engine.results import Result
-from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Place
+from containerdisks.retry import RetryPolicy
 
 __all__ = ["Candidate", "Outcome", "PromoteError", "Promoter"]
 
@@ -64,7 +64,7 @@ class Outcome:
 
 
 class Promoter:
-    def __init__(self, source: Place, target: Place, backoff: Backoff) -> None:
+    def __init__(self, source: Place, target: Place, backoff: RetryPolicy) -> None:
         self.source = source
         self.target = target
         self.backoff = backoff

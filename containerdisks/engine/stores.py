@@ -4,7 +4,8 @@
 become a `Place`: a store (a `RegistryClient` or a `LayoutStore`, which share one surface) plus
 the namespace repositories live under. When source and target name the same registry host, one
 client (one connection pool, one token cache) serves both. A registry place can re-read its
-credentials, so that a long-running process follows a rotated Secret.
+credentials, so that a long-running process follows a rotated Secret. Every store is wrapped in
+a `RetryingStore`: its idempotent operations are retried under `containerdisks.retry`'s policy.
 """
 
 from __future__ import annotations
@@ -15,19 +16,21 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
 import structlog
 
 from containerdisks import oci
-from containerdisks.engine.retry import Backoff, RetryingStore
 from containerdisks.oci.layout import LayoutStore
+from containerdisks.retry import RetryPolicy, retrying
 from containerdisks.settings import ConfigError, Settings
 
-__all__ = ["BlobUpload", "Place", "Store", "open_places", "same_place"]
+__all__ = ["BlobUpload", "Place", "RetryingStore", "Store", "open_places", "same_place"]
 
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
 
 
 class BlobUpload(Protocol):
@@ -94,6 +97,87 @@ class Store(Protocol):
     async def delete_manifest(self, repository: str, digest: str) -> None: ...
 
 
+class RetryingStore:
+    """A `Store` whose idempotent operations are retried under `policy`.
+
+    Uploads pass through untouched: a broken stream cannot be replayed here; the publisher
+    restreams the whole arch instead.
+    """
+
+    def __init__(self, store: Store, policy: RetryPolicy) -> None:
+        self.inner = store
+        self.policy = policy
+
+    @property
+    def host(self) -> str:
+        return self.inner.host
+
+    def _run(self, what: str, op: Callable[[], Awaitable[_T]]) -> Awaitable[_T]:
+        return retrying(
+            f"{what} {self.inner.host}", op, self.policy, kind="registry", address=self.inner.host
+        )
+
+    async def get_manifest(self, repository: str, reference: str) -> oci.Manifest:
+        return await self._run(
+            f"GET {repository}:{reference}",
+            lambda: self.inner.get_manifest(repository, reference),
+        )
+
+    async def head_manifest(self, repository: str, reference: str) -> oci.Descriptor | None:
+        return await self._run(
+            f"HEAD {repository}:{reference}",
+            lambda: self.inner.head_manifest(repository, reference),
+        )
+
+    async def get_blob(self, repository: str, digest: str, *, max_size: int) -> bytes:
+        return await self._run(
+            f"GET {repository}@{digest}",
+            lambda: self.inner.get_blob(repository, digest, max_size=max_size),
+        )
+
+    async def read_blob(
+        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]]
+    ) -> int:
+        # Not retried: the sink has already consumed what arrived.
+        return await self.inner.read_blob(repository, digest, sink)
+
+    async def has_blob(self, repository: str, digest: str) -> bool:
+        return await self._run(
+            f"HEAD {repository}@{digest}", lambda: self.inner.has_blob(repository, digest)
+        )
+
+    async def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
+        return await self.inner.mount_blob(repository, digest, from_repository)
+
+    def blob_upload(self, repository: str) -> BlobUpload:
+        return self.inner.blob_upload(repository)
+
+    async def put_blob(self, repository: str, data: bytes) -> oci.Descriptor:
+        return await self._run(
+            f"PUT blob into {repository}", lambda: self.inner.put_blob(repository, data)
+        )
+
+    async def put_manifest(
+        self, repository: str, reference: str, media_type: str, data: bytes
+    ) -> str:
+        return await self._run(
+            f"PUT {repository}:{reference}",
+            lambda: self.inner.put_manifest(repository, reference, media_type, data),
+        )
+
+    async def list_tags(self, repository: str) -> list[str]:
+        return await self._run(
+            f"GET tags of {repository}", lambda: self.inner.list_tags(repository)
+        )
+
+    async def delete_manifest(self, repository: str, digest: str) -> None:
+        # Idempotent: a retry after a lost answer finds it gone (the caller takes that as done).
+        await self._run(
+            f"DELETE {repository}@{digest}",
+            lambda: self.inner.delete_manifest(repository, digest),
+        )
+
+
 @dataclass(frozen=True)
 class Place:
     """A store and the namespace under which `<name>` repositories live."""
@@ -140,7 +224,7 @@ def same_place(source: str, target: str, *, target_setting: str = "target_regist
 @asynccontextmanager
 async def open_places(
     settings: Settings,
-    backoff: Backoff | None = None,
+    backoff: RetryPolicy | None = None,
     *,
     trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> AsyncIterator[tuple[Place, Place]]:
@@ -148,7 +232,7 @@ async def open_places(
 
     `trace_configs` (aiohttp tracing, e.g. the daemon's metrics) observe every registry request.
     """
-    policy = backoff or Backoff(attempts=settings.retries)
+    policy = backoff or RetryPolicy.for_registry(settings.retries)
     specs = {"source": settings.source_registry, "target": settings.target}
     parsed = {k: _parse(v, f"{k}_registry") for k, v in specs.items()}
     async with AsyncExitStack() as stack:

@@ -42,7 +42,6 @@ from containerdisks.api import GOARCH, Artifact
 from containerdisks.catalog import Entry
 from containerdisks.engine.copy import copy_manifest
 from containerdisks.engine.plan import ArchPlan, EntryPlan
-from containerdisks.engine.retry import Backoff, retrying
 from containerdisks.engine.stores import Place
 from containerdisks.pipeline.diskcheck import inspected
 from containerdisks.pipeline.image import (
@@ -66,6 +65,7 @@ from containerdisks.pipeline.stages import (
     hashed,
     tar_disk,
 )
+from containerdisks.retry import RetryPolicy, retrying
 from containerdisks.upstream import HttpUpstream
 from containerdisks.workdir import WorkDirError, own_work_dir
 
@@ -97,7 +97,7 @@ class Publisher:
         max_spool_bytes: int,
         max_virtual_size: int,
         max_image_bytes: int = 64 << 30,
-        backoff: Backoff | None = None,
+        backoff: RetryPolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.upstream = upstream
@@ -109,7 +109,7 @@ class Publisher:
         self.max_spool_bytes = max_spool_bytes
         self.max_virtual_size = max_virtual_size
         self.max_image_bytes = max_image_bytes
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or RetryPolicy.for_registry()
         self.clock = clock
 
     async def publish(self, entry: Entry, plan: EntryPlan) -> tuple[list[str], str]:
@@ -189,6 +189,7 @@ class Publisher:
                 f"layer of {entry.key} {artifact.arch}",
                 lambda: self._stream_layer(entry, artifact, layer_type),
                 self.backoff,
+                kind="restream",
             )
         core = config_core(
             arch=artifact.arch,

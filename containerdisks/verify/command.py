@@ -27,8 +27,8 @@ from kubernetes_asyncio import client as kclient
 from containerdisks import oci
 from containerdisks.catalog import Catalog, Focus, load_catalog
 from containerdisks.engine.results import Result, ResultsError, read_results, write_results
-from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Place, open_places
+from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.verify import kube, qemu
 from containerdisks.verify.flow import Verdict, render, verify_all
@@ -167,7 +167,7 @@ async def _run_local(
     goarch = settings.target_architecture or host.goarch
     chosen, verdicts = _choose(results, catalog, focus, goarch)
     registry = settings.verify_registry or settings.target
-    backoff = Backoff(attempts=settings.retries)
+    backoff = RetryPolicy.for_registry(settings.retries)
     source = settings.model_copy(update={"source_registry": registry, "target_registry": ""})
     try:
         account = qemu.qemu_account(settings.verify_qemu_user)

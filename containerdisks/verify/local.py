@@ -30,9 +30,9 @@ from pathlib import Path
 
 import structlog
 
-from containerdisks.engine.retry import Backoff
 from containerdisks.engine.stores import Store
 from containerdisks.pipeline.diskcheck import HEAD, refusal
+from containerdisks.retry import RetryPolicy
 from containerdisks.verify import qemu
 from containerdisks.verify.finish import to_the_end
 from containerdisks.verify.pull import PullError, pull_disk
@@ -123,7 +123,7 @@ class LocalBooter:
     firmware: qemu.Firmware
     accel: qemu.Accel
     memory_mib: int
-    backoff: Backoff
+    backoff: RetryPolicy
     max_virtual_size: int
     max_disk_bytes: int = 64 << 30  # max_image_bytes
     account: qemu.Account | None = None  # whom qemu runs as (`qemu.qemu_account`)

@@ -35,9 +35,9 @@ import zstandard
 from isal import isal_zlib
 
 from containerdisks import oci
-from containerdisks.engine.retry import Backoff, retrying
 from containerdisks.engine.stores import Store
 from containerdisks.oci.media import parse_image_manifest, parse_index
+from containerdisks.retry import RetryPolicy, retrying
 
 __all__ = ["PullError", "Pulled", "pull_disk"]
 
@@ -344,13 +344,13 @@ async def pull_disk(
     dest: Path,
     *,
     where: str,
-    backoff: Backoff | None = None,
+    backoff: RetryPolicy | None = None,
     max_bytes: int | None = None,
 ) -> Pulled:
     """Write the disk of `repository@digest` for linux/`goarch` to `dest`; a disk larger than
     `max_bytes` is a `PullError`."""
     start = time.monotonic()
-    policy = backoff or Backoff()
+    policy = backoff or RetryPolicy.for_registry()
     try:
         top = await store.get_manifest(repository, digest)
         manifest = top
@@ -382,7 +382,7 @@ async def pull_disk(
                         store, repository, layer, out, where, max_bytes=max_bytes
                     )
 
-                got, files, size = await retrying(f"pull {where}", attempt, policy)
+                got, files, size = await retrying(f"pull {where}", attempt, policy, kind="restream")
                 layer_total += got
                 if files:
                     found, disk_bytes = files, size
