@@ -45,6 +45,7 @@ from containerdisks.oci.errors import TEMPORARY_STATUSES, parse_retry_after
 __all__ = [
     "TEMPORARY_STATUSES",
     "Budget",
+    "Kind",
     "RetryEvent",
     "RetryPolicy",
     "backoff",

@@ -10,6 +10,7 @@ from email.utils import format_datetime
 import pytest
 
 from containerdisks import oci, retry
+from containerdisks.metrics import Metrics
 from containerdisks.retry import RetryEvent, RetryPolicy
 
 
@@ -173,3 +174,68 @@ def test_observers_see_each_retry_as_a_typed_event_while_observing() -> None:
     calls.clear()
     asyncio.run(run())  # no longer observed
     assert len(seen) == 2
+
+
+def test_a_budget_ends_at_its_attempts_or_its_deadline() -> None:
+    now = [100.0]
+    budget = retry.Budget(110.0, 2, clock=lambda: now[0])
+    assert not budget.spent
+    assert not budget.expired()
+    budget.spend()
+    assert not budget.spent
+    budget.spend()
+    assert budget.spent
+    assert budget.used == 2
+    now[0] = 109.0
+    assert budget.left() == 1.0
+    now[0] = 111.0
+    assert budget.expired()
+    assert budget.left() == 0.0
+    assert not retry.Budget(110.0, None, clock=lambda: 0.0).spent
+
+
+def test_a_budget_never_pauses_past_its_deadline() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    budget = retry.Budget(3.0, clock=lambda: now[0])
+    asyncio.run(budget.pause(2.0, sleep))
+    now[0] = 2.5
+    asyncio.run(budget.pause(2.0, sleep))
+    assert slept == [2.0, 0.5]
+
+
+def test_metrics_count_retries_from_the_events() -> None:
+    metrics = Metrics()
+    count = metrics.retry_observer(lambda url: url.replace("https://canon.test", "http://m:81"))
+    asked: list[tuple[retry.Kind, str]] = [
+        ("upstream", "https://canon.test/releases.json"),
+        ("registry", "quay.test:5000"),
+        ("registry", "quay.test:5000"),
+        ("restream", ""),
+        ("quay", "https://q.test"),
+    ]
+
+    async def once_each() -> None:
+        for kind, address in asked:
+            failed: list[int] = []
+
+            async def fails_once(failed: list[int] = failed) -> None:
+                if not failed:
+                    failed.append(1)
+                    raise FlakyError(1)
+
+            await retry.retrying(
+                "x", fails_once, _policy(2, []), kind=kind, address=address, on_retry=print
+            )
+
+    with retry.observing(count):
+        asyncio.run(once_each())
+    sample = metrics.registry.get_sample_value
+    assert sample("containerdisks_http_retries_total", {"kind": "upstream", "host": "m:81"}) == 1
+    registry = {"kind": "registry", "host": "quay.test:5000"}
+    assert sample("containerdisks_http_retries_total", registry) == 2
+    assert sample("containerdisks_layer_restreams_total") == 1
