@@ -18,6 +18,7 @@ import importlib
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, cast
@@ -403,6 +404,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stderr = cast(TextIO, log.RedactingStream(err))
     try:
         return _main(argv)
+    except Exception:
+        # A bug: the traceback is printed while stderr still masks secrets (a registered
+        # password in an exception's message would otherwise reach the terminal in clear).
+        traceback.print_exc()
+        return 1
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

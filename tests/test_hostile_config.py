@@ -136,3 +136,19 @@ def test_the_default_catalog_is_read_by_the_same_loader(
         catalog.load_catalog({}, {})
     expected = "invalid YAML at line 2: duplicate key 'entries' (first at line 1)"
     assert f"default catalog {path}: {expected}" == str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "not JSON (JSON nested too deep)"),
+        ('{"auths": {"127.0.0.1:9": {"auth": ', "not JSON (line 1)"),
+    ],
+    ids=["deep", "truncated"],
+)
+def test_a_bad_auth_file_is_one_line_and_exit_2(tmp_path: Path, content: str, needle: str) -> None:
+    """The registry credentials file (containers-auth.json(5)) is outside input too."""
+    auth = tmp_path / "auth.json"
+    auth.write_text(content)
+    result = run_push(tmp_path, env={"REGISTRY_AUTH_FILE": str(auth)})
+    one_line_exit_2(result, f"{auth}: {needle}")

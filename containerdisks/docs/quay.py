@@ -30,6 +30,7 @@ import aiohttp
 import structlog
 
 from containerdisks import __version__
+from containerdisks.oci import safejson
 from containerdisks.oci.redact import redact, register
 from containerdisks.retry import (
     RetryEvent,
@@ -78,8 +79,11 @@ class QuayClient:
         register(token)
         self._base = base_url.rstrip("/")
         self._token = token
+        # Every call is small: a server that trickles its answer is cut by the total too.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+            total=connect_timeout + 2 * read_timeout,
+            sock_connect=connect_timeout,
+            sock_read=read_timeout,
         )
         self._read = read_timeout
         self._retry = retry or RetryPolicy(attempts=attempts)
@@ -159,9 +163,8 @@ class QuayClient:
         try:
             async with self._session.request(method, self._base + path, data=data) as resp:
                 if 200 <= resp.status < 300:
-                    await resp.read()
-                    return
-                text = await resp.text(errors="replace")
+                    return  # the answer's body says nothing we use: not read at all
+                text = (await _head_of(resp)).decode(errors="replace")
                 status = f"HTTP {resp.status} {resp.reason or ''}".rstrip()
                 message = self._mask(f"{what}: {status}{_reason(text)}")
                 if temporary_status(resp.status):
@@ -169,18 +172,36 @@ class QuayClient:
                     raise _TransientError(message, retry_after)
                 raise QuayError(message)
         except TimeoutError:  # before ClientError: aiohttp's timeouts are both
-            raise _TransientError(f"{what}: timed out (no answer within {self._read}s)") from None
+            raise _TransientError(
+                f"{what}: timed out (no answer within {self._read}s, or not all of it "
+                f"within {self._timeout.total:g}s)"
+            ) from None
         except aiohttp.ClientConnectorError as e:
             raise _TransientError(f"{what}: cannot connect to {self._base}: {e.os_error}") from None
         except aiohttp.ClientError as e:
             raise _TransientError(f"{what}: {type(e).__name__}: {e}") from None
 
 
+#: The most of an error answer read: Quay's are a few hundred bytes; the rest is not awaited.
+_MAX_ERROR_BODY = 64 << 10
+
+
+async def _head_of(resp: aiohttp.ClientResponse) -> bytes:
+    """The body up to `_MAX_ERROR_BODY` bytes (or its end, if sooner)."""
+    head = bytearray()
+    while len(head) < _MAX_ERROR_BODY:
+        chunk = await resp.content.read(_MAX_ERROR_BODY - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return bytes(head)
+
+
 def _reason(text: str) -> str:
     """Quay's explanation: `error_message`, else `detail`, else the body's first line."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
+        data = safejson.loads(text)
+    except ValueError:
         data = None
     if isinstance(data, dict):
         for key in ("error_message", "detail", "message", "error"):

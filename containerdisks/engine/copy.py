@@ -53,7 +53,8 @@ async def copy_blob(
 
     async def produce() -> None:
         try:
-            await source.read_blob(src_repo, digest, queue.put)  # raises on a digest mismatch
+            # raises on a digest mismatch, and on a body longer or shorter than the descriptor
+            await source.read_blob(src_repo, digest, queue.put, size=blob.size)
         except BaseException as e:  # handed to the consumer, which re-raises it
             await queue.put(e)
         else:

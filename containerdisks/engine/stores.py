@@ -77,8 +77,10 @@ class Store(Protocol):
     async def get_blob(self, repository: str, digest: str, *, max_size: int) -> bytes: ...
 
     async def read_blob(
-        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]]
-    ) -> int: ...
+        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]], *, size: int
+    ) -> int:
+        """`size`: the descriptor's; a body of another size is an `oci.BlobSizeError`."""
+        ...
 
     async def has_blob(self, repository: str, digest: str) -> bool: ...
 
@@ -136,10 +138,10 @@ class RetryingStore:
         )
 
     async def read_blob(
-        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]]
+        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]], *, size: int
     ) -> int:
         # Not retried: the sink has already consumed what arrived.
-        return await self.inner.read_blob(repository, digest, sink)
+        return await self.inner.read_blob(repository, digest, sink, size=size)
 
     async def has_blob(self, repository: str, digest: str) -> bool:
         return await self._run(
@@ -270,6 +272,9 @@ async def open_places(
                         ca_file=settings.ca_file,
                         connect_timeout=settings.connect_timeout,
                         read_timeout=settings.read_timeout,
+                        blob_min_rate=settings.min_transfer_rate,
+                        blob_rate_window=settings.min_transfer_rate_window,
+                        blob_deadline=settings.download_deadline,
                     )
                     opened = await stack.enter_async_context(client)
                     stores[store_key] = RetryingStore(opened, policy)

@@ -25,6 +25,7 @@ from containerdisks.oci.client import RegistryClient, ResolvedImage
 from containerdisks.oci.credentials import find_credentials
 from containerdisks.oci.digest import compute_digest, is_digest, parse_digest, verify_digest
 from containerdisks.oci.errors import (
+    BlobSizeError,
     BlobUnknownError,
     CertificateError,
     ConnectError,
@@ -44,6 +45,7 @@ from containerdisks.oci.errors import (
     RegistryError,
     RepositoryUnknownError,
     TLSError,
+    TransferTooSlowError,
     TransportError,
     TransportTimeoutError,
     UnauthorizedError,
@@ -97,6 +99,7 @@ __all__ = [
     "OCI_LAYER_GZIP",
     "OCI_LAYER_ZSTD",
     "OCI_MANIFEST",
+    "BlobSizeError",
     "BlobUnknownError",
     "BlobUpload",
     "CertificateError",
@@ -127,6 +130,7 @@ __all__ = [
     "ResolvedImage",
     "TLSError",
     "TokenCache",
+    "TransferTooSlowError",
     "TransportError",
     "TransportTimeoutError",
     "UnauthorizedError",

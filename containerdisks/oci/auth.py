@@ -38,7 +38,6 @@ before it is used.
 from __future__ import annotations
 
 import base64
-import json
 import time
 import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Mapping
@@ -46,7 +45,7 @@ from dataclasses import dataclass, field
 
 import yarl
 
-from containerdisks.oci import redact
+from containerdisks.oci import redact, safejson
 from containerdisks.oci.errors import ProtocolError, error_from_response, one_line
 from containerdisks.oci.messages import Purpose, Request, Response, safe_url
 
@@ -588,7 +587,7 @@ class Authenticator:
 def _parse_token_reply(body: bytes, subject: str) -> tuple[str, float, str]:
     """(token, lifetime in seconds, refresh token or "") from a token service's JSON reply."""
     try:
-        doc = json.loads(body)
+        doc = safejson.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError(f"{subject}: reply is not JSON") from None
     if not isinstance(doc, dict):

@@ -45,6 +45,7 @@ from containerdisks.oci.auth import (
 )
 from containerdisks.oci.digest import compute_digest, is_digest, parse_digest, verify_digest
 from containerdisks.oci.errors import (
+    BlobSizeError,
     BlobUnknownError,
     CertificateError,
     ContentTooLargeError,
@@ -59,6 +60,7 @@ from containerdisks.oci.errors import (
     RegistryError,
     RepositoryUnknownError,
     TLSError,
+    TransferTooSlowError,
     error_from_response,
     one_line,
 )
@@ -149,7 +151,10 @@ class RegistryClient:
     an optional port (``127.0.0.1:5000``, ``[::1]:5000``); ``docker.io`` is served by
     ``registry-1.docker.io``. Timeouts apply per request: ``connect_timeout`` to open a
     connection, ``read_timeout`` between two reads, ``request_timeout`` for the whole exchange;
-    a PATCH that carries a blob is bounded by ``upload_timeout`` instead (None: no bound).
+    a PATCH that carries a blob is bounded by ``upload_timeout`` instead (None: no bound), a
+    streamed blob read (:meth:`read_blob`) by ``blob_deadline`` instead, and it fails when a
+    window of ``blob_rate_window`` seconds brings fewer than ``blob_min_rate`` bytes per second
+    (0: no rate check).
     ``chunk_size``: None sends each blob as one streamed PATCH (except to registries known to
     need chunks, :data:`.upload.CHUNKED_UPLOAD_HOSTS`); a number sends PATCHes of that many
     bytes (raised to the registry's ``OCI-Chunk-Min-Length``). ``credentials``: a
@@ -177,6 +182,9 @@ class RegistryClient:
         clock: Callable[[], float] = time.monotonic,
         chunk_size: int | None = None,
         upload_timeout: float | None = None,
+        blob_min_rate: int = 0,
+        blob_rate_window: float = 60.0,
+        blob_deadline: float | None = None,
     ) -> None:
         parsed = parse_registry(registry)
         if parsed.namespace:
@@ -206,6 +214,13 @@ class RegistryClient:
         self._upload_timeout = aiohttp.ClientTimeout(
             total=upload_timeout, connect=connect_timeout, sock_read=read_timeout
         )
+        self._blob_timeout = aiohttp.ClientTimeout(
+            total=blob_deadline, connect=connect_timeout, sock_read=read_timeout
+        )
+        self._blob_min_rate = blob_min_rate
+        self._blob_rate_window = blob_rate_window
+        self._blob_deadline = blob_deadline
+        self._clock = clock
         if chunk_size is not None and chunk_size <= 0:
             raise ValueError(f"chunk_size must be > 0, not {chunk_size}")
         self._chunk_size = chunk_size if chunk_size is not None else default_chunk_size(self.host)
@@ -297,6 +312,8 @@ class RegistryClient:
         headers: Sequence[tuple[str, str]] = (),
         body: bytes | None = None,
         sink: Sink | None = None,
+        length: int | None = None,
+        client_timeout: aiohttp.ClientTimeout | None = None,
     ) -> Response:
         """One authenticated request to ``/v2/<repository>/<path>`` (pull scope by default)."""
         url = await self._url(repository, path, query)
@@ -311,6 +328,8 @@ class RegistryClient:
             body=body,
             max_body=max_body,
             sink=sink,
+            length=length,
+            client_timeout=client_timeout,
         )
 
     async def _request(
@@ -324,6 +343,8 @@ class RegistryClient:
         stream: AsyncIterable[bytes] | None = None,
         max_body: int = ERROR_BODY_LIMIT,
         sink: Sink | None = None,
+        length: int | None = None,
+        client_timeout: aiohttp.ClientTimeout | None = None,
     ) -> Response:
         """One request, authenticated for ``scopes`` when it goes to the registry's origin.
 
@@ -331,11 +352,16 @@ class RegistryClient:
         without credentials. A ``stream`` body is sent once: a 401 to it is final.
         """
         request = Request(method, url, tuple(headers), body=body)
-        timeout = self._upload_timeout if stream is not None else None
+        timeout = self._upload_timeout if stream is not None else client_timeout
         base = await self._base_url()
         if not _same_origin(url, base):
             return await self._transport.send(
-                request, max_body=max_body, stream=stream, client_timeout=timeout, sink=sink
+                request,
+                max_body=max_body,
+                stream=stream,
+                client_timeout=timeout,
+                sink=sink,
+                length=length,
             )
         if self._auth.needs_token(scopes):
             # one token fetch per scope set, however many requests wait for it
@@ -349,6 +375,7 @@ class RegistryClient:
             stream=stream,
             client_timeout=timeout,
             sink=sink,
+            length=length,
         )
         assert final is not None
         return final
@@ -361,6 +388,7 @@ class RegistryClient:
         stream: AsyncIterable[bytes] | None = None,
         client_timeout: aiohttp.ClientTimeout | None = None,
         sink: Sink | None = None,
+        length: int | None = None,
     ) -> Response | None:
         """Run an auth flow: send what it yields, feed back the answers; the last registry
         response (None if the flow sent only token requests). With a ``stream``, the first
@@ -384,6 +412,7 @@ class RegistryClient:
                     stream=stream,
                     client_timeout=client_timeout,
                     sink=sink,
+                    length=length,
                 )
                 final = response
             try:
@@ -565,18 +594,27 @@ class RegistryClient:
         verify_digest(response.body, digest, subject=subject)
         return response.body
 
-    async def read_blob(self, repository: str, digest: str, sink: Sink) -> int:
-        """Stream a blob of any size into ``sink``, verified against ``digest``; its size.
+    async def read_blob(self, repository: str, digest: str, sink: Sink, *, size: int) -> int:
+        """Stream a blob of ``size`` bytes (its descriptor's) into ``sink``, verified against
+        ``digest``; its size.
 
         The digest is checked when the stream ends: a mismatch raises
         :class:`DigestMismatchError` after ``sink`` has seen the bytes, so a consumer must not
-        commit what it received before this returns.
+        commit what it received before this returns. A body that is not ``size`` bytes raises
+        :class:`BlobSizeError`: a ``Content-Length`` that differs before any byte is read, a
+        longer body as soon as the first byte too many arrives (the sink never sees it), a
+        shorter one when it ends. Too slow a body raises :class:`TransferTooSlowError` (see
+        the constructor's ``blob_*`` arguments).
         """
         validate_repository(repository)
         algorithm, _ = parse_digest(digest)
         subject = self._subject("blob", repository, digest)
         hasher = hashlib.new(algorithm)
+        expected = size
         size = 0
+        floor = _RateFloor(
+            self._blob_min_rate, self._blob_rate_window, self._blob_deadline, self._clock()
+        )
         batch: list[bytes] = []
         batched = 0
         hashing: asyncio.Future[None] | None = None
@@ -599,6 +637,11 @@ class RegistryClient:
 
         async def counted(chunk: bytes) -> None:
             nonlocal size, batched
+            if size + len(chunk) > expected:
+                raise BlobSizeError(f"{subject}: more than the {expected} bytes of its descriptor")
+            slow = floor.record(self._clock(), len(chunk))
+            if slow is not None:
+                raise TransferTooSlowError(f"{subject}: {slow}", host=self.host)
             size += len(chunk)
             batch.append(chunk)
             batched += len(chunk)
@@ -608,7 +651,13 @@ class RegistryClient:
 
         try:
             response = await self._send(
-                "GET", repository, f"blobs/{digest}", max_body=ERROR_BODY_LIMIT, sink=counted
+                "GET",
+                repository,
+                f"blobs/{digest}",
+                max_body=ERROR_BODY_LIMIT,
+                sink=counted,
+                length=expected,
+                client_timeout=self._blob_timeout,
             )
             await flush()
             await flush()
@@ -617,6 +666,8 @@ class RegistryClient:
                 await asyncio.shield(hashing)
         if response.status != 200:
             raise self._error(subject, response, not_found=BlobUnknownError)
+        if size != expected:
+            raise BlobSizeError(f"{subject}: {size} bytes, its descriptor says {expected}")
         actual = f"{algorithm}:{hasher.hexdigest()}"
         if actual != digest:
             raise DigestMismatchError(subject, expected=digest, actual=actual)
@@ -949,6 +1000,40 @@ class RegistryClient:
             if url in seen:
                 raise ProtocolError(f"{subject}: Link pagination loops")
         raise ProtocolError(f"{subject}: more than {_MAX_TAG_PAGES} pages")
+
+
+class _RateFloor:
+    """When a blob read is too slow: sans-I/O, told of each chunk as it arrives.
+
+    Time is cut in tumbling windows of ``window`` seconds from ``start``; a window that brought
+    fewer than ``min_rate * window`` bytes fails the read at its first chunk after the window
+    closed (a body that brings nothing at all is cut by the read timeout instead), and so does
+    a chunk after ``deadline``. ``min_rate`` 0 turns the rate check off.
+    """
+
+    def __init__(self, min_rate: int, window: float, deadline: float | None, start: float) -> None:
+        self._min_rate = min_rate
+        self._window = window
+        self._window_end = start + window
+        self._deadline = deadline
+        self._deadline_at = None if deadline is None else start + deadline
+        self._in_window = 0
+
+    def record(self, now: float, nbytes: int) -> str | None:
+        """Why the read must stop now that ``nbytes`` arrived at ``now``, or None."""
+        if self._deadline_at is not None and now >= self._deadline_at:
+            return f"not read within the blob deadline ({self._deadline:g} s)"
+        if self._min_rate:
+            while now >= self._window_end:
+                if self._in_window < self._min_rate * self._window:
+                    return (
+                        f"slower than {self._min_rate} bytes/s over {self._window:g} s "
+                        f"({self._in_window} bytes in the last window)"
+                    )
+                self._in_window = 0
+                self._window_end += self._window
+        self._in_window += nbytes
+        return None
 
 
 def _matches(have: Platform, wanted: Platform) -> bool:

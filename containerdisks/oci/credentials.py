@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from containerdisks.oci import safejson
 from containerdisks.oci.auth import Credentials
 from containerdisks.oci.errors import CredentialsError
 from containerdisks.oci.reference import DOCKER_HUB, parse_registry
@@ -160,7 +161,7 @@ def run_credential_helper(
             return None
         raise CredentialsError(f"credential helper {helper} failed with exit {done.returncode}")
     try:
-        doc: Any = json.loads(done.stdout)
+        doc: Any = safejson.loads(done.stdout)
     except ValueError:
         raise CredentialsError(f"credential helper {helper} did not answer JSON") from None
     if not isinstance(doc, dict):
@@ -185,9 +186,11 @@ def _read(path: Path) -> dict[str, Any] | None:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
         raise CredentialsError(f"{path}: cannot read: {reason}") from None
     try:
-        doc = json.loads(text)
+        doc = safejson.loads(text)
     except json.JSONDecodeError as exc:
         raise CredentialsError(f"{path}: not JSON (line {exc.lineno})") from None
+    except ValueError as exc:
+        raise CredentialsError(f"{path}: not JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise CredentialsError(f"{path}: not a JSON object")
     return doc

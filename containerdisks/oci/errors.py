@@ -17,6 +17,7 @@ writes into an error body is ours to show, so every message (and a :class:`Regis
     │   ├── TLSError                   the TLS handshake failed (server speaks plain HTTP, ...)
     │   │   └── CertificateError       not temporary: the certificate did not verify
     │   ├── TransportTimeoutError      connect, read or total time ran out
+    │   │   └── TransferTooSlowError   a blob read below its minimum rate or past its deadline
     │   └── ConnectionLostError        the connection broke after the request was sent
     ├── RegistryError                  the registry answered with an error status; temporary
     │   │                              for 408/429/5xx and for a lost upload session
@@ -34,7 +35,8 @@ writes into an error body is ours to show, so every message (and a :class:`Regis
     │   ├── DigestMismatchError        content does not hash to its digest (read, uploaded,
     │   │                              or announced back by the registry)
     │   ├── InvalidManifestError       unparseable, unsupported or inconsistent manifest/config
-    │   └── ContentTooLargeError       larger than the caller allowed
+    │   ├── ContentTooLargeError       larger than the caller allowed
+    │   └── BlobSizeError              a blob body longer or shorter than its descriptor's size
     └── ProtocolError                  the server broke the protocol (redirect loop, bad token,
                                        an upload without Location or with a wrong Range)
 
@@ -44,12 +46,12 @@ A write that fails with a :class:`RegistryError` carries the registry's ``code``
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from containerdisks.oci import safejson
 from containerdisks.oci.redact import redact
 
 __all__ = [
@@ -159,6 +161,10 @@ class TransportTimeoutError(TransportError):
     """Connecting, waiting for the response, or reading it took longer than allowed."""
 
 
+class TransferTooSlowError(TransportTimeoutError):
+    """A blob read brought less than its minimum rate over a window, or ran past its deadline."""
+
+
 class ConnectionLostError(TransportError):
     """The connection broke after the request was sent (disconnect, truncated body)."""
 
@@ -257,6 +263,11 @@ class ContentTooLargeError(ContentError):
     """The content is larger than the caller allowed."""
 
 
+class BlobSizeError(ContentError):
+    """A blob's body is not the size its descriptor says: announced (``Content-Length``),
+    longer (cut as soon as the first byte too many arrives) or shorter."""
+
+
 class ProtocolError(OCIError):
     """The server broke the protocol: redirect loops, redirects without Location, bad tokens."""
 
@@ -276,7 +287,7 @@ _CLASS_BY_CODE: dict[str, type[RegistryError]] = {
 def _first_error(body: bytes) -> tuple[str, str] | None:
     """(code, message) of the first entry of an OCI error body, or None if it is not one."""
     try:
-        doc: Any = json.loads(body)
+        doc: Any = safejson.loads(body)
     except ValueError:
         return None
     if not isinstance(doc, dict):

@@ -36,8 +36,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from containerdisks.oci import safejson
 from containerdisks.oci.digest import compute_digest, is_digest, parse_digest
 from containerdisks.oci.errors import (
+    BlobSizeError,
     BlobUnknownError,
     ContentTooLargeError,
     DigestMismatchError,
@@ -115,7 +117,7 @@ class LayoutStore:
                 message="no OCI layout here",
             ) from None
         try:
-            index = json.loads(data)
+            index = safejson.loads(data)
         except ValueError:
             raise InvalidManifestError(f"{path}: index.json is not JSON") from None
         if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
@@ -174,19 +176,32 @@ class LayoutStore:
         return self._read_blob(repository, digest, max_size)
 
     async def read_blob(
-        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]]
+        self, repository: str, digest: str, sink: Callable[[bytes], Awaitable[None]], *, size: int
     ) -> int:
-        """Stream a blob into `sink`, verified against `digest` at the end; its size."""
+        """Stream a blob of `size` bytes (its descriptor's) into `sink`, verified against
+        `digest` at the end; its size. A file of another size raises `BlobSizeError` first."""
         path = self._blob_path(self._dir(repository), digest)
+        expected = size
         algorithm = parse_digest(digest)[0]
         hasher = hashlib.new(algorithm)
-        size = 0
         try:
             f = path.open("rb")
         except FileNotFoundError:
             raise self._blob_unknown(repository, digest) from None
         with f:
-            while chunk := await asyncio.to_thread(f.read, 1 << 20):
+            stored = os.fstat(f.fileno()).st_size
+            if stored != expected:
+                raise BlobSizeError(
+                    f"{self._subject(repository, digest)}: {stored} bytes, its descriptor "
+                    f"says {expected}"
+                )
+            size = 0
+            while chunk := await asyncio.to_thread(f.read, min(1 << 20, expected - size + 1)):
+                if size + len(chunk) > expected:  # the file grew while read
+                    raise BlobSizeError(
+                        f"{self._subject(repository, digest)}: more than the {expected} bytes "
+                        "its descriptor says"
+                    )
                 await asyncio.to_thread(hasher.update, chunk)
                 size += len(chunk)
                 await sink(chunk)
@@ -337,7 +352,7 @@ class LayoutStore:
             try:
                 if path.stat().st_size > _MAX_MANIFEST:
                     continue  # a layer, not a manifest
-                doc = json.loads(path.read_bytes())
+                doc = safejson.loads(path.read_bytes())
             except (OSError, ValueError):
                 continue
             if not isinstance(doc, dict):

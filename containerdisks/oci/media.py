@@ -8,11 +8,11 @@ one-line reason instead of ``KeyError``/``TypeError`` on a malformed document.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from containerdisks.oci import safejson
 from containerdisks.oci.digest import is_digest
 from containerdisks.oci.errors import InvalidManifestError
 
@@ -64,7 +64,7 @@ ACCEPT_MANIFESTS = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOC
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     """``data`` parsed as a JSON object, or InvalidManifestError naming ``what``."""
     try:
-        doc = json.loads(data)
+        doc = safejson.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidManifestError(f"{what}: not JSON: {exc}") from None
     if not isinstance(doc, dict):

@@ -24,6 +24,7 @@ import aiohttp
 import yarl
 
 from containerdisks.oci.errors import (
+    BlobSizeError,
     CertificateError,
     ConnectError,
     ConnectionLostError,
@@ -176,11 +177,14 @@ class Transport:
         stream: AsyncIterable[bytes] | None = None,
         client_timeout: aiohttp.ClientTimeout | None = None,
         sink: Sink | None = None,
+        length: int | None = None,
     ) -> Response:
         """Send ``request``, following redirects for GET and HEAD, and read the body.
 
         With a ``sink``, a successful (2xx) body is handed to it chunk by chunk instead of being
-        held in memory (no ``max_body`` limit then); the response's body is empty.
+        held in memory (no ``max_body`` limit then; the sink bounds it); the response's body is
+        empty. ``length``: the size the sink expects; a ``Content-Length`` that differs raises
+        :class:`BlobSizeError` before the first byte is read.
 
         A success body larger than ``max_body`` raises :class:`ContentTooLargeError`; an error
         body is cut at :data:`ERROR_BODY_LIMIT`. ``Authorization`` is dropped when a redirect
@@ -212,6 +216,12 @@ class Transport:
                         current = self._redirect(current, resp)
                         continue
                     if sink is not None and 200 <= resp.status < 300:
+                        announced = resp.content_length
+                        if length is not None and announced is not None and announced != length:
+                            raise BlobSizeError(
+                                f"{current.method} {safe_url(resp.url)}: Content-Length "
+                                f"{announced}, the descriptor says {length} bytes"
+                            )
                         # iter_any: what has arrived, as it is (iter_chunked would copy
                         # to re-cut it into fixed sizes).
                         async for chunk in resp.content.iter_any():

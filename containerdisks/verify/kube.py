@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import math
 import os
 import secrets
@@ -63,7 +62,7 @@ from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from containerdisks.oci import redact
+from containerdisks.oci import redact, safejson
 from containerdisks.retry import Budget, RetryPolicy, retrying, temporary_status
 from containerdisks.verify.finish import to_the_end
 from containerdisks.verify.ssh import CheckFailedError
@@ -133,7 +132,7 @@ def _untrusted(what: str, e: aiohttp.ClientConnectorCertificateError) -> Untrust
 def _api_error(what: str, e: ApiException) -> KubeError:
     message = ""
     try:
-        body = json.loads(e.body or "")
+        body = safejson.loads(e.body or "")
         message = body.get("message", "") if isinstance(body, dict) else ""
     except (ValueError, TypeError):
         message = (e.body or "").strip() if isinstance(e.body, str) else ""

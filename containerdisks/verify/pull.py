@@ -16,7 +16,10 @@ Decisions:
   on at most `_OUT` bytes at a time (gzip through `max_length`, zstd through a stream writer
   with a bounded `write_size`), the disk is cut at `max_bytes` (`max_image_bytes`), and a PAX
   or GNU long-name record larger than `_MAX_META` is refused, so memory and disk stay bounded
-  whatever the layer holds.
+  whatever the layer holds. Time stays bounded too: the layer is read to its descriptor's size
+  and no further, a member outside `disk/` larger than `_MAX_OTHER` is refused rather than read
+  through, and after the end-of-archive block only zeros (record padding, at most
+  `_MAX_TRAILER` bytes) may follow.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ _BATCH = 4 << 20  # bytes handed to the worker thread at once
 _QUEUE = 16  # chunks in flight between the network and the worker
 _OUT = 1 << 20  # the most decompressed bytes handed on at once
 _MAX_META = 1 << 20  # the largest PAX or GNU long-name record
+_MAX_OTHER = 1 << 20  # the largest member outside disk/ (a containerdisk has none)
+_MAX_TRAILER = 1 << 20  # zero bytes accepted after the end-of-archive block (record padding)
 
 
 _ISAL_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment] # stubs call it an instance
@@ -187,12 +192,16 @@ class _TarDisk:
         self._meta_kind = b""
         self._pending: dict[str, str] = {}
         self._ended = False
+        self._trailer = 0  # bytes after the end-of-archive block
         self.found: list[str] = []
         self.disk_bytes = 0
 
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
+            if self._ended:
+                self._after_end(view)
+                return
             if self._left:
                 n = min(self._left, len(view))
                 self._data(view[:n])
@@ -211,6 +220,15 @@ class _TarDisk:
             if len(self._buf) == _BLOCK:
                 header, self._buf = bytes(self._buf), bytearray()
                 self._header(header)
+
+    def _after_end(self, view: memoryview) -> None:
+        self._trailer += len(view)
+        if view.tobytes().count(0) != len(view):
+            raise PullError(f"{self._layer}: data after the end of the tar archive")
+        if self._trailer > _MAX_TRAILER:
+            raise PullError(
+                f"{self._layer}: more than {_MAX_TRAILER} bytes after the end of the tar archive"
+            )
 
     def _data(self, chunk: memoryview) -> None:
         if self._meta is not None:
@@ -235,8 +253,6 @@ class _TarDisk:
         self._sink = None
 
     def _header(self, header: bytes) -> None:
-        if self._ended:
-            return
         if header == b"\0" * _BLOCK:
             self._ended = True
             return
@@ -272,6 +288,11 @@ class _TarDisk:
                 self._out.truncate()
                 self.disk_bytes = 0
                 self._sink = self._out.write
+            elif size > _MAX_OTHER:
+                raise PullError(
+                    f"{self._layer}: {path or name} is {size} bytes; outside disk/ a containerdisk "
+                    f"holds nothing over {_MAX_OTHER}"
+                )
         self._left = size
         self._pad = -size % _BLOCK
         if not size:
@@ -323,7 +344,7 @@ async def _pull_layer(
         await queue.put(chunk)
 
     try:
-        layer_bytes = await store.read_blob(repository, layer.digest, sink)
+        layer_bytes = await store.read_blob(repository, layer.digest, sink, size=layer.size)
         await queue.put(None)
         await consumer
     finally:

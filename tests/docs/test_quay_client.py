@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import re
+import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from containerdisks.docs.quay import QuayClient, QuayError
 from containerdisks.oci.redact import MASK
@@ -96,7 +103,11 @@ async def test_a_silent_server_times_out() -> None:
         quay.respond("PUT", REPO, 200, body={}, delay=2.0, times=None)
         async with client(quay.url, attempts=2, read_timeout=0.2) as c:
             with pytest.raises(
-                QuayError, match=re.escape("timed out (no answer within 0.2s) (after 2 attempts)")
+                QuayError,
+                match=re.escape(
+                    "timed out (no answer within 0.2s, or not all of it within 15.4s) "
+                    "(after 2 attempts)"
+                ),
             ):
                 await c.set_description("containerdisks", "fedora", "x")
     assert 2 == len(quay.requests)
@@ -127,3 +138,65 @@ async def test_a_body_that_is_not_json_is_shown_on_one_line() -> None:
         with pytest.raises(QuayError) as err:
             await c.set_description("containerdisks", "fedora", "x")
     assert f"PUT {REPO}: HTTP 403 Forbidden: <html> <b>Forbidden</b> </html>" == str(err.value)
+
+
+async def hostile_quay(body: Callable[[web.StreamResponse], Awaitable[None]], status: int) -> Any:
+    """A loopback server answering every PUT with `status` and a body `body` writes."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status)
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            await body(response)
+        return response
+
+    app = web.Application()
+    app.router.add_put("/{tail:.*}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def endless(response: web.StreamResponse) -> None:
+    for _ in range(100_000):  # bounded: 6 GiB at most; the client stops reading long before
+        await response.write(b"x" * 65536)
+
+
+async def trickle(response: web.StreamResponse) -> None:
+    for _ in range(60):  # a byte every 0.2 s (within the read timeout), 12 s in all
+        await response.write(b"x")
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("status", [200, 400])
+async def test_an_endless_answer_is_not_read_to_its_end(status: int) -> None:
+    server = await hostile_quay(endless, status)
+    try:
+        async with client(str(server.make_url("")), attempts=1) as c:
+            started = time.monotonic()
+            if status == 200:
+                await c.set_description("containerdisks", "fedora", "x")
+            else:
+                with pytest.raises(QuayError) as err:
+                    await c.set_description("containerdisks", "fedora", "x")
+                assert str(err.value).startswith(f"PUT {REPO}: HTTP 400 Bad Request: xxxx")
+                assert str(err.value).endswith("...")
+        assert time.monotonic() - started < 30
+    finally:
+        await server.close()
+
+
+async def test_a_trickled_answer_is_cut_by_the_total_deadline() -> None:
+    server = await hostile_quay(trickle, 400)
+    try:
+        url = str(server.make_url(""))
+        quay = QuayClient(url, TOKEN, attempts=1, connect_timeout=0.5, read_timeout=0.5)
+        async with quay as c:
+            started = time.monotonic()
+            with pytest.raises(QuayError) as err:
+                await c.set_description("containerdisks", "fedora", "x")
+            took = time.monotonic() - started
+    finally:
+        await server.close()
+    assert "timed out (no answer within 0.5s, or not all of it within 1.5s)" in str(err.value)
+    assert took < 10

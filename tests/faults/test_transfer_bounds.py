@@ -151,11 +151,13 @@ def test_a_bomb_over_max_image_bytes_fails_in_bounded_memory_and_publishes_nothi
     assert [] == spools(tmp_path)
 
 
-def test_the_issues_xz_bomb_is_published_in_bounded_memory(
-    tmp_path: Path, registry: Registry, bombs: dict[str, Path]
+@pytest.mark.parametrize("suffix", ["xz", "gz"])
+def test_a_1_gib_bomb_under_the_cap_is_published_in_bounded_memory(
+    tmp_path: Path, registry: Registry, bombs: dict[str, Path], suffix: str
 ) -> None:
+    """The issue's 156 KB xz of 1 GiB of zeros (and its gzip twin) is a valid image."""
     with UpstreamServer(tmp_path / "up") as srv:
-        config = serve_bomb(srv, tmp_path, bombs["xz"])
+        config = serve_bomb(srv, tmp_path, bombs[suffix])
         run = push_static(srv, f"{registry.host}/cd", tmp_path, config)
     assert 0 == run.returncode, run.stderr[-3000:]
     assert run.peak_rss_mib < RSS_LIMIT_MIB, f"peak RSS {run.peak_rss_mib:.0f} MiB"

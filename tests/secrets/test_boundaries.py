@@ -105,3 +105,19 @@ def test_the_one_line_error_and_stdout(tmp_path: Path, capsys: pytest.CaptureFix
     stream = log.RedactingStream(out)
     print(f"a table row: {SECRET}", file=stream)  # type: ignore[arg-type]
     assert_masked(out.getvalue())
+
+
+def test_an_unexpected_error_is_printed_masked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug's traceback is printed before the streams that mask secrets are taken down."""
+
+    def bug(argv: object) -> int:
+        raise RuntimeError(f"a bug that quotes {SECRET}")
+
+    monkeypatch.setattr(cli, "_main", bug)
+    assert 1 == cli.main(["catalog"])
+    _, err = capsys.readouterr()
+    assert "Traceback" in err
+    assert f"RuntimeError: a bug that quotes {MASK}" in err
+    assert_masked(err)

@@ -38,7 +38,9 @@ class Rule:
     action: "status" (answer `status` with `headers`), "reset" (forward `after_bytes` of the
     request body, then drop the connection), "truncate" (send `after_bytes` of the response
     body, then drop the connection), "slow" (forward, sleeping `delay` per body chunk), "hold"
-    (wait until released, then forward), "stall" (never answer).
+    (wait until released, then forward), "stall" (never answer), "endless" (forward the body
+    without its Content-Length, then `extra` zero bytes more: a body that does not end),
+    "overlong" (announce and send `extra` zero bytes more than the backend's body).
     `times` counts matching requests to affect (None: all).
     """
 
@@ -49,6 +51,7 @@ class Rule:
     headers: dict[str, str] = field(default_factory=dict)
     after_bytes: int = 0
     delay: float = 0.0
+    extra: int = 1 << 30
     times: int | None = 1
     hits: int = 0
 
@@ -230,8 +233,11 @@ class FaultProxy:
                         self.backend, self.url
                     )
                 response = web.StreamResponse(status=upstream.status, headers=out_headers)
-                if upstream.content_length is not None:
+                extend = rule is not None and rule.action in ("endless", "overlong")
+                if upstream.content_length is not None and not (rule and rule.action == "endless"):
                     response.content_length = upstream.content_length
+                    if extend and rule is not None:
+                        response.content_length += rule.extra
                 await response.prepare(request)
                 sent = 0
                 async for chunk in upstream.content.iter_chunked(1 << 16):
@@ -248,6 +254,10 @@ class FaultProxy:
                         raise _DroppedError
                     sent += len(chunk)
                     await response.write(chunk)
+                if extend and rule is not None:
+                    zeros = bytes(1 << 16)
+                    for start in range(0, rule.extra, len(zeros)):  # until the client hangs up
+                        await response.write(zeros[: rule.extra - start])
                 await response.write_eof()
                 return response
         except _DroppedError:

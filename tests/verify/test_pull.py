@@ -267,3 +267,39 @@ async def test_a_huge_tar_header_record_is_refused(registry: Registry, tmp_path:
         with pytest.raises(PullError, match="a tar header record over 1048576 bytes"):
             await pull_disk(client, "t/disk", digest, "amd64", dest, where="t/disk")
     assert not dest.exists()
+
+
+def _huge_member() -> bytes:
+    """A tar whose member outside disk/ claims 64 GiB (a few bytes of it follow)."""
+    info = tarfile.TarInfo("var/huge")
+    info.size = 64 << 30
+    return info.tobuf(format=tarfile.GNU_FORMAT) + b"x" * 4096
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (_tar([("disk/disk.img", DISK)], tarfile.GNU_FORMAT) + b"garbage", "data after the end"),
+        (  # 8 MiB of zeros after the end: more than any record padding
+            _tar([("disk/disk.img", DISK)], tarfile.GNU_FORMAT) + bytes(8 << 20),
+            "more than 1048576 bytes after the end of the tar archive",
+        ),
+        (
+            _huge_member(),
+            f"var/huge is {64 << 30} bytes; outside disk/ a containerdisk holds nothing over",
+        ),
+    ],
+    ids=["trailing-garbage", "trailing-zeros", "huge-member"],
+)
+async def test_data_past_the_tar_and_a_huge_member_outside_disk_are_refused(
+    registry: Registry, tmp_path: Path, layer: bytes, message: str
+) -> None:
+    digest = await _publish(registry, gzip.compress(layer), oci.OCI_LAYER_GZIP)
+    dest = tmp_path / "disk.img"
+    async with oci.RegistryClient(registry.host) as client:
+        with pytest.raises(PullError) as e:
+            await pull_disk(client, "t/disk", digest, "amd64", dest, where="t/disk@x")
+    assert str(e.value).startswith("layer sha256:"), e.value
+    assert f" of t/disk@x: {message}" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert not dest.exists()
