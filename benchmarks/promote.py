@@ -1,6 +1,6 @@
 """`images promote` of a 1 GiB image between two local registries, against `skopeo copy --all`.
 
-One job: time the registry-to-registry copy path (engine/copy.py) against the reference tool
+One job: time the registry-to-registry copy path (registry/copy.py) against the reference tool
 on the same image in the same run. The image is an OCI index with one amd64 manifest whose layer
 is `--size-mib` of random data (incompressible, as a real qcow2 mostly is), written as an OCI
 layout by hand and pushed once into the source registry with skopeo. Each run copies it into a

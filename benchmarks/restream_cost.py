@@ -2,7 +2,7 @@
 clean push of the same image, interleaved in one run.
 
 The publisher handles a transient failure in the middle of a layer upload by streaming the arch
-again from upstream (engine/retry.py explains why: no replay buffer, memory stays flat). This
+again from upstream (retry.py explains why: no replay buffer, memory stays flat). This
 script measures the price: wall time and upstream bytes of the faulted run against the clean
 one. A fresh registry per run, behind the fault-injecting proxy of the tests; a loopback
 upstream serving a synthetic image of mixed random and zero regions.

@@ -36,6 +36,7 @@ from pathlib import Path
 import structlog
 
 from containerdisks import log as logging_setup
+from containerdisks import retry
 from containerdisks.catalog import Catalog
 from containerdisks.engine.core import Engine, Outcome
 from containerdisks.engine.scheduler import Scheduler, Timing
@@ -159,7 +160,7 @@ async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
     host, port = parse_listen(settings.listen)
     metrics = Metrics()
     status = Status(heartbeat_timeout=settings.heartbeat_timeout, dry_run=settings.dry_run)
-    logging_setup.add_observer(metrics.observer(Mirrors(settings.upstream_mirrors).rewrite))
+    count_retries = metrics.retry_observer(Mirrors(settings.upstream_mirrors).rewrite)
     results = _results_path(settings)
     if results is not None:
         own_work_dir(settings.work_dir)
@@ -203,9 +204,10 @@ async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
             interval=settings.interval,
             workers=settings.workers,
         )
-        async with _metering(metrics), _engine(settings, catalog(), metrics) as engine:
-            scheduler = _scheduler(settings, engine, status, metrics, results)
-            await scheduler.run(stop)
+        with retry.observing(count_retries):
+            async with _metering(metrics), _engine(settings, catalog(), metrics) as engine:
+                scheduler = _scheduler(settings, engine, status, metrics, results)
+                await scheduler.run(stop)
     finally:
         await server.__aexit__(None, None, None)
     log.info("stopped")

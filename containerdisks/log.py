@@ -4,8 +4,8 @@ stdout belongs to plans, tables and results; logs never go there. Configuration 
 the command-line entry point; library modules only call `structlog.get_logger()`.
 
 Decisions:
-- The level filter is a processor, placed after the *observers* (the daemon counts retries from
-  the engine's events), so observers see every event whatever the level.
+- Nothing counts log lines: metrics observe what they count where it happens (retries through
+  `containerdisks.retry.observing`), so an event may be renamed or filtered by level freely.
 - No secret reaches the output: every string of an event is passed through
   `containerdisks.oci.redact.redact` before rendering (so a secret with a quote or a backslash
   is masked before JSON escapes it), and the rendered line once more (for what the renderer
@@ -33,7 +33,6 @@ from containerdisks.oci.redact import redact, redact_data
 __all__ = [
     "ProgressConsole",
     "RedactingStream",
-    "add_observer",
     "configure",
     "console",
     "format_bar",
@@ -49,7 +48,7 @@ _LEVELS = {
     "critical": logging.CRITICAL,
 }
 
-_state: dict[str, Any] = {"console": None, "observers": [], "level": "info", "fmt": "auto"}
+_state: dict[str, Any] = {"console": None, "level": "info", "fmt": "auto"}
 
 
 class ProgressConsole:
@@ -171,12 +170,6 @@ class RedactingStream:
         return getattr(self.wrapped, name)
 
 
-def _observe(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for observer in _state["observers"]:
-        event = observer(_, method, event)
-    return event
-
-
 def configure(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -191,7 +184,7 @@ def configure(
         else structlog.processors.JSONRenderer(sort_keys=True)
     )
     progress = ProgressConsole(out) if use_console and tty else None
-    _state.update(console=progress, level=level, fmt=fmt, observers=[])
+    _state.update(console=progress, level=level, fmt=fmt)
     logger_factory: Any = (
         (lambda *_: _ConsoleLogger(progress))
         if progress is not None
@@ -201,7 +194,6 @@ def configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            _observe,
             _level_filter(_LEVELS[level]),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -212,11 +204,6 @@ def configure(
         logger_factory=logger_factory,
         cache_logger_on_first_use=False,
     )
-
-
-def add_observer(observer: Processor) -> None:
-    """Let `observer` see every event (before the level filter); it must return the event."""
-    _state["observers"].append(observer)
 
 
 def console() -> ProgressConsole | None:

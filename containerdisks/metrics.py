@@ -10,9 +10,9 @@ Decisions:
   included), every body chunk sent, and the bytes of every upstream response as they arrive
   (read from the response's stream counter when polled, because aiohttp signals received chunks
   only for fully read bodies, not for streamed downloads). The engine needs no metrics code.
-- Retries are counted from the log events the engine already emits for each one (`retry`,
-  `upstream_retry`, `download_retry`), through a structlog processor that runs before the level
-  filter, so they are counted whatever the log level.
+- Retries are counted from the typed `containerdisks.retry.RetryEvent` the retry loop hands its
+  observers (upstream and registry retries by host, restreamed layers on their own), not from
+  log lines: renaming a log event cannot stop the count, and the log level does not matter.
 - The same meter lists the transfers in flight, which the console uses for progress bars.
 - The rendered text passes through `containerdisks.oci.redact.redact`: no label value shows a
   secret we hold.
@@ -23,10 +23,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Literal
 
 import aiohttp
 import yarl
@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 
 from containerdisks import __version__
 from containerdisks.oci.redact import redact
+from containerdisks.retry import RetryEvent
 
 __all__ = ["CONTENT_TYPE", "RESULTS", "HttpMeter", "Metrics", "Transfer"]
 
@@ -308,24 +309,21 @@ class Metrics:
         hosts and entry names, never a credential; this is the boundary that makes sure)."""
         return redact(generate_latest(self.registry).decode("utf-8")).encode("utf-8")
 
-    # -- retries, from the engine's log events ---------------------------------------------------
+    # -- retries, from the retry loop's events ---------------------------------------------------
 
-    def observer(
+    def retry_observer(
         self, rewrite: Callable[[str], str] = lambda url: url
-    ) -> Callable[[Any, str, MutableMapping[str, Any]], MutableMapping[str, Any]]:
-        """A structlog processor counting retries; `rewrite` maps a canonical upstream URL to
-        the one contacted (the mirror table), so retries and requests name the same host."""
+    ) -> Callable[[RetryEvent], None]:
+        """An observer for `containerdisks.retry.observing` counting retries; `rewrite` maps
+        a canonical upstream URL to the one contacted (the mirror table), so retries and
+        requests name the same host."""
 
-        def observe(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-            name = event.get("event")
-            if name in ("upstream_retry", "download_retry") and isinstance(event.get("url"), str):
-                self.http_retries.labels("upstream", host_of(rewrite(event["url"]))).inc()
-            elif name == "retry":
-                host = event.get("host")
-                if isinstance(host, str) and host:
-                    self.http_retries.labels("registry", host).inc()
-                else:
-                    self.restreams.inc()
-            return event
+        def observe(event: RetryEvent) -> None:
+            if event.kind == "upstream" and event.address:
+                self.http_retries.labels("upstream", host_of(rewrite(event.address))).inc()
+            elif event.kind == "registry" and event.address:
+                self.http_retries.labels("registry", event.address).inc()
+            elif event.kind == "restream":
+                self.restreams.inc()
 
         return observe

@@ -9,8 +9,9 @@ Within a pass, concurrent and repeated requests for one URL share a single fetch
 so every entry and arch reading the same checksum file costs one request. Across passes in one
 process the last `ETag` / `Last-Modified` are kept and sent back, and a 304 reuses the body.
 
-Transient failures (connection errors, timeouts, 408/429/5xx) are retried with exponential
-backoff and jitter, honouring `Retry-After`; the number of attempts is bounded.
+Transient failures (connection errors, timeouts, 408/429/5xx) are retried under
+`containerdisks.retry`'s policy (exponential backoff with jitter, `Retry-After` honoured, bounded
+attempts), each retry logged as `upstream_retry` (metadata) or `download_retry` (an image).
 
 Upstream servers are hostile until checked, so every transfer is bounded:
 - Metadata: at most `MAX_METADATA_BYTES` (a declared Content-Length over it is refused before
@@ -32,17 +33,14 @@ Upstream servers are hostile until checked, so every transfer is bounded:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import itertools
 import json
-import random
 import re
-import time
 from array import array
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import aiohttp
@@ -51,6 +49,13 @@ import yarl
 
 from containerdisks.api import SourceError, UpstreamError
 from containerdisks.checksums import ChecksumFormat, ChecksumParseError, parse_checksum_file
+from containerdisks.retry import (
+    RetryEvent,
+    RetryPolicy,
+    parse_retry_after,
+    retrying,
+    temporary_status,
+)
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -59,7 +64,6 @@ __all__ = [
     "DownloadInterruptedError",
     "HttpUpstream",
     "Mirrors",
-    "RetryPolicy",
     "TransferGuard",
     "json_depth",
     "parse_mirror",
@@ -68,7 +72,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
-_TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_REDIRECTS = 10
 
 #: The largest metadata answer (releases.json, a checksum file): real ones are below 1 MiB.
@@ -172,37 +175,11 @@ class Mirrors:
         return url
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 4
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_delay)
-        backoff = min(self.base_delay * (2.0**attempt), self.max_delay)
-        jitter: float = 0.5 + random.random() / 2  # noqa: S311 - jitter, not crypto
-        return backoff * jitter
-
-
 @dataclass
 class _Cached:
     etag: str | None
     last_modified: str | None
     body: bytes
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class HttpUpstream:
@@ -221,7 +198,7 @@ class HttpUpstream:
         rate_window: float = 60.0,
         download_deadline: float = 7200.0,
         user_agent: str = "containerdisks",
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
         self.mirrors = mirrors or Mirrors()
@@ -230,13 +207,14 @@ class HttpUpstream:
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._retry = retry or RetryPolicy()
+        if sleep is not None:
+            self._retry = replace(self._retry, sleep=sleep)
         self._max = max_metadata_bytes
         self._metadata_deadline = metadata_deadline
         self._min_rate = min_transfer_rate
         self._rate_window = rate_window
         self._download_deadline = download_deadline
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
-        self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
         self._pass: dict[str, asyncio.Task[bytes]] = {}
         self._conditional: dict[str, _Cached] = {}
@@ -309,19 +287,23 @@ class HttpUpstream:
         self, url: str, event: str, attempt_once: Callable[[], Awaitable[_T]]
     ) -> _T:
         """Run `attempt_once` until it succeeds, retrying transient failures (bounded)."""
-        attempt = 0
-        while True:
-            try:
-                return await attempt_once()
-            except _TransientError as t:
-                attempt += 1
-                if attempt >= self._retry.attempts:
-                    raise UpstreamError(
-                        url, f"{t.reason} (gave up after {attempt} attempts)", status=t.status
-                    ) from None
-                delay = self._retry.delay(attempt - 1, t.retry_after)
-                log.warning(event, url=url, reason=t.reason, delay=round(delay, 2))
-                await self._sleep(delay)
+
+        def logged(retry: RetryEvent, _: BaseException) -> None:
+            log.warning(event, url=url, reason=retry.reason, delay=round(retry.delay, 2))
+
+        def gave_up(error: BaseException, attempts: int) -> UpstreamError:
+            status = error.status if isinstance(error, _TransientError) else None
+            return UpstreamError(url, f"{error} (gave up after {attempts} attempts)", status=status)
+
+        return await retrying(
+            url,
+            attempt_once,
+            self._retry,
+            kind="upstream",
+            address=url,
+            on_retry=logged,
+            exhausted=gave_up,
+        )
 
     async def _read_limited(self, url: str, resp: aiohttp.ClientResponse) -> bytes:
         if resp.content_length is not None and resp.content_length > self._max:
@@ -371,8 +353,8 @@ class HttpUpstream:
                 target = self.mirrors.rewrite(str(nxt))
                 continue
             reason = f"HTTP {resp.status} {resp.reason or ''}".strip()
-            if resp.status in _TRANSIENT:
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
+            if temporary_status(resp.status):
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 raise _TransientError(reason, resp.status, retry_after)
             raise UpstreamError(url, reason, status=resp.status)
         raise UpstreamError(url, f"more than {_MAX_REDIRECTS} redirects")
@@ -440,6 +422,8 @@ class Download:
 class DownloadInterruptedError(UpstreamError):
     """The connection broke or stalled while an image was streaming: worth another try."""
 
+    temporary = True
+
 
 async def _body(
     url: str,
@@ -496,6 +480,10 @@ def _parse_json(url: str, text: str) -> Any:
 
 
 class _TransientError(Exception):
+    """An attempt failed for a reason that may pass; the message is the reason."""
+
+    temporary = True
+
     def __init__(self, reason: str, status: int | None, retry_after: float | None) -> None:
         super().__init__(reason)
         self.reason = reason

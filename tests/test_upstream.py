@@ -11,7 +11,8 @@ from aiohttp import web
 
 from containerdisks.api import SourceError, UpstreamError
 from containerdisks.checksums import ChecksumFormat
-from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy, parse_mirror
+from containerdisks.retry import RetryPolicy
+from containerdisks.upstream import HttpUpstream, Mirrors, parse_mirror
 
 
 class Server:

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from containerdisks.api import SourceError, UpstreamError
+from containerdisks.retry import RetryPolicy
 from containerdisks.upstream import (
     MAX_JSON_DEPTH,
     MAX_METADATA_BYTES,
     DownloadInterruptedError,
     HttpUpstream,
     Mirrors,
-    RetryPolicy,
     TransferGuard,
     json_depth,
 )

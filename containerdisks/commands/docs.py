@@ -33,8 +33,9 @@ from containerdisks.catalog import BoundItem, Catalog, Focus, ItemFailure
 from containerdisks.commands.context import Context, exit_status
 from containerdisks.docs.page import PageVersion, render_page
 from containerdisks.docs.quay import QuayClient, QuayError
+from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError, Settings
-from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
+from containerdisks.upstream import HttpUpstream, Mirrors
 
 __all__ = ["quay_organization", "run"]
 

@@ -34,7 +34,7 @@ from containerdisks.engine.promote import (
 )
 from containerdisks.engine.results import Result, ResultsError, read_results, write_results
 from containerdisks.registry.stores import Connection, Place, open_places, same_place
-from containerdisks.retry import Backoff
+from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError
 
 __all__ = ["run"]
@@ -79,7 +79,7 @@ async def run(ctx: Context) -> int:
         name, _, version = key.partition(":")
         if _eligible(result) and focus.selects_key(name, version):
             candidates.append(Candidate(key, name, result))
-    backoff = Backoff(attempts=settings.retries)
+    backoff = RetryPolicy.for_registry(settings.retries)
     places = open_places(settings.source_registry, target_spec, Connection.of(settings), backoff)
     async with places as (source, target):
         promoter = Promoter(source, target, backoff)

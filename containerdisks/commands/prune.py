@@ -26,7 +26,7 @@ from containerdisks.commands.context import Context
 from containerdisks.commands.render import write_json, write_table
 from containerdisks.engine.prune import PrunePlan, Pruner
 from containerdisks.registry.stores import Connection, open_places
-from containerdisks.retry import Backoff
+from containerdisks.retry import RetryPolicy
 from containerdisks.tags import published_versions
 
 __all__ = ["prune_json", "render_prune", "run"]
@@ -42,7 +42,7 @@ async def run(ctx: Context) -> int:
     focus = ctx.focus
     items = catalog.select(focus)
     plans: list[PrunePlan] = []
-    backoff = Backoff(attempts=settings.retries)
+    backoff = RetryPolicy.for_registry(settings.retries)
     connection = Connection.of(settings)
     places = open_places(settings.source_registry, settings.target, connection, backoff)
     async with places as (_, target):

@@ -35,7 +35,7 @@ from containerdisks.engine.results import (
     write_results,
 )
 from containerdisks.registry.stores import Connection, Place, open_places
-from containerdisks.retry import Backoff
+from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.verify import flow, qemu
 from containerdisks.verify.flow import Booter, Verdict
@@ -211,7 +211,7 @@ async def _run_local(
     goarch = settings.target_architecture or host.goarch
     chosen, verdicts = _choose(results, catalog, focus, goarch)
     registry = settings.verify_registry or settings.target
-    backoff = Backoff(attempts=settings.retries)
+    backoff = RetryPolicy.for_registry(settings.retries)
     try:
         account = qemu.qemu_account(settings.verify_qemu_user)
     except qemu.QemuError as e:

@@ -10,18 +10,18 @@ Decisions that shaped it:
   (`error_message`, else `detail`, else the start of the body); they never carry the token:
   the client registers it with `containerdisks.oci.redact` when it is made, and any echo of it
   in a server's answer (raw, base64, percent-encoded) is masked before it is shown.
-- Both calls are idempotent, so connection failures, timeouts and 408/429/5xx are retried with
-  the project's backoff formula (bounded attempts, `Retry-After` honoured); any other status
+- Both calls are idempotent, so connection failures, timeouts and 408/429/5xx are retried under
+  `containerdisks.retry`'s policy (bounded attempts, `Retry-After` honoured); any other status
   fails at once (a 401 or 404 will not pass by waiting). medius had no retries and no timeouts.
 - The base URL is a setting (`quay_api_url`), so tests talk to a fake Quay on loopback.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,13 +32,17 @@ import structlog
 from containerdisks import __version__
 from containerdisks.oci import safejson
 from containerdisks.oci.redact import redact, register
-from containerdisks.upstream import RetryPolicy
+from containerdisks.retry import (
+    RetryEvent,
+    RetryPolicy,
+    parse_retry_after,
+    retrying,
+    temporary_status,
+)
 
 __all__ = ["QuayClient", "QuayError"]
 
 log = structlog.get_logger(__name__)
-
-_TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class QuayError(Exception):
@@ -46,6 +50,10 @@ class QuayError(Exception):
 
 
 class _TransientError(Exception):
+    """A call failed for a reason that may pass; the message is one line, masked."""
+
+    temporary = True
+
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
@@ -64,7 +72,7 @@ class QuayClient:
         attempts: int = 4,
         ca_file: Path | None = None,
         retry: RetryPolicy | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         if not token:
             raise ValueError("empty Quay token")
@@ -79,8 +87,9 @@ class QuayClient:
         )
         self._read = read_timeout
         self._retry = retry or RetryPolicy(attempts=attempts)
+        if sleep is not None:
+            self._retry = replace(self._retry, sleep=sleep)
         self._ca_file = ca_file
-        self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> QuayClient:
@@ -126,24 +135,26 @@ class QuayClient:
         return redact(text)
 
     async def _call(self, method: str, path: str, body: dict[str, Any]) -> None:
-        failures = 0
-        while True:
-            try:
-                await self._once(method, path, body)
-            except _TransientError as e:
-                failures += 1
-                message = self._mask(str(e))
-                if failures >= self._retry.attempts:
-                    raise QuayError(
-                        f"{message} (after {failures} attempt{'s' if failures > 1 else ''})"
-                    ) from None
-                delay = self._retry.delay(failures - 1, e.retry_after)
-                log.warning(
-                    "quay_retry", request=f"{method} {path}", error=message, attempt=failures
-                )
-                await self._sleep(delay)
-            else:
-                return
+        request = f"{method} {path}"
+
+        def logged(retry: RetryEvent, _: BaseException) -> None:
+            log.warning(
+                "quay_retry", request=request, error=self._mask(retry.reason), attempt=retry.attempt
+            )
+
+        def gave_up(error: BaseException, failures: int) -> QuayError:
+            plural = "s" if failures > 1 else ""
+            return QuayError(f"{self._mask(str(error))} (after {failures} attempt{plural})")
+
+        await retrying(
+            request,
+            lambda: self._once(method, path, body),
+            self._retry,
+            kind="quay",
+            address=self._base,
+            on_retry=logged,
+            exhausted=gave_up,
+        )
 
     async def _once(self, method: str, path: str, body: dict[str, Any]) -> None:
         assert self._session is not None, "use QuayClient as an async context manager"
@@ -156,8 +167,9 @@ class QuayClient:
                 text = (await _head_of(resp)).decode(errors="replace")
                 status = f"HTTP {resp.status} {resp.reason or ''}".rstrip()
                 message = self._mask(f"{what}: {status}{_reason(text)}")
-                if resp.status in _TRANSIENT:
-                    raise _TransientError(message, _retry_after(resp.headers.get("Retry-After")))
+                if temporary_status(resp.status):
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                    raise _TransientError(message, retry_after)
                 raise QuayError(message)
         except TimeoutError:  # before ClientError: aiohttp's timeouts are both
             raise _TransientError(
@@ -203,9 +215,3 @@ def _reason(text: str) -> str:
 def _one_line(text: str, limit: int = 200) -> str:
     line = " ".join(redact(text).split())  # masked before it is cut: no half token is left
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None or not value.strip().isdigit():
-        return None
-    return float(value.strip())

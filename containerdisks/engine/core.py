@@ -39,9 +39,9 @@ from containerdisks.engine.spec import EntrySpec
 from containerdisks.pipeline.image import MediaFamily
 from containerdisks.registry.published import RegistryReader
 from containerdisks.registry.stores import Connection, Place, open_places
-from containerdisks.retry import Backoff
+from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError, Settings
-from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
+from containerdisks.upstream import HttpUpstream, Mirrors
 
 __all__ = ["Engine", "Outcome"]
 
@@ -103,7 +103,7 @@ class Engine:
         self.catalog = catalog
         self.items = self.catalog.select(self.focus)
         self.publish = not settings.dry_run
-        self.backoff = Backoff(attempts=settings.retries)
+        self.backoff = RetryPolicy.for_registry(settings.retries)
         self.upstream = HttpUpstream(
             Mirrors(settings.upstream_mirrors),
             connect_timeout=settings.connect_timeout,

@@ -27,7 +27,7 @@ from containerdisks import oci
 from containerdisks.engine.results import Result, recorded_digest
 from containerdisks.registry.copy import CopyStats, copy_manifest
 from containerdisks.registry.stores import Place
-from containerdisks.retry import Backoff
+from containerdisks.retry import RetryPolicy
 
 __all__ = ["Candidate", "Outcome", "PromoteError", "Promoter"]
 
@@ -64,7 +64,7 @@ class Outcome:
 
 
 class Promoter:
-    def __init__(self, source: Place, target: Place, backoff: Backoff) -> None:
+    def __init__(self, source: Place, target: Place, backoff: RetryPolicy) -> None:
         self.source = source
         self.target = target
         self.backoff = backoff

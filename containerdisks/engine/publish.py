@@ -67,7 +67,7 @@ from containerdisks.pipeline.stages import (
 )
 from containerdisks.registry.copy import copy_manifest
 from containerdisks.registry.stores import Place
-from containerdisks.retry import Backoff, retrying
+from containerdisks.retry import RetryPolicy, retrying
 from containerdisks.upstream import HttpUpstream
 from containerdisks.workdir import WorkDirError, own_work_dir
 
@@ -99,7 +99,7 @@ class Publisher:
         max_spool_bytes: int,
         max_virtual_size: int,
         max_image_bytes: int,
-        backoff: Backoff | None = None,
+        backoff: RetryPolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.upstream = upstream
@@ -111,7 +111,7 @@ class Publisher:
         self.max_spool_bytes = max_spool_bytes
         self.max_virtual_size = max_virtual_size
         self.max_image_bytes = max_image_bytes
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or RetryPolicy.for_registry()
         self.clock = clock
 
     async def publish(self, spec: EntrySpec, plan: EntryPlan) -> tuple[list[str], str]:
@@ -189,6 +189,7 @@ class Publisher:
                 f"layer of {spec.key} {artifact.arch}",
                 lambda: self._stream_layer(spec, artifact, layer_type),
                 self.backoff,
+                kind="restream",
             )
         config = config_bytes(want.core, diff_id)
         config_desc = await self.target.store.put_blob(repo, config)

@@ -23,7 +23,8 @@ Shape (kopf's reactor, with anyio's memory object stream as the queue):
   one error line (the exception type in it), and the entry or item fails.
 - `workers` tasks receive entries and run `Engine.sync`, one entry at a time each.
 - A failed entry is tried again after `backoff_initial` seconds, doubled per further failure up to
-  `backoff_max`, with jitter; the others go on as scheduled.
+  `backoff_max`, with up to a quarter taken off as jitter (`containerdisks.retry.backoff`); the
+  others go on as scheduled.
 - Shutdown: stop ticking, cancel passes, drop what is queued, give in-flight syncs
   `shutdown_grace` seconds, then cancel them (an open upload is cancelled and its temporary files
   removed by the engine's own cleanup, which a plain asyncio cancellation lets run).
@@ -53,6 +54,7 @@ from containerdisks.engine.core import Outcome
 from containerdisks.engine.plan import EntryPlan
 from containerdisks.engine.results import ResultsError, write_results
 from containerdisks.metrics import Metrics
+from containerdisks.retry import backoff
 from containerdisks.settings import ConfigError
 from containerdisks.status import Status
 
@@ -402,8 +404,13 @@ class Scheduler:
 
     def _backoff(self, key: str) -> float:
         failures = self._failures.get(key, 0)
-        delay = min(self.timing.backoff_initial * 2.0 ** (failures - 1), self.timing.backoff_max)
-        return delay * (0.75 + 0.25 * self.rand())
+        return backoff(
+            failures - 1,
+            base=self.timing.backoff_initial,
+            cap=self.timing.backoff_max,
+            jitter=0.25,
+            rand=self.rand,
+        )
 
     def _record(self, outcome: Outcome, seconds: float) -> None:
         key = outcome.key

@@ -27,7 +27,7 @@ from containerdisks import oci
 from containerdisks.oci.media import parse_image_manifest
 from containerdisks.registry.stores import Store
 from containerdisks.registry.walk import children
-from containerdisks.retry import Backoff, retrying
+from containerdisks.retry import RetryPolicy, retrying
 
 __all__ = ["CopyStats", "copy_blob", "copy_manifest"]
 
@@ -90,7 +90,7 @@ async def _bring_blob(
     dst_repo: str,
     blob: oci.Descriptor,
     *,
-    backoff: Backoff,
+    backoff: RetryPolicy,
     stats: CopyStats,
 ) -> None:
     digest = blob.digest
@@ -104,6 +104,7 @@ async def _bring_blob(
         f"copy of {digest} to {target.host}/{dst_repo}",
         functools.partial(copy_blob, source, src_repo, target, dst_repo, blob),
         backoff,
+        kind="restream",
     )
     stats.copied.append(digest)
 
@@ -122,7 +123,7 @@ async def copy_manifest(
     dst_repo: str,
     manifest: oci.Manifest,
     *,
-    backoff: Backoff,
+    backoff: RetryPolicy,
     stats: CopyStats | None = None,
 ) -> CopyStats:
     """Make `manifest` (read from `source`/`src_repo`) and all it refers to present in

@@ -31,7 +31,7 @@ import structlog
 
 from containerdisks import oci
 from containerdisks.oci.layout import LayoutStore, LayoutUpload
-from containerdisks.retry import Backoff, retrying
+from containerdisks.retry import RetryPolicy, retrying
 from containerdisks.settings import ConfigError, Settings
 
 __all__ = [
@@ -95,7 +95,7 @@ class RetryingStore:
     restreams the whole arch instead.
     """
 
-    def __init__(self, store: Store, policy: Backoff) -> None:
+    def __init__(self, store: Store, policy: RetryPolicy) -> None:
         self.inner = store
         self.policy = policy
 
@@ -104,7 +104,9 @@ class RetryingStore:
         return self.inner.host
 
     def _run(self, what: str, op: Callable[[], Awaitable[_T]]) -> Awaitable[_T]:
-        return retrying(f"{what} {self.inner.host}", op, self.policy, host=self.inner.host)
+        return retrying(
+            f"{what} {self.inner.host}", op, self.policy, kind="registry", address=self.inner.host
+        )
 
     async def get_manifest(self, repository: str, reference: str) -> oci.Manifest:
         return await self._run(
@@ -243,7 +245,7 @@ async def open_places(
     source: str,
     target: str,
     connection: Connection,
-    backoff: Backoff,
+    backoff: RetryPolicy,
     *,
     trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> AsyncIterator[tuple[Place, Place]]:

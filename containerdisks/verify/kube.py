@@ -14,14 +14,16 @@ Decisions (`verify-kubevirt.md`):
   as medius opens one per attempt. It lives only while the check runs.
 - The ready wait polls the VM (medius: every 1 s, up to `--timeout`), fails early on a terminal
   `printableStatus` (ErrImagePull, ImagePullBackOff, ErrorUnschedulable, CrashLoopBackOff, ...),
-  retries transient 5xx and connection errors within the timeout, and stops at once on 401/403/404.
+  keeps polling through temporary statuses (`containerdisks.retry.temporary_status`: 408/429/5xx)
+  and connection errors within the timeout, and stops at once on any other (401/403/404, ...).
 - The guest agent (`guestosinfo`, 500 while not connected) is polled only for entries whose
   catalog says `guest_agent: true`, with medius's 30 attempts 10 s apart (both settable).
 - Delete runs on every exit under `asyncio.shield` with a fresh short timeout, so a SIGINT/SIGTERM
   that cancels the boot still removes the VM (medius leaks it); 404 counts as already gone.
-  5xx/429, connection errors and timeouts are retried with a bounded backoff (5 tries, 0.5 s
-  doubling); when the VM still is not gone the entry fails, naming `<namespace>/<name>` so a
-  person can delete it (a verified entry must not hide a VM left running).
+  Temporary statuses, connection errors and timeouts are retried under `containerdisks.retry`
+  (5 tries, 0.5 s doubling, no jitter); when the VM still is not gone the entry fails, naming
+  `<namespace>/<name>` so a person can delete it (a verified entry must not hide a VM left
+  running).
 - A create whose answer is lost (timeout, connection error, 5xx, a signal) may still have made
   the VM: then the name is looked up (three times over 3 s, as the create may still land) and
   deleted, but only if it carries this run's
@@ -43,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import math
 import os
 import secrets
 import time
@@ -60,6 +63,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from containerdisks.oci import redact, safejson
+from containerdisks.retry import Budget, RetryPolicy, retrying, temporary_status
 from containerdisks.verify.finish import to_the_end
 from containerdisks.verify.flow import BootError
 from containerdisks.verify.ssh import CheckFailedError
@@ -92,8 +96,7 @@ TERMINAL = frozenset(
 )
 _REQUEST_TIMEOUT = (10, 30)
 _DELETE_TIMEOUT = 10.0  # per attempt
-_DELETE_ATTEMPTS = 5
-_DELETE_BACKOFF = 0.5  # seconds before the 2nd attempt, doubling
+_DELETE_RETRY = RetryPolicy(attempts=5, base_delay=0.5, max_delay=math.inf, jitter=0.0)
 _LOOKUP_PAUSES = (0.0, 1.0, 2.0)  # looking for a VM whose create went unanswered
 _CHUNK = 32 * 1024
 
@@ -104,6 +107,15 @@ class KubeError(BootError):
 
 class UntrustedServerError(KubeError):
     """The API server's TLS certificate did not verify against the configured CA."""
+
+
+class _AttemptFailedError(Exception):
+    """One try of a retried call failed; the message is one line, `temporary` says whether
+    another try may help."""
+
+    def __init__(self, message: str, *, temporary: bool) -> None:
+        super().__init__(message)
+        self.temporary = temporary
 
 
 def _untrusted(what: str, e: aiohttp.ClientConnectorCertificateError) -> UntrustedServerError:
@@ -383,13 +395,13 @@ class KubeBooter:
         return got if isinstance(got, dict) else {}
 
     async def _wait_ready(self, name: str) -> None:
-        deadline = time.monotonic() + self.timeout
+        budget = Budget(time.monotonic() + self.timeout)
         last = ""
         while True:
             try:
                 vm = await self._get("virtualmachines", name)
             except ApiException as e:
-                if e.status in (401, 403, 404) or (e.status or 0) < 500:
+                if not temporary_status(e.status):
                     raise _api_error(f"get VirtualMachine {name}", e) from None
                 last = f"HTTP {e.status}"
             except (aiohttp.ClientError, TimeoutError) as e:
@@ -403,20 +415,21 @@ class KubeBooter:
                 if printable in TERMINAL:
                     raise KubeError(f"VirtualMachine {name} is {printable}")
                 last = printable or "no status yet"
-            if time.monotonic() >= deadline:
+            if budget.expired():
                 raise KubeError(
                     f"VirtualMachine {name} not ready within {self.timeout:g} s (last: {last})"
                 )
-            await asyncio.sleep(min(self.poll, max(0.0, deadline - time.monotonic())))
+            await budget.pause(self.poll)
 
     async def _wait_guest_agent(self, name: str) -> None:
         path = (
             f"{SUBRESOURCES}/namespaces/{self.namespace}/virtualmachineinstances/{name}/guestosinfo"
         )
-        last = ""
-        for attempt in range(self.retry_attempts):
-            if attempt:
-                await asyncio.sleep(self.retry_interval)
+        attempts = 0
+
+        async def ask() -> None:
+            nonlocal attempts
+            attempts += 1
             try:
                 await self.api.call_api(
                     path, "GET",
@@ -429,15 +442,27 @@ class KubeBooter:
             except ApiException as e:
                 if e.status in (401, 403):
                     raise _api_error(f"guestosinfo of {name}", e) from None
-                last = f"HTTP {e.status}: {redact.redact(str(e.body or '')).strip()[:300]}"
+                # any other answer (500 while the agent is not connected) is worth polling on
+                body = redact.redact(str(e.body or "")).strip()[:300]
+                raise _AttemptFailedError(f"HTTP {e.status}: {body}", temporary=True) from None
             except (aiohttp.ClientError, TimeoutError) as e:
-                last = f"{type(e).__name__}: {e}"
-            else:
-                log.info("guest_agent_connected", vm=name, attempts=attempt + 1)
-                return
-        raise KubeError(
-            f"guest agent of {name} not connected after {self.retry_attempts} attempts ({last})"
+                raise _AttemptFailedError(f"{type(e).__name__}: {e}", temporary=True) from None
+
+        interval = self.retry_interval
+        poll = RetryPolicy(
+            attempts=self.retry_attempts, base_delay=interval, max_delay=interval, jitter=0.0
         )
+        await retrying(
+            f"guestosinfo of {name}",
+            ask,
+            poll,
+            kind="kubernetes",
+            on_retry=_quiet,
+            exhausted=lambda e, n: KubeError(
+                f"guest agent of {name} not connected after {n} attempts ({e})"
+            ),
+        )
+        log.info("guest_agent_connected", vm=name, attempts=attempts)
 
     async def _websocket(self, name: str) -> aiohttp.ClientWebSocketResponse:
         host = str(self.cfg.host).rstrip("/")
@@ -509,10 +534,11 @@ class KubeBooter:
     async def _delete(self, name: str) -> str | None:
         """Delete the VM; None once it is gone (404 included), else the one line saying it was
         left behind. Transient failures are retried a bounded number of times."""
-        last = ""
-        for attempt in range(_DELETE_ATTEMPTS):
-            if attempt:
-                await asyncio.sleep(_DELETE_BACKOFF * 2 ** (attempt - 1))
+        attempts = 0
+
+        async def delete() -> None:
+            nonlocal attempts
+            attempts += 1
             try:
                 await asyncio.wait_for(
                     self.objects.delete_namespaced_custom_object(
@@ -524,16 +550,35 @@ class KubeBooter:
             except ApiException as e:
                 if e.status == 404:
                     log.info("vm_already_gone", vm=name, namespace=self.namespace)
-                    return None
-                last = str(_api_error("delete", e))
-                if e.status != 429 and (e.status or 0) < 500:
-                    break  # 401/403/...: asking again will not help
+                    return
+                # 401/403/...: asking again will not help
+                failed = _AttemptFailedError(
+                    str(_api_error("delete", e)), temporary=temporary_status(e.status)
+                )
             except (aiohttp.ClientError, TimeoutError) as e:
-                last = f"delete: {type(e).__name__}: {e}".rstrip(": ")
+                failed = _AttemptFailedError(
+                    f"delete: {type(e).__name__}: {e}".rstrip(": "), temporary=True
+                )
             else:
-                log.info("vm_deleted", vm=name, namespace=self.namespace, attempts=attempt + 1)
-                return None
-            log.warning("vm_delete_failed", vm=name, attempt=attempt + 1, error=last)
-        where = f"{self.namespace}/{name}"
-        log.error("vm_left_behind", vm=where, error=last)
-        return f"VM {where} was left behind ({last}); delete it by hand"
+                log.info("vm_deleted", vm=name, namespace=self.namespace, attempts=attempts)
+                return
+            log.warning("vm_delete_failed", vm=name, attempt=attempts, error=str(failed))
+            raise failed
+
+        try:
+            await retrying(
+                f"delete VirtualMachine {self.namespace}/{name}",
+                delete,
+                _DELETE_RETRY,
+                kind="kubernetes",
+                on_retry=_quiet,
+            )
+        except _AttemptFailedError as e:
+            where = f"{self.namespace}/{name}"
+            log.error("vm_left_behind", vm=where, error=str(e))
+            return f"VM {where} was left behind ({e}); delete it by hand"
+        return None
+
+
+def _quiet(*_: object) -> None:
+    """A retry the booter logs itself (each failed attempt), or not at all (polling)."""

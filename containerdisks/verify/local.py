@@ -32,7 +32,7 @@ import structlog
 
 from containerdisks.pipeline.diskcheck import HEAD, refusal
 from containerdisks.registry.stores import Store
-from containerdisks.retry import Backoff
+from containerdisks.retry import RetryPolicy
 from containerdisks.verify import qemu
 from containerdisks.verify.finish import to_the_end
 from containerdisks.verify.flow import BootError
@@ -124,7 +124,7 @@ class LocalBooter:
     firmware: qemu.Firmware
     accel: qemu.Accel
     memory_mib: int
-    backoff: Backoff
+    backoff: RetryPolicy
     max_virtual_size: int
     max_disk_bytes: int  # max_image_bytes
     account: qemu.Account | None = None  # whom qemu runs as (`qemu.qemu_account`)

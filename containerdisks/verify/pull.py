@@ -39,7 +39,7 @@ from containerdisks.pipeline.image import compression_of
 from containerdisks.pipeline.unpack import DECODE_ERRORS, Decoder, TarDisk, UnpackError, decoder
 from containerdisks.registry.stores import Store
 from containerdisks.registry.walk import platform_manifest
-from containerdisks.retry import Backoff, retrying
+from containerdisks.retry import RetryPolicy, retrying
 
 __all__ = ["PullError", "Pulled", "pull_disk"]
 
@@ -139,13 +139,13 @@ async def pull_disk(
     dest: Path,
     *,
     where: str,
-    backoff: Backoff | None = None,
+    backoff: RetryPolicy | None = None,
     max_bytes: int | None = None,
 ) -> Pulled:
     """Write the disk of `repository@digest` for linux/`goarch` to `dest`; a disk larger than
     `max_bytes` is a `PullError`."""
     start = time.monotonic()
-    policy = backoff or Backoff()
+    policy = backoff or RetryPolicy.for_registry()
     try:
         top = await store.get_manifest(repository, digest)
         manifest = await platform_manifest(store, repository, top, goarch, where)
@@ -165,7 +165,7 @@ async def pull_disk(
                         store, repository, layer, out, where, max_bytes=max_bytes
                     )
 
-                got, files, size = await retrying(f"pull {where}", attempt, policy)
+                got, files, size = await retrying(f"pull {where}", attempt, policy, kind="restream")
                 layer_total += got
                 if files:
                     found, disk_bytes = files, size

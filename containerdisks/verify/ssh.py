@@ -8,7 +8,8 @@ Decisions (`verify-local-qemu.md` §5):
   like a port-forward, accepts TCP connections long before anything listens in the guest.
 - Then log in with asyncssh (the key from memory, no host-key check: the VM was born a minute
   ago) and require exit status 0 and `hello` on stdout.
-- Retries are bounded twice: by the deadline and by a number of attempts (medius: 30).
+- Retries are bounded twice: by the deadline and by a number of attempts (medius: 30), one
+  `containerdisks.retry.Budget`.
   A refused key is retried too, because real images start sshd before cloud-init has written
   the key; when the attempts or the time run out, the error says what the last attempt saw.
 - What counts as an attempt is the booter's call (`SshCheck.count_unanswered`): through a
@@ -28,6 +29,7 @@ from typing import Protocol
 
 import structlog
 
+from containerdisks.retry import Budget
 from containerdisks.verify.seed import SshLogin
 from containerdisks.verify.sshlib import asyncssh
 
@@ -128,23 +130,22 @@ async def check_login(
 ) -> float:
     """Wait for the guest and log in; the seconds it took, or raises `CheckFailedError`."""
     start = clock()
-    deadline = start + check.timeout
-    attempts = 0
+    budget = Budget(start + check.timeout, check.attempts, clock)
     banner_seen = False
     last = ""
     while True:
         why = guest.failure()
         if why is not None:
             raise CheckFailedError("no-boot", f"did not boot: {why}")
-        if clock() >= deadline:
+        if budget.expired():
             break
-        left = deadline - clock()
+        left = budget.left()
         window = min(check.banner_timeout, left)
         if await _banner(guest.ssh_host, guest.ssh_port, window):
             if not banner_seen:
                 log.info("ssh_banner", port=guest.ssh_port, seconds=round(clock() - start, 2))
             banner_seen = True
-            attempts += 1
+            budget.spend()
             try:
                 out = await _login(guest, credentials, max(1.0, min(check.login_timeout, left)))
             except asyncssh.PermissionDenied:
@@ -159,12 +160,12 @@ async def check_login(
                 return clock() - start
         elif check.count_unanswered and window == check.banner_timeout:
             # (a wait the deadline cut short says nothing of the guest: it counts for nothing)
-            attempts += 1
+            budget.spend()
             last = "no-banner"
-        if attempts >= check.attempts:
+        if budget.spent:
             break
-        await asyncio.sleep(min(check.pause, max(0.0, deadline - clock())))
-    return _give_up(credentials, check, banner_seen, attempts, last)
+        await budget.pause(check.pause)
+    return _give_up(credentials, check, banner_seen, budget.used, last)
 
 
 def _give_up(

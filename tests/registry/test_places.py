@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from containerdisks.registry.stores import Connection, open_places, same_place
-from containerdisks.retry import Backoff
+from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError
 from tests.support.registry import Registry, start_registry
 
@@ -27,7 +27,7 @@ async def _no_sleep(_: float) -> None:
     return None
 
 
-BACKOFF = Backoff(attempts=2, sleep=_no_sleep)
+BACKOFF = RetryPolicy(attempts=2, sleep=_no_sleep)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
-from containerdisks.upstream import HttpUpstream, Mirrors, RetryPolicy
+from containerdisks.retry import RetryPolicy
+from containerdisks.upstream import HttpUpstream, Mirrors
 from tests.support.upstream_server import DEFAULT_FIXTURES, UpstreamServer, lay_out_upstream
 
 __all__ = ["Serve", "mirrored_client", "serving"]
