@@ -719,7 +719,11 @@ class Bench:
         tmpdir, work_dir = watched / "tmp", watched / "work"
         tmpdir.mkdir(parents=True)
         (run_dir / "results").mkdir()
-        env = {**self._env(), "TMPDIR": str(tmpdir)}
+        repo = self.alt_repo if result.variant.startswith("alt-") else self.repo
+        assert repo is not None
+        # The tree's own built-in plugins too: an installed (editable) project would otherwise
+        # lend its plugins, which may need core functions the other tree does not have.
+        env = {**self._env(), "TMPDIR": str(tmpdir), "PYTHONPATH": str(repo / "plugins")}
         cmd = [
             sys.executable,
             "-m",
@@ -747,8 +751,6 @@ class Bench:
             prof = f"{self.profile}-{result.variant}-r{result.round}"
             spy = ["py-spy", "record", "--native", "--threads", "-r", "100", "-f", "raw"]
             cmd = [*spy, "-o", f"{prof}.txt", "--", *cmd]
-        repo = self.alt_repo if result.variant.startswith("alt-") else self.repo
-        assert repo is not None
         # `python -m` puts the working directory first on sys.path: the tree under test is cwd
         p = run_timed(cmd, env=env, cwd=repo, out=out, timeout=self.timeout, watch=[watched])
         result.temp_bytes_max = p.temp_bytes_max
