@@ -1,4 +1,4 @@
-"""The command line: medius's grammar on argparse, and the exit statuses of DESIGN.md.
+"""The command line: medius's grammar on argparse, and the exit statuses of docs/cli.md.
 
 pflag-style booleans (`--flag`, `--flag=true`, `--flag=false`) are had by rewriting a bare
 boolean flag to `--flag=true` before argparse sees it, so a boolean never swallows the next word

@@ -1,9 +1,9 @@
 """Planning one entry: compare what upstream offers with what the registry has published.
 
-DESIGN.md "How one sync flows", step 2. For each arch the published `<name>:<version>` is read
-(manifest list -> platform manifest -> config). An arch is *unchanged* when its published config
-is the one we would build (everything but `rootfs`: the `shasum` label pins the upstream bytes and
-builds are reproducible) and its manifest is of the configured media-type family. Unknown
+docs/architecture.md "How a push flows", step 4. For each arch the published `<name>:<version>` is
+read (manifest list -> platform manifest -> config). An arch is *unchanged* when its published
+config is the one we would build (everything but `rootfs`: the `shasum` label pins the upstream
+bytes and builds are reproducible) and its manifest is of the configured media-type family. Unknown
 repository, tag or arch means "build"; any other error fails this entry only.
 
 Actions per arch: `up-to-date`, `build`, `reuse` (unchanged, but the entry is republished because
@@ -115,7 +115,8 @@ class EntryPlan:
 
 
 def tags_for(entry: Entry) -> list[str]:
-    """The tags an entry carries besides its timestamp tag, in push order (DESIGN.md "Tags")."""
+    """The tags an entry carries besides its timestamp tag, in push order (docs/architecture.md
+    "The image contract")."""
     first = entry.artifacts[0]
     tags = list(first.unique_tags) if isinstance(first, Artifact) else []
     tags.append(entry.version)

@@ -6,7 +6,7 @@ and an interrupted upstream download. Everything else (a checksum mismatch, 401/
 manifest) fails at once: retrying it only delays the one clear line the user needs.
 
 A transient failure in the middle of a layer upload is handled by streaming the arch again from
-upstream (DESIGN.md allows resuming or restreaming; restreaming needs no replay buffer and keeps
+upstream (resuming the upload would do too; restreaming needs no replay buffer and keeps
 memory flat, at the price of downloading the arch's bytes again).
 """
 

@@ -1,6 +1,6 @@
 """Publishing one planned entry: build what changed in one streaming pass, reuse the rest, tag.
 
-DESIGN.md "How one sync flows", steps 3 and 4:
+docs/architecture.md "How a push flows", step 5:
 - A `build` arch streams upstream bytes -> checksum -> (decompress) -> header inspection ->
   tar -> (compress) -> target in one pass, with the layer digest and diff_id computed on the way.
   A disk whose header `diskcheck` refuses (a qcow2 naming a backing or data file, ...) fails the
