@@ -103,6 +103,7 @@ def test_guard_deadline_and_rate_off() -> None:
         ("[]", 1),
         ('{"a": [1, {"b": "]]]{{{"}], "c": "\\"["}', 3),
         ("[" * 100 + "]" * 100, 100),
+        ('[["unterminated [[[', 2),  # as the parser sees it: the rest is inside the string
     ],
 )
 def test_json_depth_counts_brackets_outside_strings(text: str, depth: int) -> None:
@@ -112,6 +113,18 @@ def test_json_depth_counts_brackets_outside_strings(text: str, depth: int) -> No
 def test_json_depth_of_16_mib_of_brackets_is_quick() -> None:
     started = time.monotonic()
     assert 16 << 20 == json_depth("[" * (16 << 20))
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['"' + '\\"' * (1 << 20), '"a", ' * (1 << 20), "[" + '"\\' * (1 << 20)],
+    ids=["escaped-quotes-unterminated", "many-strings", "trailing-backslashes"],
+)
+def test_json_depth_is_one_linear_pass_on_hostile_strings(text: str) -> None:
+    """A backtracking string pattern took 100 s on 160 KB of `\\"`: it froze the event loop."""
+    started = time.monotonic()
+    json_depth(text)
     assert time.monotonic() - started < 10
 
 

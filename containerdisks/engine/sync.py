@@ -96,7 +96,7 @@ class Publisher:
         work_dir: Path,
         max_spool_bytes: int,
         max_virtual_size: int,
-        max_image_bytes: int = 64 << 30,
+        max_image_bytes: int,
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:

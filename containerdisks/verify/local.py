@@ -125,7 +125,7 @@ class LocalBooter:
     memory_mib: int
     backoff: Backoff
     max_virtual_size: int
-    max_disk_bytes: int = 64 << 30  # max_image_bytes
+    max_disk_bytes: int  # max_image_bytes
     account: qemu.Account | None = None  # whom qemu runs as (`qemu.qemu_account`)
 
     def firmware_for(self, target: Target) -> qemu.Firmware:

@@ -257,6 +257,8 @@ def test_a_symlink_planted_at_the_spool_name_is_not_followed(
         compression="gzip",
         work_dir=work,
         max_spool_bytes=1 << 20,
+        max_virtual_size=1 << 40,
+        max_image_bytes=1 << 20,
     )
     entry: Any = type("E", (), {"name": "tiny"})()
     artifact: Any = type("A", (), {"arch": "x86_64", "url": URL})()
