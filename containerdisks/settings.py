@@ -1,9 +1,10 @@
 """Settings: every knob, with its default, its `CONTAINERDISKS_*` variable and its validation.
 
-Precedence (DESIGN.md): defaults < YAML config file (`--config`) < environment < flags. The YAML
-file is flat: every setting by its field name, plus the catalog keys `entries` and `catalog`
-(read by `containerdisks.catalog`). pydantic-settings provides the environment layer; the file
-and the flags are layered here, so that one `ConfigError` line names whichever source was wrong.
+Precedence (docs/settings.md): defaults < YAML config file (`--config`) < environment < flags.
+The YAML file is flat: every setting by its field name, plus the catalog keys `entries` and
+`catalog` (read by `containerdisks.catalog`). pydantic-settings provides the environment layer;
+the file and the flags are layered here, so that one `ConfigError` line names whichever source
+was wrong.
 The upstream mirror table is the one merged setting: flags add pairs to the table from the
 environment or the file instead of replacing it.
 

@@ -136,7 +136,7 @@ class Engine:
         except BaseException:
             await self._stack.aclose()
             raise
-        # The oci: target always writes OCI media types (DESIGN.md "The image contract").
+        # The oci: target always writes OCI media types (docs/architecture.md "The image contract").
         self.family = "oci" if self.target.is_layout else self.settings.media_types
         self._reader = RegistryReader(self.source)
         self._pruner = Pruner(self.target)

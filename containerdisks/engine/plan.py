@@ -1,8 +1,8 @@
 """Planning one entry: compare what upstream offers with what the registry has published.
 
-DESIGN.md "How one sync flows", step 2. For each arch the published `<name>:<version>` is read
-(manifest list -> platform manifest -> config). An arch is *unchanged* when its published config
-is the one we would build (the entry spec's config core, engine/spec.py: everything but
+docs/architecture.md "How a push flows", step 4. For each arch the published `<name>:<version>` is
+read (manifest list -> platform manifest -> config). An arch is *unchanged* when its published
+config is the one we would build (the entry spec's config core, engine/spec.py: everything but
 `rootfs`; the `shasum` label pins the upstream bytes and builds are reproducible) and its
 manifest is of the configured media-type family. Unknown repository, tag or arch means
 "build"; any other error fails this entry only.

@@ -3,7 +3,7 @@
 The entry's shape (config core per arch, tags) is its `EntrySpec` (engine/spec.py), the same
 value the plan compared with what is published.
 
-DESIGN.md "How one sync flows", steps 3 and 4:
+docs/architecture.md "How a push flows", step 5:
 - A `build` arch streams upstream bytes -> checksum -> (decompress) -> header inspection ->
   tar -> (compress) -> target in one pass, with the layer digest and diff_id computed on the way.
   A disk whose header `diskcheck` refuses (a qcow2 naming a backing or data file, ...) fails the

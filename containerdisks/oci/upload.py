@@ -20,7 +20,7 @@ upload until its purge, days later. So a PATCH is never simply cut off when it c
 A body sent with ``Content-Length`` (``write(size=)``) cannot be ended early: when its source
 fails, the connection is dropped and the ``DELETE`` may come too late for the registry.
 
-How the bytes go (distribution-spec §"Pushing blobs", registry-protocol.md §4):
+How the bytes go (distribution-spec §"Pushing blobs"; docs/architecture.md "How blobs go up"):
 
 - ``chunk_size=None``: each :meth:`BlobUpload.write` is one ``PATCH`` whose body streams with
   ``Transfer-Encoding: chunked`` (or with ``Content-Length`` when the caller gives ``size``).

@@ -1,8 +1,8 @@
 """Image assembly: the containerdisk config, manifest and index, as canonical JSON.
 
-These fields are frozen (DESIGN.md "The image contract"): every later change would change every
-digest. JSON is serialised with sorted keys and no whitespace, so the same inputs give the same
-bytes on every machine. The planner compares a published config with `config_core` (everything
+These fields are frozen (docs/architecture.md "The image contract"): every later change would change
+every digest. JSON is serialised with sorted keys and no whitespace, so the same inputs give the
+same bytes on every machine. The planner compares a published config with `config_core` (everything
 but `rootfs`, which only a build can know) to decide whether an arch is unchanged.
 """
 

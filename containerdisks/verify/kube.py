@@ -2,7 +2,7 @@
 bridge to the VMI's SSH port through the `portforward` subresource, so `ssh.check_login` runs
 unchanged. The VM is always deleted.
 
-Decisions (`verify-kubevirt.md`):
+Decisions (docs/cli.md "In KubeVirt", docs/architecture.md "How a verify flows"):
 - The API client and its config are kubernetes-asyncio's (`--kubeconfig`, else `KUBECONFIG` /
   `~/.kube/config`, else the in-cluster service account: a documented superset of medius).
 - The port-forward websocket (`plain.kubevirt.io`: raw TCP bytes in binary messages, no channel

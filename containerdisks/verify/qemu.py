@@ -7,7 +7,7 @@ when the block ends, on success, failure, timeout or cancellation. qemu is start
 
 Decisions:
 - KVM only when `/dev/kvm` opens read-write and the CPU advertises virtualisation; otherwise TCG
-  (a `/dev/kvm` node without VT-x makes `-accel kvm` spin at 100 % sys, `local-tools.md` §3).
+  (a `/dev/kvm` node without VT-x makes `-accel kvm` spin at 100 % sys).
 - q35, as KubeVirt; UEFI from OVMF in pflash with a per-VM copy of the vars file; Secure Boot
   with SMM and the Microsoft-keys vars (`.ms`), as KubeVirt's `efi.secureBoot`; BIOS = SeaBIOS.
 - The disk under test is hostile until booted: qemu opens no file by a name the image chose.

@@ -3,7 +3,7 @@
 Shared by every way of booting (local qemu, KubeVirt through a port-forward bridge): the guest
 is reached at a host and port, and `Guest.failure()` says when waiting is pointless.
 
-Decisions (`verify-local-qemu.md` §5):
+Decisions (docs/architecture.md "How a verify flows"):
 - Wait for the server's `SSH-2.0-` identification line, not for the port: qemu's user networking,
   like a port-forward, accepts TCP connections long before anything listens in the guest.
 - Then log in with asyncssh (the key from memory, no host-key check: the VM was born a minute

@@ -12,10 +12,10 @@ Decisions that shaped it:
 - The download is the versioned file the qcow2 item's `data.ref` names
   (`trixie/20250814-2204/debian-13-genericcloud-amd64-20250814-2204.qcow2`, relative to
   `https://cloud.debian.org/images/cloud/`), not the moving `latest/` file medius downloaded: a
-  release landing between reading the JSON and downloading cannot give a checksum mismatch, and
-  the `org.opencontainers.image.source` label names the exact file (DESIGN.md, deliberate
-  differences). A `data.ref` that is not a plain relative path (each segment a plain file name,
-  `api.file_name_problem`) is refused, and the URL must stay under `download_base`
+  release landing between reading the JSON and downloading cannot give a checksum mismatch, and the
+  `org.opencontainers.image.source` label names the exact file (docs/architecture.md, "Deliberate
+  differences from medius"). A `data.ref` that is not a plain relative path (each segment a plain
+  file name, `api.file_name_problem`) is refused, and the URL must stay under `download_base`
   (`api.url_in_directory`), so the JSON cannot send the download elsewhere.
 - Versions map to codenames through a parameter (`codenames`, default 11/12/13 ->
   bullseye/bookworm/trixie): a new Debian release is a catalog change, not a code change. A

@@ -1,13 +1,13 @@
 """The default catalog (config/catalog.yaml) against medius's catalog and the real upstream files.
 
 Two things are shown here:
-- the catalog's entries are medius's (reference/medius.md §3): order, arches, env per entry and
-  per arch, users, docs and `latest` flags, the test-only cirros entry;
+- the catalog's entries are medius's (medius's `cmd/medius/common/registry.go`): order, arches,
+  env per entry and per arch, users, docs and `latest` flags, the test-only cirros entry;
 - discovering the real default catalog, as loaded by `load_catalog(None)`, against the loopback
-  server serving the fixture files selects what medius selects: one row per entry and arch with
-  the file, checksum (medius's golden digits) and unique tags. Deliberate differences
-  (DESIGN.md) are said where they apply: Debian's versioned download, the deterministic
-  Tumbleweed/MicroOS pick.
+  server serving the fixture files selects what medius selects: one row per entry and arch with the
+  file, checksum (medius's golden digits) and unique tags. Deliberate differences
+  (docs/architecture.md "Deliberate differences from medius") are said where they apply: Debian's
+  versioned download, the deterministic Tumbleweed/MicroOS pick.
 
 Ubuntu's fixture is the 22.04 SHA256SUMS; the other Ubuntu versions are served that file with the
 version in the names replaced (the same format, a different version), to check each entry's
@@ -67,7 +67,8 @@ class Expected:
     test_only: bool = False
 
 
-# reference/medius.md §3, in its order; instancetype u1.medium wherever there is a preference.
+# medius's catalog (`cmd/medius/common/registry.go`), in its order; instancetype u1.medium
+# wherever there is a preference.
 MEDIUS = [
     Expected("almalinux:10", ALL, "rhel.10", "almalinux", docs=True),
     Expected("almalinux:9", ALL, "rhel.9", "almalinux", docs=True),
@@ -334,7 +335,8 @@ ROWS = [
         LEAP.format(v="15.5") + "openSUSE-Leap-15.5-Minimal-VM.aarch64-Cloud.qcow2",
         "3560ca08", "da56a", (),
         "opensuse-leap/openSUSE-Leap-15.5-Minimal-VM.aarch64-Cloud.qcow2.sha256"),
-    # Debian: the versioned file of data.ref, where medius downloaded latest/ (DESIGN.md).
+    # Debian: the versioned file of data.ref, where medius downloaded latest/ (a deliberate
+    # difference, docs/architecture.md).
     Row("debian:11", X, _debian("bullseye", "11", "20250303-2040", "amd64"), "", "",
         ("11-20250303-2040",)),
     Row("debian:11", A, _debian("bullseye", "11", "20250303-2040", "arm64"), "", "",

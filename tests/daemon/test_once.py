@@ -1,4 +1,5 @@
-"""`serve --once`: exactly one pass through the daemon's scheduler, with DESIGN.md's exit statuses.
+"""`serve --once`: exactly one pass through the daemon's scheduler, with the exit statuses
+of docs/cli.md.
 
 0 all good (results file written, plan on stdout); 1 when an entry failed, 0 with `--no-fail`;
 2 for a focus that matches nothing; dry run is the default, and publishes and writes nothing;

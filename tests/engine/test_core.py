@@ -67,9 +67,10 @@ async def logged_since(proxy: FaultProxy, t0: float, count: int) -> list[Logged]
 async def test_a_fresh_pass_reads_each_arch_once_and_heads_each_extra_tag(
     tmp_path: Path, registry: Any
 ) -> None:
-    """What a process that has never seen the registry asks it, everything being up to date:
-    per entry the top manifest, a platform manifest and a config per arch (1 + 2 x arches),
-    one HEAD per tag besides `<version>` (DESIGN.md's tag check), and one `/v2/` per process."""
+    """What a process that has never seen the registry asks it, everything being up to date: per
+    entry the top manifest, a platform manifest and a config per arch (1 + 2 x arches), one HEAD per
+    tag besides `<version>` (the tag check of docs/architecture.md "How a push flows"), and one
+    `/v2/` per process."""
     with published_fedora(tmp_path, registry) as (_, proxy, settings):
         async with Engine(settings, load_catalog({}, config_name="test")) as engine:
             t0 = time.monotonic()

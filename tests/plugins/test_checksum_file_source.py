@@ -178,7 +178,7 @@ def listed(fixture: str) -> dict[str, str]:
     return out
 
 
-# -- medius's selection rules (reference/medius.md §7), reimplemented to compare with ------------
+# -- medius's selection rules (its `artifacts/*` packages), reimplemented to compare with ----
 
 
 def medius_pick(entry_id: str, arch: str, names: list[str]) -> str:
@@ -240,7 +240,7 @@ ROWS = [
         "f016c",
         ("9-latest",),
     ),
-    # medius.md abbreviates this one as 3cb1310f…5921d; the fixture's value ends in …5d921d.
+    # a shortened form of this one reads 3cb1310f…5921d; the fixture's value ends in …5d921d.
     (
         "centos-stream:10",
         "x86_64",

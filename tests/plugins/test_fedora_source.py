@@ -36,7 +36,7 @@ F39 = f"{DL}/fedora/linux/releases/39/Cloud"
 F39_S390X = f"{DL}/fedora-secondary/releases/39/Cloud/s390x/images"
 BETA = f"{DL}/fedora/linux/releases/test/41_Beta/Cloud"
 
-# Golden values: medius's tests (reference/medius.md §11) and the fixture itself.
+# Golden values: medius's `artifacts/fedora` tests and the fixture itself.
 F40_X86 = Artifact(
     "x86_64",
     f"{F40}/x86_64/images/Fedora-Cloud-Base-Generic.x86_64-40-1.14.qcow2",

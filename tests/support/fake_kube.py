@@ -1,11 +1,11 @@
 """A FAKE Kubernetes + KubeVirt API server on 127.0.0.1 whose VMs are real qemu guests.
 
-One job: stand in for the calls `images verify` makes (`verify-kubevirt.md` §5): list nodes;
-create, get and delete `virtualmachines`; get `virtualmachineinstances`; the `guestosinfo`
-and `portforward` subresources — with the real routes, status codes and `Status` bodies, and the
-discovery documents kubectl needs to read nodes and VMs (the honesty test).
+One job: stand in for the calls `images verify` makes (docs/architecture.md "How a verify flows",
+step 4): list nodes; create, get and delete `virtualmachines`; get `virtualmachineinstances`; the
+`guestosinfo` and `portforward` subresources — with the real routes, status codes and `Status`
+bodies, and the discovery documents kubectl needs to read nodes and VMs (the honesty test).
 
-This is a fake, not Kubernetes: no cluster can run here (DESIGN.md allows faking its API).
+This is a fake, not Kubernetes: no cluster can run here (docs/architecture.md "How it is tested").
 Decisions:
 - Each VM follows a `Scenario`, a timeline from its creation: not ready (with a
   `printableStatus`, e.g. `ErrImagePull`) until `ready_after`, guest agent from `agent_after`

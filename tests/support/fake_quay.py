@@ -5,11 +5,11 @@ One job: stand in for the two calls `docs publish` makes —
 `POST /api/v1/repository/<org>/<repo>/changevisibility` (`{"visibility": ...}`) — so tests can
 assert the exact requests (method, path, headers, JSON body, order) and the failure handling.
 
-This is a fake, not Quay: Quay cannot run here (DESIGN.md allows faking its API). It keeps only
-what the tests need: a set of known repositories (others answer 404), one valid bearer token
-(anything else answers 401), the stored description and visibility, error bodies shaped like
-Quay's (`{"error_message", "detail", "error_type", "status"}`), and canned answers (a status a
-number of times, an optional delay) for one method and path.
+This is a fake, not Quay: Quay cannot run here (docs/architecture.md "How it is tested"). It keeps
+only what the tests need: a set of known repositories (others answer 404), one valid bearer token
+(anything else answers 401), the stored description and visibility, error bodies shaped like Quay's
+(`{"error_message", "detail", "error_type", "status"}`), and canned answers (a status a number of
+times, an optional delay) for one method and path.
 
 Decisions:
 - Every request is recorded before it is answered, with its raw body and parsed JSON, so a

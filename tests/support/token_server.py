@@ -5,10 +5,10 @@ Decision: it runs an aiohttp app on its own event loop in a daemon thread
 it, and it records every request so tests can assert how many tokens a client asked for (token
 reuse) and for which scopes.
 
-Rules (local-tools.md §1.4): anonymous callers get ``pull`` only; a known user gets the actions
-they ask for; a wrong password gets 401 ``{"errors": [{"code": "UNAUTHORIZED"}]}``. Tokens are
-RS256 JWTs with an ``x5c`` header holding the signing certificate, which is also the registry's
-``rootcertbundle``.
+Rules (distribution's token auth, as `docker-registry` 2.8 takes it): anonymous callers get ``pull``
+only; a known user gets the actions they ask for; a wrong password gets 401 ``{"errors": [{"code":
+"UNAUTHORIZED"}]}``. Tokens are RS256 JWTs with an ``x5c`` header holding the signing certificate,
+which is also the registry's ``rootcertbundle``.
 """
 
 from __future__ import annotations
