@@ -28,8 +28,8 @@ from containerdisks.commands.context import Context
 from containerdisks.commands.render import write_table
 from containerdisks.engine.promote import (
     Candidate,
-    Outcome,
     Promoter,
+    Promotion,
     describe_error,
 )
 from containerdisks.engine.results import Result, ResultsError, read_results, write_results
@@ -47,7 +47,7 @@ def _eligible(result: Result) -> bool:
     return verified or (result.stage == "promote" and bool(result.error))
 
 
-async def _one(promoter: Promoter, c: Candidate, target: Place, *, dry_run: bool) -> Outcome:
+async def _one(promoter: Promoter, c: Candidate, target: Place, *, dry_run: bool) -> Promotion:
     try:
         outcome = await promoter.resolve(c)
         if not dry_run:
@@ -55,7 +55,7 @@ async def _one(promoter: Promoter, c: Candidate, target: Place, *, dry_run: bool
     except Exception as e:  # one entry's failure never stops the others
         message = describe_error(c, target, e)
         log.error("promote_failed", entry=c.key, error=message)
-        return Outcome(c.key, c.result.digest, c.result.bare_tags(), message)
+        return Promotion(c.key, c.result.digest, c.result.bare_tags(), message)
     return outcome
 
 
@@ -84,7 +84,7 @@ async def run(ctx: Context) -> int:
     async with places as (source, target):
         promoter = Promoter(source, target, backoff)
 
-        async def one(c: Candidate) -> Outcome:
+        async def one(c: Candidate) -> Promotion:
             return await _one(promoter, c, target, dry_run=settings.dry_run)
 
         outcomes = await ctx.each(candidates, one)
@@ -103,7 +103,9 @@ async def run(ctx: Context) -> int:
     return ctx.exit_status(any(o.error for o in outcomes), broken=broken)
 
 
-def render(outcomes: list[Outcome], where: dict[str, str], ctx: Context, *, dry_run: bool) -> None:
+def render(
+    outcomes: list[Promotion], where: dict[str, str], ctx: Context, *, dry_run: bool
+) -> None:
     """ENTRY, DIGEST, TARGET, RESULT: `would copy (tags ...)`, `promoted (...)`, or
     `failed: <why>`."""
     rows = [("ENTRY", "DIGEST", "TARGET", "RESULT")]

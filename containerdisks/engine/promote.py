@@ -29,7 +29,7 @@ from containerdisks.registry.copy import CopyStats, copy_manifest
 from containerdisks.registry.stores import Place
 from containerdisks.retry import RetryPolicy
 
-__all__ = ["Candidate", "Outcome", "PromoteError", "Promoter"]
+__all__ = ["Candidate", "PromoteError", "Promoter", "Promotion"]
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +50,9 @@ class Candidate:
 
 
 @dataclass
-class Outcome:
+class Promotion:
+    """What promoting one entry did (or would do): its digest, tags, copy counts, error."""
+
     key: str
     digest: str = ""
     tags: list[str] = field(default_factory=list)
@@ -69,7 +71,7 @@ class Promoter:
         self.target = target
         self.backoff = backoff
 
-    async def resolve(self, c: Candidate) -> Outcome:
+    async def resolve(self, c: Candidate) -> Promotion:
         """The verified digest and the tags to write; raises PromoteError when a staging tag
         moved since verify."""
         tags = c.result.bare_tags()
@@ -80,9 +82,9 @@ class Promoter:
             where = self.source.where(c.name, tags[0])
             raise PromoteError(f"{c.key}: staging tag {where} not found")
         await self._check_tags(c, tags, digest)
-        return Outcome(c.key, digest, tags)
+        return Promotion(c.key, digest, tags)
 
-    async def promote(self, c: Candidate, outcome: Outcome) -> Outcome:
+    async def promote(self, c: Candidate, outcome: Promotion) -> Promotion:
         """Copy `outcome.digest` with all it refers to, then write `outcome.tags` in order."""
         started = time.monotonic()
         src_repo, dst_repo = self.source.repo(c.name), self.target.repo(c.name)
