@@ -7,7 +7,8 @@ accepted before and after the subcommand: both parsers know them, with suppresse
 that only flags actually given reach the settings layer.
 
 Each command is a typed `run(ctx) -> int` in `containerdisks.commands`, called directly and
-imported only when it runs; `--help` and `--version` import none of them, nor the settings.
+imported only when it runs; `--help` and `--version` import none of them, nor the settings, nor
+asyncio (tests/test_startup.py pins what they import).
 Exit statuses (docs/cli.md, decided in commands/context.py): 0 all good; 1 some entry failed (0
 with `--no-fail`); 2 usage or configuration error (one line on stderr, no traceback); 130 / 143
 when SIGINT / SIGTERM ended the run.
@@ -16,13 +17,9 @@ when SIGINT / SIGTERM ended the run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import signal
 import sys
-import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
 from containerdisks import __version__
@@ -388,6 +385,9 @@ async def _dispatch(command: str, ctx: Context) -> int:
 
 def _run(command: str, ctx: Context) -> int:
     """Run a command on a fresh event loop; SIGINT/SIGTERM cancel it and give 130/143."""
+    import asyncio  # not at the top: `--help` never starts a loop (start-up time)
+    import signal
+
     from containerdisks.commands.context import EXIT_SIGINT, EXIT_SIGTERM
 
     got: list[int] = []
@@ -440,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         # A bug: the traceback is printed while stderr still masks secrets (a registered
         # password in an exception's message would otherwise reach the terminal in clear).
+        import traceback
+
         traceback.print_exc()
         return 1
     finally:
@@ -449,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(command: str, flags: dict[str, Any], mirrors: dict[str, str], path: str | None) -> int:
+    from pathlib import Path
+
     from containerdisks import log
     from containerdisks.commands.context import EXIT_SIGINT, Context
     from containerdisks.settings import ConfigError, load_config_file, load_settings

@@ -20,6 +20,7 @@ Decisions:
   owned by another user or writable by group/others ends the command (exit 2, workdir.py).
 - A results file the daemon cannot write is logged and the daemon goes on; a single pass
   reports it to its caller (exit 1).
+- The HTTP server (aiohttp.web) is imported by `serve` alone: a single pass never listens.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from containerdisks.catalog import Catalog
 from containerdisks.engine.core import Engine, Outcome
 from containerdisks.engine.scheduler import Scheduler, Timing
 from containerdisks.metrics import Metrics
-from containerdisks.server import serving
 from containerdisks.settings import ConfigError, Settings, parse_listen
 from containerdisks.status import Status
 from containerdisks.upstream import Mirrors
@@ -183,6 +183,8 @@ async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+
+    from containerdisks.server import serving  # noqa: PLC0415 - see the docstring
 
     try:
         server = serving(

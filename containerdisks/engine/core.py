@@ -15,6 +15,9 @@ registry connections and tokens carry over from pass to pass, and so does what t
 published: when an entry's upstream is unchanged since the last pass and `<name>:<version>`
 still has the digest the engine left or saw there, the entry is up to date for the cost of one
 manifest HEAD.
+
+The publisher (engine/publish.py, and with it the compressors isal and zstandard) is imported
+only when the engine publishes: a dry run plans, and loads nothing it would not use.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -33,7 +37,6 @@ from containerdisks.api import Artifact, SourceError
 from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
-from containerdisks.engine.publish import Publisher, PublishError
 from containerdisks.engine.results import Result
 from containerdisks.engine.spec import EntrySpec
 from containerdisks.pipeline.image import MediaFamily
@@ -42,6 +45,9 @@ from containerdisks.registry.stores import Connection, Place, open_places
 from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.upstream import HttpUpstream, Mirrors
+
+if TYPE_CHECKING:
+    from containerdisks.engine.publish import Publisher
 
 __all__ = ["Engine", "Outcome"]
 
@@ -140,6 +146,11 @@ class Engine:
         self.family = "oci" if self.target.is_layout else self.settings.media_types
         self._reader = RegistryReader(self.source)
         self._pruner = Pruner(self.target)
+        self._publisher: Publisher | None = None
+        if not self.publish:
+            return self
+        from containerdisks.engine.publish import Publisher  # noqa: PLC0415 - see the docstring
+
         self._publisher = Publisher(
             upstream=self.upstream,
             source=self.source,
@@ -239,6 +250,9 @@ class Engine:
             return Outcome(plan, [], None)
         if not self.publish:
             return Outcome(plan, [], None)
+        from containerdisks.engine.publish import PublishError  # noqa: PLC0415 - see the docstring
+
+        assert self._publisher is not None  # made in __aenter__ when the engine publishes
         log.info("publishing", entry=plan.key)
         try:
             tags, digest = await self._publisher.publish(spec, plan)

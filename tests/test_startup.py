@@ -1,0 +1,147 @@
+"""Start-up: what `containerdisks --help`, `catalog` and a dry-run push import.
+
+Each runs as a real process (`python -m containerdisks ...`); at exit the process writes the
+top-level names in `sys.modules` to a file. `--help` is pinned against an allow-list, as the
+difference from a bare interpreter running the same probe, so a new import on its path fails
+here and must be added deliberately; `catalog` and a dry run must not load what only
+publishing (isal, zstandard) or verifying (asyncssh, kubernetes_asyncio) needs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.cli import clean_env
+from tests.support.registry import Registry
+from tests.support.upstream_server import UpstreamServer
+
+# `bare`: the interpreter and the probe alone; otherwise `python -m containerdisks ARGS`.
+_PROBE = """
+import atexit, json, os, runpy, sys
+def dump():
+    with open(os.environ["PROBE_OUT"], "w") as f:
+        json.dump(sorted({m.partition(".")[0] for m in sys.modules}), f)
+atexit.register(dump)
+if sys.argv[1:] != ["bare"]:
+    sys.argv = ["containerdisks", *sys.argv[1:]]
+    runpy.run_module("containerdisks", run_name="__main__")
+"""
+
+# What `--help` may import beyond a bare interpreter: argparse and what it loads, and
+# containerdisks.cli itself. Nothing of the commands, the settings, asyncio or aiohttp.
+HELP_ALLOWED = {
+    "containerdisks",
+    "argparse",
+    "typing",
+    "__future__",
+    # argparse's own imports (gettext, shutil and theirs; textwrap for the help text)
+    "gettext",
+    "locale",
+    "shutil",
+    "textwrap",
+    "fnmatch",
+    "errno",
+    "bz2",
+    "lzma",
+    "zlib",
+    "_bz2",
+    "_lzma",
+    "_compression",
+    "_locale",
+    "_typing",
+    "copy",
+    "re",
+    "enum",
+    "functools",
+    "collections",
+    "keyword",
+    "operator",
+    "reprlib",
+    "types",
+    "_sre",
+    "_functools",
+    "_collections",
+    "_operator",
+    "itertools",
+    "copyreg",
+    "weakref",
+    "_weakrefset",
+    "warnings",
+    "contextlib",
+}
+
+# Loaded only by publishing (compressors) and verifying (SSH, Kubernetes).
+NOT_FOR_PLANNING = {"isal", "zstandard", "asyncssh", "kubernetes_asyncio"}
+
+
+def imported(tmp_path: Path, *args: str, cwd: Path | None = None) -> tuple[set[str], str]:
+    """Top-level modules of `python -m containerdisks ARGS` at exit, and its stdout."""
+    out = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(PROBE_OUT=str(out)),
+        cwd=cwd or tmp_path,
+    )
+    assert 0 == result.returncode, result.stderr
+    return set(json.loads(out.read_text())), result.stdout
+
+
+def test_help_imports_only_the_allowed_modules(tmp_path: Path) -> None:
+    bare, _ = imported(tmp_path, "bare")
+    for argv in (["--help"], ["images", "push", "--help"], ["--version"]):
+        modules, stdout = imported(tmp_path, *argv)
+        extra = modules - bare
+        assert "containerdisks" in stdout
+        assert {"containerdisks", "argparse"} <= extra  # the probe did run the command line
+        assert set() == extra - HELP_ALLOWED, argv
+
+
+def test_catalog_imports_no_network_nor_compressor(tmp_path: Path) -> None:
+    modules, stdout = imported(tmp_path, "catalog", "--output", "json")
+    assert "fedora" in stdout
+    assert {"containerdisks", "pydantic", "yaml"} <= modules
+    assert set() == modules & (NOT_FOR_PLANNING | {"aiohttp", "prometheus_client"})
+
+
+def test_dry_run_push_imports_no_compressor_nor_verifier(
+    tmp_path: Path, registry: Registry, fedora: tuple[UpstreamServer, dict[tuple[str, str], bytes]]
+) -> None:
+    srv, _ = fedora
+    modules, stdout = imported(
+        tmp_path,
+        "images",
+        "push",
+        "--focus",
+        "fedora:*",
+        "--source-registry",
+        f"{registry.host}/cd",
+        "--log-format",
+        "json",
+        *srv.mirror_args(),
+    )
+    assert "build" in stdout  # it planned against the upstream and the registry
+    assert {"aiohttp", "containerdisks"} <= modules
+    assert set() == modules & NOT_FOR_PLANNING
+    with_publish, _ = imported(
+        tmp_path,
+        "images",
+        "push",
+        "--dry-run=false",
+        "--focus",
+        "fedora:40",
+        "--source-registry",
+        f"{registry.host}/cd",
+        "--log-format",
+        "json",
+        "--work-dir",
+        str(tmp_path / "work"),
+        *srv.mirror_args(),
+    )
+    # The probe sees them when they are used: publishing loads the compressors.
+    assert {"isal", "zstandard"} <= with_publish
