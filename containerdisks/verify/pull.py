@@ -19,12 +19,11 @@ Decisions:
 - A registry is hostile until checked (the image may not come from us): decompression hands
   on at most `_OUT` bytes at a time (`pipeline/unpack.py`: gzip through `max_length`, zstd
   through a stream writer with a bounded `write_size`), the disk is cut at `max_bytes`
-  (`max_image_bytes`), at most `_PIPE` decompressed pieces wait for the writer, and a PAX or
-  GNU long-name record larger than `MAX_META` is refused, so memory and disk stay bounded
-  whatever the layer holds. Time stays bounded too: the layer is read to its descriptor's size
-  and no further, a member outside `disk/` larger than `MAX_OTHER` is refused rather than read
-  through, and after the end-of-archive block only zeros (record padding, at most
-  `MAX_TRAILER` bytes) may follow.
+  (`max_image_bytes`), at most `_PIPE` decompressed pieces wait for the writer, and a PAX or GNU long-name record larger than `MAX_META` is refused, so
+  memory and disk stay bounded whatever the layer holds. Time stays bounded too: the layer is
+  read to its descriptor's size and no further, a member outside `disk/` larger than
+  `MAX_OTHER` is refused rather than read through, and after the end-of-archive block only
+  zeros (record padding, at most `MAX_TRAILER` bytes) may follow.
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ class PullError(Exception):
     """The image or its disk could not be pulled; one line."""
 
 
-class _PipeClosedError(Exception):
+class _Closed(Exception):
     """The other end of a `_Pipe` stopped: this one stops too."""
 
 
@@ -88,7 +87,7 @@ class _Pipe:
             while len(self._items) >= self._size and not self._closed:
                 self._cond.wait()
             if self._closed:
-                raise _PipeClosedError
+                raise _Closed
             self._items.append(item)
             self._cond.notify()
 
@@ -97,7 +96,7 @@ class _Pipe:
             while not self._items and not self._closed:
                 self._cond.wait()
             if self._closed:
-                raise _PipeClosedError
+                raise _Closed
             item = self._items.popleft()
             self._cond.notify()
             return item
@@ -107,34 +106,6 @@ class _Pipe:
             self._closed = True
             self._items.clear()
             self._cond.notify_all()
-
-
-class _Stages:
-    """The two threads of one layer: `inflate` (batch by batch) and `write` (the whole run)."""
-
-    def __init__(self, decompressor: Decoder, tar: TarDisk) -> None:
-        self.decompressor = decompressor
-        self.tar = tar
-        self.pipe = _Pipe(_PIPE)
-
-    def inflate(self, batch: list[bytes] | None) -> None:
-        """Decompress `batch` into the pipe; `None`: the layer ended."""
-        if batch is None:
-            self.pipe.put(None)
-            return
-        for chunk in batch:
-            self.decompressor.feed(chunk, self.pipe.put)
-
-    def write(self) -> None:
-        """Untar what the pipe brings into the disk, until it ends or is closed."""
-        try:
-            while (piece := self.pipe.get()) is not None:
-                self.tar.feed(piece)
-        except _PipeClosedError:
-            return
-        except BaseException:
-            self.pipe.close()  # the inflating thread stops at its next piece
-            raise
 
 
 @dataclass(frozen=True)
@@ -166,7 +137,21 @@ async def _pull_layer(
     decompressor = _decoder(layer.media_type, name)
     tar = TarDisk(out, name, max_bytes)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE)
-    stages = _Stages(decompressor, tar)
+    pipe = _Pipe(_PIPE)
+
+    def inflate(batch: list[bytes]) -> None:
+        for chunk in batch:
+            decompressor.feed(chunk, pipe.put)
+
+    def write() -> None:
+        try:
+            while (piece := pipe.get()) is not None:
+                tar.feed(piece)
+        except _Closed:
+            return
+        except BaseException:
+            pipe.close()  # the inflating thread stops at its next piece
+            raise
 
     async def consume() -> None:
         batch: list[bytes] = []
@@ -179,12 +164,12 @@ async def _pull_layer(
             if batch and (chunk is None or size >= _BATCH or queue.empty()):
                 # Handed over as a list: joining would copy every byte once more.
                 data, batch, size = batch, [], 0
-                await asyncio.to_thread(stages.inflate, data)
+                await asyncio.to_thread(inflate, data)
             if chunk is None:
-                await asyncio.to_thread(stages.inflate, None)
+                await asyncio.to_thread(pipe.put, None)
                 return
 
-    writer = asyncio.create_task(asyncio.to_thread(stages.write))
+    writer = asyncio.create_task(asyncio.to_thread(write))
     consumer = asyncio.create_task(consume())
 
     async def sink(chunk: bytes) -> None:
@@ -200,11 +185,11 @@ async def _pull_layer(
             await queue.put(None)
             await consumer
             await writer
-        except _PipeClosedError:
-            await writer  # the writer stopped the inflating thread: its error is the one to tell
+        except _Closed:  # the writer stopped the inflating thread: its error is the one to tell
+            await writer
             raise
     finally:
-        stages.pipe.close()
+        pipe.close()
         if not consumer.done():
             consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
