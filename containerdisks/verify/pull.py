@@ -3,15 +3,10 @@
 
 Decisions:
 - By digest only: the image verified is exactly the one push recorded (the results' `Digest`).
-- Network, hashing, inflating and writing overlap, a pipeline across threads: the registry
-  read (which hashes as it goes, beside the read) feeds a bounded queue; a consumer coalesces
-  chunks and decompresses them in a worker thread, which hands the output through a bounded
-  `_Pipe` to a second thread that parses the tar and writes the disk. isal and zstd inflate
-  and `write()` run outside the GIL, so on two cores the inflate no longer waits for the write.
-  Either thread failing closes the pipe, which stops the other; the writer's error is the one
-  told. The file is only used after `read_blob` confirmed the layer digest; a mismatch or a cut
-  stream deletes it, and no thread writes to it once the attempt returned. A transient failure
-  pulls the layer again, bounded.
+- Network, hashing and unpacking overlap: the registry read (which hashes as it goes) feeds a
+  bounded queue; a consumer coalesces chunks and decompresses, parses and writes them in a
+  worker thread. The file is only used after `read_blob` confirmed the layer digest; a
+  mismatch or a cut stream deletes it. A transient failure pulls the layer again, bounded.
 - Decompressing and reading the tar are `pipeline.unpack`'s (shared with push): the one file
   under `disk/` is written to the path the caller gave; zero or several files there is an
   error, as KubeVirt refuses such an image. The layer's media type says its compression through
@@ -19,7 +14,7 @@ Decisions:
 - A registry is hostile until checked (the image may not come from us): decompression hands
   on at most `_OUT` bytes at a time (`pipeline/unpack.py`: gzip through `max_length`, zstd
   through a stream writer with a bounded `write_size`), the disk is cut at `max_bytes`
-  (`max_image_bytes`), at most `_PIPE` decompressed pieces wait for the writer, and a PAX or GNU long-name record larger than `MAX_META` is refused, so
+  (`max_image_bytes`), and a PAX or GNU long-name record larger than `MAX_META` is refused, so
   memory and disk stay bounded whatever the layer holds. Time stays bounded too: the layer is
   read to its descriptor's size and no further, a member outside `disk/` larger than
   `MAX_OTHER` is refused rather than read through, and after the end-of-archive block only
@@ -31,9 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -55,7 +48,6 @@ log = structlog.get_logger(__name__)
 _BATCH = 4 << 20  # bytes handed to the worker thread at once
 _QUEUE = 16  # chunks in flight between the network and the worker
 _OUT = 1 << 20  # the most decompressed bytes handed on at once
-_PIPE = 8  # decompressed pieces (each at most `_OUT`) waiting for the writer thread
 #: What a pull that cannot go on raises, turned into one `PullError` line.
 _FAILURES: tuple[type[Exception], ...] = (oci.OCIError, ValueError, *DECODE_ERRORS)
 
@@ -67,45 +59,6 @@ def _remove(path: Path) -> None:
 
 class PullError(Exception):
     """The image or its disk could not be pulled; one line."""
-
-
-class _Closed(Exception):
-    """The other end of a `_Pipe` stopped: this one stops too."""
-
-
-class _Pipe:
-    """A bounded hand-off of chunks between two threads; `None` ends it, `close` aborts it."""
-
-    def __init__(self, size: int) -> None:
-        self._items: deque[bytes | None] = deque()
-        self._size = size
-        self._closed = False
-        self._cond = threading.Condition()
-
-    def put(self, item: bytes | None) -> None:
-        with self._cond:
-            while len(self._items) >= self._size and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                raise _Closed
-            self._items.append(item)
-            self._cond.notify()
-
-    def get(self) -> bytes | None:
-        with self._cond:
-            while not self._items and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                raise _Closed
-            item = self._items.popleft()
-            self._cond.notify()
-            return item
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._items.clear()
-            self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -137,21 +90,10 @@ async def _pull_layer(
     decompressor = _decoder(layer.media_type, name)
     tar = TarDisk(out, name, max_bytes)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE)
-    pipe = _Pipe(_PIPE)
 
-    def inflate(batch: list[bytes]) -> None:
+    def work(batch: list[bytes]) -> None:
         for chunk in batch:
-            decompressor.feed(chunk, pipe.put)
-
-    def write() -> None:
-        try:
-            while (piece := pipe.get()) is not None:
-                tar.feed(piece)
-        except _Closed:
-            return
-        except BaseException:
-            pipe.close()  # the inflating thread stops at its next piece
-            raise
+            decompressor.feed(chunk, tar.feed)
 
     async def consume() -> None:
         batch: list[bytes] = []
@@ -164,40 +106,26 @@ async def _pull_layer(
             if batch and (chunk is None or size >= _BATCH or queue.empty()):
                 # Handed over as a list: joining would copy every byte once more.
                 data, batch, size = batch, [], 0
-                await asyncio.to_thread(inflate, data)
+                await asyncio.to_thread(work, data)
             if chunk is None:
-                await asyncio.to_thread(pipe.put, None)
                 return
 
-    writer = asyncio.create_task(asyncio.to_thread(write))
     consumer = asyncio.create_task(consume())
 
     async def sink(chunk: bytes) -> None:
-        if consumer.done():  # a thread failed: stop reading
+        if consumer.done():  # the worker failed: stop reading
             consumer.result()
-        if writer.done():
-            writer.result()
         await queue.put(chunk)
 
     try:
-        try:
-            layer_bytes = await store.read_blob(repository, layer.digest, sink, size=layer.size)
-            await queue.put(None)
-            await consumer
-            await writer
-        except _Closed:  # the writer stopped the inflating thread: its error is the one to tell
-            await writer
-            raise
+        layer_bytes = await store.read_blob(repository, layer.digest, sink, size=layer.size)
+        await queue.put(None)
+        await consumer
     finally:
-        pipe.close()
         if not consumer.done():
             consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(asyncio.CancelledError, PullError, ValueError):
                 await consumer
-        # No thread may write to `out` once this attempt is over (a retry writes it again); an
-        # error of its is told above or is not the first.
-        with contextlib.suppress(Exception):
-            await writer
     decompressor.finish()
     tar.finish()
     return layer_bytes, tar.found, tar.disk_bytes
