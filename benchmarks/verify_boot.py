@@ -12,17 +12,20 @@ One job, two measurements, in one run (the host is shared and noisy: compare wit
    check -> gunzip -> untar -> file) against curl of the same layer blob, to `/dev/null` (the
    registry's download speed) and to a file in the same directory (the same bytes landing on the
    same disk), rotated, `--rounds` each, `sync` before each run so that none pays for the
-   previous one's writeback; ratio = curl's time / ours.
+   previous one's writeback; ratio = curl's time / ours. Each `pull_disk` runs in a fresh
+   process (timed inside it, start-up excluded); `--base TREE` times that tree's `pull_disk`
+   beside ours in the same rotation (A/B, e.g. a `git worktree add --detach` of main). The
+   shell floor of a gzip pull runs beside them: `curl | tee >(sha256sum) | python3 -m
+   isal.igzip -dc | tee >(sha256sum) | tar -x` (each stage its own process).
 
 Run from the repository root with the project venv active (needs the packages of .ci/run)::
 
-    python benchmarks/verify_boot.py --rounds 3
+    python benchmarks/verify_boot.py --rounds 3 [--only pull] [--base ../main-tree]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
@@ -134,6 +137,20 @@ async def _pull(host: str, repository: str, digest: str, dest: Path) -> float:
         return time.monotonic() - started
 
 
+def _pull_in(tree: Path, host: str, repository: str, digest: str, dest: Path) -> float:
+    """`_pull` with `tree`'s code, in a fresh process; its seconds, start-up excluded."""
+    script = (
+        "import asyncio, sys; from pathlib import Path; from benchmarks.verify_boot import _pull;"
+        "print(asyncio.run(_pull(sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4]))))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, host, repository, digest, str(dest)],
+        env=env, cwd=tree, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(done.stdout.split()[-1])
+
+
 def _inflate_alone(layer: bytes) -> float:
     """isal gunzip of the whole layer from memory, in 4 MiB pieces: the floor of a gzip pull."""
     d = isal_zlib.decompressobj(wbits=31)
@@ -143,8 +160,9 @@ def _inflate_alone(layer: bytes) -> float:
     return time.monotonic() - started
 
 
-def pull_runs(tmp: Path, rounds: int, size: int) -> dict[str, list[float]]:
-    """1 GiB: ours (pull_disk, gzip and uncompressed layers) vs curl of the layer, interleaved."""
+def pull_runs(tmp: Path, rounds: int, size: int, base: Path | None) -> dict[str, list[float]]:
+    """1 GiB: ours (pull_disk, gzip and uncompressed layers), `base`'s if given, curl of the
+    layer and the shell floor, interleaved."""
     disk = tmp / "big.img"
     with disk.open("wb") as f:
         for _ in range(size >> 20):
@@ -153,7 +171,9 @@ def pull_runs(tmp: Path, rounds: int, size: int) -> dict[str, list[float]]:
     put(up, f"https://{HOST}/big.img", disk)
     config = tmp / "big.yaml"
     config.write_text(yaml.safe_dump({"entries": [_entry("big", disk), _entry("bignone", disk)]}))
-    names = ["curl", "curl-file", "curl-sha256", "ours", "ours-none"]
+    names = ["curl", "curl-file", "curl-sha256", "shell-gzip", "ours", "ours-none"]
+    if base is not None:
+        names += ["base", "base-none"]
     times: dict[str, list[float]] = {n: [] for n in [*names, "inflate-alone"]}
     with start_registry(tmp / "big-registry") as reg, UpstreamServer(up) as srv:
         for name, media in (
@@ -175,11 +195,23 @@ def pull_runs(tmp: Path, rounds: int, size: int) -> dict[str, list[float]]:
             for n in ("big", "bignone")
         }
         url = f"{reg.url}/v2/big/blobs/{layer}"
+        root = Path(__file__).resolve().parents[1]
+        igzip = f"{sys.executable} -m isal.igzip -dc"
+        shell = (
+            f"curl -sf {url} | tee >(sha256sum >/dev/null) | {igzip} "
+            f"| tee >(sha256sum >/dev/null) | tar -x -C {tmp / 'untar'}"
+        )
         for i in range(rounds):
             for variant in names[i % len(names) :] + names[: i % len(names)]:
                 dest = tmp / "pulled.img"
                 os.sync()  # no run pays for the previous one's writeback
-                if variant.startswith("curl"):
+                if variant == "shell-gzip":
+                    (tmp / "untar").mkdir()
+                    started = time.monotonic()
+                    subprocess.run(["bash", "-o", "pipefail", "-c", shell], check=True)
+                    seconds = time.monotonic() - started
+                    subprocess.run(["rm", "-rf", str(tmp / "untar")], check=True)
+                elif variant.startswith("curl"):
                     sink = str(dest) if variant == "curl-file" else "/dev/null"
                     command = ["curl", "-sf", "-o", sink, url]
                     if variant == "curl-sha256":  # the least a verified download does
@@ -190,8 +222,10 @@ def pull_runs(tmp: Path, rounds: int, size: int) -> dict[str, list[float]]:
                     if sink != "/dev/null":
                         dest.unlink()
                 else:
-                    repo = "bignone" if variant == "ours-none" else "big"
-                    seconds = asyncio.run(_pull(reg.host, repo, tops[repo], dest))
+                    repo = "bignone" if variant.endswith("-none") else "big"
+                    tree = root if variant.startswith("ours") else base
+                    assert tree is not None
+                    seconds = _pull_in(tree, reg.host, repo, tops[repo], dest)
                     dest.unlink()
                 times[variant].append(seconds)
                 mbps = manifest["layers"][0]["size"] / 1e6 / seconds
@@ -210,11 +244,12 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--only", choices=["boot", "pull"])
+    ap.add_argument("--base", type=Path, help="a tree whose pull_disk is timed beside ours")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="verify-bench-") as d:
         tmp = Path(d)
         boots = boot_runs(tmp, a.rounds) if a.only != "pull" else {}
-        pulls = pull_runs(tmp, a.rounds, a.size_mib << 20) if a.only != "boot" else {}
+        pulls = pull_runs(tmp, a.rounds, a.size_mib << 20, a.base) if a.only != "boot" else {}
     summary = {
         k: {m: round(statistics.median(r[m] for r in runs), 2) for m in runs[0]}
         for k, runs in boots.items()
@@ -222,9 +257,9 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in pulls.items()}
     ratios = {
         f"{ours}_vs_{base}": round(med[base] / med[ours], 2)
-        for ours in ("ours", "ours-none")
-        for base in ("curl", "curl-file", "curl-sha256")
-        if pulls
+        for ours in ("ours", "ours-none", "base", "base-none")
+        for base in ("curl", "curl-file", "curl-sha256", "shell-gzip")
+        if ours in med
     }
     report = {
         "boot_median_s": summary,
