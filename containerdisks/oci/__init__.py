@@ -24,12 +24,10 @@ The names below are loaded on first use (PEP 562 `__getattr__`): importing one l
 load aiohttp with it (`containerdisks catalog` and `--help` start-up time).
 """
 
-from __future__ import annotations
+import importlib as _importlib
+import typing as _typing
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from containerdisks.oci.auth import Credentials, TokenCache
     from containerdisks.oci.client import RegistryClient
     from containerdisks.oci.credentials import find_credentials
@@ -214,11 +212,11 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     """Import the module that defines `name` on first use, and keep the value here."""
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(where), name)
+    value = getattr(_importlib.import_module(where), name)
     globals()[name] = value
     return value
