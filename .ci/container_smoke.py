@@ -69,9 +69,16 @@ def main(image: str) -> int:
             if not want <= tags:
                 say(f"published tags {sorted(tags)} lack {want}")
                 return 1
+            # The volume holds the results file and the work dir (made 0700 inside it, since an
+            # emptyDir is 0777); a spool or temp file left in either is a leak.
             left = sorted(p.name for p in work.iterdir())
-            if left != ["results.json"]:
-                say(f"the work dir holds {left}, not only results.json")
+            inner = work / "work"
+            spools = sorted(p.name for p in inner.iterdir()) if inner.is_dir() else []
+            if left != ["results.json", "work"] or spools:
+                say(f"the volume holds {left}, work/ holds {spools}: not the results and no more")
+                return 1
+            if (mode := inner.stat().st_mode & 0o777) != 0o700:
+                say(f"the work dir is {mode:o}, not 700")
                 return 1
             say(f"ok, published {sorted(tags)}")
     return 0
