@@ -252,8 +252,8 @@ class Publisher:
                 async with self.target.store.blob_upload(repo) as upload:
                     await upload.write(compress(tar, self.compression))
                     _verify(artifact, upstream_digest)  # commit only verified bytes
-                    layer_digest, layer_size = upload.digest, upload.size
-                    await upload.commit(layer_digest)
+                    layer = await upload.commit()  # the digest and size the upload computed
+                layer_digest, layer_size = layer.digest, layer.size
                 diff_id = diff.digest if diff is not None else layer_digest
             finally:
                 if spool is not None:

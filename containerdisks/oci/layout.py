@@ -371,7 +371,10 @@ class LayoutStore:
 
 
 class LayoutUpload:
-    """A streamed blob write: `write(chunks)`, then `commit(digest)`; otherwise removed."""
+    """A streamed blob write: `write(chunks)`, then `commit([digest])`; otherwise removed.
+
+    Like `BlobUpload`, it hashes what it writes: `commit()` returns the digest and size it
+    computed, so a caller never hashes the same bytes a second time."""
 
     def __init__(self, store: LayoutStore, repository: str, layout: Path) -> None:
         self._store = store
@@ -407,17 +410,34 @@ class LayoutUpload:
         if self._file is None:
             raise RuntimeError("use 'async with'")
         f = self._file
-        async for chunk in chunks:
-            await asyncio.to_thread(self._write_one, f, chunk)
+        # Chunk k is written and hashed in a worker while chunk k + 1 is read; one in flight,
+        # so the file and the hash see the chunks in order.
+        pending: asyncio.Future[None] | None = None
+        try:
+            async for chunk in chunks:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(self._write_one, f, chunk))
+            if pending is not None:
+                await pending
+        finally:
+            if pending is not None and not pending.done():
+                # the source failed: the worker's write is short, let it end before the file
+                # is closed (its own error, if any, is not the one to report)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
 
     def _write_one(self, f: IO[bytes], chunk: bytes) -> None:
         f.write(chunk)
         self._hash.update(chunk)
         self.sent += len(chunk)
 
-    async def commit(self, digest: str) -> Descriptor:
+    async def commit(self, digest: str | None = None) -> Descriptor:
+        """Store the blob as `digest` (default: the digest computed while writing) and return
+        its descriptor, digest and size as computed here; another digest is refused."""
         if self._file is None or self._tmp is None:
             raise RuntimeError("use 'async with'")
+        digest = self.digest if digest is None else digest
         if digest != self.digest:
             raise DigestMismatchError(
                 self._store._subject(self._repository, digest), expected=digest, actual=self.digest

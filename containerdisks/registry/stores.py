@@ -49,7 +49,8 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 #: A streamed blob upload of either store: `write` all chunks, then `commit`; leaving it
-#: uncommitted cancels it.
+#: uncommitted cancels it. Both hash what they send: `commit()` without a digest returns the
+#: descriptor (digest, size) computed on the way, so no caller hashes the blob again.
 Upload = oci.BlobUpload | LayoutUpload
 
 

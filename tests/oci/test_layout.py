@@ -153,3 +153,28 @@ async def test_mount_links_a_blob_from_another_repository(tmp_path: Path) -> Non
     assert await store.mount_blob("b", desc.digest, "a")
     assert not await store.mount_blob("b", compute_digest(b"absent"), "a")
     assert b"shared" == await store.get_blob("b", desc.digest, max_size=100)
+
+
+async def test_commit_returns_the_digest_and_size_it_computed(tmp_path: Path) -> None:
+    # chunks of different sizes, in flight one at a time: the blob keeps their order
+    payload = bytes(range(256)) * 5000 + b"tail"
+    store = LayoutStore(tmp_path)
+    async with store.blob_upload("x") as up:
+        await up.write(chunks(payload, 300_001))
+        layer = await up.commit()
+    assert (layer.digest, layer.size) == (compute_digest(payload), len(payload))
+    assert await store.get_blob("x", layer.digest, max_size=len(payload)) == payload
+
+
+async def test_a_source_failing_mid_write_leaves_nothing(tmp_path: Path) -> None:
+    store = LayoutStore(tmp_path)
+
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"a" * 300_000
+        yield b"b" * 300_000
+        raise OSError("connection reset")
+
+    with pytest.raises(OSError, match="connection reset"):
+        async with store.blob_upload("x") as up:
+            await up.write(failing())
+    assert [] == [p for p in (tmp_path / "x/blobs").rglob("*") if p.is_file()]
