@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.conftest import Daemon, Fedora, StartDaemon
+from tests.support.cli import static_catalog
 from tests.support.disks import make_qcow2
 from tests.support.fault_proxy import FaultProxy, Logged, Rule
 from tests.support.registry import Registry
@@ -37,19 +38,7 @@ def tiny_config(tmp_path: Path, fedora_upstream: Fedora) -> Path:
     _, _, root = fedora_upstream
     packed = gzip.compress(make_qcow2(tmp_path / "tiny.qcow2", "tiny"), mtime=0)
     put(root, URL, packed)
-    config = tmp_path / "catalog.yaml"
-    config.write_text(
-        "catalog: replace\n"
-        "entries:\n"
-        "  - name: tiny\n"
-        '    version: "1"\n'
-        "    arches: [x86_64]\n"
-        "    source:\n"
-        "      kind: static\n"
-        f"      url: {URL}\n"
-        f"      checksum: {hashlib.sha256(packed).hexdigest()}\n"
-    )
-    return config
+    return static_catalog(tmp_path / "catalog.yaml", URL, hashlib.sha256(packed).hexdigest())
 
 
 def tag_writes(log: list[Logged]) -> list[str]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.cli import clean_env
+from tests.support.cli import clean_env, push
 from tests.support.crafted import backed, data_file
 from tests.support.disks import make_qcow2, pack
 from tests.support.registry import Registry
@@ -81,19 +79,15 @@ def test_push_refuses_qcow2_naming_host_files_in_every_download_path(
     config.write_text(yaml.safe_dump({"entries": entries}))
     results = tmp_path / "results.json"
     with UpstreamServer(up) as srv:
-        command = [
-            sys.executable, "-m", "containerdisks", "images", "push", "--dry-run=false",
-            "--config", str(config), "--source-registry", f"{registry.host}/cd",
-            "--results-file", str(results), "--work-dir", str(tmp_path / "work"),
-            "--log-format", "json", *srv.mirror_args(),
-        ]  # fmt: skip
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=clean_env(CONTAINERDISKS_MAX_VIRTUAL_SIZE=str(CAP)),
+        done = push(
+            srv,
+            f"{registry.host}/cd",
+            "--config",
+            str(config),
+            "--focus",
+            "",  # every entry (the helper focuses on fedora:*)
             cwd=tmp_path,
+            env=clean_env(CONTAINERDISKS_MAX_VIRTUAL_SIZE=str(CAP)),
         )
         downloads = {
             name: srv.count(f"https://{HOST}/{file}") for name, (file, *_) in images.items()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import push
+from tests.support.cli import push, static_catalog
 from tests.support.upstream_server import UpstreamServer, put
 
 URL = "https://example.org/pinned/disk.img"
@@ -49,20 +49,13 @@ PINNED = {
 
 
 def catalog(path: Path) -> Path:
-    path.write_text(
-        "catalog: replace\n"
-        "entries:\n"
-        "  - name: pinned\n"
-        '    version: "1"\n'
-        "    arches: [x86_64]\n"
-        "    instancetype: u1.small\n"
-        "    preference: pinned\n"
-        "    source:\n"
-        "      kind: static\n"
-        f"      url: {URL}\n"
-        f'      checksum: "{hashlib.sha256(DISK).hexdigest()}"\n'
+    return static_catalog(
+        path,
+        URL,
+        hashlib.sha256(DISK).hexdigest(),
+        name="pinned",
+        extra="    instancetype: u1.small\n    preference: pinned\n",
     )
-    return path
 
 
 @pytest.mark.parametrize("variant", PINNED)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support import peak_rss
-from tests.support.cli import clean_env, command
+from tests.support.cli import clean_env, command, static_catalog
 from tests.support.disks import fedora_link, sha256
 from tests.support.fault_proxy import FaultProxy
 from tests.support.registry import Registry
@@ -54,21 +54,6 @@ def run_measured(args: list[str], cwd: Path, env: dict[str, str], timeout: float
     with out.open("wb") as o, err.open("wb") as e:
         m = peak_rss.run_measured(args, cwd=cwd, env=env, stdout=o, stderr=e, timeout=timeout)
     return Run(m.returncode, out.read_text(), err.read_text(), m.peak_rss_mib, m.seconds)
-
-
-def static_config(path: Path, url: str, checksum: str, *, name: str = "bomb") -> Path:
-    path.write_text(
-        "catalog: replace\n"
-        "entries:\n"
-        f"  - name: {name}\n"
-        '    version: "1"\n'
-        "    arches: [x86_64]\n"
-        "    source:\n"
-        "      kind: static\n"
-        f"      url: {url}\n"
-        f'      checksum: "{checksum}"\n'
-    )
-    return path
 
 
 def push_static(
@@ -129,7 +114,7 @@ def bombs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def serve_bomb(srv: UpstreamServer, tmp_path: Path, bomb: Path) -> Path:
     url = f"https://example.org/bombs/{bomb.name}"
     put(srv.root, url, bomb)
-    return static_config(tmp_path / "catalog.yaml", url, sha256(bomb.read_bytes()))
+    return static_catalog(tmp_path / "catalog.yaml", url, sha256(bomb.read_bytes()), name="bomb")
 
 
 @pytest.mark.parametrize("suffix", ["xz", "gz"])
@@ -188,7 +173,7 @@ def test_a_100_tib_content_length_is_refused_before_the_registry_sees_a_byte(
     announced = 100 << 40
     with UpstreamServer(tmp_path / "up") as srv, FaultProxy(registry.url) as proxy:
         srv.respond_stream(IMAGE, forever(b"\0" * 65536, 0.01), content_length=announced)
-        config = static_config(tmp_path / "catalog.yaml", IMAGE, "0" * 64)
+        config = static_catalog(tmp_path / "catalog.yaml", IMAGE, "0" * 64, name="bomb")
         run = push_static(srv, f"{proxy.host}/cd", tmp_path, config, timeout=60)
         log = proxy.log
     assert 1 == run.returncode, run.stderr
@@ -231,7 +216,7 @@ def test_an_endless_body_is_cut_at_the_cap_and_nothing_is_published(
     cap = 32 << 20
     with UpstreamServer(tmp_path / "up") as srv, FaultProxy(registry.url) as proxy:
         srv.respond_stream(IMAGE, forever(b"\0" * (1 << 20), 0.0))  # chunked, no length
-        config = static_config(tmp_path / "catalog.yaml", IMAGE, "0" * 64)
+        config = static_catalog(tmp_path / "catalog.yaml", IMAGE, "0" * 64, name="bomb")
         run = push_static(
             srv, f"{proxy.host}/cd", tmp_path, config, timeout=60, MAX_IMAGE_BYTES=str(cap)
         )
@@ -250,7 +235,9 @@ def test_a_one_byte_per_second_upstream_fails_within_the_rate_window(
 ) -> None:
     with UpstreamServer(tmp_path / "up") as srv, FaultProxy(registry.url) as proxy:
         srv.respond_stream(IMAGE, forever(b"\0", 1.0), content_length=1 << 20)
-        config = static_config(tmp_path / "catalog.yaml", IMAGE, hashlib.sha256().hexdigest())
+        config = static_catalog(
+            tmp_path / "catalog.yaml", IMAGE, hashlib.sha256().hexdigest(), name="bomb"
+        )
         run = push_static(
             srv,
             f"{proxy.host}/cd",

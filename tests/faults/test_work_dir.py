@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from containerdisks.engine.publish import Publisher, PublishError
-from tests.support.cli import clean_env, command, push
+from tests.support.cli import clean_env, command, push, static_catalog
 from tests.support.disks import make_qcow2
 from tests.support.fault_proxy import FaultProxy, Rule
 from tests.support.loopback import free_port
@@ -172,19 +172,7 @@ def test_a_dry_run_does_not_look_at_the_work_dir(tmp_path: Path, fedora: Any) ->
 def tiny_config(tmp_path: Path, root: Path, disk: bytes) -> Path:
     packed = gzip.compress(disk, mtime=0)
     put(root, URL, packed)
-    config = tmp_path / "catalog.yaml"
-    config.write_text(
-        "catalog: replace\n"
-        "entries:\n"
-        "  - name: tiny\n"
-        '    version: "1"\n'
-        "    arches: [x86_64]\n"
-        "    source:\n"
-        "      kind: static\n"
-        f"      url: {URL}\n"
-        f"      checksum: {hashlib.sha256(packed).hexdigest()}\n"
-    )
-    return config
+    return static_catalog(tmp_path / "catalog.yaml", URL, hashlib.sha256(packed).hexdigest())
 
 
 def published_disk(registry: Registry, tmp_path: Path, repo: str, tag: str) -> bytes:

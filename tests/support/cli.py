@@ -60,3 +60,23 @@ def push(
         env=env or clean_env(),
         cwd=cwd,
     )
+
+
+def static_catalog(
+    path: Path, url: str, checksum: str, *, name: str = "tiny", extra: str = ""
+) -> Path:
+    """Write a catalog (replacing the default) of one entry `<name>:1`, x86_64 only, from the
+    `static` source at `url` with `checksum`; `extra` is more YAML lines for the entry."""
+    path.write_text(
+        "catalog: replace\n"
+        "entries:\n"
+        f"  - name: {name}\n"
+        '    version: "1"\n'
+        "    arches: [x86_64]\n"
+        f"{extra}"
+        "    source:\n"
+        "      kind: static\n"
+        f"      url: {url}\n"
+        f'      checksum: "{checksum}"\n'
+    )
+    return path
