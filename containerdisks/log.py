@@ -134,24 +134,31 @@ def format_bar(
     label: str, done: int, total: int | None, seconds: float, *, columns: int = 80
 ) -> str:
     """One progress line of at most `columns - 1` characters: label, bar (when the size is
-    known), percentage, bytes, rate and time left. The label gives way first, then the bar."""
+    known and there is room), percentage, bytes, rate and time left. On a narrow terminal the
+    time left goes first, then the rate, the bytes and the bar; the label keeps a third."""
+    limit = max(1, columns - 1)
     rate = done / seconds if seconds > 0 else 0.0
-    speed = f" {_units(rate)}/s" if rate else ""
     if total:
-        eta = f" ETA {format_eta((total - done) / rate)}" if rate and done < total else ""
-        figures = f" {100 * done / total:5.1f}% {_units(done)}/{_units(total)}{speed}{eta}"
+        parts = [f" {100 * done / total:5.1f}%", f" {_units(done)}/{_units(total)}"]
     else:
-        figures = f" {_units(done)}{speed}"
-    room = max(1, columns - 1) - len(figures)
+        parts = [f" {_units(done)}"]
+    if rate:
+        parts.append(f" {_units(rate)}/s")
+    if rate and total and done < total:
+        parts.append(f" ETA {format_eta((total - done) / rate)}")
+    keep = min(len(label), limit // 3)
+    while len(parts) > 1 and len("".join(parts)) + keep > limit:
+        parts.pop()
+    figures = "".join(parts)
+    room = limit - len(figures)
+    cells = min(30, room - min(len(label), 40) - 1) if total else 0
     bar = ""
-    if total and room >= 24:  # a bar only beside a readable label
-        cells = max(10, min(30, room - 40))
-        filled = min(cells, int(cells * done / total))
+    if cells >= 10:
+        filled = min(cells, int(cells * done / total)) if total else 0
         bar = " " + "█" * filled + "·" * (cells - filled)
-        room -= len(bar)
-    name_width = max(1, min(40, room))
+    name_width = max(1, min(room - len(bar), max(40, len(label))))
     name = label if len(label) <= name_width else label[: name_width - 1] + "…"
-    return f"{name:<{name_width}}{bar}{figures}"[: max(1, columns - 1)].rstrip()
+    return f"{name:<{name_width}}{bar}{figures}"[:limit].rstrip()
 
 
 def _level_filter(min_level: int) -> Processor:
