@@ -27,9 +27,9 @@ grouped by cause, so that one unreachable host or checksum file is said once, na
 it failed. `commands/push.py` renders them; nothing here prints.
 
 Decisions:
-- A failure's cause is its reason, except a connection failure (`<url>: cannot connect to
-  <host:port>: <why>`, upstream.py's wording), whose cause is the host: every URL on a host that
-  cannot be reached fails for one reason.
+- A failure's cause is its reason, except a connection failure (`[<entry>: ]<url>: cannot
+  connect to <host:port>: <why>`, upstream.py's wording), whose cause is the host and why:
+  every URL on a host that cannot be reached fails for one reason.
 - An arch that failed only because another arch of its entry did (`waiting for <arch>`) is told
   under the cause of that arch, not as a cause of its own.
 """
@@ -40,6 +40,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -265,38 +266,43 @@ class Cause:
     where: dict[str, list[str]] = field(default_factory=dict)
 
     def entries(self) -> str:
-        """`a:1, b:2 (x86_64)`: an entry whose every failed arch is here is named alone."""
+        """`a:1, b:2 (x86_64)`: an entry all of whose arches failed of this is named alone."""
         return ", ".join(self._named(entry, arches) for entry, arches in self.where.items())
 
     def _named(self, entry: str, arches: list[str]) -> str:
         return entry if arches == ["*"] else f"{entry} ({', '.join(arches)})"
 
 
+_UNREACHABLE = re.compile(r"\S+://\S+: (cannot connect to \S+: .*)$")
+
+
 def _cause(reason: str) -> str:
-    url, sep, rest = reason.partition(": ")
-    if sep and "://" in url and rest.startswith("cannot connect to "):
-        return rest
-    return reason
+    unreachable = _UNREACHABLE.search(reason)
+    return unreachable.group(1) if unreachable else reason
 
 
 def failure_causes(rows: list[ArchOutcome]) -> list[Cause]:
-    """The failed rows grouped by cause, in order of first appearance; an entry all of whose
-    failed arches share one cause is named without arches."""
-    causes: dict[str, Cause] = {}
+    """The failed rows grouped by cause, in order of first appearance. An entry is named alone
+    when every one of its arches failed of this cause (or waits for one that did), else with
+    the arches that did."""
+    arches: dict[str, list[str]] = {}
+    for r in rows:
+        arches.setdefault(r.entry, []).append(r.arch)
     failed = [r for r in rows if r.outcome == "failed"]
-    own = {
-        r.entry: sorted({_cause(x.reason) for x in failed if x.entry == r.entry and not _waits(x)})
-        for r in failed
-    }
+    own: dict[str, set[str]] = {}
     for r in failed:
-        if _waits(r) and own[r.entry]:
-            continue  # told under the cause of the arch it waits for
-        key = _cause(r.reason)
+        if not _waits(r):
+            own.setdefault(r.entry, set()).add(_cause(r.reason))
+    causes: dict[str, Cause] = {}
+    for r in failed:
+        if _waits(r) and len(own.get(r.entry, ())) > 1:
+            continue  # waits for arches that failed of several causes: told under each of them
+        key = next(iter(own[r.entry])) if _waits(r) and r.entry in own else _cause(r.reason)
         cause = causes.setdefault(key, Cause(key))
         cause.where.setdefault(r.entry, []).append(r.arch)
     for cause in causes.values():
-        for entry in cause.where:
-            if len(own[entry]) <= 1:
+        for entry, where in cause.where.items():
+            if sorted(where) == sorted(arches[entry]):
                 cause.where[entry] = ["*"]
     return list(causes.values())
 
