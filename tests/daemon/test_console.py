@@ -55,39 +55,8 @@ def read_all(fd: int, proc: subprocess.Popen[bytes], limit: float) -> bytes:
 def test_a_terminal_gets_console_logs_and_progress_bars(
     tmp_path: Path, registry: Registry, fedora_upstream: Fedora
 ) -> None:
-    srv, _, _ = fedora_upstream
-    with FaultProxy(registry.url) as proxy, FaultProxy(srv.base_url) as slow_upstream:
-        # Both ends slowed down (per 64 KiB chunk), so transfers outlast a few redraws.
-        proxy.add(Rule("PATCH", r"/v2/cd/fedora/blobs/uploads/", "slow", delay=0.1, times=None))
-        slow_upstream.add(Rule("GET", r"\.qcow2$", "slow", delay=0.1, times=None))
-        command = serve_command(
-            srv,
-            f"{proxy.host}/cd",
-            tmp_path,
-            "--once",
-            "--focus",
-            "fedora:40",
-            "--upstream-mirror",
-            f"https://={slow_upstream.url}/",
-        )
-        command.remove("--log-format")
-        command.remove("json")
-        controller, terminal = pty.openpty()
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=terminal,
-            env=clean_env(TERM="xterm"),
-            cwd=tmp_path,
-        )
-        os.close(terminal)
-        try:
-            raw = read_all(controller, proc, 90)
-        finally:
-            os.close(controller)
-        assert 0 == proc.wait(30)
-    text = raw.decode(errors="replace")
+    status, text = run_on_terminal(tmp_path, registry, fedora_upstream, 200)
+    assert 0 == status, text[-3000:]
     plain = _ANSI.sub("", text)
     assert "push cd/fedora" in plain
     assert "fetch Fedora-Cloud-Base" in plain
