@@ -10,8 +10,8 @@ Each command is a typed `run(ctx) -> int` in `containerdisks.commands`, called d
 imported only when it runs; `--help` and `--version` import none of them, nor the settings, nor
 asyncio (tests/test_startup.py pins what they import).
 Exit statuses (docs/cli.md, decided in commands/context.py): 0 all good; 1 some entry failed (0
-with `--no-fail`); 2 usage or configuration error (one line on stderr, no traceback); 130 / 143
-when SIGINT / SIGTERM ended the run.
+with `--no-fail`); 2 usage or configuration error (one line on stderr, no traceback); 3 a dry run
+with `--exit-code` that would publish; 130 / 143 when SIGINT / SIGTERM ended the run.
 """
 
 from __future__ import annotations
@@ -29,7 +29,15 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-_BOOL_FLAGS = ("--dry-run", "--insecure-skip-tls", "--force", "--no-fail", "--once", "--local")
+_BOOL_FLAGS = (
+    "--dry-run",
+    "--insecure-skip-tls",
+    "--force",
+    "--no-fail",
+    "--once",
+    "--local",
+    "--exit-code",
+)
 _TRUE = {"true", "t", "1", "yes"}
 _FALSE = {"false", "f", "0", "no"}
 
@@ -109,6 +117,13 @@ def _push_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--no-fail", type=_bool, default=s, metavar="BOOL", help="exit 0 even if an entry failed"
+    )
+    p.add_argument(
+        "--exit-code",
+        type=_bool,
+        default=s,
+        metavar="BOOL",
+        help="dry run: exit 3 when something would be published, 0 when nothing would",
     )
     p.add_argument(
         "--source-registry",

@@ -22,6 +22,9 @@ Decisions:
 - A results file the daemon cannot write is logged and the daemon goes on; a single pass
   reports it to its caller (exit 1).
 - The HTTP server (aiohttp.web) is imported by `serve` alone: a single pass never listens.
+- Progress: on a terminal, bars redrawn twice a second; otherwise (JSON logs, a pod, CI) a
+  `progress` event per transfer every `progress_interval` seconds (bytes, total, rate, ETA), the
+  first one `progress_interval` after the transfer started, so short transfers log none.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from containerdisks import retry
 from containerdisks.catalog import Catalog
 from containerdisks.engine.core import Engine, Outcome
 from containerdisks.engine.scheduler import Scheduler, Timing
-from containerdisks.metrics import Metrics
+from containerdisks.metrics import Metrics, Transfer
 from containerdisks.settings import ConfigError, Settings, parse_listen
 from containerdisks.status import Status
 from containerdisks.upstream import Mirrors
@@ -103,9 +106,9 @@ def remove_stale_files(work_dir: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _metering(metrics: Metrics) -> AsyncIterator[None]:
+async def _metering(metrics: Metrics, progress_interval: float) -> AsyncIterator[None]:
     """Poll transfer meters (and draw progress bars on a console) while the body runs."""
-    meter = asyncio.create_task(_meter(metrics))
+    meter = asyncio.create_task(_meter(metrics, progress_interval))
     try:
         yield
     finally:
@@ -117,20 +120,49 @@ async def _metering(metrics: Metrics) -> AsyncIterator[None]:
             console.bars([])
 
 
-async def _meter(metrics: Metrics) -> None:
-    """Account streamed downloads; draw progress bars when logging to a terminal."""
+async def _meter(metrics: Metrics, progress_interval: float) -> None:
+    """Account streamed downloads; draw progress bars when logging to a terminal, else log a
+    `progress` event per transfer every `progress_interval` seconds."""
     console = logging_setup.console()
+    logged: dict[int, float] = {}  # id(transfer) -> when its last progress event was due
+    period = _PROGRESS_PERIOD if console is not None else min(_PROGRESS_PERIOD, progress_interval)
     while True:
         metrics.upstream.poll()
+        now = time.monotonic()
+        transfers = metrics.upstream.transfers() + metrics.registry_meter.transfers()
         if console is not None:
-            now = time.monotonic()
+            columns = console.columns()
             console.bars(
                 [
-                    logging_setup.format_bar(t.label, t.done, t.total, now - t.started)
-                    for t in metrics.upstream.transfers() + metrics.registry_meter.transfers()
+                    logging_setup.format_bar(
+                        t.label, t.done, t.total, now - t.started, columns=columns
+                    )
+                    for t in transfers
                 ]
             )
-        await asyncio.sleep(_PROGRESS_PERIOD)
+        else:
+            logged = {id(t): logged.get(id(t), t.started) for t in transfers}
+            for t in transfers:
+                if now - logged[id(t)] >= progress_interval:
+                    logged[id(t)] = now
+                    _log_progress(t, now)
+        await asyncio.sleep(period)
+
+
+def _log_progress(t: Transfer, now: float) -> None:
+    seconds = now - t.started
+    rate = t.done / seconds if seconds > 0 else 0.0
+    eta = round((t.total - t.done) / rate, 1) if t.total and rate else None
+    log.info(
+        "progress",
+        transfer=t.label,
+        host=t.host,
+        bytes=t.done,
+        total=t.total,
+        rate=round(rate),
+        eta=eta,
+        seconds=round(seconds, 1),
+    )
 
 
 async def one_pass(
@@ -141,7 +173,8 @@ async def one_pass(
     dir; `catalog` is called when the engine starts."""
     metrics = Metrics()
     status = Status(heartbeat_timeout=settings.heartbeat_timeout, dry_run=settings.dry_run)
-    async with _metering(metrics), _engine(settings, catalog(), metrics) as engine:
+    metering = _metering(metrics, settings.progress_interval)
+    async with metering, _engine(settings, catalog(), metrics) as engine:
         results = None if settings.dry_run else settings.results_file
         scheduler = _scheduler(settings, engine, status, metrics, results)
         outcomes = await scheduler.run_once()
@@ -216,7 +249,8 @@ async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
             workers=settings.workers,
         )
         with retry.observing(count_retries):
-            async with _metering(metrics), _engine(settings, catalog(), metrics) as engine:
+            metering = _metering(metrics, settings.progress_interval)
+            async with metering, _engine(settings, catalog(), metrics) as engine:
                 scheduler = _scheduler(settings, engine, status, metrics, results)
                 schedulers.append(scheduler)
                 await scheduler.run(stop)

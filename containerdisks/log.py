@@ -14,12 +14,17 @@ Decisions:
 - On a terminal with the console format, a `ProgressConsole` owns stderr: log lines are written
   above a block of progress bars (downloads and pushes in flight), which is cleared and drawn
   again around each line, so bars never tear log lines. Off a terminal there are no bars: JSON
-  lines only, one event per stage.
+  lines only, one event per stage, and a `progress` event per transfer every
+  `progress_interval` seconds (daemon.py).
+- A bar never wraps: it is cut to the terminal's width (read again at every redraw, so a
+  resized window is followed), one column short of it. A wrapped bar would take two rows while
+  the console moves the cursor up one per bar, leaving stale fragments on the screen.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterable, MutableMapping, Sequence
@@ -36,6 +41,7 @@ __all__ = [
     "configure",
     "console",
     "format_bar",
+    "format_eta",
 ]
 
 _LEVELS = {
@@ -66,9 +72,17 @@ class ProgressConsole:
             self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
             self._drawn = 0
 
+    def columns(self) -> int:
+        """The terminal's width now (80 when it cannot be read)."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (AttributeError, ValueError, OSError):
+            return 80
+
     def _draw(self) -> None:
+        width = max(1, self.columns() - 1)
         for bar in self._bars:
-            self.stream.write(bar + "\n")
+            self.stream.write(bar[:width] + "\n")
         self._drawn = len(self._bars)
 
     def line(self, text: str) -> None:
@@ -108,24 +122,43 @@ def _units(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover - the loop returns
 
 
+def format_eta(seconds: float) -> str:
+    """`m:ss`, or `h:mm:ss` from an hour on."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
+
+
 def format_bar(
-    label: str,
-    done: int,
-    total: int | None,
-    seconds: float,
-    *,
-    width: int = 30,
-    label_width: int = 40,
+    label: str, done: int, total: int | None, seconds: float, *, columns: int = 80
 ) -> str:
-    """One progress line: label, bar (or a spinner-less count when the size is unknown), rate."""
-    rate = f"{_units(done / seconds)}/s" if seconds > 0 else ""
-    name = label if len(label) <= label_width else label[: label_width - 1] + "…"
+    """One progress line of at most `columns - 1` characters: label, bar (when the size is
+    known and there is room), percentage, bytes, rate and time left. On a narrow terminal the
+    time left goes first, then the rate, the bytes and the bar; the label keeps a third."""
+    limit = max(1, columns - 1)
+    rate = done / seconds if seconds > 0 else 0.0
     if total:
-        filled = min(width, int(width * done / total))
-        bar = "█" * filled + "·" * (width - filled)
-        pct = f"{100 * done / total:5.1f}%"
-        return f"{name:<{label_width}} {bar} {pct} {_units(done)}/{_units(total)} {rate}".rstrip()
-    return f"{name:<{label_width}} {_units(done)} {rate}".rstrip()
+        parts = [f" {100 * done / total:5.1f}%", f" {_units(done)}/{_units(total)}"]
+    else:
+        parts = [f" {_units(done)}"]
+    if rate:
+        parts.append(f" {_units(rate)}/s")
+    if rate and total and done < total:
+        parts.append(f" ETA {format_eta((total - done) / rate)}")
+    keep = min(len(label), limit // 3)
+    while len(parts) > 1 and len("".join(parts)) + keep > limit:
+        parts.pop()
+    figures = "".join(parts)
+    room = limit - len(figures)
+    cells = min(30, room - min(len(label), 40) - 1) if total else 0
+    bar = ""
+    if cells >= 10:
+        filled = min(cells, int(cells * done / total)) if total else 0
+        bar = " " + "█" * filled + "·" * (cells - filled)
+    name_width = max(1, min(room - len(bar), max(40, len(label))))
+    name = label if len(label) <= name_width else label[: name_width - 1] + "…"
+    return f"{name:<{name_width}}{bar}{figures}"[:limit].rstrip()
 
 
 def _level_filter(min_level: int) -> Processor:

@@ -81,6 +81,11 @@ class RunSettings(BaseModel):
     workers: PositiveInt = Field(1, description="Entries processed concurrently.")
     force: bool = Field(False, description="Rebuild every arch of the focused entries.")
     no_fail: bool = Field(False, description="Exit 0 even when an entry failed.")
+    exit_code: bool = Field(
+        False,
+        description="A dry run of `images push` / `serve --once` exits 3 when something would "
+        "be published (0 when nothing would), as `git diff --exit-code`.",
+    )
     results_file: Path = Field(
         Path("results.json"), description="medius-compatible results file (not written in dry run)."
     )
@@ -370,6 +375,11 @@ class OutputSettings(BaseModel):
     )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="`json` lines, readable `console`, or `auto` (console on a terminal)."
+    )
+    progress_interval: PositiveFloat = Field(
+        10.0,
+        description="Seconds between two `progress` log events of one transfer, when no "
+        "progress bars are drawn (JSON logs, or no terminal).",
     )
 
 

@@ -14,7 +14,9 @@ Decisions:
   into a value, so one entry never stops the others.
 - Exit statuses (docs/cli.md): 0 all good (also with failed entries under `--no-fail`); 1 an
   entry failed, or the run itself did (a results file not written: `--no-fail` does not cover
-  it); 2 usage or configuration error; 130 / 143 when SIGINT / SIGTERM ended the run.
+  it); 2 usage or configuration error; 3 a dry run with `--exit-code` that would publish
+  something (not 2, which CI must be able to tell from a usage error; a failure wins: 1);
+  130 / 143 when SIGINT / SIGTERM ended the run.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from containerdisks.settings import Settings
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
+    "EXIT_PENDING",
     "EXIT_SIGINT",
     "EXIT_SIGTERM",
     "EXIT_USAGE",
@@ -39,7 +42,7 @@ __all__ = [
     "run_entries",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 T = TypeVar("T")

@@ -1,10 +1,18 @@
-"""`images push`: one pass over the focused catalog, the plan on stdout, the exit status.
+"""`images push`: one pass over the focused catalog, what it did on stdout, the exit status.
 
 One job: the command around the pass `daemon.one_pass` runs (the same single pass as
-`serve --once`, one code path, as regsync's `once`), and the plan's rendering: one row per entry
-and arch — ENTRY, ARCH, UPSTREAM (checksum), PUBLISHED (checksum), ACTION — with checksums cut to
-12 hex digits in the table; JSON carries them in full, with the reason of every action and the
-tags the entry carries.
+`serve --once`, one code path, as regsync's `once`), and the rendering of what the pass did
+(engine/results.py's `arch_outcomes` and `failure_causes`, through the one renderer):
+- a dry run prints the plan: one row per entry and arch — ENTRY, ARCH, UPSTREAM (checksum),
+  PUBLISHED (checksum), ACTION (`build`, `reuse`, `retag`, `up-to-date`);
+- a publishing run prints the outcome: ENTRY, ARCH, OUTCOME (`published`, `reused`,
+  `up-to-date`), DIGEST (what `<name>:<version>` names), TAGS (the tags that moved);
+- then, in both, the failures: one line per cause — the entries it failed (with the arches
+  when not all of them), `failed: <why>` — so one unreachable host or checksum file is said
+  once. Checksums and digests are cut to 12 hex digits in the table; JSON (`--output json`)
+  carries them in full, per entry and arch with the reason, plus the grouped `failures`.
+On a terminal the plan of each entry is logged as it is made (`planned`), progress bars follow,
+and the outcome is printed once the bars are gone.
 
 Decisions:
 - The work dir is checked (or created 0700) first when the run publishes: one owned by another
@@ -12,7 +20,8 @@ Decisions:
   share it with other runs, so nothing in it is removed at start; `serve --once` owns it and
   removes what a killed predecessor left.
 - Exit 1 when an entry failed (0 with `--no-fail`), and 1 when the results file cannot be
-  written (not an entry's failure: `--no-fail` does not cover it).
+  written (not an entry's failure: `--no-fail` does not cover it). A dry run with
+  `--exit-code` exits 3 when something would be published and nothing failed (context.py).
 """
 
 from __future__ import annotations
@@ -24,16 +33,18 @@ import structlog
 
 from containerdisks import daemon
 from containerdisks.catalog import Catalog
-from containerdisks.commands.context import Context
-from containerdisks.commands.render import write_json, write_table
-from containerdisks.engine.plan import ArchPlan, EntryPlan
+from containerdisks.commands.context import EXIT_OK, EXIT_PENDING, Context
+from containerdisks.commands.render import table_lines, write_json
+from containerdisks.engine.core import Outcome
+from containerdisks.engine.results import ArchOutcome, Cause, arch_outcomes, failure_causes
 from containerdisks.workdir import own_work_dir
 
-__all__ = ["focused_catalog", "once", "plan_json", "run"]
+__all__ = ["focused_catalog", "once", "outcome_json", "run"]
 
 log = structlog.get_logger(__name__)
 
-_HEADER = ("ENTRY", "ARCH", "UPSTREAM", "PUBLISHED", "ACTION")
+_PLAN_HEADER = ("ENTRY", "ARCH", "UPSTREAM", "PUBLISHED", "ACTION")
+_OUTCOME_HEADER = ("ENTRY", "ARCH", "OUTCOME", "DIGEST", "TAGS")
 
 
 async def run(ctx: Context) -> int:
@@ -48,11 +59,15 @@ async def once(ctx: Context, *, owns_work_dir: bool) -> int:
         if owns_work_dir:
             daemon.remove_stale_files(settings.work_dir)
     outcomes, results_error = await daemon.one_pass(settings, lambda: focused_catalog(ctx))
-    render_plans([o.plan for o in outcomes], ctx)
+    render_outcomes(outcomes, ctx)
     failed = [o.key for o in outcomes if o.error]
     if failed:
         log.warning("entries_failed", count=len(failed), entries=failed)
-    return ctx.exit_status(bool(failed), broken=results_error)
+    status = ctx.exit_status(bool(failed), broken=results_error)
+    if status == EXIT_OK and settings.dry_run and settings.exit_code:
+        pending = any(o.plan.needs_publish for o in outcomes if not o.error)
+        return EXIT_PENDING if pending else EXIT_OK
+    return status
 
 
 def focused_catalog(ctx: Context) -> Catalog:
@@ -61,23 +76,24 @@ def focused_catalog(ctx: Context) -> Catalog:
     return ctx.catalog
 
 
-def _short(checksum: str | None) -> str:
-    return checksum[:12] if checksum else "-"
+def _short(value: str | None) -> str:
+    return value.removeprefix("sha256:")[:12] if value else "-"
 
 
-def _action(row: ArchPlan) -> str:
-    if row.action == "failed":
-        return f"failed: {row.reason}"
-    return row.action
-
-
-def plan_json(plans: Sequence[EntryPlan]) -> dict[str, Any]:
-    return {
-        "entries": [
+def outcome_json(outcomes: Sequence[Outcome], *, dry_run: bool) -> dict[str, Any]:
+    entries = []
+    rows: list[ArchOutcome] = []
+    for o in outcomes:
+        arches = arch_outcomes(o, dry_run=dry_run)
+        rows += arches
+        by_arch = {a.arch: a for a in arches}
+        entries.append(
             {
-                "entry": p.key,
-                "tags": p.tags,
-                "error": p.error,
+                "entry": o.key,
+                "tags": o.plan.tags,
+                "error": o.error,
+                "moved": o.tags,
+                "digest": o.digest or o.plan.published_digest or "",
                 "arches": [
                     {
                         "arch": r.arch,
@@ -86,22 +102,39 @@ def plan_json(plans: Sequence[EntryPlan]) -> dict[str, Any]:
                         "published_digest": r.published_digest,
                         "action": r.action,
                         "reason": r.reason,
+                        "outcome": by_arch[r.arch].outcome,
                     }
-                    for r in p.arches
+                    for r in o.plan.arches
                 ],
             }
-            for p in plans
-        ]
-    }
+        )
+    failures = [{"reason": c.reason, "entries": c.where} for c in failure_causes(rows)]
+    return {"entries": entries, "failures": failures}
 
 
-def render_plans(plans: Sequence[EntryPlan], ctx: Context) -> None:
+def _failure_lines(causes: Sequence[Cause]) -> list[str]:
+    """Not aligned: a long list of entries would push every reason off the screen."""
+    return [f"{c.entries()}  failed: {c.reason}" for c in causes]
+
+
+def render_outcomes(outcomes: Sequence[Outcome], ctx: Context) -> None:
+    dry_run = ctx.settings.dry_run
     if ctx.output == "json":
-        write_json(plan_json(plans), ctx.out)
+        write_json(outcome_json(outcomes, dry_run=dry_run), ctx.out)
         return
-    rows = [_HEADER] + [
-        (p.key, r.arch, _short(r.upstream), _short(r.published), _action(r))
-        for p in plans
-        for r in p.arches
-    ]
-    write_table(rows, ctx.out)
+    rows = [r for o in outcomes for r in arch_outcomes(o, dry_run=dry_run)]
+    done = [r for r in rows if r.outcome != "failed"]
+    if dry_run:
+        table = [_PLAN_HEADER] + [
+            (r.entry, r.arch, _short(r.upstream), _short(r.published), r.outcome) for r in done
+        ]
+    else:
+        table = [_OUTCOME_HEADER] + [
+            (r.entry, r.arch, r.outcome, _short(r.digest), ", ".join(r.tags) or "-") for r in done
+        ]
+    failures = _failure_lines(failure_causes(rows))
+    lines = table_lines(table) if done or not failures else []
+    if lines and failures:
+        lines.append("")
+    for line in lines + failures:
+        ctx.out.write(line + "\n")

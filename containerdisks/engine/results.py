@@ -19,6 +19,19 @@ digest it worked on (`Result.after`).
 
 The stages chain through this file (`push` -> `verify` -> `promote`); `read_results` is the
 reading side, with one-line errors naming the file.
+
+The same pass is also told to the person or program that ran it (`arch_outcomes`,
+`failure_causes`): per entry and arch what happened (`published`, `reused`, `up-to-date`,
+`failed`; in a dry run the planned action), the tags that moved and the digest, and the failures
+grouped by cause, so that one unreachable host or checksum file is said once, naming the entries
+it failed. `commands/push.py` renders them; nothing here prints.
+
+Decisions:
+- A failure's cause is its reason, except a connection failure (`[<entry>: ]<url>: cannot
+  connect to <host:port>: <why>`, upstream.py's wording), whose cause is the host and why:
+  every URL on a host that cannot be reached fails for one reason.
+- An arch that failed only because another arch of its entry did (`waiting for <arch>`) is told
+  under the cause of that arch, not as a cause of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,12 +48,17 @@ from pathlib import Path
 from typing import Protocol
 
 from containerdisks import oci
+from containerdisks.engine.plan import EntryPlan
 from containerdisks.oci.redact import redact, redact_data
 
 __all__ = [
+    "ArchOutcome",
+    "Cause",
     "Result",
     "ResultsError",
+    "arch_outcomes",
     "failed_earlier",
+    "failure_causes",
     "read_results",
     "recorded_digest",
     "write_results",
@@ -182,3 +201,118 @@ def _fsync_dir(directory: Path, where: str) -> None:
             raise ResultsError(f"{where}: cannot sync its directory: {e.strerror or e}") from None
     finally:
         os.close(fd)
+
+
+# -- what a pass did, told to whoever ran it -----------------------------------------------------
+
+
+class _Done(Protocol):
+    """What the engine reports of one entry after a pass (`engine.core.Outcome`)."""
+
+    plan: EntryPlan
+    tags: list[str]
+    error: str | None
+    digest: str
+
+
+@dataclass(frozen=True)
+class ArchOutcome:
+    """One entry and arch after a pass: `published`, `reused`, `up-to-date` or `failed` (in a
+    dry run the planned `build`, `reuse`, `retag`), why, the tags that moved and the digest
+    `<name>:<version>` names (the one written, else the one found)."""
+
+    entry: str
+    arch: str
+    outcome: str
+    reason: str = ""
+    tags: tuple[str, ...] = ()
+    digest: str = ""
+    upstream: str | None = None
+    published: str | None = None
+
+
+_DONE = {"build": "published", "reuse": "reused", "retag": "reused", "up-to-date": "up-to-date"}
+
+
+def arch_outcomes(done: _Done, *, dry_run: bool) -> list[ArchOutcome]:
+    """One row per arch of `done` (one `*` row for an entry that failed before it had arches)."""
+    plan = done.plan
+    digest = done.digest or plan.published_digest or ""
+    if not plan.arches and done.error:
+        return [ArchOutcome(plan.key, "*", "failed", done.error)]
+    rows = []
+    for row in plan.arches:
+        if row.action == "failed" or (done.error and row.action != "up-to-date"):
+            outcome, reason = "failed", (row.reason if row.action == "failed" else done.error)
+        elif dry_run:
+            outcome, reason = row.action, row.reason
+        elif done.tags:
+            outcome, reason = _DONE[row.action], row.reason
+        else:
+            outcome, reason = "up-to-date", row.reason
+        rows.append(
+            ArchOutcome(
+                plan.key,
+                row.arch,
+                outcome,
+                reason or "",
+                tuple(done.tags) if outcome in ("published", "reused") else (),
+                "" if outcome == "failed" else digest,
+                row.upstream,
+                row.published,
+            )
+        )
+    return rows
+
+
+@dataclass
+class Cause:
+    """One reason for failure and where it struck: entry -> its arches that failed of it."""
+
+    reason: str
+    where: dict[str, list[str]] = field(default_factory=dict)
+
+    def entries(self) -> str:
+        """`a:1, b:2 (x86_64)`: an entry all of whose arches failed of this is named alone."""
+        return ", ".join(self._named(entry, arches) for entry, arches in self.where.items())
+
+    def _named(self, entry: str, arches: list[str]) -> str:
+        return entry if arches == ["*"] else f"{entry} ({', '.join(arches)})"
+
+
+_UNREACHABLE = re.compile(r"\S+://\S+: (cannot connect to \S+: .*)$")
+
+
+def _cause(reason: str) -> str:
+    unreachable = _UNREACHABLE.search(reason)
+    return unreachable.group(1) if unreachable else reason
+
+
+def failure_causes(rows: list[ArchOutcome]) -> list[Cause]:
+    """The failed rows grouped by cause, in order of first appearance. An entry is named alone
+    when every one of its arches failed of this cause (or waits for one that did), else with
+    the arches that did."""
+    arches: dict[str, list[str]] = {}
+    for r in rows:
+        arches.setdefault(r.entry, []).append(r.arch)
+    failed = [r for r in rows if r.outcome == "failed"]
+    own: dict[str, set[str]] = {}
+    for r in failed:
+        if not _waits(r):
+            own.setdefault(r.entry, set()).add(_cause(r.reason))
+    causes: dict[str, Cause] = {}
+    for r in failed:
+        if _waits(r) and len(own.get(r.entry, ())) > 1:
+            continue  # waits for arches that failed of several causes: told under each of them
+        key = next(iter(own[r.entry])) if _waits(r) and r.entry in own else _cause(r.reason)
+        cause = causes.setdefault(key, Cause(key))
+        cause.where.setdefault(r.entry, []).append(r.arch)
+    for cause in causes.values():
+        for entry, where in cause.where.items():
+            if sorted(where) == sorted(arches[entry]):
+                cause.where[entry] = ["*"]
+    return list(causes.values())
+
+
+def _waits(row: ArchOutcome) -> bool:
+    return row.reason.startswith("waiting for ")

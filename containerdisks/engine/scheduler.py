@@ -34,6 +34,9 @@ Shape (kopf's reactor, with anyio's memory object stream as the queue):
   interval counts again from there. A pass still discovering is not doubled (`pass_skipped`).
 
 `once` runs exactly one pass and closes the queue behind it, so the workers drain and stop.
+A single pass never retries: its failed entries are logged without a `retry_in` it would not
+honour, at debug level (the engine's own error line said why, and the command prints the
+outcome).
 Workers are plain asyncio tasks, not an anyio task group: anyio cancellation is level-triggered
 and would cancel the cleanup (the upload's DELETE) too.
 """
@@ -176,11 +179,13 @@ class Scheduler:
         self._number = 0
         self._stopping = False
         self._fatal: BaseException | None = None
+        self._once = False  # a single pass: nothing is retried after it
 
     # -- entry points ---------------------------------------------------------------------------
 
     async def run_once(self) -> list[Outcome]:
         """Exactly one pass; the queue is closed behind it and the workers drain."""
+        self._once = True
         workers = self._start_workers()
         try:
             outcomes = await self._pass(first=True)
@@ -446,7 +451,12 @@ class Scheduler:
         now_wall = self.wall()
         self._last_outcome[key] = outcome
         delay: float | None = None
-        if outcome.error:
+        if outcome.error and self._once:
+            self._failures[key] = self._failures.get(key, 0) + 1
+            log.debug(
+                "synced", entry=key, result=result, error=outcome.error, seconds=round(seconds, 3)
+            )
+        elif outcome.error:
             self._failures[key] = self._failures.get(key, 0) + 1
             delay = self._backoff(key)
             self._not_before[key] = self.monotonic() + delay

@@ -48,8 +48,12 @@ def test_once_publishes_writes_results_and_exits_0(
     # The digest the tags were written at, which verify boots and promote copies.
     index = registry.inspect_raw("cd/fedora", "40")
     assert f"sha256:{hashlib.sha256(index).hexdigest()}" == results["fedora:40"]["Digest"]
-    assert "fedora:40" in result.stdout  # the plan
-    assert "build" in result.stdout
+    # The outcome: per entry and arch what happened, the digest and the tags that moved.
+    rows = {tuple(line.split()[:2]): line.split(None, 4) for line in result.stdout.splitlines()}
+    assert ["ENTRY", "ARCH", "OUTCOME", "DIGEST", "TAGS"] == rows["ENTRY", "ARCH"]
+    tags = ", ".join(t.partition(":")[2] for t in results["fedora:40"]["Tags"])
+    digest = results["fedora:40"]["Digest"].removeprefix("sha256:")[:12]
+    assert ["fedora:40", "x86_64", "published", digest, tags] == rows["fedora:40", "x86_64"]
     assert {"40", "39", "latest"} <= set(registry.list_tags("cd/fedora"))
     assert [] == [e for e in result.stderr.splitlines() if not e.startswith("{")]
     # A second pass in a new process finds everything up to date: no key in the results.

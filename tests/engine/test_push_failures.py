@@ -117,7 +117,9 @@ def test_malformed_upstream_metadata_fails_that_entry_only(tmp_path: Path, regis
     }
     assert ["fedora:*"] == list(failed)
     assert str(failed["fedora:*"]).startswith("https://getfedora.org/releases.json: malformed")
-    rows = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    # The plan, then (after a blank line) the failures: every entry is named once.
+    rows = [line.split()[0] for line in result.stdout.splitlines()[1:] if line]
+    assert result.stdout.splitlines()[-1].startswith("fedora:*  failed: https://getfedora.org/")
     everything = {b.item.label for b in load_catalog(None).items if not b.item.skip_unless_focused}
     assert everything == set(rows)
     assert not (tmp_path / "results.json").exists()  # a dry run writes nothing
