@@ -62,6 +62,7 @@ __all__ = [
     "ChecksumParseError",
     "Compression",
     "DiscoveryRequest",
+    "Evidence",
     "NameMatcher",
     "Release",
     "Source",
@@ -102,11 +103,28 @@ class UpstreamError(SourceError):
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What vouches for an artifact's checksum beyond HTTPS to the upstream host.
+
+    `openpgp`: the checksum was read from data signed by a pinned key of the distribution;
+    `fingerprint` is that key's primary fingerprint (uppercase hex), `signed_at` the signature
+    time (RFC 3339, UTC), `signed_url` the canonical URL of the signed file. `tls-only`: the
+    distribution signs nothing (or the catalog says `signature: none`); the others are None.
+    """
+
+    method: Literal["openpgp", "tls-only"]
+    fingerprint: str | None = None
+    signed_at: str | None = None
+    signed_url: str | None = None
+
+
+@dataclass(frozen=True)
 class Artifact:
     """One arch of one release as published upstream: what to download and how to verify it.
 
     `size` is the download's size in bytes when the upstream metadata declares one (Fedora's
     releases.json does): a download that is larger is refused, as one over `max_image_bytes` is.
+    `evidence` says what vouches for `checksum` (an OpenPGP signature, or TLS only).
     """
 
     arch: str
@@ -116,6 +134,7 @@ class Artifact:
     compression: Compression | None = None
     unique_tags: tuple[str, ...] = ()
     size: int | None = None
+    evidence: Evidence = Evidence("tls-only")
 
     def __post_init__(self) -> None:
         if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
