@@ -65,6 +65,8 @@ __all__ = [
     "Evidence",
     "NameMatcher",
     "Release",
+    "SignaturePolicy",
+    "Signed",
     "Source",
     "SourceError",
     "SourceParams",
@@ -78,6 +80,9 @@ __all__ = [
 ]
 
 Algorithm = Literal["sha256", "sha512"]
+#: A catalog entry's upstream signature policy: `required` (a good signature by a pinned key
+#: of the distribution, or the arch fails) or `none` (the distribution signs nothing).
+SignaturePolicy = Literal["required", "none"]
 Compression = Literal["gzip", "xz"]
 
 #: Upstream arch names (as in the catalog) to the Go/OCI names used in images.
@@ -116,6 +121,15 @@ class Evidence:
     fingerprint: str | None = None
     signed_at: str | None = None
     signed_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A signed upstream file, verified: its signed text only (for a clearsigned file, what the
+    signature covers; lines around the armour are gone) and what vouches for it."""
+
+    text: str
+    evidence: Evidence
 
 
 @dataclass(frozen=True)
@@ -359,6 +373,9 @@ class DiscoveryRequest:
     version: str | None
     arches: tuple[str, ...]
     params: Mapping[str, SourceParams] = field(default_factory=dict)
+    #: `required`: read checksums only through `Upstream.fetch_signed`, with the keyring the
+    #: parameters name (`SourceParams.signing_keys`); `none`: plain reads, `Evidence("tls-only")`.
+    signature: SignaturePolicy = "none"
 
     def context(self, arch: str) -> ArchContext:
         return ArchContext(name=self.name, version=self.version, arch=arch)
@@ -391,11 +408,26 @@ class Upstream(Protocol):
         """Fetch and parse a checksum file (`name -> lowercase hex`)."""
         ...
 
+    async def fetch_signed(
+        self, url: str, *, signature_url: str | None = None, keyring: str
+    ) -> Signed:
+        """Fetch `url` and verify it against the pinned keyring named `keyring`: clearsigned when
+        `signature_url` is None, else detached by the signature there. Returns the signed text
+        only; raises `SourceError` (one line naming the file and the status) when no good
+        signature by a pinned key covers it."""
+        ...
+
 
 class SourceParams(BaseModel):
     """Base of every source's parameter model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def signing_keys(self) -> str | None:
+        """The keyring (template) these parameters name for upstream signatures; None when the
+        distribution signs nothing. The catalog's `signature` policy defaults to `required`
+        when this is set, `none` otherwise."""
+        return None
 
 
 class Source(ABC):

@@ -39,6 +39,7 @@ from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
 from containerdisks.engine.results import Result
 from containerdisks.engine.spec import EntrySpec
+from containerdisks.openpgp import Keyrings, PinnedKey
 from containerdisks.pipeline.image import MediaFamily
 from containerdisks.registry.published import RegistryReader
 from containerdisks.registry.stores import Connection, Place, open_places
@@ -120,6 +121,11 @@ class Engine:
             rate_window=settings.min_transfer_rate_window,
             download_deadline=settings.download_deadline,
             trace_configs=upstream_traces,
+            keyrings=Keyrings.pinned(
+                PinnedKey(name, k.fingerprint, k.file, expires=k.expires)
+                for name, keys in settings.upstream_keys.items()
+                for k in keys
+            ),
         )
         self._stack = AsyncExitStack()
         self._seen: dict[str, tuple[tuple[object, ...], str]] = {}
