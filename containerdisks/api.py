@@ -62,8 +62,11 @@ __all__ = [
     "ChecksumParseError",
     "Compression",
     "DiscoveryRequest",
+    "Evidence",
     "NameMatcher",
     "Release",
+    "SignaturePolicy",
+    "Signed",
     "Source",
     "SourceError",
     "SourceParams",
@@ -77,6 +80,9 @@ __all__ = [
 ]
 
 Algorithm = Literal["sha256", "sha512"]
+#: A catalog entry's upstream signature policy: `required` (a good signature by a pinned key
+#: of the distribution, or the arch fails) or `none` (the distribution signs nothing).
+SignaturePolicy = Literal["required", "none"]
 Compression = Literal["gzip", "xz"]
 
 #: Upstream arch names (as in the catalog) to the Go/OCI names used in images.
@@ -102,11 +108,37 @@ class UpstreamError(SourceError):
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What vouches for an artifact's checksum beyond HTTPS to the upstream host.
+
+    `openpgp`: the checksum was read from data signed by a pinned key of the distribution;
+    `fingerprint` is that key's primary fingerprint (uppercase hex), `signed_at` the signature
+    time (RFC 3339, UTC), `signed_url` the canonical URL of the signed file. `tls-only`: the
+    distribution signs nothing (or the catalog says `signature: none`); the others are None.
+    """
+
+    method: Literal["openpgp", "tls-only"]
+    fingerprint: str | None = None
+    signed_at: str | None = None
+    signed_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A signed upstream file, verified: its signed text only (for a clearsigned file, what the
+    signature covers; lines around the armour are gone) and what vouches for it."""
+
+    text: str
+    evidence: Evidence
+
+
+@dataclass(frozen=True)
 class Artifact:
     """One arch of one release as published upstream: what to download and how to verify it.
 
     `size` is the download's size in bytes when the upstream metadata declares one (Fedora's
     releases.json does): a download that is larger is refused, as one over `max_image_bytes` is.
+    `evidence` says what vouches for `checksum` (an OpenPGP signature, or TLS only).
     """
 
     arch: str
@@ -116,6 +148,7 @@ class Artifact:
     compression: Compression | None = None
     unique_tags: tuple[str, ...] = ()
     size: int | None = None
+    evidence: Evidence = Evidence("tls-only")
 
     def __post_init__(self) -> None:
         if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
@@ -340,6 +373,9 @@ class DiscoveryRequest:
     version: str | None
     arches: tuple[str, ...]
     params: Mapping[str, SourceParams] = field(default_factory=dict)
+    #: `required`: read checksums only through `Upstream.fetch_signed`, with the keyring the
+    #: parameters name (`SourceParams.signing_keys`); `none`: plain reads, `Evidence("tls-only")`.
+    signature: SignaturePolicy = "none"
 
     def context(self, arch: str) -> ArchContext:
         return ArchContext(name=self.name, version=self.version, arch=arch)
@@ -372,11 +408,26 @@ class Upstream(Protocol):
         """Fetch and parse a checksum file (`name -> lowercase hex`)."""
         ...
 
+    async def fetch_signed(
+        self, url: str, *, signature_url: str | None = None, keyring: str
+    ) -> Signed:
+        """Fetch `url` and verify it against the pinned keyring named `keyring`: clearsigned when
+        `signature_url` is None, else detached by the signature there. Returns the signed text
+        only; raises `SourceError` (one line naming the file and the status) when no good
+        signature by a pinned key covers it."""
+        ...
+
 
 class SourceParams(BaseModel):
     """Base of every source's parameter model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def signing_keys(self) -> str | None:
+        """The keyring (template) these parameters name for upstream signatures; None when the
+        distribution signs nothing. The catalog's `signature` policy defaults to `required`
+        when this is set, `none` otherwise."""
+        return None
 
 
 class Source(ABC):

@@ -17,6 +17,12 @@ Decisions:
   `repositories` map, by name. A config file's `repositories` are laid over the default
   catalog's one name at a time, and a file that gives only `repositories` keeps the default
   entries, so a description can be reworded without restating the catalog.
+- `signature: required | none` is per item: `required` makes the source read its checksums only
+  through `Upstream.fetch_signed` with the keyring its parameters name, and an arch without a
+  good signature fails. Unset, it is `required` when the source's parameters name a keyring
+  (`SourceParams.signing_keys`: the distribution signs) and `none` otherwise; `required` for a
+  source that names none is a configuration error. `load_catalog(signatures=False)` (the
+  setting `upstream_signatures: false`) makes every item `none`.
 - One item's discovery cannot fail another's: `Catalog.discover` runs under its own deadline
   (the setting `discovery_timeout`) and turns anything a source raises (a `SourceError`, or a
   bug: RecursionError, ValueError, ...) or returns that breaks the contract into an
@@ -44,6 +50,7 @@ from containerdisks.api import (
     Artifact,
     DiscoveryRequest,
     Release,
+    SignaturePolicy,
     Source,
     SourceError,
     SourceParams,
@@ -121,6 +128,12 @@ class CatalogItem(BaseModel):
         ge=0,
         description="Retention for this entry: keep the newest N `<version>-<YYMMDDhhmm>` tags "
         "(0 keeps all); unset uses the setting `keep_timestamp_tags`.",
+    )
+    signature: SignaturePolicy | None = Field(
+        None,
+        description="Upstream OpenPGP signature policy: `required` (checksums only from data "
+        "signed by a pinned key of the distribution) or `none`; unset: `required` when the "
+        "source names a keyring (`keys`), else `none`.",
     )
     source: dict[str, Any] = Field(
         description="`kind` plus the source's parameters; `per_arch: {arch: {...}}` overrides."
@@ -444,8 +457,11 @@ def load_catalog(
     sources: Mapping[str, Source] | None = None,
     *,
     config_name: str = "config file",
+    signatures: bool = True,
 ) -> Catalog:
-    """Build the catalog: the default one, replaced or extended by the config file's entries."""
+    """Build the catalog: the default one, replaced or extended by the config file's entries.
+
+    `signatures=False` makes every item's signature policy `none`."""
     sources = load_sources() if sources is None else sources
     raw: list[tuple[str, dict[str, Any]]] = []
     repositories: dict[str, RepositoryDocs] = {}
@@ -463,7 +479,10 @@ def load_catalog(
     if user is not None:
         raw += [(config_name, e) for e in user.entries]
         repositories.update(user.repositories)
-    items = [_bind(origin, i, data, sources) for i, (origin, data) in enumerate(raw)]
+    items = [
+        _bind(origin, i, data, sources, signatures=signatures)
+        for i, (origin, data) in enumerate(raw)
+    ]
     seen: set[str] = set()
     for b in items:
         if b.item.label in seen:
@@ -501,7 +520,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _bind(
-    origin: str, index: int, data: dict[str, Any], sources: Mapping[str, Source]
+    origin: str,
+    index: int,
+    data: dict[str, Any],
+    sources: Mapping[str, Source],
+    *,
+    signatures: bool = True,
 ) -> BoundItem:
     where = f"{origin}: entries[{index}]"
     if isinstance(data, dict) and "name" in data:
@@ -533,7 +557,18 @@ def _bind(
             err = e.errors()[0]
             loc = ".".join(str(x) for x in err["loc"])
             raise ConfigError(f"{where}: source.{loc} ({arch}): {err['msg']}") from None
+    keys = {p.signing_keys() for p in params.values()}
+    if item.signature == "required" and None in keys:
+        raise ConfigError(
+            f"{where}: signature: required, but source {kind!r} names no keyring (`keys`) "
+            "to verify with"
+        )
+    policy: SignaturePolicy = item.signature or ("none" if None in keys else "required")
     request = DiscoveryRequest(
-        name=item.name, version=item.version, arches=item.arches, params=params
+        name=item.name,
+        version=item.version,
+        arches=item.arches,
+        params=params,
+        signature=policy if signatures else "none",
     )
     return BoundItem(item=item, source=source, request=request)

@@ -18,6 +18,7 @@ Decisions:
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from typing import Any, Literal, Self, get_origin
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     PositiveFloat,
     PositiveInt,
@@ -128,8 +130,41 @@ class RegistrySettings(BaseModel):
         return self.target_registry or self.source_registry
 
 
+class UpstreamKey(BaseModel):
+    """A key a user adds to a keyring for upstream signatures (`upstream_keys`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: Path = Field(description="The public key: an armoured (.asc) or binary OpenPGP file.")
+    fingerprint: str = Field(
+        description="Its primary fingerprint (40 hex digits): the only key in the file trusted."
+    )
+    expires: datetime.date | None = Field(
+        None, description="After this date, signatures by it are refused naming the key."
+    )
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fingerprint(cls, v: str) -> str:
+        fpr = "".join(v.split()).upper()
+        if not re.fullmatch(r"[0-9A-F]{40}", fpr):
+            raise ValueError(f"fingerprint {v[:60]!r} is not 40 hex digits")
+        return fpr
+
+
 class UpstreamSettings(BaseModel):
     """How the distributions' servers are reached and bounded."""
+
+    upstream_signatures: bool = Field(
+        True,
+        description="Verify the distributions' OpenPGP signatures as each catalog entry's "
+        "`signature` says; false treats every entry as `signature: none` (TLS only).",
+    )
+    upstream_keys: dict[str, list[UpstreamKey]] = Field(
+        default_factory=dict,
+        description="Keys added to a keyring (by name: `ubuntu`, `fedora-48`, or a new one) "
+        "for upstream signatures: a list of {file, fingerprint, expires}.",
+    )
 
     upstream_mirrors: dict[str, str] = Field(
         default_factory=dict,

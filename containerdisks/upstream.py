@@ -9,6 +9,10 @@ Within a pass, concurrent and repeated requests for one URL share a single fetch
 so every entry and arch reading the same checksum file costs one request. Across passes in one
 process the last `ETag` / `Last-Modified` are kept and sent back, and a 304 reuses the body.
 
+Signed files (`fetch_signed`) are fetched like any metadata, then verified by `openpgp.py`
+against the pinned keyring the source names; one verification per file, signature and keyring
+per pass, shared like the fetch. A refused signature is not retried: only its fetch is.
+
 Transient failures (connection errors, timeouts, 408/429/5xx) are retried under
 `containerdisks.retry`'s policy (exponential backoff with jitter, `Retry-After` honoured, bounded
 attempts), each retry logged as `upstream_retry` (metadata) or `download_retry` (an image).
@@ -47,7 +51,8 @@ import aiohttp
 import structlog
 import yarl
 
-from containerdisks.api import SourceError, UpstreamError
+from containerdisks import openpgp
+from containerdisks.api import Evidence, Signed, SourceError, UpstreamError
 from containerdisks.checksums import ChecksumFormat, ChecksumParseError, parse_checksum_file
 from containerdisks.retry import (
     RetryEvent,
@@ -200,7 +205,11 @@ class HttpUpstream:
         user_agent: str = "containerdisks",
         sleep: Callable[[float], Awaitable[None]] | None = None,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        keyrings: openpgp.Keyrings | None = None,
     ) -> None:
+        """`keyrings`: the pinned keys `fetch_signed` verifies against (default: the
+        package's own, `containerdisks/keys/`)."""
+        self.keyrings = keyrings
         self.mirrors = mirrors or Mirrors()
         self._trace_configs = list(trace_configs)
         self._timeout = aiohttp.ClientTimeout(
@@ -217,6 +226,7 @@ class HttpUpstream:
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
         self._session: aiohttp.ClientSession | None = None
         self._pass: dict[str, asyncio.Task[bytes]] = {}
+        self._verified: dict[tuple[str, str | None, str], asyncio.Task[Signed]] = {}
         self._conditional: dict[str, _Cached] = {}
         #: Requests sent, by host of the URL actually requested (after mirroring).
         self.requests: Counter[str] = Counter()
@@ -241,6 +251,7 @@ class HttpUpstream:
     def new_pass(self) -> None:
         """Forget this pass's answers; conditional-request validators are kept."""
         self._pass = {}
+        self._verified = {}
 
     # -- api.Upstream -------------------------------------------------------------------------
 
@@ -270,6 +281,35 @@ class HttpUpstream:
             return parse_checksum_file(text, fmt)
         except ChecksumParseError as e:
             raise SourceError(f"{url}: malformed checksum file: {e}") from None
+
+    async def fetch_signed(
+        self, url: str, *, signature_url: str | None = None, keyring: str
+    ) -> Signed:
+        key = (url, signature_url, keyring)
+        task = self._verified.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_signed(url, signature_url, keyring))
+            self._verified[key] = task
+        return await asyncio.shield(task)
+
+    async def _fetch_signed(self, url: str, signature_url: str | None, keyring: str) -> Signed:
+        if self.keyrings is None:
+            self.keyrings = openpgp.Keyrings.pinned()
+        ring = self.keyrings.get(keyring)
+        signed = await self.get_bytes(url)
+        signature = None if signature_url is None else await self.get_bytes(signature_url)
+        where = signature_url or url
+        try:
+            verified = await openpgp.verify(ring, signed, signature)
+        except openpgp.SignatureError as e:
+            raise openpgp.SignatureError(f"{where}: signature refused: {e}") from None
+        try:
+            text = verified.data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{url}: signed text is not UTF-8 ({e.reason})") from None
+        log.debug("upstream_signature_ok", url=url, key=verified.fingerprint)
+        evidence = Evidence("openpgp", verified.fingerprint, verified.signed_at, url)
+        return Signed(text, evidence)
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -8,11 +8,22 @@ from pathlib import Path
 import pytest
 
 from containerdisks.oci import redact
+from tests.support.cli import UNSIGNED
 from tests.support.disks import fedora_tree
 from tests.support.registry import Registry, start_registry
 from tests.support.upstream_server import UpstreamServer
 
 pytest_plugins = ["pytester"]  # tests/oci/test_leak_guard.py runs a small inner session
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _unsigned_fixtures() -> Iterator[None]:
+    """The loopback upstream fixtures are unsigned copies of the distributions' files, so the
+    suite runs with `upstream_signatures: false` (tests/support/cli.py's `clean_env` too);
+    tests/upstream/ turns signatures on, with keys the tests make."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(*UNSIGNED)
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -63,6 +63,7 @@ def describe_item(bound: BoundItem) -> dict[str, Any]:
         "versions": "discovered upstream" if discovering else "fixed",
         "arches": list(item.arches),
         "source": described,
+        "signature": request.signature,
         "per_arch": per_arch,
         "env": {arch: list(item.env(arch)) for arch in item.arches},
         "user": item.user,
@@ -124,7 +125,11 @@ def render_listing(described: list[dict[str, Any]], out: TextIO) -> None:
     out.write(header + "\n")
     for d, line in zip(described, lines, strict=True):
         out.write(line + "\n")
-        details = [("tags", ", ".join(d["tags"])), *_env_lines(d["env"])]
+        details = [
+            ("tags", ", ".join(d["tags"])),
+            ("signature", d["signature"]),
+            *_env_lines(d["env"]),
+        ]
         for key, value in d["source"].items():
             if key != "kind" and value is not None:
                 details += _lines(key, value)

@@ -87,7 +87,11 @@ class Context:
     def catalog(self) -> Catalog:
         """The catalog in effect, loaded on first use (a bad one is a `ConfigError`)."""
         if self._catalog is None:
-            self._catalog = load_catalog(self.config, config_name=self.config_name)
+            self._catalog = load_catalog(
+                self.config,
+                config_name=self.config_name,
+                signatures=self.settings.upstream_signatures,
+            )
         return self._catalog
 
     @functools.cached_property

@@ -35,16 +35,19 @@ import structlog
 from containerdisks import oci
 from containerdisks.api import Artifact, SourceError
 from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure
+from containerdisks.engine.freshness import FreshnessError, SignatureTimes
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
 from containerdisks.engine.results import Result
 from containerdisks.engine.spec import EntrySpec
+from containerdisks.openpgp import Keyrings, PinnedKey
 from containerdisks.pipeline.image import MediaFamily
 from containerdisks.registry.published import RegistryReader
 from containerdisks.registry.stores import Connection, Place, open_places
 from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError, Settings
 from containerdisks.upstream import HttpUpstream, Mirrors
+from containerdisks.workdir import own_work_dir
 
 if TYPE_CHECKING:
     from containerdisks.engine.publish import Publisher
@@ -120,7 +123,13 @@ class Engine:
             rate_window=settings.min_transfer_rate_window,
             download_deadline=settings.download_deadline,
             trace_configs=upstream_traces,
+            keyrings=Keyrings.pinned(
+                PinnedKey(name, k.fingerprint, k.file, expires=k.expires)
+                for name, keys in settings.upstream_keys.items()
+                for k in keys
+            ),
         )
+        self._signature_times = SignatureTimes(settings.work_dir)
         self._stack = AsyncExitStack()
         self._seen: dict[str, tuple[tuple[object, ...], str]] = {}
         self._passes = 0
@@ -229,7 +238,32 @@ class Engine:
         return Outcome(EntryPlan(result.key, rows, error=result.message), [], result.message)
 
     async def sync(self, entry: Entry) -> Outcome:
-        """Plan one entry and, unless this is a dry run, publish what the plan says."""
+        """Plan one entry and, unless this is a dry run, publish what the plan says; an entry
+        whose signed checksum is older than the one accepted before fails (engine/freshness.py)
+        unless `--force`."""
+        try:
+            rollback = (
+                None
+                if self.settings.force
+                else self._signature_times.rollback(entry.key, entry.artifacts)
+            )
+        except FreshnessError as e:
+            rollback = str(e)
+        if rollback is not None:
+            message = f"{entry.key}: {rollback}"
+            log.error("signature_rollback", entry=entry.key, error=message)
+            rows = [ArchPlan(a, None, None, "failed", message) for a in entry.arches]
+            return Outcome(EntryPlan(entry.key, rows, error=message), [], message)
+        outcome = await self._sync(entry)
+        if self.publish and outcome.error is None:
+            try:
+                own_work_dir(self.settings.work_dir)
+                self._signature_times.accept(entry.key, entry.artifacts)
+            except (FreshnessError, ConfigError) as e:
+                log.error("signature_times_not_saved", entry=entry.key, error=str(e))
+        return outcome
+
+    async def _sync(self, entry: Entry) -> Outcome:
         spec = EntrySpec.of(entry, keep_timestamp_tags=self.settings.keep_timestamp_tags)
         shortcut = await self._unchanged(spec)
         if shortcut is not None:

@@ -23,6 +23,12 @@ Decisions that shaped it:
 - Per-arch overrides are merged by the core, so each arch simply uses its own parameters. Arches
   sharing a checksum URL (Ubuntu's one SHA256SUMS) cost one request per pass: the core's
   `Upstream` shares the fetch.
+- Upstream signatures: `keys` names the pinned keyring (a template: `almalinux-{version}`) and
+  `signature_url` the detached signature over the checksum file (a template that may use
+  `{url}`, the rendered checksum URL: `{url}.gpg`); without `signature_url` the checksum file
+  itself is clearsigned. Under the catalog's `signature: required` the checksums are read only
+  from the signed text (`Upstream.fetch_signed`), and the picked name is the name inside it, so
+  the download is bound to the signed name; the artifact's evidence is the signature.
 - Every failure is per arch (`ArchError` naming the URL and, when nothing matched, the pattern):
   an unreachable or malformed checksum file, no match, an invalid unique tag or checksum.
 - Names in the checksum file are upstream's data: the parser keeps only plain file names, `match`
@@ -35,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -47,8 +53,10 @@ from containerdisks.api import (
     ArchError,
     Artifact,
     ChecksumFormat,
+    ChecksumParseError,
     Compression,
     DiscoveryRequest,
+    Evidence,
     NameMatcher,
     Release,
     Source,
@@ -56,6 +64,7 @@ from containerdisks.api import (
     SourceParams,
     Upstream,
     check_placeholders,
+    parse_checksum_file,
     render,
     url_in_directory,
 )
@@ -90,6 +99,19 @@ class ChecksumFileParams(SourceParams):
     compression: Literal["gzip", "xz", "none", "auto"] = Field(
         default="auto", description="How the download is compressed; `auto`: from a .gz/.xz suffix."
     )
+    keys: str | None = Field(
+        default=None,
+        description="Template of the pinned keyring that signs the checksum file "
+        "(`ubuntu`, `almalinux-{version}`); unset: the distribution signs nothing.",
+    )
+    signature_url: str | None = Field(
+        default=None,
+        description="Template of the detached signature's URL; may use `{url}`, the checksum "
+        "file's (`{url}.gpg`). Unset with `keys`: the checksum file is clearsigned.",
+    )
+
+    def signing_keys(self) -> str | None:
+        return self.keys
 
     @model_validator(mode="after")
     def _templates(self) -> ChecksumFileParams:
@@ -108,6 +130,12 @@ class ChecksumFileParams(SourceParams):
             _known_placeholders("unique_tag", self.unique_tag, _CONTEXT | groups)
         if self.download is not None:
             _known_placeholders("download", self.download, _CONTEXT | groups | {"file"})
+        if self.keys is not None:
+            _known_placeholders("keys", self.keys, _CONTEXT)
+        if self.signature_url is not None:
+            if self.keys is None:
+                raise ValueError("signature_url needs keys (the keyring that signs)")
+            _known_placeholders("signature_url", self.signature_url, _CONTEXT | {"url"})
         return self
 
 
@@ -139,8 +167,21 @@ class ChecksumFileSource(Source):
             return ArchError(arch, f"unknown arch {arch!r}")
         values = request.context(arch).values()
         url = render(p.url, values)
+        evidence = Evidence("tls-only")
+        sums: Mapping[str, str]
         try:
-            sums = await upstream.get_checksums(url, p.format)
+            if request.signature == "required" and p.keys is not None:
+                signed = await upstream.fetch_signed(
+                    url,
+                    signature_url=None
+                    if p.signature_url is None
+                    else render(p.signature_url, {**values, "url": url}),
+                    keyring=render(p.keys, values),
+                )
+                evidence = signed.evidence
+                sums = _parsed(url, signed.text, p.format)
+            else:
+                sums = await upstream.get_checksums(url, p.format)
         except SourceError as e:
             return ArchError(arch, str(e))
         pattern = NameMatcher(render(p.match, values, regex=True))
@@ -179,9 +220,17 @@ class ChecksumFileSource(Source):
                 algorithm=p.algorithm,
                 compression=_compression(p.compression, download),
                 unique_tags=tags,
+                evidence=evidence,
             )
         except SourceError as e:
             return ArchError(arch, f"{url}: {e}")
+
+
+def _parsed(url: str, text: str, fmt: ChecksumFormat) -> dict[str, str]:
+    try:
+        return dict(parse_checksum_file(text, fmt))
+    except ChecksumParseError as e:
+        raise SourceError(f"{url}: malformed signed checksum file: {e}") from None
 
 
 def _static_directory(template: str) -> str:

@@ -38,6 +38,12 @@ Decisions that shaped it (medius's rules, with its bugs fixed):
   When that file cannot be read (404 or any other failure) or does not list the image, the arch
   is an `ArchError` naming the arch and both URLs. A non-empty `sha256` that is not 64 hex digits
   is an `ArchError` too (it is not silently replaced by the CHECKSUM file).
+- Upstream signatures: under the catalog's `signature: required` (the default, since `keys`
+  names the keyring `fedora-{major}`: Fedora signs each release's CHECKSUM with that release's
+  key, and version N is verified with key N only), releases.json is only the discovery hint:
+  the checksum always comes from the clearsigned CHECKSUM beside the image, read from the text
+  the signature covers, for exactly the image's file name; a `sha256` in releases.json that
+  disagrees with it is an `ArchError`. The artifact's evidence is that signature.
 - `releases.json` that is not JSON, not an array, or has an item without the string fields
   `version`, `arch`, `link`, `variant`, `subvariant` is a `SourceError` (one line, with the URL):
   the whole source fails rather than guess. `sha256` may be missing (Fedora omits it for some
@@ -75,13 +81,18 @@ from containerdisks.api import (
     ArchError,
     Artifact,
     ChecksumFormat,
+    ChecksumParseError,
     DiscoveryRequest,
+    Evidence,
     Release,
     Source,
     SourceError,
     SourceParams,
     Upstream,
+    check_placeholders,
     file_name_problem,
+    parse_checksum_file,
+    render,
     url_in_directory,
 )
 
@@ -120,6 +131,22 @@ class FedoraParams(SourceParams):
         default=(),
         description='"<version>/<arch>" pairs never published, e.g. "40/s390x" (cannot boot).',
     )
+
+    keys: str | None = Field(
+        default="fedora-{major}",
+        description="Template of the pinned keyring that signs a release's CHECKSUM "
+        "(`{major}`: the release's major version); null: treat Fedora as unsigned.",
+    )
+
+    def signing_keys(self) -> str | None:
+        return self.keys
+
+    @field_validator("keys")
+    @classmethod
+    def _keys_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_placeholders("keys", value, ("major",))
+        return value
 
     @field_validator("exclude")
     @classmethod
@@ -249,7 +276,14 @@ class FedoraSource(Source):
         newest = next((v.name for v in order if v.stable), None)
         releases = await asyncio.gather(
             *(
-                self._release(v, chosen[v.name], request.arches, v.name == newest, upstream)
+                self._release(
+                    v,
+                    chosen[v.name],
+                    request.arches,
+                    v.name == newest,
+                    upstream,
+                    keyrings=_keyrings(request, params, v),
+                )
                 for v in order
             )
         )
@@ -265,8 +299,9 @@ class FedoraSource(Source):
                 "pre-releases (44 Beta -> 44-beta) after stable ones",
                 "variant and subvariant must match; the link must end in qcow2",
                 "latest and docs go to the newest stable version only",
-                "sha256 from releases.json, else from the CHECKSUM file beside the image; "
-                "else the entry waits (fails naming the arch)",
+                "sha256 from the clearsigned CHECKSUM file beside the image, signed by the "
+                "release's key (signature: required); with signature: none from "
+                "releases.json, else from that CHECKSUM unverified",
             ],
         }
 
@@ -277,12 +312,17 @@ class FedoraSource(Source):
         arches: Sequence[str],
         newest: bool,
         upstream: Upstream,
+        *,
+        keyrings: dict[str, str],
     ) -> Release:
         present = [arch for arch in arches if arch in items]
         artifacts: Sequence[Artifact | ArchError]
         if _TAG.fullmatch(version.name):
             artifacts = await asyncio.gather(
-                *(self._artifact(items[arch], arch, version, upstream) for arch in present)
+                *(
+                    self._artifact(items[arch], arch, version, upstream, keyrings.get(arch))
+                    for arch in present
+                )
             )
         else:
             artifacts = [
@@ -294,7 +334,12 @@ class FedoraSource(Source):
         return Release(version=version.name, artifacts=tuple(artifacts), newest_stable=newest)
 
     async def _artifact(
-        self, item: _Item, arch: str, version: _Version, upstream: Upstream
+        self,
+        item: _Item,
+        arch: str,
+        version: _Version,
+        upstream: Upstream,
+        keyring: str | None,
     ) -> Artifact | ArchError:
         image = _file_name(item.link)
         problem = file_name_problem(image)
@@ -306,17 +351,24 @@ class FedoraSource(Source):
             if m:
                 tags = (m.group(0),)
         checksum = (item.sha256 or "").strip()
-        if checksum:
-            if not _SHA256.fullmatch(checksum.lower()):
-                return ArchError(
-                    arch,
-                    f"{item.link}: releases.json lists sha256 {checksum!r}, not 64 hex digits",
-                )
-        else:
-            found = await _from_checksum_file(item, arch, upstream)
+        evidence = Evidence("tls-only")
+        if checksum and not _SHA256.fullmatch(checksum.lower()):
+            return ArchError(
+                arch,
+                f"{item.link}: releases.json lists sha256 {checksum!r}, not 64 hex digits",
+            )
+        if keyring is not None or not checksum:
+            found = await _from_checksum_file(item, arch, upstream, keyring)
             if isinstance(found, ArchError):
                 return found
-            checksum = found
+            signed, evidence = found
+            if checksum and checksum.lower() != signed:
+                return ArchError(
+                    arch,
+                    f"{item.link}: releases.json lists sha256 {checksum.lower()}, the signed "
+                    f"{evidence.signed_url} lists {signed}",
+                )
+            checksum = signed
         try:
             return Artifact(
                 arch=arch,
@@ -324,22 +376,50 @@ class FedoraSource(Source):
                 checksum=checksum.lower(),
                 unique_tags=tags,
                 size=item.declared_size,
+                evidence=evidence,
             )
         except SourceError as e:
             return ArchError(arch, str(e))
 
 
-async def _from_checksum_file(item: _Item, arch: str, upstream: Upstream) -> str | ArchError:
-    """The sha256 of `item` from the CHECKSUM file beside it; an ArchError saying why not."""
+def _keyrings(
+    request: DiscoveryRequest, params: dict[str, FedoraParams], version: _Version
+) -> dict[str, str]:
+    """Per arch, the keyring `version`'s CHECKSUM must be signed with (none: not required)."""
+    if request.signature != "required":
+        return {}
+    return {
+        arch: render(p.keys, {"major": str(version.major)})
+        for arch, p in params.items()
+        if p.keys is not None
+    }
+
+
+async def _from_checksum_file(
+    item: _Item, arch: str, upstream: Upstream, keyring: str | None
+) -> tuple[str, Evidence] | ArchError:
+    """The sha256 of `item` from the CHECKSUM file beside it, verified against `keyring` when
+    one is given, with its evidence; an ArchError saying why not."""
     image = _file_name(item.link)
-    why = f"no verifiable sha256 for {arch} image {item.link}: releases.json has none and"
+    if keyring is not None:
+        why = f"no signed sha256 for {arch} image {item.link}:"
+    else:
+        why = f"no verifiable sha256 for {arch} image {item.link}: releases.json has none and"
     name = checksum_file_name(image, item.variant, arch)
     if name is None:
         return ArchError(arch, f"{why} no CHECKSUM file name can be derived from {image!r}")
     url = item.link[: item.link.rfind("/") + 1] + name
+    evidence = Evidence("tls-only")
     try:
         url_in_directory(item.link[: item.link.rfind("/") + 1], url)
-        sums = await upstream.get_checksums(url, ChecksumFormat.BSD)
+        if keyring is None:
+            sums = await upstream.get_checksums(url, ChecksumFormat.BSD)
+        else:
+            signed = await upstream.fetch_signed(url, keyring=keyring)
+            evidence = signed.evidence
+            sums = parse_checksum_file(signed.text, ChecksumFormat.BSD)
+    except ChecksumParseError as e:
+        return ArchError(arch, f"{why} {url}: malformed signed checksum file: {e}")
     except SourceError as e:
         return ArchError(arch, f"{why} {e}")
     checksum = sums.get(image)
@@ -347,7 +427,7 @@ async def _from_checksum_file(item: _Item, arch: str, upstream: Upstream) -> str
         return ArchError(arch, f"{why} {url} does not list {image}")
     if not _SHA256.fullmatch(checksum):
         return ArchError(arch, f"{why} {url} lists {checksum!r} for it, not a sha256")
-    return checksum
+    return checksum, evidence
 
 
 def _select(items: Sequence[_Item], arch: str, p: FedoraParams) -> Iterable[_Item]:

@@ -3,8 +3,9 @@
 Two things are shown here:
 - the catalog's entries are medius's (medius's `cmd/medius/common/registry.go`): order, arches,
   env per entry and per arch, users, docs and `latest` flags, the test-only cirros entry;
-- discovering the real default catalog, as loaded by `load_catalog(None)`, against the loopback
-  server serving the fixture files selects what medius selects: one row per entry and arch with the
+- discovering the real default catalog, as loaded by `load_catalog(None)` (signatures off: the
+  fixtures are unsigned copies; tests/upstream/ covers signatures), against the loopback server
+  serving the fixture files selects what medius selects: one row per entry and arch with the
   file, checksum (medius's golden digits) and unique tags. Deliberate differences
   (docs/architecture.md "Deliberate differences from medius") are said where they apply: Debian's
   versioned download, the deterministic Tumbleweed/MicroOS pick.
@@ -101,7 +102,7 @@ MEDIUS = [
 
 
 def test_entries_are_medius_catalog() -> None:
-    catalog = load_catalog(None)
+    catalog = load_catalog(None, signatures=False)
     assert [e.key for e in MEDIUS] == [b.item.label for b in catalog.items]
     for expected, bound in zip(MEDIUS, catalog.items, strict=True):
         item = bound.item
@@ -123,7 +124,7 @@ def test_entries_are_medius_catalog() -> None:
 def test_verify_facts_are_medius_vm_options_and_tests() -> None:
     """medius boots Fedora with secure boot except on s390x (PR #281), and runs its GuestOsInfo
     test (qemu-ga in the guest) for AlmaLinux, CentOS Stream and Fedora only (§7)."""
-    catalog = load_catalog(None)
+    catalog = load_catalog(None, signatures=False)
     agent = {b.item.name for b in catalog.items if b.item.guest_agent}
     assert {"almalinux", "centos-stream", "fedora"} == agent
     secure = {
@@ -136,12 +137,12 @@ def test_verify_facts_are_medius_vm_options_and_tests() -> None:
 
 
 def test_only_newest_fedora_and_debian_13_carry_latest() -> None:
-    latest = [b.item.label for b in load_catalog(None).items if b.item.latest]
+    latest = [b.item.label for b in load_catalog(None, signatures=False).items if b.item.latest]
     assert ["debian:13", "fedora:*"] == latest
 
 
 def test_cirros_only_when_focused() -> None:
-    catalog = load_catalog(None)
+    catalog = load_catalog(None, signatures=False)
     assert "cirros:6.1" not in [b.item.label for b in catalog.select(Focus(""))]
     assert ["cirros:6.1"] == [b.item.label for b in catalog.select(Focus("cirros:6.1"))]
     assert ["cirros:6.1"] == [b.item.label for b in catalog.select(Focus("cirros:*"))]
@@ -393,7 +394,7 @@ async def discover_all(
 
 @pytest.mark.parametrize("row", ROWS, ids=[f"{r.key}-{r.arch}" for r in ROWS])
 async def test_selects_like_medius(serve: Serve, row: Row) -> None:
-    catalog = load_catalog(None)
+    catalog = load_catalog(None, signatures=False)
     name = row.key.split(":")[0]
     items = [b for b in catalog.items if b.item.name == name]
     async with default_upstream(serve, row.fixtures) as (_, upstream):
@@ -414,7 +415,7 @@ async def test_selects_like_medius(serve: Serve, row: Row) -> None:
 
 
 def test_every_entry_and_arch_has_a_row() -> None:
-    catalog = load_catalog(None)
+    catalog = load_catalog(None, signatures=False)
     fixed = {(b.item.label, a) for b in catalog.items if b.item.version for a in b.item.arches}
     fedora = {(X, "40"), (A, "40"), (X, "39"), (A, "39"), (Z, "39"), (X, "41-beta"), (A, "41-beta")}
     assert fixed | {(f"fedora:{v}", a) for a, v in fedora} == {(r.key, r.arch) for r in ROWS}
@@ -428,7 +429,7 @@ def served_path(url: str) -> str:
 
 async def test_whole_catalog_one_request_per_metadata_file(serve: Serve) -> None:
     """One pass over every item: each distinct metadata URL is fetched once, no image."""
-    catalog = load_catalog(None)
+    catalog = load_catalog(None, signatures=False)
     async with default_upstream(serve) as (server, upstream):
         entries = await discover_all(catalog, upstream)
         paths = server.paths()
@@ -445,7 +446,7 @@ async def test_whole_catalog_one_request_per_metadata_file(serve: Serve) -> None
 async def test_centos_stream_9_latest_tag(serve: Serve) -> None:
     """`centos-stream:9-latest`: the `-latest` image sorts after the dated ones and wins, and its
     tag is the entry's unique tag (downstream depends on it; kubevirt-tekton-tasks PR #903)."""
-    catalog = load_catalog(None)
+    catalog = load_catalog(None, signatures=False)
     items = catalog.select(Focus("centos-stream:9"))
     aarch64 = (FIXTURES_DIR / "centos-stream/centos-stream9-aarch64.checksum").read_text()
     x86 = "https://cloud.centos.org/centos/9-stream/x86_64/images/CHECKSUM"
@@ -467,7 +468,7 @@ async def test_centos_stream_9_latest_tag(serve: Serve) -> None:
 
 
 async def test_debian_13_is_latest_and_sha512(serve: Serve) -> None:
-    catalog = load_catalog(None)
+    catalog = load_catalog(None, signatures=False)
     async with default_upstream(serve) as (_, upstream):
         entries = await discover_all(catalog, upstream, catalog.select(Focus("debian:13")))
     entry = entries["debian:13"]

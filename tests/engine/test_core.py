@@ -72,7 +72,9 @@ async def test_a_fresh_pass_reads_each_arch_once_and_heads_each_extra_tag(
     tag besides `<version>` (the tag check of docs/architecture.md "How a push flows"), and one
     `/v2/` per process."""
     with published_fedora(tmp_path, registry) as (_, proxy, settings):
-        async with Engine(settings, load_catalog({}, config_name="test")) as engine:
+        async with Engine(
+            settings, load_catalog({}, config_name="test", signatures=False)
+        ) as engine:
             t0 = time.monotonic()
             entries, failures = await engine.discover()
             assert [] == failures
@@ -102,7 +104,9 @@ async def test_a_fresh_pass_reads_each_arch_once_and_heads_each_extra_tag(
 
 async def test_second_pass_costs_one_head_per_entry(tmp_path: Path, registry: Any) -> None:
     with published_fedora(tmp_path, registry) as (srv, proxy, settings):
-        async with Engine(settings, load_catalog({}, config_name="test")) as engine:
+        async with Engine(
+            settings, load_catalog({}, config_name="test", signatures=False)
+        ) as engine:
             first = await one_pass(engine)
             assert {
                 "fedora:40": "up-to-date",
@@ -155,7 +159,9 @@ async def test_a_later_pass_follows_rotated_credentials(
         values = {"focus": "fedora:40", "dry_run": False}
         values["source_registry"] = f"{basic_registry.host}/cd"
         settings = load_settings(values, extra_mirrors=srv.mirrors())
-        async with Engine(settings, load_catalog({}, config_name="test")) as engine:
+        async with Engine(
+            settings, load_catalog({}, config_name="test", signatures=False)
+        ) as engine:
 
             async def errors() -> list[str | None]:
                 entries, failures = await engine.discover()

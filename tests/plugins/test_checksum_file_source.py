@@ -808,6 +808,8 @@ def test_registered_as_a_plugin() -> None:
         "download": None,
         "algorithm": "sha256",
         "compression": "auto",
+        "keys": None,
+        "signature_url": None,
     }
     assert expected == source.describe(ENTRIES["centos-stream:9"].request())
 

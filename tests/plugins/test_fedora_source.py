@@ -645,6 +645,7 @@ def test_registered_as_a_plugin() -> None:
         "variant": "Cloud",
         "subvariant": "Cloud_Base",
         "exclude": ["40/s390x"],
+        "keys": "fedora-{major}",
     }
     described = source.describe(request(exclude=["40/s390x"]))
     # `containerdisks catalog` shows the parameters, the unique-tag rule and the rules.

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from tests.support.upstream_server import UpstreamServer
 
+#: The setting that makes every catalog entry `signature: none` (see `clean_env`).
+UNSIGNED = ("CONTAINERDISKS_UPSTREAM_SIGNATURES", "false")
+
 
 def command(
     srv: UpstreamServer, target: str, *extra: str, cwd: Path, via: str | None = None
@@ -39,7 +42,10 @@ def command(
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without our settings, except `upstream_signatures` off: the
+    loopback fixtures are unsigned copies (tests/upstream/ turns it on, with test keys)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERDISKS_")}
+    env[UNSIGNED[0]] = UNSIGNED[1]
     env.update(extra)
     return env
 
