@@ -62,6 +62,7 @@ __all__ = [
     "ChecksumParseError",
     "Compression",
     "DiscoveryRequest",
+    "Evidence",
     "NameMatcher",
     "Release",
     "Source",
@@ -102,6 +103,17 @@ class UpstreamError(SourceError):
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """How an artifact's checksum was trusted: an OpenPGP signature (the signer's primary key
+    fingerprint, the signature time and the signed file's URL) or HTTPS alone (`tls-only`)."""
+
+    method: Literal["openpgp", "tls-only"]
+    fingerprint: str | None = None
+    signed_at: str | None = None
+    signed_url: str | None = None
+
+
+@dataclass(frozen=True)
 class Artifact:
     """One arch of one release as published upstream: what to download and how to verify it.
 
@@ -116,6 +128,7 @@ class Artifact:
     compression: Compression | None = None
     unique_tags: tuple[str, ...] = ()
     size: int | None = None
+    evidence: Evidence = Evidence("tls-only")
 
     def __post_init__(self) -> None:
         if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
