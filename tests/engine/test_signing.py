@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import pytest
 
 from containerdisks import oci
 from tests.support.cli import clean_env, push
+from tests.support.registry import start_registry
 
 SIGSTORE = Path(__file__).parents[1] / "sigstore"
 BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -300,3 +302,71 @@ def _put_sig(registry: Any, repo: str, digest: str, sig: dict[str, Any], payload
             return await client.put_manifest(repo, tag, sig["mediaType"], json.dumps(sig).encode())
 
     return asyncio.run(put()).startswith("sha256:")
+
+
+def _promote(tmp: Path, source: str, target: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    results = json.loads((tmp / "results.json").read_text())
+    for record in results.values():
+        record["Stage"] = "verify"  # as `images verify` leaves a passed entry
+    (tmp / "results.json").write_text(json.dumps(results))
+    return subprocess.run(
+        [sys.executable, "-m", "containerdisks", "images", "promote", "--dry-run=false",
+         "--source-registry", source, "--target-registry", target,
+         "--results-file", str(tmp / "results.json"), *extra],
+        capture_output=True, text=True, timeout=120, env=clean_env(),
+    )  # fmt: skip
+
+
+def test_promote_carries_signatures_and_they_verify_at_the_target(
+    tmp_path: Path, registry: Any, fedora: Any
+) -> None:
+    needs_node()
+    srv, _ = fedora
+    key = keypair(tmp_path)
+    pub = key.with_suffix(".pub")
+    staging = f"{registry.host}/staging"
+    signed = push(srv, staging, "--focus", "fedora:40", "--sign-key", str(key), cwd=tmp_path)
+    assert 0 == signed.returncode, signed.stderr
+    with start_registry(tmp_path / "public") as public:
+        prod = f"{public.host}/containerdisks"
+        r = _promote(tmp_path, staging, prod, "--verify-key", str(pub))
+        assert 0 == r.returncode, r.stdout + r.stderr
+        assert "signatures and attestations" in r.stdout
+        repo = "containerdisks/fedora"
+        top = digest_of(public, repo, "40")
+        assert digest_of(registry, "staging/fedora", "40") == top
+        index = manifest(public, repo, "40")
+        for digest in [top] + [m["digest"] for m in index["manifests"]]:
+            stem = digest.replace(":", "-")
+            layer = manifest(public, repo, f"{stem}.sig")["layers"][0]
+            signature = base64.b64decode(layer["annotations"]["dev.cosignproject.cosign/signature"])
+            assert openssl_verifies(pub, signature, blob(public, repo, layer["digest"]), tmp_path)
+            assert manifest(public, repo, f"{stem}.att")["layers"]
+            entries = manifest(public, repo, stem)["manifests"]
+            assert 2 == len(entries)
+            for entry in entries:
+                referrer = manifest(public, repo, entry["digest"])
+                assert digest == referrer["subject"]["digest"]
+                bundle = blob(public, repo, referrer["layers"][0]["digest"])
+                checked = sigstore_js(pub, bundle, tmp_path)
+                assert 0 == checked.returncode, checked.stderr
+        # Our own check of the target agrees.
+        check = subprocess.run(
+            [sys.executable, "-m", "containerdisks", "images", "verify-signatures",
+             "--registry", prod, "--verify-key", str(pub), "--focus", "fedora:*"],
+            capture_output=True, text=True, timeout=120, env=clean_env(),
+        )  # fmt: skip
+        assert 0 == check.returncode, check.stdout + check.stderr
+
+        # An unsigned image is refused when a key is configured: one line, nothing copied.
+        unsigned = f"{registry.host}/unsigned"
+        assert 0 == push(srv, unsigned, "--focus", "fedora:40", cwd=tmp_path).returncode
+        refused = _promote(tmp_path, unsigned, f"{public.host}/other", "--verify-key", str(pub))
+        assert 1 == refused.returncode
+        [row] = [line for line in refused.stdout.splitlines() if "fedora:40" in line]
+        assert "refused, not signed with public key" in row
+        assert "(unsigned)" in row
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            get(f"{public.url}/v2/other/fedora/tags/list")
+        gone.value.close()
+        assert 404 == gone.value.code  # not a blob, not a tag: nothing was copied
