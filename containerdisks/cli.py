@@ -137,7 +137,18 @@ def _push_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer-compression", default=s, choices=["gzip", "zstd", "none"])
     p.add_argument("--work-dir", default=s, help="directory for spooled downloads")
     p.add_argument("--output", default=s, choices=["table", "json"])
+    p.add_argument(
+        "--sign-key",
+        default=s,
+        metavar="FILE",
+        help="ECDSA P-256 private key (PKCS#8 PEM) that signs and attests what is published "
+        "(passphrase: $CONTAINERDISKS_SIGN_KEY_PASSPHRASE)",
+    )
     _keep_flag(p)
+
+
+def _verify_key_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--verify-key", default=argparse.SUPPRESS, metavar="FILE", help=what)
 
 
 def _keep_flag(p: argparse.ArgumentParser) -> None:
@@ -241,6 +252,20 @@ def _verify_flags(p: argparse.ArgumentParser) -> None:
         "--no-fail", type=_bool, default=s, metavar="BOOL", help="exit 0 even if an entry failed"
     )
     p.add_argument("--work-dir", default=s, help="directory for pulled disks and serial logs")
+    _verify_key_flag(p, "public key (PEM): check signature and provenance before booting")
+
+
+def _verify_signatures_flags(p: argparse.ArgumentParser) -> None:
+    """`images verify-signatures`: a published registry, checked alone, for users."""
+    p.add_argument(
+        "--registry",
+        dest="promote_registry",
+        default=argparse.SUPPRESS,
+        metavar="HOST/NAMESPACE",
+        help="registry whose repositories are checked (default quay.io/containerdisks)",
+    )
+    _verify_key_flag(p, "public key (PEM) the images must be signed with (required)")
+    p.add_argument("--output", default=argparse.SUPPRESS, choices=["table", "json"])
 
 
 def _promote_flags(p: argparse.ArgumentParser) -> None:
@@ -266,6 +291,7 @@ def _promote_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-fail", type=_bool, default=s, metavar="BOOL", help="exit 0 even if an entry failed"
     )
+    _verify_key_flag(p, "public key (PEM): promote only images signed and attested with it")
 
 
 def _command(
@@ -316,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     _command(
         image_cmds, "promote", "images_promote", _promote_flags,
         help="copy every verified containerdisk, by its verified digest, to the target registry",
+    )  # fmt: skip
+    _command(
+        image_cmds, "verify-signatures", "images_verify_signatures", _verify_signatures_flags,
+        help="check that every image of the registry's repositories is signed and attested",
     )  # fmt: skip
     _command(
         commands, "serve", "serve", _push_flags, _serve_flags,
@@ -406,6 +436,10 @@ async def _dispatch(command: str, ctx: Context) -> int:
         from containerdisks.commands import promote
 
         return await promote.run(ctx)
+    if command == "images_verify_signatures":
+        from containerdisks.commands import signatures
+
+        return await signatures.run(ctx)
     if command == "serve":
         from containerdisks.commands import serve
 

@@ -115,6 +115,22 @@ class RegistrySettings(BaseModel):
         "fallback for any host, and allow a plain-HTTP token service for an HTTPS registry.",
     )
     ca_file: Path | None = Field(None, description="Extra CA bundle (PEM) to verify registries.")
+    sign_key: Path | None = Field(
+        None,
+        description="ECDSA P-256 private key (PKCS#8 PEM; passphrase in "
+        "`CONTAINERDISKS_SIGN_KEY_PASSPHRASE`) that signs and attests what `images push` and "
+        "`serve` publish; none: nothing is signed.",
+    )
+    verify_key: Path | None = Field(
+        None,
+        description="Public key (PEM) whose signatures and provenance `images verify` checks "
+        "before it boots, `images promote` requires, and `images verify-signatures` checks.",
+    )
+    sign_identity: str = Field(
+        "",
+        description="Repository prefix (`host/namespace`) named in signatures as the "
+        "`docker-reference`; empty: `promote_registry`, where users pull from.",
+    )
     auth_file: Path | None = Field(
         None,
         description="`--authfile`: registry credentials file (containers-auth.json(5)) searched "

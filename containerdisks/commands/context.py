@@ -25,10 +25,12 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO, TypeVar, cast
 
 from containerdisks.catalog import Catalog, Focus, load_catalog
-from containerdisks.settings import Settings
+from containerdisks.settings import ConfigError, Settings
+from containerdisks.signing import PublicKey, SigningError
 
 __all__ = [
     "EXIT_FAILED",
@@ -39,6 +41,7 @@ __all__ = [
     "EXIT_USAGE",
     "Context",
     "exit_status",
+    "load_public_key",
     "run_entries",
 ]
 
@@ -111,3 +114,13 @@ class Context:
     def exit_status(self, failed: bool, *, broken: bool = False) -> int:
         """The status of a run whose entries `failed` (or not), under this run's `--no-fail`."""
         return exit_status(failed, no_fail=self.settings.no_fail, broken=broken)
+
+
+def load_public_key(path: Path | None) -> PublicKey | None:
+    """The `verify_key` setting's key, or None; an unusable key is a usage error (exit 2)."""
+    if path is None:
+        return None
+    try:
+        return PublicKey.load(path)
+    except SigningError as e:
+        raise ConfigError(str(e)) from None

@@ -29,7 +29,7 @@ from pathlib import Path
 import structlog
 
 from containerdisks.catalog import Focus
-from containerdisks.commands.context import Context
+from containerdisks.commands.context import Context, load_public_key
 from containerdisks.commands.render import write_table
 from containerdisks.engine.promote import (
     Candidate,
@@ -102,7 +102,7 @@ async def run(ctx: Context) -> int:
     backoff = RetryPolicy.for_registry(settings.retries)
     places = open_places(settings.source_registry, target_spec, Connection.of(settings), backoff)
     async with places as (source, target):
-        promoter = Promoter(source, target, backoff)
+        promoter = Promoter(source, target, backoff, load_public_key(settings.verify_key))
 
         async def one(c: Candidate) -> Promotion:
             return await _one(promoter, c, target, dry_run=settings.dry_run)
@@ -167,6 +167,7 @@ def render(
             text = (
                 f"promoted in {o.seconds:.1f} s ({len(s.mounted)} mounted, {len(s.copied)} "
                 f"copied, {len(s.present)} present), tagged {tags}"
+                + (f", {o.attachments} signatures and attestations" if o.attachments else "")
             )
         rows.append((o.key, o.digest or "-", where.get(o.key, "-"), text))
     write_table(rows, ctx.out)

@@ -13,6 +13,10 @@ targets by the commands' runner, `--workers` at once), the boot
 - Entries the flow did not verify (skipped, other stages, other arches) keep their record as it
   was; the file is rewritten atomically, only when not a dry run (exit 1 when it cannot be).
 - `--local` (not a dry run) checks the work dir first: ours alone, or exit 2 (workdir.py).
+- With `--verify-key`, before anything is booted (both modes, not in a dry run), the digest to
+  boot must carry a signature and provenance that check with the key (registry/attach.py),
+  else the entry fails with one line and is not booted. In KubeVirt the check is of the digest
+  `Tags[0]` names in `--registry` when it is read, just before the VM is created.
 - Exit 1 when an entry failed, 0 with `--no-fail`; a skip is not a failure, and not a pass.
   An entry an earlier stage failed (`Err` in the results file) is a failure too, as in medius:
   its row says so, one log line names every such entry, and its record is kept as it was.
@@ -27,7 +31,7 @@ import structlog
 
 from containerdisks import oci
 from containerdisks.catalog import Catalog, Focus
-from containerdisks.commands.context import Context, run_entries
+from containerdisks.commands.context import Context, load_public_key, run_entries
 from containerdisks.commands.render import write_table
 from containerdisks.engine.results import (
     Result,
@@ -37,9 +41,11 @@ from containerdisks.engine.results import (
     recorded_digest,
     write_results,
 )
+from containerdisks.registry.attach import check_image
 from containerdisks.registry.stores import Connection, Place, open_places
 from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError, Settings
+from containerdisks.signing import PublicKey, SigningError
 from containerdisks.verify import flow, qemu
 from containerdisks.verify.flow import Booter, Verdict
 from containerdisks.verify.local import LocalBooter, LocalError, private_dir, remove_stale_work
@@ -69,6 +75,44 @@ async def _with_digest(place: Place, target: Target) -> Target | Verdict:
         result = target.result.after("verify", message)
         return Verdict(target.key, target.arch, "failed", f"{where}: {why}", result=result)
     return Target(**{**target.__dict__, "digest": digest})
+
+
+async def _signed(place: Place, target: Target, key: PublicKey | None) -> Target | Verdict:
+    """`target` with its digest, when no key is given or its signature and provenance check
+    with `key`; otherwise the failed verdict (one line), and nothing is booted."""
+    got = await _with_digest(place, target)
+    if key is None or isinstance(got, Verdict):
+        return got
+    repo = place.repo(target.name)
+    try:
+        top = await place.store.get_manifest(repo, got.digest)
+        await check_image(place.store, repo, top, key)
+    except (SigningError, oci.OCIError) as e:
+        why = f"not signed with {key.name}: {e}"
+        result = target.result.after("verify", f"{target.key}: {why}")
+        return Verdict(target.key, target.arch, "failed", why, result=result)
+    return got
+
+
+async def _checked(
+    settings: Settings,
+    chosen: Sequence[Target | Skipped | Failed],
+    key: PublicKey | None,
+    place: Place,
+) -> tuple[list[Target | Skipped | Failed], list[Verdict]]:
+    """The targets that may boot, and the verdicts of those that may not."""
+    ready: list[Target | Skipped | Failed] = []
+    failed: list[Verdict] = []
+    for c in chosen:
+        if isinstance(c, Target) and not settings.dry_run:
+            got = await _signed(place, c, key)
+            if isinstance(got, Verdict):
+                failed.append(got)
+            else:
+                ready.append(got)
+        else:
+            ready.append(c)
+    return ready, failed
 
 
 async def run(ctx: Context) -> int:
@@ -191,6 +235,13 @@ async def _run_kube(
         except kube.KubeError as e:
             raise ConfigError(f"images verify: {e} (or give --target-architecture)") from None
         chosen, verdicts = _choose(results, catalog, focus, goarch)
+        key = load_public_key(settings.verify_key)
+        if key is not None:  # read the registry the cluster pulls from, before any VM
+            backoff = RetryPolicy.for_registry(settings.retries)
+            spec = settings.verify_registry
+            async with open_places(spec, spec, Connection.of(settings), backoff) as (place, _):
+                chosen, refused = await _checked(settings, chosen, key, place)
+            verdicts += refused
         booter = kube.KubeBooter(
             api,
             cfg,
@@ -234,16 +285,9 @@ async def _run_local(
                     private_dir(kept)  # an older version's 0755 is fixed now, not at a failure
             except LocalError as e:
                 raise ConfigError(f"images verify: {e}") from None
-        ready: list[Target | Skipped | Failed] = []
-        for c in chosen:
-            if isinstance(c, Target) and not settings.dry_run:
-                got = await _with_digest(place, c)
-                if isinstance(got, Verdict):
-                    verdicts.append(got)
-                else:
-                    ready.append(got)
-            else:
-                ready.append(c)
+        key = load_public_key(settings.verify_key)
+        ready, refused = await _checked(settings, chosen, key, place)
+        verdicts += refused
         booter = LocalBooter(
             store=place.store,
             namespace=place.namespace,

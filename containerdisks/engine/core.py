@@ -46,6 +46,7 @@ from containerdisks.registry.published import RegistryReader
 from containerdisks.registry.stores import Connection, Place, open_places
 from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError, Settings
+from containerdisks.signing import Signer, SigningError
 from containerdisks.upstream import HttpUpstream, Mirrors
 from containerdisks.workdir import own_work_dir
 
@@ -93,6 +94,16 @@ def _fingerprint(spec: EntrySpec, family: str, compression: str) -> tuple[object
     )
 
 
+def sign_identity(settings: Settings) -> str:
+    """The repository prefix signatures name: `sign_identity`, else where users pull from (the
+    promote registry; the push target when that is a layout directory)."""
+    if settings.sign_identity:
+        return settings.sign_identity.rstrip("/")
+    if settings.promote_registry.startswith("oci:"):
+        return settings.target
+    return settings.promote_registry.rstrip("/")
+
+
 class Engine:
     """Discovery and sync of entries, sharing upstream, registries and memory across passes."""
 
@@ -136,6 +147,12 @@ class Engine:
         self.source: Place
         self.target: Place
         self.family: MediaFamily = settings.media_types
+        self.signer: Signer | None = None
+        if settings.sign_key is not None:
+            try:
+                self.signer = Signer.load(settings.sign_key)
+            except SigningError as e:
+                raise ConfigError(str(e)) from None
 
     async def __aenter__(self) -> Engine:
         try:
@@ -171,6 +188,8 @@ class Engine:
             max_virtual_size=self.settings.max_virtual_size,
             max_image_bytes=self.settings.max_image_bytes,
             backoff=self.backoff,
+            signer=self.signer,
+            identity=sign_identity(self.settings),
         )
         return self
 
@@ -280,6 +299,13 @@ class Engine:
             return Outcome(plan, [], plan.error)
         log.info("planned", entry=plan.key, actions={r.arch: r.action for r in plan.arches})
         if not plan.needs_publish:
+            if self._publisher is not None and plan.published_digest is not None:
+                try:
+                    await self._publisher.ensure_signed(spec, plan.published_digest)
+                except oci.OCIError as e:
+                    message = f"{entry.key}: signing {plan.published_digest}: {e}"
+                    log.error("signing_failed", entry=plan.key, error=message)
+                    return Outcome(plan, [], message)
             self._remember(spec, plan)
             return Outcome(plan, [], None)
         if not self.publish:

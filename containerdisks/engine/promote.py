@@ -13,6 +13,11 @@ Decisions:
   bytes verify did not pass. The check is repeated after the copy, just before the tags.
 - An `oci:` target takes OCI media types only (as push writes it; skopeo reads nothing else
   from a layout): a Docker-typed image fails the entry, since converting would change the digest.
+- Signatures and attestations travel with the image: the `.sig`/`.att` tags and the referrers
+  (with their tag-schema index) of the digest and of every manifest it lists are copied after
+  the image and before its tags (registry/attach.py). With a public key configured
+  (`verify_key`), an image whose signature or provenance does not check in the source is
+  refused (also in a dry run), and the copies are checked again in the target before any tag.
 - Every failure is one line naming the entry and what failed (a PromoteError).
 """
 
@@ -25,9 +30,11 @@ import structlog
 
 from containerdisks import oci
 from containerdisks.engine.results import Result, recorded_digest
+from containerdisks.registry.attach import check_image, copy_attachments
 from containerdisks.registry.copy import CopyStats, copy_manifest
 from containerdisks.registry.stores import Place
 from containerdisks.retry import RetryPolicy
+from containerdisks.signing import PublicKey, SigningError
 
 __all__ = ["Candidate", "PromoteError", "Promoter", "Promotion"]
 
@@ -59,6 +66,7 @@ class Promotion:
     error: str = ""
     stats: CopyStats = field(default_factory=CopyStats)
     seconds: float = 0.0
+    attachments: int = 0  # signatures, attestations and referrers copied with the image
 
     def record(self, prior: Result) -> Result:
         """The results-file record after this promote (tags as verify recorded them)."""
@@ -66,10 +74,24 @@ class Promotion:
 
 
 class Promoter:
-    def __init__(self, source: Place, target: Place, backoff: RetryPolicy) -> None:
+    def __init__(
+        self, source: Place, target: Place, backoff: RetryPolicy, key: PublicKey | None = None
+    ) -> None:
+        """`key`: when given, only images signed and attested with it are promoted."""
         self.source = source
         self.target = target
         self.backoff = backoff
+        self.key = key
+
+    async def _check_signed(self, c: Candidate, place: Place, digest: str) -> None:
+        if self.key is None:
+            return
+        repo = place.repo(c.name)
+        top = await place.store.get_manifest(repo, digest)
+        try:
+            await check_image(place.store, repo, top, self.key)
+        except SigningError as e:
+            raise PromoteError(f"{c.key}: refused, not signed with {self.key.name}: {e}") from None
 
     async def resolve(self, c: Candidate) -> Promotion:
         """The verified digest and the tags to write; raises PromoteError when a staging tag
@@ -82,6 +104,7 @@ class Promoter:
             where = self.source.where(c.name, tags[0])
             raise PromoteError(f"{c.key}: staging tag {where} not found")
         await self._check_tags(c, tags, digest)
+        await self._check_signed(c, self.source, digest)
         return Promotion(c.key, digest, tags)
 
     async def promote(self, c: Candidate, outcome: Promotion) -> Promotion:
@@ -103,6 +126,15 @@ class Promoter:
             manifest,
             backoff=self.backoff,
         )
+        outcome.attachments = await copy_attachments(
+            self.source.store,
+            src_repo,
+            self.target.store,
+            dst_repo,
+            manifest,
+            backoff=self.backoff,
+        )
+        await self._check_signed(c, self.target, outcome.digest)
         await self._check_tags(c, outcome.tags, outcome.digest)
         for tag in outcome.tags:
             await self.target.store.put_manifest(dst_repo, tag, manifest.media_type, manifest.data)
@@ -116,6 +148,7 @@ class Promoter:
             mounted=len(outcome.stats.mounted),
             copied=len(outcome.stats.copied),
             present=len(outcome.stats.present),
+            attachments=outcome.attachments,
             seconds=round(outcome.seconds, 2),
         )
         return outcome

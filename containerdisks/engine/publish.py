@@ -65,9 +65,12 @@ from containerdisks.pipeline.stages import (
     hashed,
     tar_disk,
 )
+from containerdisks.provenance import provenance_statement
+from containerdisks.registry.attach import attach, image_digests, is_signed
 from containerdisks.registry.copy import copy_manifest
 from containerdisks.registry.stores import Place
 from containerdisks.retry import RetryPolicy, retrying
+from containerdisks.signing import Signer
 from containerdisks.upstream import HttpUpstream
 from containerdisks.workdir import WorkDirError, own_work_dir
 
@@ -101,7 +104,11 @@ class Publisher:
         max_image_bytes: int,
         backoff: RetryPolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        signer: Signer | None = None,
+        identity: str = "",
     ) -> None:
+        """`signer`: signs and attests what is published, naming `<identity>/<name>` as the
+        signed repository; None signs nothing."""
         self.upstream = upstream
         self.source = source
         self.target = target
@@ -113,6 +120,8 @@ class Publisher:
         self.max_image_bytes = max_image_bytes
         self.backoff = backoff or RetryPolicy.for_registry()
         self.clock = clock
+        self.signer = signer
+        self.identity = identity
 
     async def publish(self, spec: EntrySpec, plan: EntryPlan) -> tuple[list[str], str]:
         """Publish the entry `spec` describes as `plan` says; return the tags written, in
@@ -132,6 +141,11 @@ class Publisher:
             top_type, top = types["manifest"], built[0].manifest
         else:
             top_type, top = types["index"], index_bytes(self.family, [b.descriptor for b in built])
+        if self.signer is not None:  # stored by digest and signed before any tag names it
+            digest = await self.target.store.put_manifest(
+                repo, oci.compute_digest(top), top_type, top
+            )
+            await self.sign(spec, oci.Manifest(top_type, top, digest))
         digest = ""
         for tag in tags:
             digest = await self.target.store.put_manifest(repo, tag, top_type, top)
@@ -142,6 +156,16 @@ class Publisher:
         """Content is current; point the tags that drifted at what `<version>` points to."""
         top = await self.source.store.get_manifest(self.source.repo(spec.name), spec.version)
         repo = self.target.repo(spec.name)
+        if self.signer is not None:
+            await copy_manifest(
+                self.source.store,
+                self.source.repo(spec.name),
+                self.target.store,
+                repo,
+                top,
+                backoff=self.backoff,
+            )
+            await self.sign(spec, top)
         written = []
         for tag in plan.tags:
             head = await self.target.store.head_manifest(repo, tag)
@@ -150,6 +174,45 @@ class Publisher:
                 written.append(tag)
                 log.info("retagged", entry=spec.key, tag=tag, digest=top.digest)
         return written, top.digest
+
+    # -- signing --------------------------------------------------------------------------------
+
+    async def sign(self, spec: EntrySpec, top: oci.Manifest) -> int:
+        """Sign `top` (in the target) and every manifest it lists, and attach the entry's
+        provenance to each; returns the registry writes it took (0: all was there)."""
+        if self.signer is None:
+            return 0
+        repo = self.target.repo(spec.name)
+        images = await image_digests(self.target.store, repo, top)
+        statement = provenance_statement(
+            [i.digest for i in images],
+            name=spec.name,
+            version=spec.version,
+            source=spec.entry.item.source,
+            artifacts=[a.artifact for a in spec.arches],
+        )
+        return await attach(
+            self.target.store,
+            repo,
+            images,
+            signer=self.signer,
+            identity=f"{self.identity}/{spec.name}",
+            provenance=statement,
+        )
+
+    async def ensure_signed(self, spec: EntrySpec, digest: str) -> int:
+        """For an unchanged entry: one HEAD when `digest` is signed already; otherwise sign it
+        where the target holds it."""
+        if self.signer is None:
+            return 0
+        repo = self.target.repo(spec.name)
+        if await is_signed(self.target.store, repo, digest):
+            return 0
+        try:
+            top = await self.target.store.get_manifest(repo, digest)
+        except oci.NotFoundError:
+            return 0  # published in the source only: nothing of ours to sign in the target
+        return await self.sign(spec, top)
 
     # -- reuse ----------------------------------------------------------------------------------
 
