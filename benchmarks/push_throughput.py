@@ -12,6 +12,21 @@ like a qcow2 with sparse areas) from a loopback HTTP server into a fresh local r
 - ``naive``: ``curl -o`` -> ``sha256sum -c`` -> ``tar | gzip -1`` -> an OCI layout written with
   printf -> ``skopeo copy`` into the registry.
 
+With ``--medius PATH`` (a medius binary, e.g. built offline from kubevirt/containerdisks'
+vendored source) the run also has the variant ``medius`` (``medius images push --dry-run=false
+--focus fedora:40``) and the whole run switches to *Fedora mode*, so that medius and we fetch the
+same bytes the same way: the image is served as Fedora 40's Cloud Base qcow2 with a
+``releases.json`` naming it, by ONE HTTPS server on 127.0.0.1:443 (a threaded ``http.server``;
+a self-signed CA made with ``openssl``, given to every tool through ``SSL_CERT_FILE`` and
+``CURL_CA_BUNDLE``), with ``getfedora.org`` and ``download.fedoraproject.org`` mapped to
+127.0.0.1 in ``/etc/hosts`` for the run (medius's URLs are hard-coded). ``/etc/hosts`` is
+restored afterwards, also on an error, SIGINT or SIGTERM. Our variants then push ``fedora:40``
+from a catalog with the built-in ``fedora`` source (its default, real ``releases.json`` URL);
+floor and naive download the same HTTPS URL. After every push of ``medius`` and ``ours-*`` the
+same command runs again (``--no-change`` times, default 3; nothing to do): the one-shot
+no-change pass, timed like the push. Without the binary the variant is skipped, with the
+reason printed. Needs root (port 443, ``/etc/hosts``).
+
 Not run unless named in ``--variants``: ``floor-patch`` (curl: POST, one streamed chunked PATCH,
 then an empty PUT: the request shape our client uses), ``download`` (``curl URL > /dev/null``)
 and ``alt-gzip|none|zstd``: our command run from another source tree (``--alt-repo``), to A/B a
@@ -64,7 +79,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -92,6 +107,7 @@ VARIANTS: dict[str, str] = {
     "alt-zstd": "ours-zstd run from --alt-repo",
 }
 DEFAULT_VARIANTS = ("floor", "ours-gzip", "ours-none", "ours-zstd", "naive")
+VARIANTS["medius"] = "medius images push --dry-run=false --focus fedora:40 (Fedora mode)"
 OURS = ("ours-gzip", "ours-none", "ours-zstd")
 PUSH_ARGS = {
     "gzip": [],
@@ -109,6 +125,24 @@ entries:
       url: "https://example.org/images/SHA256SUMS"
       format: gnu
       match: 'disk\\.img'
+"""
+
+# Fedora mode (--medius): medius's hard-coded URLs, served on loopback (see the docstring).
+FEDORA_HOSTS = ("getfedora.org", "fedoraproject.org", "download.fedoraproject.org")
+FEDORA_IMAGE = (
+    "pub/fedora/linux/releases/40/Cloud/x86_64/images/"
+    "Fedora-Cloud-Base-Generic.x86_64-40-1.14.qcow2"
+)
+FEDORA_CATALOG = """\
+entries:
+  - name: fedora
+    arches: [x86_64]
+    instancetype: u1.medium
+    preference: fedora
+    latest: true
+    source:
+      kind: fedora
+      min_version: 38
 """
 
 REGISTRY_CONFIG = """\
@@ -285,10 +319,118 @@ def serve(root: str) -> None:
         asyncio.run(main())
 
 
+def serve_tls(root: str, cert: str, key: str) -> None:
+    """The Fedora-mode upstream (a child process): HTTPS on 127.0.0.1:443, one thread per
+    connection, 1 MiB writes (aiohttp's static handler over TLS moved only ~100 MB/s here)."""
+    import http.server  # noqa: PLC0415 - only the server child needs it
+    import ssl  # noqa: PLC0415
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a: object, **k: object) -> None:
+            super().__init__(*a, directory=root, **k)  # type: ignore[arg-type]
+
+        def copyfile(self, source: object, outputfile: object) -> None:
+            shutil.copyfileobj(source, outputfile, MIB)  # type: ignore[arg-type]
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 443), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    print(443, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+def make_tls(tmp: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for FEDORA_HOSTS: (ca.pem, cert, key)."""
+    ca_key, ca, key, csr, cert, ext = (
+        str(tmp / n) for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem", "ext.cnf")
+    )
+    names = ",".join(f"DNS:{h}" for h in FEDORA_HOSTS)
+    Path(ext).write_text(f"subjectAltName={names}\nextendedKeyUsage=serverAuth\n")
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout"]
+    ca_ext = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign"]
+    for cmd in (
+        ["req", "-x509", *new_key, ca_key, "-out", ca, "-days", "2", "-subj", "/CN=bench", *ca_ext],
+        ["req", *new_key, key, "-out", csr, "-subj", f"/CN={FEDORA_HOSTS[0]}"],
+        [
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ],
+    ):
+        subprocess.run(["openssl", *cmd], check=True, capture_output=True)
+    return Path(ca), Path(cert), Path(key)
+
+
+class _Stop(BaseException):
+    """SIGTERM/SIGHUP during a Fedora-mode run: unwind, so /etc/hosts is restored."""
+
+
+@contextlib.contextmanager
+def hosts_mapped(names: Sequence[str], hosts: Path = Path("/etc/hosts")) -> Iterator[None]:
+    """`names` resolve to 127.0.0.1 while the block runs; the file's bytes are written back
+    afterwards whatever happens (in place: /etc/hosts may be a bind mount)."""
+    original = hosts.read_bytes()
+    handlers = {}
+
+    def stop(signum: int, _frame: object) -> None:
+        raise _Stop(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        handlers[sig] = signal.signal(sig, stop)
+    try:
+        line = f"\n127.0.0.1 {' '.join(names)}  # push_throughput.py, removed after the run\n"
+        hosts.write_bytes(original + line.encode())
+        log(f"{hosts}: mapped {', '.join(names)} to 127.0.0.1 for the run")
+        yield
+    finally:
+        hosts.write_bytes(original)
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+        log(f"{hosts}: restored")
+
+
+def medius_problem(path: Path | None) -> str | None:
+    """Why the medius variant cannot run, or None."""
+    if path is None:
+        return "no --medius given"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return f"{path} is not an executable file"
+    if os.geteuid() != 0:
+        return "Fedora mode needs root (port 443 and /etc/hosts)"
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 443))
+        except OSError as e:
+            return f"127.0.0.1:443 is not free ({e.strerror})"
+    if shutil.which("openssl") is None:
+        return "openssl is not installed"
+    return None
+
+
 class Upstream:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
+        serve_args = ["--serve", str(root)]
+        if tls is not None:
+            serve_args = ["--serve-tls", str(root), str(tls[1]), str(tls[2])]
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(root)],
+            [sys.executable, __file__, *serve_args],
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -300,6 +442,8 @@ class Upstream:
             raise RuntimeError("the upstream server did not start")
         self.port = int(line)
         self.base = f"http://127.0.0.1:{self.port}/"
+        if tls is not None:
+            self.base = f"https://{FEDORA_HOSTS[-1]}/"
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -422,6 +566,10 @@ class Run:
     temp_bytes_max: int | None = None
     write_fds: list[str] = field(default_factory=list)
     work_dir_exists_after: bool | None = None
+    # Fedora mode: the same command again right after the push, nothing to do (each pass)
+    no_change_seconds: list[float] = field(default_factory=list)
+    no_change_cpu_seconds: list[float] = field(default_factory=list)
+    no_change_rss_mib: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -595,10 +743,17 @@ class Bench:
     alt_repo: Path | None = None
     repo: Path = REPO_ROOT
     runs: list[Run] = field(default_factory=list)
+    ca: Path | None = None  # Fedora mode: the CA of the HTTPS upstream
+    medius: Path | None = None
+    no_change: int = 3
+
+    @property
+    def fedora(self) -> bool:
+        return self.ca is not None
 
     @property
     def url(self) -> str:
-        return self.upstream.base + IMAGE_PATH
+        return self.upstream.base + (FEDORA_IMAGE if self.fedora else IMAGE_PATH)
 
     def run(self, variant: str, rnd: int) -> Run:
         run_dir = self.tmp / f"run-{rnd}-{variant}"
@@ -636,7 +791,10 @@ class Bench:
         return result
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, "LC_ALL": "C"}
+        env = {**os.environ, "LC_ALL": "C"}
+        if self.ca is not None:  # Go, OpenSSL (our aiohttp) and curl each read one of them
+            env |= {"SSL_CERT_FILE": str(self.ca), "CURL_CA_BUNDLE": str(self.ca)}
+        return env
 
     def _proc(self, result: Run, p: Proc, out: Path) -> bool:
         result.seconds = p.seconds
@@ -700,11 +858,11 @@ class Bench:
             return
         self._check_manifest(registry, "ns/naive", result)
 
-    def _check_manifest(self, registry: Registry, repo: str, result: Run) -> None:
-        doc = registry.manifest(repo, "1")
+    def _check_manifest(self, registry: Registry, repo: str, result: Run, tag: str = "1") -> None:
+        doc = registry.manifest(repo, tag)
         layers = doc.get("layers") if doc else None
         if not isinstance(layers, list) or len(layers) != 1:
-            result.error = f"no single-layer manifest {repo}:1 in the registry"
+            result.error = f"no single-layer manifest {repo}:{tag} in the registry"
             return
         layer = layers[0]
         size = registry.blob_size(repo, layer["digest"])
@@ -724,6 +882,16 @@ class Bench:
         # The tree's own built-in plugins too: an installed (editable) project would otherwise
         # lend its plugins, which may need core functions the other tree does not have.
         env = {**self._env(), "TMPDIR": str(tmpdir), "PYTHONPATH": str(repo / "plugins")}
+        if self.fedora:  # medius's way: releases.json and the image from their real URLs
+            source = [
+                "--focus",
+                "fedora:40",
+                "--config",
+                str(self.catalog.with_name("fedora.yaml")),
+            ]
+        else:
+            source = ["--focus", "bench:1", "--config", str(self.catalog)]
+            source += ["--upstream-mirror", f"{UPSTREAM_HOST}={self.upstream.base}"]
         cmd = [
             sys.executable,
             "-m",
@@ -731,14 +899,9 @@ class Bench:
             "images",
             "push",
             "--dry-run=false",
-            "--focus",
-            "bench:1",
-            "--config",
-            str(self.catalog),
+            *source,
             "--source-registry",
             f"{registry.host}/ns",
-            "--upstream-mirror",
-            f"{UPSTREAM_HOST}={self.upstream.base}",
             "--work-dir",
             str(work_dir),
             "--log-format",
@@ -775,7 +938,60 @@ class Bench:
             result.after_stream_seconds = p.started + p.seconds - pushed
         if not self._proc(result, p, out):
             return
-        self._check_manifest(registry, "ns/bench", result)
+        if not self.fedora:
+            self._check_manifest(registry, "ns/bench", result)
+            return
+        self._check_manifest(registry, "ns/fedora", result, "40")
+        if result.ok:
+            self._no_change(cmd, env, repo, run_dir, result)
+
+    def _no_change(
+        self, cmd: Sequence[str], env: dict[str, str], cwd: Path, run_dir: Path, result: Run
+    ) -> None:
+        """The push command again, `no_change` times: each a one-shot pass with nothing to do."""
+        for i in range(self.no_change):
+            out = run_dir / f"no-change-{i}.txt"
+            watched = run_dir / f"no-change-{i}"
+            watched.mkdir()
+            p = run_timed(cmd, env=env, cwd=cwd, out=out, timeout=60, watch=[watched])
+            if p.returncode != 0 or p.timed_out:
+                result.ok = False
+                result.error = f"no-change pass {i + 1}: exit {p.returncode}: {_tail(out)}"
+                return
+            result.no_change_seconds.append(p.seconds)
+            result.no_change_cpu_seconds.append(p.cpu_seconds)
+            result.no_change_rss_mib.append(p.maxrss_kib / 1024)
+
+    def _medius(self, registry: Registry, run_dir: Path, result: Run) -> None:
+        assert self.medius is not None
+        out = run_dir / "out.txt"
+        watched = run_dir / "watched"
+        (watched / "tmp").mkdir(parents=True)
+        (run_dir / "results").mkdir()
+        env = {**self._env(), "TMPDIR": str(watched / "tmp"), "HOME": str(run_dir)}
+        cmd = [
+            str(self.medius),
+            "images",
+            "push",
+            "--dry-run=false",
+            "--focus",
+            "fedora:40",
+            "--source-registry",
+            f"{registry.host}/ns",
+            # the checksum lookup (containers/image) needs it for a plain-HTTP registry; the
+            # push picks plain HTTP for loopback by itself
+            "--insecure-skip-tls",
+            "--results-file",
+            str(run_dir / "results" / "results.json"),
+        ]
+        p = run_timed(cmd, env=env, cwd=run_dir, out=out, timeout=self.timeout, watch=[watched])
+        result.temp_bytes_max = p.temp_bytes_max
+        result.loop_thread_cpu = result.worker_threads_cpu = None
+        if not self._proc(result, p, out):
+            return
+        self._check_manifest(registry, "ns/fedora", result, "40")
+        if result.ok:
+            self._no_change(cmd, env, run_dir, run_dir, result)
 
     _ours_gzip = _ours_none = _ours_zstd = _ours
     _alt_gzip = _alt_none = _alt_zstd = _ours
@@ -786,6 +1002,14 @@ class Bench:
 
 def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def _seconds(r: Run) -> float:
+    return r.seconds
+
+
+def _no_change_median(r: Run) -> float | None:
+    return _median(r.no_change_seconds)
 
 
 def summarize(runs: Sequence[Run], variants: Sequence[str], image_size: int) -> dict[str, object]:
@@ -823,15 +1047,36 @@ def summarize(runs: Sequence[Run], variants: Sequence[str], image_size: int) -> 
             "layer_bytes": rs[0].layer_bytes if rs else None,
         }
 
-    def paired(a: str, b: str) -> float | None:
-        """Median over rounds of seconds(a) / seconds(b), both runs of a round ok."""
+    def paired(a: str, b: str, key: Callable[[Run], float | None] = _seconds) -> float | None:
+        """Median over rounds of key(a) / key(b), both runs of a round ok."""
         ratios = []
         for rnd in sorted({r.round for r in runs}):
             ra = [r for r in good.get(a, []) if r.round == rnd]
             rb = [r for r in good.get(b, []) if r.round == rnd]
-            if ra and rb:
-                ratios.append(ra[0].seconds / rb[0].seconds)
+            ka, kb = (key(ra[0]), key(rb[0])) if ra and rb else (None, None)
+            if ka is not None and kb:
+                ratios.append(ka / kb)
         return _median(ratios)
+
+    for v in variants:
+        rs = good[v]
+        nc = [x for r in rs for x in r.no_change_seconds]
+        per[v]["no_change_passes"] = len(nc)
+        per[v]["no_change_seconds_median"] = _median(nc)
+        per[v]["no_change_cpu_seconds_median"] = _median(
+            [x for r in rs for x in r.no_change_cpu_seconds]
+        )
+        per[v]["no_change_rss_mib_max"] = max(
+            (x for r in rs for x in r.no_change_rss_mib), default=None
+        )
+        if "medius" in variants and v != "medius":
+            per[v]["time_vs_medius"] = paired(v, "medius")
+            per[v]["cpu_vs_medius"] = paired(v, "medius", lambda r: r.cpu_seconds)
+            per[v]["rss_vs_medius"] = paired(v, "medius", lambda r: r.peak_rss_mib)
+            per[v]["no_change_vs_medius"] = paired(v, "medius", _no_change_median)
+            per[v]["no_change_cpu_vs_medius"] = paired(
+                v, "medius", lambda r: _median(r.no_change_cpu_seconds)
+            )
 
     for v in variants:
         per[v]["time_vs_floor"] = paired(v, "floor") if "floor" in variants else None
@@ -863,11 +1108,23 @@ def targets(per: dict[str, dict[str, object]], runs: Sequence[Run]) -> dict[str,
         if not ours
         else {"met": not temp, "offenders": [f"{r.variant} round {r.round}" for r in temp]}
     )
+    m = per.get("medius")
+    if m and m.get("runs_ok"):
+        for name, key, limit in (
+            ("gzip_time_within_0.6x_medius", "time_vs_medius", 0.6),
+            ("gzip_cpu_within_1.0x_medius", "cpu_vs_medius", 1.0),
+            ("no_change_within_1.5x_medius", "no_change_vs_medius", 1.5),
+        ):
+            r = get("ours-gzip", key)
+            checks[name] = None if r is None else {"ratio": r, "met": r <= limit}
     return checks
 
 
 def _fmt(value: object, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    if value is None:
+        width = spec.split(".", maxsplit=1)[0]
+        return "-".rjust(int(width)) if width.isdigit() else "-"
+    return format(value, spec)
 
 
 def _noisy(r: Run) -> bool:
@@ -905,6 +1162,22 @@ def print_table(
         if per[v].get("time_vs_ours") is not None:
             base = "ours-" + v.split("-", 1)[1]
             print(f"{v} / {base}: {per[v]['time_vs_ours']:.2f} of the time (median over rounds)")
+    if "medius" in variants:
+        print(
+            f"\n{'vs medius':<12} {'time x':>7} {'CPU x':>6} {'RSS x':>6}   "
+            f"{'no-change s':>11} {'x medius':>8} {'CPU s':>6} {'RSS MiB':>7}"
+        )
+        for v in variants:
+            p = per[v]
+            print(
+                f"{v:<12} {_fmt(p.get('time_vs_medius'), '7.2f')} "
+                f"{_fmt(p.get('cpu_vs_medius'), '6.2f')} {_fmt(p.get('rss_vs_medius'), '6.2f')}   "
+                f"{_fmt(p.get('no_change_seconds_median'), '11.3f')} "
+                f"{_fmt(p.get('no_change_vs_medius'), '8.2f')} "
+                f"{_fmt(p.get('no_change_cpu_seconds_median'), '6.2f')} "
+                f"{_fmt(p.get('no_change_rss_mib_max'), '7.1f')}"
+            )
+        print("(ratios: medians over rounds of the paired ratios; no-change: median of its passes)")
     failed = [r for r in runs if not r.ok]
     for r in failed:
         print(f"FAILED {r.variant} round {r.round}: {r.error}")
@@ -966,8 +1239,23 @@ def bench_env(args: argparse.Namespace) -> Iterator[Bench]:
         tmp = Path(tmp_name)
         root = tmp / "upstream"
         log(f"writing a {args.size / MIB:.0f} MiB image (seed {args.seed}) in {tmp}")
-        image = make_image(root / IMAGE_PATH, args.size, args.seed)
+        fedora = args.medius is not None
+        image = make_image(root / (FEDORA_IMAGE if fedora else IMAGE_PATH), args.size, args.seed)
+        (root / SUMS_PATH).parent.mkdir(parents=True, exist_ok=True)
         (root / SUMS_PATH).write_text(f"{image.sha256}  disk.img\n")
+        tls = make_tls(tmp) if fedora else None
+        if fedora:
+            release = {
+                "version": "40",
+                "arch": "x86_64",
+                "link": f"https://{FEDORA_HOSTS[-1]}/{FEDORA_IMAGE}",
+                "variant": "Cloud",
+                "subvariant": "Cloud_Base",
+                "sha256": image.sha256,
+                "size": str(image.size),
+            }
+            (root / "releases.json").write_text(json.dumps([release]))
+            (tmp / "fedora.yaml").write_text(FEDORA_CATALOG)
         with image.path.open("rb") as f:  # into the page cache, as for every later reader
             while f.read(8 * MIB):
                 pass
@@ -986,7 +1274,23 @@ def bench_env(args: argparse.Namespace) -> Iterator[Bench]:
             subprocess.run(["tar", "-C", str(tree), "-xf", "-"], input=archive, check=True)
             args.repo = tree
             log(f"ours-* run from {args.ref} ({args.commit[:12]}), extracted in {tree}")
-        upstream = Upstream(root)
+        for tree in {args.repo, args.alt_repo} - {None}:
+            # As an installed wheel has them: the environment may set PYTHONDONTWRITEBYTECODE,
+            # and compiling ~60 modules on every start would be timed as start-up.
+            subprocess.run(
+                [sys.executable, "-m", "compileall", "-q", "containerdisks", "plugins"],
+                cwd=tree,
+                check=False,
+                capture_output=True,
+            )
+        stack = contextlib.ExitStack()
+        if fedora:
+            stack.enter_context(hosts_mapped(FEDORA_HOSTS))
+        try:
+            upstream = Upstream(root, tls)
+        except BaseException:
+            stack.close()
+            raise
         try:
             yield Bench(
                 tmp,
@@ -999,9 +1303,13 @@ def bench_env(args: argparse.Namespace) -> Iterator[Bench]:
                 wait_idle=args.wait_idle,
                 alt_repo=args.alt_repo,
                 repo=args.repo,
+                ca=tls[0] if tls else None,
+                medius=args.medius,
+                no_change=args.no_change,
             )
         finally:
             upstream.stop()
+            stack.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1067,12 +1375,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run our variants under `py-spy record --native --threads` and write collapsed "
         "stacks to PREFIX-<variant>-r<n>.txt (timings then include py-spy's overhead)",
     )
+    parser.add_argument(
+        "--medius",
+        type=Path,
+        metavar="PATH",
+        help="a medius binary: adds the variant `medius` and runs everything in Fedora mode "
+        "(HTTPS upstream at Fedora's host names, /etc/hosts mapped for the run; needs root)",
+    )
+    parser.add_argument(
+        "--no-change",
+        type=int,
+        default=3,
+        help="Fedora mode: no-change passes timed after each push of medius and ours-* (3)",
+    )
     parser.add_argument("--serve", metavar="ROOT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-tls", nargs=3, metavar="X", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve)
         return 0
+    if args.serve_tls:
+        serve_tls(*args.serve_tls)
+        return 0
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.medius is not None or "medius" in variants:
+        problem = medius_problem(args.medius.resolve() if args.medius else None)
+        if problem:
+            print(f"medius variant skipped: {problem}", file=sys.stderr)
+            args.medius = None
+            variants = [v for v in variants if v != "medius"]
+        else:
+            args.medius = args.medius.resolve()
+            if "medius" not in variants:
+                variants.append("medius")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants or args.rounds < 1:
         parser.error(f"unknown variants {unknown}" if unknown else "nothing to run")
@@ -1161,6 +1496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "rounds": args.rounds,
             "variants": {v: VARIANTS[v] for v in variants},
+            "fedora_mode": args.medius is not None,
+            "medius": str(args.medius) if args.medius else None,
             "summary": per,
             "targets": checks,
             "runs": [asdict(r) for r in runs],

@@ -4,7 +4,8 @@ Each runs as a real process (`python -m containerdisks ...`); at exit the proces
 top-level names in `sys.modules` to a file. `--help` is pinned against an allow-list, as the
 difference from a bare interpreter running the same probe, so a new import on its path fails
 here and must be added deliberately; `catalog` and a dry run must not load what only
-publishing (isal, zstandard) or verifying (asyncssh, kubernetes_asyncio) needs.
+publishing (isal, zstandard) or verifying (asyncssh, kubernetes_asyncio) needs, and neither
+must a real push of an entry that is already up to date (the one-shot no-change pass).
 """
 
 from __future__ import annotations
@@ -145,3 +146,23 @@ def test_dry_run_push_imports_no_compressor_nor_verifier(
     )
     # The probe sees them when they are used: publishing loads the compressors.
     assert {"isal", "zstandard"} <= with_publish
+    # The same push again has nothing to do (issue 21's no-change pass): it plans, and loads
+    # neither the publisher's compressors nor a verifier.
+    unchanged, stdout = imported(
+        tmp_path,
+        "images",
+        "push",
+        "--dry-run=false",
+        "--focus",
+        "fedora:40",
+        "--source-registry",
+        f"{registry.host}/cd",
+        "--log-format",
+        "json",
+        "--work-dir",
+        str(tmp_path / "work"),
+        *srv.mirror_args(),
+    )
+    assert "up-to-date" in stdout
+    assert "build" not in stdout
+    assert set() == unchanged & NOT_FOR_PLANNING

@@ -17,7 +17,8 @@ still has the digest the engine left or saw there, the entry is up to date for t
 manifest HEAD.
 
 The publisher (engine/publish.py, and with it the compressors isal and zstandard) is imported
-only when the engine publishes: a dry run plans, and loads nothing it would not use.
+only when an entry is published: a dry run, and a pass with nothing to do (`images push` of an
+up-to-date entry, issue 21), plan and load nothing they would not use.
 """
 
 from __future__ import annotations
@@ -173,25 +174,28 @@ class Engine:
         self._reader = RegistryReader(self.source)
         self._pruner = Pruner(self.target)
         self._publisher: Publisher | None = None
-        if not self.publish:
-            return self
-        from containerdisks.engine.publish import Publisher  # noqa: PLC0415 - see the docstring
-
-        self._publisher = Publisher(
-            upstream=self.upstream,
-            source=self.source,
-            target=self.target,
-            family=self.family,
-            compression=self.settings.layer_compression,
-            work_dir=self.settings.work_dir,
-            max_spool_bytes=self.settings.max_spool_bytes,
-            max_virtual_size=self.settings.max_virtual_size,
-            max_image_bytes=self.settings.max_image_bytes,
-            backoff=self.backoff,
-            signer=self.signer,
-            identity=sign_identity(self.settings),
-        )
         return self
+
+    def _publisher_now(self) -> Publisher:
+        """The publisher, made when the first entry is published (see the docstring)."""
+        if self._publisher is None:
+            from containerdisks.engine.publish import Publisher  # noqa: PLC0415
+
+            self._publisher = Publisher(
+                upstream=self.upstream,
+                source=self.source,
+                target=self.target,
+                family=self.family,
+                compression=self.settings.layer_compression,
+                work_dir=self.settings.work_dir,
+                max_spool_bytes=self.settings.max_spool_bytes,
+                max_virtual_size=self.settings.max_virtual_size,
+                max_image_bytes=self.settings.max_image_bytes,
+                backoff=self.backoff,
+                signer=self.signer,
+                identity=sign_identity(self.settings),
+            )
+        return self._publisher
 
     async def __aexit__(
         self,
@@ -299,9 +303,9 @@ class Engine:
             return Outcome(plan, [], plan.error)
         log.info("planned", entry=plan.key, actions={r.arch: r.action for r in plan.arches})
         if not plan.needs_publish:
-            if self._publisher is not None and plan.published_digest is not None:
+            if self.publish and self.signer is not None and plan.published_digest is not None:
                 try:
-                    await self._publisher.ensure_signed(spec, plan.published_digest)
+                    await self._publisher_now().ensure_signed(spec, plan.published_digest)
                 except oci.OCIError as e:
                     message = f"{entry.key}: signing {plan.published_digest}: {e}"
                     log.error("signing_failed", entry=plan.key, error=message)
@@ -312,10 +316,9 @@ class Engine:
             return Outcome(plan, [], None)
         from containerdisks.engine.publish import PublishError  # noqa: PLC0415 - see the docstring
 
-        assert self._publisher is not None  # made in __aenter__ when the engine publishes
         log.info("publishing", entry=plan.key)
         try:
-            tags, digest = await self._publisher.publish(spec, plan)
+            tags, digest = await self._publisher_now().publish(spec, plan)
         except (PublishError, SourceError, oci.OCIError) as e:
             message = str(e) if str(e).startswith(entry.key) else f"{entry.key}: {e}"
             log.error("publish_failed", entry=plan.key, error=message)
