@@ -26,7 +26,7 @@ from containerdisks import daemon
 from containerdisks.catalog import Catalog
 from containerdisks.commands.context import Context
 from containerdisks.commands.render import write_json, write_table
-from containerdisks.engine.plan import ArchPlan, EntryPlan
+from containerdisks.engine.plan import ADOPTED, ArchPlan, EntryPlan
 from containerdisks.workdir import own_work_dir
 
 __all__ = ["focused_catalog", "once", "plan_json", "run"]
@@ -68,6 +68,8 @@ def _short(checksum: str | None) -> str:
 def _action(row: ArchPlan) -> str:
     if row.action == "failed":
         return f"failed: {row.reason}"
+    if row.reason == ADOPTED:
+        return f"{row.action} (adopted from medius)"
     return row.action
 
 
