@@ -98,13 +98,21 @@ class SourceError(Exception):
 
 
 class UpstreamError(SourceError):
-    """An upstream HTTP request failed (after retries): status or transport error, with the URL."""
+    """An upstream HTTP request failed (after retries): status or transport error, with the URL.
 
-    def __init__(self, url: str, reason: str, *, status: int | None = None) -> None:
-        super().__init__(f"{url}: {reason}")
+    `url` is the canonical URL; `mirror`, the URL actually requested when the mirror table
+    rewrote it, is named after the reason (`<url>: <reason> (mirror <mirror>)`), so that the
+    line still starts with the canonical URL."""
+
+    def __init__(
+        self, url: str, reason: str, *, status: int | None = None, mirror: str | None = None
+    ) -> None:
+        via = "" if mirror is None or mirror == url else f" (mirror {mirror})"
+        super().__init__(f"{url}: {reason}{via}")
         self.url = url
         self.reason = reason
         self.status = status
+        self.mirror = mirror
 
 
 @dataclass(frozen=True)

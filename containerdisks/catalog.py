@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -461,9 +461,10 @@ def load_catalog(
 ) -> Catalog:
     """Build the catalog: the default one, replaced or extended by the config file's entries.
 
+    Extending, an entry with the `name:version` (`name:*` for a discovering source) of a default
+    entry overrides it in its place (`override`); others are added at the end.
     `signatures=False` makes every item's signature policy `none`."""
     sources = load_sources() if sources is None else sources
-    raw: list[tuple[str, dict[str, Any]]] = []
     repositories: dict[str, RepositoryDocs] = {}
     config = config or {}
     user = _parse_file(config, config_name)
@@ -471,24 +472,85 @@ def load_catalog(
     replaces = (
         user is not None and user.catalog == "replace" and bool(_CATALOG_ENTRY_KEYS & set(config))
     )
+    items: list[BoundItem] = []
     if not replaces:
         path = default_catalog_path()
         default = _parse_file(_read_yaml(path), str(path))
-        raw += [(str(path), e) for e in (default.entries if default else [])]
+        items = _bound_list(
+            str(path), default.entries if default else [], sources, signatures=signatures
+        )
         repositories.update(default.repositories if default else {})
     if user is not None:
-        raw += [(config_name, e) for e in user.entries]
+        position = {b.item.label: i for i, b in enumerate(items)}
+        for b in _bound_list(
+            config_name, user.entries, sources, over=tuple(items), signatures=signatures
+        ):
+            if b.item.label in position:  # `catalog: extend` overrides a default entry
+                items[position[b.item.label]] = b
+            else:
+                items.append(b)
         repositories.update(user.repositories)
-    items = [
-        _bind(origin, i, data, sources, signatures=signatures)
-        for i, (origin, data) in enumerate(raw)
-    ]
-    seen: set[str] = set()
-    for b in items:
-        if b.item.label in seen:
-            raise ConfigError(f"catalog entry {b.item.label} is listed twice")
-        seen.add(b.item.label)
     return Catalog(items, repositories)
+
+
+def _bound_list(
+    origin: str,
+    entries: list[dict[str, Any]],
+    sources: Mapping[str, Source],
+    *,
+    over: Sequence[BoundItem] = (),
+    signatures: bool = True,
+) -> list[BoundItem]:
+    """One file's entries, bound; an entry whose `name:version` is one of `over`'s is laid over
+    it (`override`). The same `name:version` twice in one file is an error."""
+    base = {b.item.label: b.item for b in over}
+    items = []
+    seen: set[str] = set()
+    for i, data in enumerate(entries):
+        default = base.get(_label_of(data) or "")
+        merged = override(default, data) if default is not None else data
+        b = _bind(origin, i, merged, sources, signatures=signatures)
+        if b.item.label in seen:
+            raise ConfigError(f"{origin}: catalog entry {b.item.label} is listed twice")
+        seen.add(b.item.label)
+        items.append(b)
+    return items
+
+
+def _label_of(data: object) -> str | None:
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        return None
+    version = data.get("version")
+    return f"{data['name']}:{version if isinstance(version, str) else '*'}"
+
+
+#: Per-arch maps of an entry: an override that narrows `arches` narrows those it inherits.
+_PER_ARCH_FIELDS = ("instancetype", "preference", "secure_boot")
+
+
+def override(default: CatalogItem, data: dict[str, Any]) -> dict[str, Any]:
+    """A `catalog: extend` entry laid over the default entry of the same `name:version`.
+
+    The merge rule (docs/catalog.md): every field the override gives replaces the default's
+    whole (`source` too: no deep merge, since another `kind` has other parameters); every field
+    it leaves out is the default's. When the override gives `arches`, the per-arch maps it
+    inherits (`instancetype`, `preference`, `secure_boot`, `source.per_arch`) keep only those
+    arches, so narrowing an entry needs nothing but `arches`."""
+    merged = {**default.model_dump(exclude_unset=True), **data}
+    if "arches" not in data or not isinstance(data["arches"], list):
+        return merged
+    arches = set(data["arches"])
+    for field in _PER_ARCH_FIELDS:
+        value = merged.get(field)
+        if field not in data and isinstance(value, dict):
+            merged[field] = {a: v for a, v in value.items() if a in arches}
+    source = merged.get("source")
+    if "source" in data or not isinstance(source, dict):
+        return merged
+    if isinstance(source.get("per_arch"), dict):
+        per_arch = {a: v for a, v in source["per_arch"].items() if a in arches}
+        merged["source"] = {**source, "per_arch": per_arch}
+    return merged
 
 
 #: Keys of a config file that replace (or explicitly extend) the default catalog's entries.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
@@ -57,7 +58,20 @@ def _bool(value: str) -> bool:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+        raise UsageError(message + self._suggestion(message))
+
+    def _suggestion(self, message: str) -> str:
+        """` (did you mean --dry-run?)` for a mistyped flag: argparse suggests only from 3.14
+        (suggest_on_error), and only for choices; difflib over this parser's own flags."""
+        import difflib  # only on an error: start-up time
+
+        unknown = re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", message.partition(":")[2])
+        flags = sorted(_flags_of(self))
+        for word in unknown:
+            close = difflib.get_close_matches(word.partition("=")[0], flags, n=1, cutoff=0.6)
+            if close:
+                return f" (did you mean {close[0]}?)"
+        return ""
 
 
 def _global_flags(where: str) -> _Parser:
@@ -386,13 +400,44 @@ def _docs_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _flags_of(parser: argparse.ArgumentParser) -> set[str]:
+    """Every long flag of `parser` and its subcommands (argparse reports a flag it does not
+    know from the root parser, which knows only the global ones)."""
+    flags = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _flags_of(sub)
+    return flags
+
+
+#: Groups whose subcommand's flags medius also takes before the subcommand (cobra's persistent
+#: flags: `images --workers 2 push`, `images --results-file F verify`).
+_GROUPS = {"images": ("push", "prune", "verify", "promote"), "docs": ("publish",)}
+
+
 def _normalise(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     for i, arg in enumerate(argv):
         if arg == "--":
-            return out + list(argv[i:])
+            return _group_flags_after_subcommand(out) + list(argv[i:])
         out.append(f"{arg}=true" if arg in _BOOL_FLAGS else arg)
-    return out
+    return _group_flags_after_subcommand(out)
+
+
+def _group_flags_after_subcommand(argv: list[str]) -> list[str]:
+    """Move the flags standing between a group (`images`, `docs`) and its subcommand to just
+    after the subcommand, where its parser knows them (every flag there applies to the
+    subcommand, as medius's persistent flags do)."""
+    for g, arg in enumerate(argv):
+        if arg in _GROUPS:
+            for s in range(g + 1, len(argv)):
+                if argv[s] in _GROUPS[arg]:
+                    return [*argv[: g + 1], argv[s], *argv[g + 1 : s], *argv[s + 1 :]]
+                if not argv[s].startswith("-") and not argv[s - 1].startswith("-"):
+                    break  # a word that is no flag's value: not a subcommand, let argparse say
+            return argv
+    return argv
 
 
 def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str], str | None]:

@@ -98,7 +98,8 @@ class RegistrySettings(BaseModel):
 
     source_registry: str = Field(
         "quay.io/containerdisks",
-        description="Registry (`host[:port]/namespace`) read to decide what needs publishing.",
+        description="Registry (`host[:port]/namespace`) read to decide what needs publishing; "
+        "when unset and `target_registry` is an `oci:/dir`, that directory.",
     )
     target_registry: str = Field(
         "", description="Registry to publish to; empty means the source registry."
@@ -144,6 +145,17 @@ class RegistrySettings(BaseModel):
     def target(self) -> str:
         """Where `images push` writes: the target registry, else the source registry."""
         return self.target_registry or self.source_registry
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layout_target_plans_against_itself(cls, data: Any) -> Any:
+        """An `oci:/dir` target with no source given anywhere is also the source: a directory
+        filled offline is planned against what it holds, never against quay.io."""
+        if isinstance(data, dict) and "source_registry" not in data:
+            target = data.get("target_registry")
+            if isinstance(target, str) and target.startswith("oci:"):
+                return {**data, "source_registry": target}
+        return data
 
 
 class UpstreamKey(BaseModel):

@@ -3,7 +3,10 @@
 Every URL a source asks for is *canonical* (what the distribution publishes). Before a request
 leaves, it is rewritten through `upstream_mirrors` (plain prefixes, the longest match wins), and
 so is every redirect target: redirects are followed here, by hand, so that a mirror table can
-cover a CDN the canonical host redirects to. Errors and logs name the canonical URL.
+cover a CDN the canonical host redirects to. Errors and logs name the canonical URL; an HTTP or
+transport failure also names the URL actually asked when a mirror rewrote it
+(`<url>: <reason> (mirror <mirror url>)`), so that an air-gapped site sees which of its servers
+failed. (A malformed answer names the canonical URL only: its mirror is in the mirror table.)
 
 Within a pass, concurrent and repeated requests for one URL share a single fetch (a task per URL),
 so every entry and arch reading the same checksum file costs one request. Across passes in one
@@ -320,7 +323,9 @@ class HttpUpstream:
                 return await self._retrying(url, "upstream_retry", lambda: self._fetch_once(url))
         except TimeoutError:
             raise UpstreamError(
-                url, f"no complete answer within metadata_deadline ({self._metadata_deadline:g} s)"
+                url,
+                f"no complete answer within metadata_deadline ({self._metadata_deadline:g} s)",
+                mirror=self.mirrors.rewrite(url),
             ) from None
 
     async def _retrying(
@@ -332,8 +337,12 @@ class HttpUpstream:
             log.warning(event, url=url, reason=retry.reason, delay=round(retry.delay, 2))
 
         def gave_up(error: BaseException, attempts: int) -> UpstreamError:
-            status = error.status if isinstance(error, _TransientError) else None
-            return UpstreamError(url, f"{error} (gave up after {attempts} attempts)", status=status)
+            status, mirror = None, self.mirrors.rewrite(url)
+            if isinstance(error, _TransientError):
+                status, mirror = error.status, error.mirror or mirror
+            return UpstreamError(
+                url, f"{error} (gave up after {attempts} attempts)", status=status, mirror=mirror
+            )
 
         return await retrying(
             url,
@@ -346,16 +355,19 @@ class HttpUpstream:
         )
 
     async def _read_limited(self, url: str, resp: aiohttp.ClientResponse) -> bytes:
+        mirror = str(resp.url)
         if resp.content_length is not None and resp.content_length > self._max:
             raise UpstreamError(
-                url, f"metadata of {resp.content_length} bytes is larger than {self._max} bytes"
+                url,
+                f"metadata of {resp.content_length} bytes is larger than {self._max} bytes",
+                mirror=mirror,
             )
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(1 << 20):
             size += len(chunk)
             if size > self._max:
-                raise UpstreamError(url, f"metadata larger than {self._max} bytes")
+                raise UpstreamError(url, f"metadata larger than {self._max} bytes", mirror=mirror)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -376,15 +388,17 @@ class HttpUpstream:
                 )
             except aiohttp.ClientConnectorDNSError as e:
                 # An unknown host does not heal in seconds: fail now, the next pass retries.
-                raise UpstreamError(url, _describe(e)) from None
+                raise UpstreamError(url, _describe(e), mirror=target) from None
             except (TimeoutError, aiohttp.ClientError) as e:
-                raise _TransientError(_describe(e), None, None) from None
+                raise _TransientError(_describe(e), None, None, target) from None
             if resp.status in (200, 304):
                 encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
                 if encoding not in ("", "identity"):
                     resp.release()
                     raise UpstreamError(
-                        url, f"answered with Content-Encoding {encoding[:40]!r}, not asked for"
+                        url,
+                        f"answered with Content-Encoding {encoding[:40]!r}, not asked for",
+                        mirror=target,
                     )
                 return resp
             resp.release()
@@ -395,9 +409,9 @@ class HttpUpstream:
             reason = f"HTTP {resp.status} {resp.reason or ''}".strip()
             if temporary_status(resp.status):
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                raise _TransientError(reason, resp.status, retry_after)
-            raise UpstreamError(url, reason, status=resp.status)
-        raise UpstreamError(url, f"more than {_MAX_REDIRECTS} redirects")
+                raise _TransientError(reason, resp.status, retry_after, target)
+            raise UpstreamError(url, reason, status=resp.status, mirror=target)
+        raise UpstreamError(url, f"more than {_MAX_REDIRECTS} redirects", mirror=target)
 
     async def _fetch_once(self, url: str) -> bytes:
         cached = self._conditional.get(url)
@@ -410,13 +424,15 @@ class HttpUpstream:
         try:
             if resp.status == 304:
                 if cached is None:
-                    raise UpstreamError(url, "HTTP 304 to an unconditional request")
+                    raise UpstreamError(
+                        url, "HTTP 304 to an unconditional request", mirror=str(resp.url)
+                    )
                 log.debug("upstream_not_modified", url=url)
                 return cached.body
             try:
                 body = await self._read_limited(url, resp)
             except (TimeoutError, aiohttp.ClientError) as e:
-                raise _TransientError(_describe(e), None, None) from None
+                raise _TransientError(_describe(e), None, None, str(resp.url)) from None
             self._conditional[url] = _Cached(
                 resp.headers.get("ETag"), resp.headers.get("Last-Modified"), body
             )
@@ -443,7 +459,7 @@ class HttpUpstream:
         watchdog = asyncio.ensure_future(_watch(url, resp, guard))
         try:
             if resp.status != 200:
-                raise UpstreamError(url, f"HTTP {resp.status} to a download")
+                raise UpstreamError(url, f"HTTP {resp.status} to a download", mirror=str(resp.url))
             yield Download(url, resp.content_length, _body(url, resp, chunk_size, guard, watchdog))
         finally:
             watchdog.cancel()
@@ -477,9 +493,12 @@ async def _body(
             guard.record(len(chunk))
             yield chunk
     except (TimeoutError, aiohttp.ClientError, _TooSlowError) as e:
+        mirror = str(resp.url)
         if guard.failure is not None:  # the watchdog cut it: say why, not how
-            raise DownloadInterruptedError(url, guard.failure) from None
-        raise DownloadInterruptedError(url, f"download interrupted: {_describe(e)}") from None
+            raise DownloadInterruptedError(url, guard.failure, mirror=mirror) from None
+        raise DownloadInterruptedError(
+            url, f"download interrupted: {_describe(e)}", mirror=mirror
+        ) from None
     finally:
         watchdog.cancel()  # the body is done: the time after it is the consumer's
 
@@ -524,11 +543,14 @@ class _TransientError(Exception):
 
     temporary = True
 
-    def __init__(self, reason: str, status: int | None, retry_after: float | None) -> None:
+    def __init__(
+        self, reason: str, status: int | None, retry_after: float | None, mirror: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.mirror = mirror  # the URL asked, for the error when retries give up
 
 
 def _describe(e: BaseException) -> str:

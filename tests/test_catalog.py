@@ -385,3 +385,51 @@ async def test_under_a_version_or_unique_tag_that_is_no_tag_nothing_is_published
     assert not isinstance(result, ItemFailure)
     (found,) = result
     assert (ArchError("x86_64", message), ArchError("aarch64", "missing")) == found.artifacts
+
+
+def test_an_extending_entry_overrides_the_default_entry_of_its_name_and_version() -> None:
+    """Narrow centos-stream:9 to one arch and point its source elsewhere; the rest is kept."""
+    sources = load_sources()
+    default = {b.item.label: b for b in load_catalog(None, sources).items}
+    narrowed = {
+        "name": "centos-stream",
+        "version": "9",
+        "arches": ["x86_64"],
+        "source": {
+            "kind": "static",
+            "url": "http://mirror.internal/cs9.qcow2",
+            "checksum": "a" * 64,
+        },
+    }
+    c = load_catalog({"catalog": "extend", "entries": [narrowed]}, sources)
+    labels = [b.item.label for b in c.items]
+    assert list(default) == labels  # same entries, in the same place
+    item = c.items[labels.index("centos-stream:9")].item
+    before = default["centos-stream:9"].item
+    assert ("x86_64",) == item.arches
+    assert "static" == item.source["kind"]
+    assert (before.user, before.preference, before.docs) == (item.user, item.preference, item.docs)
+    assert before.env("x86_64") == item.env("x86_64")
+
+
+def test_an_override_narrowing_arches_narrows_the_per_arch_maps_it_inherits() -> None:
+    """fedora:* has per-arch preference and secure_boot; `arches` alone narrows them."""
+    sources = load_sources()
+    only = {"name": "fedora", "arches": ["aarch64"]}
+    c = load_catalog({"catalog": "extend", "entries": [only]}, sources)
+    (fedora,) = [b.item for b in c.items if b.item.label == "fedora:*"]
+    assert ("aarch64",) == fedora.arches
+    assert {"aarch64": "fedora.arm64"} == fedora.preference
+    assert {"aarch64": True} == fedora.secure_boot
+
+
+def test_an_entry_listed_twice_in_one_file_stays_an_error() -> None:
+    twice = [{"name": "fedora", "arches": ["x86_64"]}, {"name": "fedora", "arches": ["s390x"]}]
+    with pytest.raises(ConfigError, match=r"^t.yaml: catalog entry fedora:\* is listed twice$"):
+        load_catalog({"catalog": "extend", "entries": twice}, load_sources(), config_name="t.yaml")
+
+
+def test_a_bad_override_names_the_config_file_entry() -> None:
+    bad = {"name": "centos-stream", "version": "9", "arches": ["ppc64le"]}
+    with pytest.raises(ConfigError, match=r"^t.yaml: entries\[0\] \(centos-stream:9\): arches"):
+        load_catalog({"catalog": "extend", "entries": [bad]}, load_sources(), config_name="t.yaml")

@@ -234,3 +234,41 @@ def test_promote_needs_its_source_registry() -> None:
     # promote's target is its own setting, never push's target_registry (staging)
     argv = ["images", "promote", "--source-registry", "r/x", "--target-registry", "t/y"]
     assert parse(argv)[1] == {"source_registry": "r/x", "promote_registry": "t/y"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["images", "--workers", "2", "push"], ("images_push", {"workers": 2})),
+        (
+            ["images", "--results-file", "F", "--no-fail", "verify", "--local"],
+            ("images_verify", {"results_file": "F", "no_fail": True, "verify_local": True}),
+        ),
+        (["--dry-run", "images", "--workers=3", "promote", "--source-registry", "r/ns"],
+         ("images_promote", {"dry_run": True, "workers": 3, "source_registry": "r/ns"})),
+        (["docs", "--quay-token-file", "t", "publish"], ("docs_publish", {"quay_token_file": "t"})),
+    ],
+)  # fmt: skip
+def test_medius_flag_positions_on_the_group_work(
+    argv: list[str], expected: tuple[str, dict[str, object]]
+) -> None:
+    """medius's persistent flags stand on `images` before the subcommand."""
+    assert expected == parse(argv)[:2]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["images", "push", "--dryrun=false"], "--dryrun=false (did you mean --dry-run?)"),
+        (["images", "push", "--work-dirr", "w"], "--work-dirr w (did you mean --work-dir?)"),
+        (["catalog", "--outptu", "json"], "(did you mean --output?)"),
+    ],
+)
+def test_a_mistyped_flag_suggests_the_right_one(args: list[str], needle: str) -> None:
+    one_line_error(run(*args), 2, needle)
+
+
+def test_an_unknown_flag_far_from_any_gets_no_suggestion() -> None:
+    result = run("images", "push", "--zzz")
+    one_line_error(result, 2, "unrecognized arguments: --zzz")
+    assert "did you mean" not in result.stderr

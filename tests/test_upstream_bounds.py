@@ -140,7 +140,8 @@ async def test_metadata_that_never_finishes_fails_within_the_deadline(tmp_path: 
                 await up.get_json(URL)
             took = time.monotonic() - started
     assert 1.0 < took < 10, took
-    assert f"{URL}: no complete answer within metadata_deadline (1.5 s)" == str(e.value)
+    note = srv.mirror_note(URL)
+    assert f"{URL}: no complete answer within metadata_deadline (1.5 s){note}" == str(e.value)
 
 
 @pytest.mark.parametrize("announced", [True, False], ids=["content-length", "chunked"])
@@ -242,7 +243,8 @@ async def test_a_download_past_its_deadline_fails_even_at_a_good_rate(tmp_path: 
                 await _drain(up, IMAGE)
             took = time.monotonic() - started
     assert 1.9 < took < 8, took
-    assert f"{IMAGE}: download not finished within download_deadline (2 s)" == str(e.value)
+    note = srv.mirror_note(IMAGE)
+    assert f"{IMAGE}: download not finished within download_deadline (2 s){note}" == str(e.value)
 
 
 async def test_a_fast_download_is_untouched_by_the_guard(tmp_path: Path) -> None:
@@ -274,4 +276,34 @@ async def test_bytes_are_asked_for_as_stored_and_a_content_coding_is_refused(
         async with client(srv) as up:
             with pytest.raises(UpstreamError) as e:
                 await up.get_json(URL)
-    assert f"{URL}: answered with Content-Encoding 'gzip', not asked for" == str(e.value)
+    note = srv.mirror_note(URL)
+    assert f"{URL}: answered with Content-Encoding 'gzip', not asked for{note}" == str(e.value)
+
+
+# -- mirrors in errors ----------------------------------------------------------------------------
+
+
+async def test_an_http_failure_names_the_mirror_url_beside_the_canonical_one(
+    tmp_path: Path,
+) -> None:
+    """An air-gapped site sees which of its servers failed: the URL actually asked, after a
+    redirect too (the redirect target is mirrored as well)."""
+    moved = "https://cdn.example.org/images/gone.img"
+    async with UpstreamServer(tmp_path) as srv:
+        srv.respond(URL, 302, headers={"Location": moved})
+        async with client(srv) as up:
+            with pytest.raises(UpstreamError) as e:
+                await up.get_bytes(URL)
+        port = srv.port
+    asked = f"http://127.0.0.1:{port}/cdn.example.org/images/gone.img"
+    assert f"{URL}: HTTP 404 Not Found (mirror {asked})" == str(e.value)
+    assert (URL, asked) == (e.value.url, e.value.mirror)
+
+
+async def test_without_a_mirror_an_error_names_the_canonical_url_alone(tmp_path: Path) -> None:
+    async with UpstreamServer(tmp_path) as srv:
+        url = f"{srv.base_url}nowhere/missing.json"
+        async with HttpUpstream(retry=RetryPolicy(attempts=1), sleep=_no_sleep) as up:
+            with pytest.raises(UpstreamError) as e:
+                await up.get_bytes(url)
+    assert f"{url}: HTTP 404 Not Found" == str(e.value)

@@ -36,6 +36,7 @@ from containerdisks.catalog import Catalog
 from containerdisks.commands.context import EXIT_OK, EXIT_PENDING, Context
 from containerdisks.commands.render import table_lines, write_json
 from containerdisks.engine.core import Outcome
+from containerdisks.engine.plan import ADOPTED
 from containerdisks.engine.results import ArchOutcome, Cause, arch_outcomes, failure_causes
 from containerdisks.workdir import own_work_dir
 
@@ -117,6 +118,11 @@ def _failure_lines(causes: Sequence[Cause]) -> list[str]:
     return [f"{c.entries()}  failed: {c.reason}" for c in causes]
 
 
+def _shown(row: ArchOutcome) -> str:
+    """The outcome as the table shows it: an image adopted from medius says so."""
+    return f"{row.outcome} (adopted from medius)" if row.reason == ADOPTED else row.outcome
+
+
 def render_outcomes(outcomes: Sequence[Outcome], ctx: Context) -> None:
     dry_run = ctx.settings.dry_run
     if ctx.output == "json":
@@ -126,11 +132,11 @@ def render_outcomes(outcomes: Sequence[Outcome], ctx: Context) -> None:
     done = [r for r in rows if r.outcome != "failed"]
     if dry_run:
         table = [_PLAN_HEADER] + [
-            (r.entry, r.arch, _short(r.upstream), _short(r.published), r.outcome) for r in done
+            (r.entry, r.arch, _short(r.upstream), _short(r.published), _shown(r)) for r in done
         ]
     else:
         table = [_OUTCOME_HEADER] + [
-            (r.entry, r.arch, r.outcome, _short(r.digest), ", ".join(r.tags) or "-") for r in done
+            (r.entry, r.arch, _shown(r), _short(r.digest), ", ".join(r.tags) or "-") for r in done
         ]
     failures = _failure_lines(failure_causes(rows))
     lines = table_lines(table) if done or not failures else []

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from containerdisks.api import GOARCH, ArchError, Artifact
+from containerdisks.engine.adopt import adoptable
 from containerdisks.engine.spec import ArchSpec, EntrySpec
 from containerdisks.oci import Descriptor
 from containerdisks.pipeline.image import LayerCompression, MediaFamily, compression_of
 from containerdisks.registry.published import PublishedArch, PublishedImage, ReadError
 
 __all__ = [
+    "ADOPTED",
     "Action",
     "ArchPlan",
     "EntryPlan",
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 Action = Literal["up-to-date", "build", "reuse", "retag", "failed"]
+
+#: The reason of an `up-to-date` arch whose config medius wrote (engine/adopt.py).
+ADOPTED = "adopted: published by medius, same upstream checksum"
 
 
 class PublishedReader(Protocol):
@@ -107,12 +112,14 @@ def _compare(
         return row
     core = {k: v for k, v in have.config.items() if k != "rootfs"}
     layer_compression = compression_of(have.layer.media_type) if have.layer else None
-    if core != want.core:
+    if core != want.core and not adoptable(have.config, want.core, one_layer=bool(have.layer)):
         row.action, row.reason = "build", "config changed"
     elif have.family != family:
         row.action, row.reason = "build", f"media types are not {family}"
     elif layer_compression != compression:
         row.action, row.reason = "build", f"layer is not {compression}"
+    elif core != want.core:
+        row.reason = ADOPTED  # medius's config, as ours would be (engine/adopt.py)
     diff_ids = (have.config.get("rootfs") or {}).get("diff_ids") or []
     if row.action == "build" and layer_compression == compression and len(diff_ids) == 1:
         # Same upstream bytes, same compression: the published layer is what we would build.

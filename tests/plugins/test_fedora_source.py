@@ -25,7 +25,7 @@ from containerdisks.api import (
 )
 from containerdisks.catalog import load_sources
 from tests.support.sources import Serve
-from tests.support.upstream_server import FIXTURES_DIR, put, tree_path
+from tests.support.upstream_server import FIXTURES_DIR, put, tree_path, via
 
 RELEASES = "https://getfedora.org/releases.json"
 ARCHES = ("x86_64", "aarch64", "s390x")
@@ -370,7 +370,7 @@ MISSING_40 = "no verifiable sha256 for {arch} image {link}: releases.json has no
                 ArchError(
                     "x86_64",
                     MISSING_40.format(arch="x86_64", link=F40_X86.url)
-                    + f" {CHECKSUM_40_X86}: HTTP 404 Not Found",
+                    + f" {CHECKSUM_40_X86}: HTTP 404 Not Found{via(CHECKSUM_40_X86)}",
                 ),
                 F40_ARM,
             ),
@@ -420,7 +420,7 @@ MISSING_40 = "no verifiable sha256 for {arch} image {link}: releases.json has no
                     "x86_64",
                     MISSING_40.format(arch="x86_64", link=F40_X86.url)
                     + f" {CHECKSUM_40_X86}: HTTP 500 Internal Server Error"
-                    " (gave up after 2 attempts)",
+                    f" (gave up after 2 attempts){via(CHECKSUM_40_X86)}",
                 ),
                 F40_ARM,
             ),
@@ -459,6 +459,10 @@ async def test_empty_sha256_uses_checksum_file(
         for url, status in faults.items():
             server.respond(url, status, times=None)
         actual = await FedoraSource().discover(request(("x86_64", "aarch64")), upstream)
+        expected_40 = tuple(
+            ArchError(a.arch, server.resolve_notes(a.message)) if isinstance(a, ArchError) else a
+            for a in expected_40
+        )
         expected = [
             Release("40", expected_40, newest_stable=True),
             Release("39", (F39_X86, F39_ARM)),
@@ -614,7 +618,7 @@ async def test_releases_json_unreachable(serve: Serve, tmp_path: Path) -> None:
         tree_path(server.root, RELEASES).unlink()
         with pytest.raises(UpstreamError) as err:
             await FedoraSource().discover(request(), upstream)
-    assert f"{RELEASES}: HTTP 404 Not Found" == str(err.value)
+    assert f"{RELEASES}: HTTP 404 Not Found{server.mirror_note(RELEASES)}" == str(err.value)
 
 
 # -- parameters and registration ------------------------------------------------------------------

@@ -23,6 +23,7 @@ Decisions that shaped it:
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -45,6 +46,7 @@ __all__ = [
     "lay_out_upstream",
     "put",
     "tree_path",
+    "via",
 ]
 
 FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "upstream"
@@ -119,6 +121,12 @@ def tree_path(root: Path, url: str) -> Path:
     if ".." in rel.parts:
         raise ValueError(f"{url!r} escapes the tree")
     return root / rel
+
+
+def via(canonical: str) -> str:
+    """A placeholder for the mirror note of an HTTP failure of `canonical`, for expectations
+    written before the server (and its port) exists; `UpstreamServer.resolve_notes` fills it."""
+    return f"<mirror {canonical}>"
 
 
 def put(root: Path, url: str, data: bytes | str | Path) -> Path:
@@ -236,6 +244,16 @@ class UpstreamServer(LoopbackServer):
         if hosts is None:
             return {"https://": self.base_url}
         return {f"https://{h}/": f"{self.base_url}{h}/" for h in hosts}
+
+    def mirror_note(self, canonical: str) -> str:
+        """What an HTTP failure of `canonical`, asked through this server, ends with (also
+        once the server stopped: the port it had)."""
+        parts = urlsplit(canonical)
+        return f" (mirror http://{self.host}:{self._port}/{parts.hostname}{parts.path})"
+
+    def resolve_notes(self, text: str) -> str:
+        """`text` with every `via(url)` placeholder replaced by this server's `mirror_note`."""
+        return re.sub(r"<mirror ([^>]+)>", lambda m: self.mirror_note(m[1]), text)
 
     def mirror_args(self, hosts: Iterable[str] | None = None) -> list[str]:
         """The same table as `--upstream-mirror FROM=TO` flags."""
