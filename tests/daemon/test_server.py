@@ -98,7 +98,10 @@ async def test_status_shows_entries_and_arches(
         "published": "aa",
         "digest": "sha256:x",
         "action": "build",
+        "outcome": "",
         "reason": "upstream changed",
+        "changed": None,
+        "behind_since": None,
     } == fedora["arches"]["x86_64"]
     assert "1970-01-01T00:16:40Z" == fedora["last_success"]
     assert "1970-01-01T00:17:40Z" == fedora["next_poll"]  # with the next pass
