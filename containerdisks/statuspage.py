@@ -166,7 +166,9 @@ def _entry_rows(key: str, entry: Mapping[str, Any]) -> Iterable[_Safe]:
     tags = entry.get("tags") or []
     for i, (arch, a) in enumerate(rows):
         outcome = a.get("outcome") or entry.get("result")
-        reason = a.get("reason") or (entry.get("error") if outcome == "failed" else "")
+        reason = a.get("reason")
+        if outcome == "failed" and a.get("action") != "failed":  # failed beyond the plan
+            reason = entry.get("error") or reason
         per_entry = _Safe("")
         if i == 0:
             span = len(rows)
