@@ -10,7 +10,6 @@ screenshot is taken into the test's tmp_path (a PNG, kept as an artifact, not co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.conftest import Daemon, Fedora, StartDaemon
-from tests.daemon.test_slow_upstream import SLOW, one_byte_per_second
+from tests.daemon.test_slow_upstream import start_slow
 from tests.support.disks import FEDORA_URL, fedora_link
 from tests.support.registry import Registry
 from tests.support.upstream_server import put
@@ -90,38 +89,8 @@ def test_the_page_in_chromium_mid_pass_and_after_a_failure_with_a_hostile_versio
     forty = next(r for r in releases if r["link"] == link and r["arch"] == "x86_64")
     releases.append({**forty, "version": f"42 {HOSTILE}"})  # Fedora 42, says its first field
     put(root, FEDORA_URL, json.dumps(releases))
-    srv.respond_stream(SLOW, one_byte_per_second, content_length=1 << 20)
-    config = tmp_path / "catalog.yaml"
-    config.write_text(
-        "catalog: replace\n"
-        "entries:\n"  # the slow entry first: the first worker takes it
-        "  - name: slow\n"
-        '    version: "1"\n'
-        "    arches: [x86_64]\n"
-        "    source:\n"
-        "      kind: static\n"
-        f"      url: {SLOW}\n"
-        f'      checksum: "{hashlib.sha256(b"").hexdigest()}"\n'
-        "  - name: fedora\n"
-        "    arches: [x86_64]\n"
-        "    source:\n"
-        "      kind: fedora\n"
-    )
-    daemon = start_daemon(
-        srv,
-        f"{registry.host}/cd",
-        "--config",
-        str(config),
-        "--focus",
-        "",
-        "--workers",
-        "2",
-        interval=3600,
-        env={
-            "CONTAINERDISKS_MIN_TRANSFER_RATE": "1000",
-            "CONTAINERDISKS_MIN_TRANSFER_RATE_WINDOW": str(WINDOW),
-            "CONTAINERDISKS_RETRIES": "1",
-        },
+    daemon = start_slow(
+        tmp_path, registry, srv, start_daemon, fedora_arches="x86_64", window=WINDOW, retries=1
     )
 
     def entries() -> dict[str, dict[str, object]]:
