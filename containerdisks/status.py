@@ -236,6 +236,7 @@ class Status:
         self.current_pass: PassState | None = None
         self.last_pass: PassState | None = None
         self.recent_passes: deque[PassState] = deque(maxlen=HISTORY)
+        self.election: dict[str, Any] | None = None  # the Leases held (issue 24 writes it)
         self.entries: dict[str, EntryState] = {}
 
     # -- written by the scheduler ---------------------------------------------------------------
@@ -365,6 +366,7 @@ class Status:
             "next_pass": _iso(self.next_pass),
             "interval": self.interval,
             "recent_passes": [p.as_json() for p in reversed(self.recent_passes)],
+            "election": self.election,
             "entries": {
                 key: self.entries[key].as_json(self.next_pass) for key in sorted(self.entries)
             },

@@ -14,7 +14,8 @@ Decisions:
 - Failures first: entries with a failed result or a failed arch lead, then the rest by name.
 - The small per-entry history is the last syncs `/status` keeps, oldest first, each a coloured
   mark whose text is the result (no colour-only meaning).
-- The leader/shards a replica holds are shown when the status has them (`leader`, `shards`).
+- The leader/shards a replica holds are shown when the status has them (`election`, written
+  by `--leader-elect` / `--shards`), field by field.
 """
 
 from __future__ import annotations
@@ -129,17 +130,20 @@ def _pass_section(data: Mapping[str, Any]) -> _Safe:
 
 
 def _replica_section(data: Mapping[str, Any]) -> _Safe:
-    # The leader and the shards this replica holds, once the status has them (issue 24).
-    if "leader" not in data and "shards" not in data:
+    """The Leases this replica holds (`election`: leader, shards held, ...), when it has any;
+    shown field by field, so that a field the election adds later appears without a change."""
+    election = data.get("election")
+    if not isinstance(election, Mapping):
         return _Safe("")
-    shards = data.get("shards")
-    shown = ", ".join(str(s) for s in shards) if isinstance(shards, list) else shards
-    return _h(
-        '<h2>Replica</h2><dl id="replica"><dt>leader</dt><dd>{}</dd>'
-        "<dt>shards held</dt><dd>{}</dd></dl>",
-        data.get("leader"),
-        shown,
+    fields = _join(
+        _h(
+            "<dt>{}</dt><dd>{}</dd>",
+            name.replace("_", " "),
+            ", ".join(map(str, value)) if isinstance(value, list) else value,
+        )
+        for name, value in election.items()
     )
+    return _h('<h2>Replica</h2><dl id="replica">{}</dl>', fields)
 
 
 def _history(entry: Mapping[str, Any]) -> _Safe:

@@ -175,3 +175,13 @@ async def test_the_page_is_the_status_escaped_under_a_csp_without_scripts(
     assert 'data-entry="fedora:40" data-arch="x86_64" data-outcome="failed"' in page
     data = await (await client.get("/status")).json()
     assert data["entries"]["fedora:40"]["error"] == entry.error  # the same source, unescaped
+
+
+async def test_the_page_shows_the_leases_a_replica_holds_when_there_are_any(
+    client: TestClient[aiohttp.web.Request, object], status: Status
+) -> None:
+    assert 'id="replica"' not in await (await client.get("/")).text()
+    status.election = {"identity": "<pod-0>", "leader": True, "shards_held": [0, 2]}
+    page = await (await client.get("/")).text()
+    assert '<dl id="replica"><dt>identity</dt><dd>&lt;pod-0&gt;</dd>' in page
+    assert "<dt>shards held</dt><dd>0, 2</dd>" in page
