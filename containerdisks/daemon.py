@@ -193,7 +193,13 @@ async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
     server listens."""
     host, port = parse_listen(settings.listen)
     metrics = Metrics()
-    status = Status(heartbeat_timeout=settings.heartbeat_timeout, dry_run=settings.dry_run)
+    status = Status(
+        heartbeat_timeout=settings.heartbeat_timeout,
+        dry_run=settings.dry_run,
+        interval=settings.interval,
+    )
+    metrics.interval.set(settings.interval)
+    metrics.ready.set_function(lambda: 1.0 if status.is_ready() else 0.0)
     count_retries = metrics.retry_observer(Mirrors(settings.upstream_mirrors).rewrite)
     results = _results_path(settings)
     if results is not None:

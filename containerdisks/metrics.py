@@ -14,6 +14,11 @@ Decisions:
   observers (upstream and registry retries by host, restreamed layers on their own), not from
   log lines: renaming a log event cannot stop the count, and the log level does not matter.
 - The same meter lists the transfers in flight, which the console uses for progress bars.
+- What the shipped alerts (`config/deploy/monitoring/`) need is exported as such: the pass
+  interval and the start time (so "no pass for 3 intervals" needs no constant), readiness as a
+  gauge read from the status at scrape time, and per entry and arch since when upstream offers
+  something newer than what is published (absent when it does not). Request errors are counted
+  apart from retries: a connection that failed, or an answer 429 or 5xx.
 - The rendered text passes through `containerdisks.oci.redact.redact`: no label value shows a
   secret we hold.
 """
@@ -127,6 +132,8 @@ class HttpMeter:
         self, _s: aiohttp.ClientSession, ctx: SimpleNamespace, p: aiohttp.TraceRequestEndParams
     ) -> None:
         self._uploads.pop(id(ctx), None)
+        if p.response.status == 429 or p.response.status >= 500:
+            self.metrics.http_errors.labels(self.kind, host_of(p.url)).inc()
         if self.kind == "upstream" and p.method == "GET" and p.response.status == 200:
             name = p.url.path.rsplit("/", 1)[-1] or p.url.path
             transfer = Transfer(
@@ -145,6 +152,7 @@ class HttpMeter:
         p: aiohttp.TraceRequestExceptionParams,
     ) -> None:
         self._uploads.pop(id(ctx), None)
+        self.metrics.http_errors.labels(self.kind, host_of(p.url)).inc()
 
     # -- polling -------------------------------------------------------------------------------
 
@@ -272,6 +280,43 @@ class Metrics:
             ["kind", "host"],
             registry=r,
         )
+        self.http_errors = Counter(
+            "containerdisks_http_errors",
+            "HTTP requests that failed to connect or were answered 429 or 5xx, by kind and host.",
+            ["kind", "host"],
+            registry=r,
+        )
+        self.arch_outcomes = Counter(
+            "containerdisks_arch_outcomes",
+            "Arches synced, by outcome (published, reused, up-to-date, failed; in a dry run the "
+            "planned action).",
+            ["outcome"],
+            registry=r,
+        )
+        self.upstream_newer = Gauge(
+            "containerdisks_upstream_newer_since_timestamp_seconds",
+            "Since when upstream offers an arch of the entry newer than the one published "
+            "(Unix time); absent while they agree.",
+            ["entry", "arch"],
+            registry=r,
+        )
+        self._newer: set[tuple[str, str]] = set()
+        self.interval = Gauge(
+            "containerdisks_pass_interval_seconds",
+            "Seconds between the starts of two passes (0: one pass only).",
+            registry=r,
+        )
+        self.started = Gauge(
+            "containerdisks_start_timestamp_seconds",
+            "When the daemon started (Unix time).",
+            registry=r,
+        )
+        self.started.set(time.time())
+        self.ready = Gauge(
+            "containerdisks_ready",
+            "1 while the daemon is ready (/readyz answers 200), else 0.",
+            registry=r,
+        )
         self.restreams = Counter(
             "containerdisks_layer_restreams",
             "Arch builds streamed again from upstream after a transient failure mid-stream.",
@@ -293,11 +338,26 @@ class Metrics:
         if result != "failed":
             self.last_success.labels(entry).set(when)
 
+    def arches_synced(self, entry: str, arches: dict[str, tuple[str, float | None]]) -> None:
+        """Each arch of a sync: its outcome, and since when upstream is newer (None: it is
+        not)."""
+        for arch, (outcome, newer_since) in arches.items():
+            self.arch_outcomes.labels(outcome).inc()
+            if newer_since is not None:
+                self.upstream_newer.labels(entry, arch).set(newer_since)
+                self._newer.add((entry, arch))
+            elif (entry, arch) in self._newer:
+                self._newer.discard((entry, arch))
+                self.upstream_newer.remove(entry, arch)
+
     def forget(self, entry: str) -> None:
         """Drop an entry's series (it is no longer in the catalog upstream)."""
         for metric in (self.last_success, self.last_result, self.failures):
             with contextlib.suppress(KeyError):
                 metric.remove(entry)
+        for key in sorted(k for k in self._newer if k[0] == entry):
+            self._newer.discard(key)
+            self.upstream_newer.remove(*key)
 
     def pass_finished(self, seconds: float, when: float) -> None:
         self.passes.inc()

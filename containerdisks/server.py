@@ -1,4 +1,5 @@
-"""The daemon's HTTP face: `/healthz`, `/readyz`, `/metrics`, `/status`, read-only.
+"""The daemon's HTTP face: `/` (the status page), `/healthz`, `/readyz`, `/metrics`, `/status`,
+read-only.
 
 One job: answer probes, Prometheus and people from the `Status` and `Metrics` objects; it never
 imports the scheduler (an import-linter contract) and nothing here changes state.
@@ -15,6 +16,10 @@ Decisions:
   Errors shown are the engine's one-line messages, which are built to be secret-free, and every
   string of every answer passes through `containerdisks.oci.redact.redact_data` besides (a
   registry may echo a secret into an error body).
+- `/` and `/status` are one source: both start from `_status_data` (the status's dict, every
+  string redacted); `/` renders it with `containerdisks.statuspage`, which escapes every value,
+  and is served with a Content-Security-Policy that allows no script and no external load
+  (`default-src 'none'; style-src 'unsafe-inline'`), `nosniff` and no framing.
 - The port faces a network, so what a client can hold is bounded. aiohttp bounds header sizes
   but neither the number of connections nor (before 3.14) the time a connection may take to
   send its first request, so a thin protocol wrapper (`_Guarded`) stands between asyncio's
@@ -37,14 +42,17 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from containerdisks import __version__
 from containerdisks.metrics import CONTENT_TYPE, Metrics
 from containerdisks.oci.redact import redact, redact_data
-from containerdisks.status import Status
+from containerdisks.status import Status, iso_now
+from containerdisks.statuspage import render_page
 
 __all__ = ["make_app", "serving"]
 
@@ -55,6 +63,18 @@ HEADER_TIMEOUT = 5.0
 MAX_CONNECTIONS = 100
 #: How much of a malformed request's parser message is logged.
 _ERROR_CHARS = 200
+
+#: The page's headers: nothing runs, nothing is loaded from elsewhere, nothing frames it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 _STATUS = web.AppKey("status", Status)
 _METRICS = web.AppKey("metrics", Metrics)
@@ -91,14 +111,28 @@ async def _metrics(request: web.Request) -> web.Response:
     return response
 
 
+def _status_data(status: Status) -> Any:
+    """What `/status` and `/` show: the status's dict, every string redacted."""
+    return redact_data(status.as_json())
+
+
 async def _status(request: web.Request) -> web.Response:
-    return _json(request.app[_STATUS].as_json())
+    return _json(_status_data(request.app[_STATUS]))
+
+
+async def _page(request: web.Request) -> web.Response:
+    status = request.app[_STATUS]
+    text = render_page(_status_data(status), version=__version__, now=iso_now(status.wall()))
+    return web.Response(
+        text=redact(text), content_type="text/html", charset="utf-8", headers=PAGE_HEADERS
+    )
 
 
 def make_app(status: Status, metrics: Metrics) -> web.Application:
     app = web.Application()
     app[_STATUS] = status
     app[_METRICS] = metrics
+    app.router.add_get("/", _page)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

@@ -2,8 +2,10 @@
 
 One job: hold liveness (the scheduler's heartbeat), readiness (the first pass completed, or all
 it discovered so far is synced and only slow discoveries are left; not shutting down), pass
-bookkeeping, and per entry and arch what upstream offers, what is published, the last result
-and error, and when the entry is polled next; and render that as JSON.
+bookkeeping (and the last `HISTORY` passes), and per entry and arch what upstream offers, what
+is published, the last result and outcome and why, since when upstream is ahead of what is
+published, when that last changed, when the entry is polled next, and its last `HISTORY` syncs;
+and render that as JSON (`/status`; the page at `/` is rendered from the very same dict).
 
 Decisions:
 - A plain object with bookkeeping only, no I/O and no imports of the engine, so that the
@@ -12,6 +14,11 @@ Decisions:
 - The bookkeeping is its own: the scheduler says what happened (`queued`, `running`, `synced`,
   `discovery_failed`, `forget`, ...) and the status decides which fields that changes and what
   an arch's state becomes (`EntryState.planned`); nothing outside writes its fields.
+- An arch's `outcome` uses the names `images push` reports (`published`, `reused`,
+  `up-to-date`, `failed`; in a dry run the planned action); its `changed` moves when what
+  upstream offers, what is published, or whether it fails changes, not on every pass.
+- Histories are bounded (`HISTORY` items per entry and for the passes): a daemon running for
+  months holds no more than one running for minutes.
 - Everything runs on one event loop, so there are no locks. Clocks are injected: `monotonic`
   for the heartbeat (immune to wall-clock jumps), `wall` for the timestamps people read.
 """
@@ -19,22 +26,44 @@ Decisions:
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-__all__ = ["ArchRow", "ArchState", "EntryState", "EntryStep", "Status"]
+__all__ = ["HISTORY", "ArchRow", "ArchState", "EntryState", "EntryStep", "Status", "iso_now"]
 
 #: Where an entry is in the daemon: waiting in the queue, being synced, done until its next
 #: poll, or waiting out a backoff after a failure.
 EntryStep = Literal["queued", "running", "idle", "backoff"]
+#: How many passes, and syncs per entry, the status remembers.
+HISTORY = 10
+#: An arch's outcome after a publish, by its planned action.
+_DONE = {"build": "published", "reuse": "reused", "retag": "reused", "up-to-date": "up-to-date"}
+
+
+def _outcome(action: str, result: str | None, error: str | None) -> str:
+    """What became of one arch, in `images push`'s words, from its action and the entry's
+    result (a dry run's `pending` keeps the planned action)."""
+    if action == "failed" or (error and action != "up-to-date"):
+        return "failed"
+    if result == "pending":
+        return action
+    if result == "published":
+        return _DONE.get(action, action)
+    return "up-to-date"
 
 
 def _iso(when: float | None) -> str | None:
     if when is None:
         return None
     return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def iso_now(when: float) -> str:
+    """`when` (Unix time) as the status writes times: ISO 8601, seconds, UTC, `Z`."""
+    return _iso(when) or ""
 
 
 @dataclass
@@ -46,6 +75,9 @@ class ArchState:
     digest: str | None = None  # the published platform manifest
     action: str = ""  # up-to-date, build, reuse, retag, failed
     reason: str = ""
+    outcome: str = ""  # published, reused, up-to-date, failed (dry run: the action)
+    changed: float | None = None  # upstream, published or failing last changed (wall time)
+    behind_since: float | None = None  # upstream first seen ahead of what is published
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -53,7 +85,10 @@ class ArchState:
             "published": self.published,
             "digest": self.digest,
             "action": self.action,
+            "outcome": self.outcome,
             "reason": self.reason,
+            "changed": _iso(self.changed),
+            "behind_since": _iso(self.behind_since),
         }
 
 
@@ -89,11 +124,26 @@ class EntryState:
     last_attempt: float | None = None
     last_success: float | None = None
     next_poll: float | None = None  # wall time; None: with the next pass
+    changed: float | None = None  # when the result last changed
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+    def record(self, when: float, result: str, error: str | None) -> None:
+        """One sync (or discovery) ended: the result, and the history, newest last."""
+        if result != self.result:
+            self.changed = when
+        self.result, self.error = result, error
+        self.history.append({"at": _iso(when), "result": result, "error": error})
 
     def planned(
-        self, rows: Sequence[ArchRow], *, published_digest: str | None, rebuilt: bool
+        self,
+        rows: Sequence[ArchRow],
+        *,
+        published_digest: str | None,
+        rebuilt: bool,
+        now: float | None = None,
     ) -> None:
-        """What a plan read (and, when `rebuilt`, a publish wrote) for each arch.
+        """What a plan read (and, when `rebuilt`, a publish wrote) for each arch, and what
+        became of it (`_outcome`, from the result `record` set).
 
         A failed row, or "unchanged since last pass" (nothing was read), keeps what was known.
         After a rebuild the digests are unknown until the next pass reads them back.
@@ -116,6 +166,14 @@ class EntryState:
             )
             if rebuilt and row.action in ("build", "reuse"):
                 arch.published, arch.digest = row.upstream, None
+            arch.outcome = _outcome(row.action, self.result, self.error)
+            failing = arch.outcome == "failed"
+            same = (old.upstream, old.published, old.outcome == "failed") == (
+                arch.upstream, arch.published, failing
+            )  # fmt: skip
+            arch.changed = old.changed if same and row.arch in self.arches else now
+            behind = arch.upstream is not None and arch.upstream != arch.published
+            arch.behind_since = (old.behind_since or now) if behind else None
             self.arches[row.arch] = arch
 
     def as_json(self, next_pass: float | None) -> dict[str, Any]:
@@ -129,7 +187,9 @@ class EntryState:
             "last_attempt": _iso(self.last_attempt),
             "last_success": _iso(self.last_success),
             "next_poll": _iso(self.next_poll if self.next_poll is not None else next_pass),
+            "changed": _iso(self.changed),
             "arches": {arch: a.as_json() for arch, a in self.arches.items()},
+            "history": list(self.history),
         }
 
 
@@ -158,11 +218,13 @@ class Status:
         *,
         heartbeat_timeout: float,
         dry_run: bool,
+        interval: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.dry_run = dry_run
+        self.interval = interval  # seconds between passes; None: one pass only
         self.monotonic = monotonic
         self.wall = wall
         self.started = wall()
@@ -173,6 +235,8 @@ class Status:
         self.next_pass: float | None = None  # wall time
         self.current_pass: PassState | None = None
         self.last_pass: PassState | None = None
+        self.recent_passes: deque[PassState] = deque(maxlen=HISTORY)
+        self.election: dict[str, Any] | None = None  # the Leases held (issue 24 writes it)
         self.entries: dict[str, EntryState] = {}
 
     # -- written by the scheduler ---------------------------------------------------------------
@@ -217,7 +281,8 @@ class Status:
             state.next_poll = None if retry_in is None else now + retry_in
         else:
             state.step, state.next_poll, state.last_success = "idle", None, now
-        state.result, state.error, state.failures = result, error, failures
+        state.record(now, result, error)
+        state.failures = failures
         if tags:
             state.tags = list(tags)
         return state
@@ -225,8 +290,22 @@ class Status:
     def discovery_failed(self, key: str, error: str | None, *, failures: int) -> EntryState:
         """A catalog item could not list its entries: recorded under its own key (`name:*`)."""
         state = self.entry(key)
-        state.step, state.result, state.error = "idle", "failed", error
-        state.last_attempt, state.failures = self.wall(), failures
+        state.step, state.last_attempt, state.failures = "idle", self.wall(), failures
+        state.record(state.last_attempt, "failed", error)
+        return state
+
+    def planned(
+        self,
+        key: str,
+        rows: Sequence[ArchRow],
+        *,
+        published_digest: str | None,
+        rebuilt: bool,
+    ) -> EntryState:
+        """The arches of a sync that `synced` (or `discovery_failed`) recorded: see
+        `EntryState.planned`."""
+        state = self.entry(key)
+        state.planned(rows, published_digest=published_digest, rebuilt=rebuilt, now=self.wall())
         return state
 
     def forget(self, key: str) -> None:
@@ -251,6 +330,7 @@ class Status:
         if self.current_pass is not None and self.current_pass.started == started:
             self.current_pass = None
         self.last_pass = done
+        self.recent_passes.append(done)
         self.passes += 1
         self.ready = self.ready or first
 
@@ -284,6 +364,9 @@ class Status:
             "current_pass": self.current_pass.as_json() if self.current_pass else None,
             "last_pass": self.last_pass.as_json() if self.last_pass else None,
             "next_pass": _iso(self.next_pass),
+            "interval": self.interval,
+            "recent_passes": [p.as_json() for p in reversed(self.recent_passes)],
+            "election": self.election,
             "entries": {
                 key: self.entries[key].as_json(self.next_pass) for key in sorted(self.entries)
             },

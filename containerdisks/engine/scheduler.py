@@ -489,8 +489,12 @@ class Scheduler:
     def _record_arches(self, outcome: Outcome, result: str) -> None:
         plan = outcome.plan
         rebuilt = result == "published" and any(r.action in ("build", "reuse") for r in plan.arches)
-        self.status.entry(outcome.key).planned(
-            plan.arches, published_digest=plan.published_digest, rebuilt=rebuilt
+        state = self.status.planned(
+            outcome.key, plan.arches, published_digest=plan.published_digest, rebuilt=rebuilt
+        )
+        arches = {r.arch: state.arches[r.arch] for r in plan.arches}
+        self.metrics.arches_synced(
+            outcome.key, {arch: (a.outcome, a.behind_since) for arch, a in arches.items()}
         )
 
     def _reconcile(self, entries: list[Entry], failures: list[Outcome]) -> None:

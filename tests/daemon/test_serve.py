@@ -294,14 +294,14 @@ def test_the_port_changes_nothing_and_reveals_no_secret(
     )
     daemon.ready()
     assert "40" in basic_registry.list_tags("cd/fedora")
-    for path in ("/healthz", "/readyz", "/metrics", "/status"):
+    for path in ("/", "/healthz", "/readyz", "/metrics", "/status"):
         code, body = daemon.get(path)
         assert 200 == code, path
         assert password.encode() not in body, path
         assert token.encode() not in body, path
         for method in ("POST", "PUT", "DELETE", "PATCH"):
             assert 405 == daemon.get(path, method)[0], (method, path)
-    assert 404 == daemon.code("/")
+    assert 404 == daemon.code("/index.html")
     assert password not in daemon.log_text()
     assert token not in daemon.log_text()
     before = daemon.status()["passes"]

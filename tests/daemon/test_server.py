@@ -98,7 +98,10 @@ async def test_status_shows_entries_and_arches(
         "published": "aa",
         "digest": "sha256:x",
         "action": "build",
+        "outcome": "",
         "reason": "upstream changed",
+        "changed": None,
+        "behind_since": None,
     } == fedora["arches"]["x86_64"]
     assert "1970-01-01T00:16:40Z" == fedora["last_success"]
     assert "1970-01-01T00:17:40Z" == fedora["next_poll"]  # with the next pass
@@ -149,3 +152,36 @@ async def test_serving_binds_and_releases_the_port(status: Status) -> None:
     with pytest.raises(aiohttp.ClientConnectionError):
         async with aiohttp.ClientSession() as session:
             await asyncio.wait_for(session.get(f"http://{host}:{port}/healthz"), 5)
+
+
+async def test_the_page_is_the_status_escaped_under_a_csp_without_scripts(
+    client: TestClient[aiohttp.web.Request, object], status: Status
+) -> None:
+    entry = status.entry("fedora:40")
+    entry.result, entry.error = "failed", 'fedora:40: <img src=x onerror="alert(1)">'
+    entry.arches["x86_64"] = ArchState("<b>aa</b>", None, None, "build", "", "failed")
+    response = await client.get("/")
+    assert 200 == response.status
+    assert "text/html" == response.content_type
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp
+    assert "script-src" not in csp
+    assert "nosniff" == response.headers["X-Content-Type-Options"]
+    page = await response.text()
+    assert '<meta http-equiv="refresh" content="30">' in page
+    assert "<img" not in page
+    assert "<b>aa" not in page
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page
+    assert 'data-entry="fedora:40" data-arch="x86_64" data-outcome="failed"' in page
+    data = await (await client.get("/status")).json()
+    assert data["entries"]["fedora:40"]["error"] == entry.error  # the same source, unescaped
+
+
+async def test_the_page_shows_the_leases_a_replica_holds_when_there_are_any(
+    client: TestClient[aiohttp.web.Request, object], status: Status
+) -> None:
+    assert 'id="replica"' not in await (await client.get("/")).text()
+    status.election = {"identity": "<pod-0>", "leader": True, "shards_held": [0, 2]}
+    page = await (await client.get("/")).text()
+    assert '<dl id="replica"><dt>identity</dt><dd>&lt;pod-0&gt;</dd>' in page
+    assert "<dt>shards held</dt><dd>0, 2</dd>" in page

@@ -8,8 +8,9 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.daemon.conftest import Fedora, StartDaemon
+from tests.daemon.conftest import Daemon, Fedora, StartDaemon
 from tests.support.registry import Registry
+from tests.support.upstream_server import UpstreamServer
 
 SLOW = "https://example.org/slow/disk.qcow2"
 WINDOW = 4
@@ -21,15 +22,23 @@ async def one_byte_per_second() -> AsyncIterator[bytes]:
         await asyncio.sleep(1.0)
 
 
-def test_a_slow_entry_fails_in_its_window_while_the_others_publish(
-    tmp_path: Path, registry: Registry, fedora_upstream: Fedora, start_daemon: StartDaemon
-) -> None:
-    srv, _, _ = fedora_upstream
+def start_slow(
+    tmp_path: Path,
+    registry: Registry,
+    srv: UpstreamServer,
+    start_daemon: StartDaemon,
+    *,
+    fedora_arches: str = "x86_64, aarch64",
+    window: int = WINDOW,
+    retries: int = 2,
+) -> Daemon:
+    """`serve` with 2 workers over a slow entry (first: the first worker takes it) and Fedora;
+    the slow download fails after one rate `window`."""
     srv.respond_stream(SLOW, one_byte_per_second, content_length=1 << 20)
     config = tmp_path / "catalog.yaml"
     config.write_text(
         "catalog: replace\n"
-        "entries:\n"  # the slow entry first: the first worker takes it
+        "entries:\n"
         "  - name: slow\n"
         '    version: "1"\n'
         "    arches: [x86_64]\n"
@@ -38,11 +47,11 @@ def test_a_slow_entry_fails_in_its_window_while_the_others_publish(
         f"      url: {SLOW}\n"
         f'      checksum: "{hashlib.sha256(b"").hexdigest()}"\n'
         "  - name: fedora\n"
-        "    arches: [x86_64, aarch64]\n"
+        f"    arches: [{fedora_arches}]\n"
         "    source:\n"
         "      kind: fedora\n"
     )
-    daemon = start_daemon(
+    return start_daemon(
         srv,
         f"{registry.host}/cd",
         "--config",
@@ -54,10 +63,17 @@ def test_a_slow_entry_fails_in_its_window_while_the_others_publish(
         interval=3600,
         env={
             "CONTAINERDISKS_MIN_TRANSFER_RATE": "1000",
-            "CONTAINERDISKS_MIN_TRANSFER_RATE_WINDOW": str(WINDOW),
-            "CONTAINERDISKS_RETRIES": "2",
+            "CONTAINERDISKS_MIN_TRANSFER_RATE_WINDOW": str(window),
+            "CONTAINERDISKS_RETRIES": str(retries),
         },
     )
+
+
+def test_a_slow_entry_fails_in_its_window_while_the_others_publish(
+    tmp_path: Path, registry: Registry, fedora_upstream: Fedora, start_daemon: StartDaemon
+) -> None:
+    srv, _, _ = fedora_upstream
+    daemon = start_slow(tmp_path, registry, srv, start_daemon)
     daemon.wait_for(
         "slow:1 to fail", lambda: bool(daemon.events("publish_failed")), timeout=4 * WINDOW + 30
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from containerdisks.engine.plan import ArchPlan as Row
-from containerdisks.status import Status
+from containerdisks.status import HISTORY, Status
 
 
 def _status() -> Status:
@@ -55,3 +55,44 @@ def test_a_discovery_failure_is_idle_and_failed_and_forget_removes_the_entry() -
     )  # fmt: skip
     status.forget("fedora:*")
     assert {} == status.entries
+
+
+def test_outcomes_use_push_words_and_changed_moves_only_when_something_did() -> None:
+    status = _status()
+    status.synced("a:1", "published", None, failures=0, retry_in=None, tags=["1"])
+    rows = [Row("x86_64", "u2", "u1", "build"), Row("aarch64", "v", "v", "retag")]
+    state = status.planned("a:1", rows, published_digest="sha256:top", rebuilt=True)
+    x86, arm = state.arches["x86_64"], state.arches["aarch64"]
+    assert ("published", "reused") == (x86.outcome, arm.outcome)
+    assert (1020.0, None) == (x86.changed, x86.behind_since)  # published: upstream caught up
+    status.synced("a:1", "up-to-date", None, failures=0, retry_in=None, tags=[])
+    rows = [Row("x86_64", "u2", "u2", "up-to-date", published_digest="sha256:m")]
+    state = status.planned("a:1", rows, published_digest="sha256:top", rebuilt=False)
+    assert ("up-to-date", 1020.0) == (
+        state.arches["x86_64"].outcome,
+        state.arches["x86_64"].changed,
+    )
+    # Upstream moves on and the build fails: failed, changed, and behind since then.
+    status.synced("a:1", "failed", "a:1: boom", failures=1, retry_in=5, tags=[])
+    rows = [Row("x86_64", "u3", "u2", "build")]
+    state = status.planned("a:1", rows, published_digest="sha256:top", rebuilt=False)
+    x86 = state.arches["x86_64"]
+    assert ("failed", 1060.0, 1060.0) == (x86.outcome, x86.changed, x86.behind_since)
+    status.synced("a:1", "failed", "a:1: boom", failures=2, retry_in=5, tags=[])
+    state = status.planned("a:1", rows, published_digest="sha256:top", rebuilt=False)
+    assert (1060.0, 1060.0) == (state.arches["x86_64"].changed, state.arches["x86_64"].behind_since)
+    assert 1050.0 == state.changed  # the result turned failed then
+    assert ["published", "up-to-date", "failed", "failed"] == [
+        h["result"] for h in state.as_json(None)["history"]
+    ]
+
+
+def test_a_dry_run_shows_the_planned_action_and_histories_are_bounded() -> None:
+    status = _status()
+    for _ in range(HISTORY + 5):
+        status.synced("a:1", "pending", None, failures=0, retry_in=None, tags=[])
+        state = status.planned("a:1", [Row("x86_64", "u", None, "build")], published_digest=None,
+                               rebuilt=False)  # fmt: skip
+        status.pass_finished(status.pass_started(), 1, 0, first=True)
+    assert "build" == state.arches["x86_64"].outcome
+    assert HISTORY == len(state.history) == len(status.as_json()["recent_passes"])
