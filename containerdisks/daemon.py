@@ -22,6 +22,11 @@ Decisions:
 - A results file the daemon cannot write is logged and the daemon goes on; a single pass
   reports it to its caller (exit 1).
 - The HTTP server (aiohttp.web) is imported by `serve` alone: a single pass never listens.
+- With `leader_elect` or `shards`, the Leases (election.py) run beside the scheduler as their
+  own task: the engine discovers and the scheduler starts only what a held shard covers (shard
+  of an item: engine/shards.py over the whole catalog, so every replica computes the same
+  map); gaining a shard starts a pass at once. After the drain, every Lease is released so a
+  successor starts on its next round. The Kubernetes client is imported only then.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -42,17 +48,22 @@ from containerdisks import retry
 from containerdisks.catalog import Catalog
 from containerdisks.engine.core import Engine, Outcome
 from containerdisks.engine.scheduler import Scheduler, Timing
+from containerdisks.engine.shards import assign, catalog_weights
 from containerdisks.metrics import Metrics
 from containerdisks.settings import ConfigError, Settings, parse_listen
 from containerdisks.status import Status
 from containerdisks.upstream import Mirrors
 from containerdisks.workdir import own_work_dir
 
+if TYPE_CHECKING:
+    from containerdisks.election import Elector
+
 __all__ = ["one_pass", "remove_stale_files", "serve"]
 
 log = structlog.get_logger(__name__)
 
 _PROGRESS_PERIOD = 0.5
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def _timing(settings: Settings) -> Timing:
@@ -87,6 +98,91 @@ def _scheduler(
         dry_run=settings.dry_run,
         results_path=results,
     )
+
+
+class _LeaseGate:
+    """The scheduler's `Gate` over the Leases: an item is held when its shard is."""
+
+    def __init__(self, elector: Elector, shard_of: dict[str, int]) -> None:
+        self.elector = elector
+        self.shard_of = shard_of
+
+    def active(self) -> bool:
+        return self.elector.active()
+
+    def holds(self, label: str) -> bool:
+        shard = self.shard_of.get(label)
+        return shard is not None and self.elector.holds(shard)
+
+
+def _shard_map(catalog: Catalog, count: int) -> dict[str, int]:
+    parts = assign(catalog_weights(b.item for b in catalog.items).items(), count)
+    return {label: i for i, labels in enumerate(parts) for label in labels}
+
+
+def _lease_namespace(settings: Settings) -> str:
+    if settings.lease_namespace:
+        return settings.lease_namespace
+    try:
+        return _SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+async def _run_elected(
+    settings: Settings,
+    *,
+    engine: Engine,
+    scheduler: Scheduler,
+    status: Status,
+    metrics: Metrics,
+    stop: asyncio.Event,
+) -> None:
+    """The scheduler under Leases: the Leases' loop beside it, released after its drain."""
+    from containerdisks import election  # noqa: PLC0415 - only a replica needs the client
+
+    namespace = _lease_namespace(settings)
+    timing = election.LeaseTiming(
+        settings.lease_duration, settings.lease_renew_deadline, settings.lease_retry_period
+    )
+    try:
+        api_context = election.kube_api(
+            settings.kubeconfig, namespace, settings.lease_name, settings.lease_retry_period
+        )
+        api = await api_context.__aenter__()
+    except Exception as e:  # kubernetes-asyncio's ConfigException and file errors
+        raise ConfigError(f"Kubernetes API for the Leases: {type(e).__name__}: {e}") from None
+    try:
+        elector = election.Elector(
+            api,
+            name=settings.lease_name,
+            identity=election.default_identity(),
+            shards=settings.shards,
+            timing=timing,
+            status=status,
+            metrics=metrics,
+            on_gain=scheduler.request_pass,
+        )
+        gate = _LeaseGate(elector, _shard_map(engine.catalog, elector.count))
+        engine.holds = gate.holds
+        scheduler.gate = gate
+        log.info(
+            "leases_started",
+            namespace=namespace,
+            lease=settings.lease_name,
+            identity=elector.identity,
+            shards=settings.shards,
+        )
+        leases_stop = asyncio.Event()
+        leases = asyncio.create_task(elector.run(leases_stop))
+        try:
+            await scheduler.run(stop)
+        finally:
+            leases_stop.set()
+            await leases
+            await elector.release()
+    finally:
+        await api_context.__aexit__(None, None, None)
 
 
 def remove_stale_files(work_dir: Path) -> None:
@@ -219,7 +315,17 @@ async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
             async with _metering(metrics), _engine(settings, catalog(), metrics) as engine:
                 scheduler = _scheduler(settings, engine, status, metrics, results)
                 schedulers.append(scheduler)
-                await scheduler.run(stop)
+                if settings.elects:
+                    await _run_elected(
+                        settings,
+                        engine=engine,
+                        scheduler=scheduler,
+                        status=status,
+                        metrics=metrics,
+                        stop=stop,
+                    )
+                else:
+                    await scheduler.run(stop)
     finally:
         await server.__aexit__(None, None, None)
     log.info("stopped")

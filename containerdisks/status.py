@@ -174,6 +174,7 @@ class Status:
         self.current_pass: PassState | None = None
         self.last_pass: PassState | None = None
         self.entries: dict[str, EntryState] = {}
+        self.election: dict[str, Any] | None = None  # `--leader-elect` / `--shards` only
 
     # -- written by the scheduler ---------------------------------------------------------------
 
@@ -236,6 +237,22 @@ class Status:
         """The next pass starts in `seconds`."""
         self.next_pass = self.wall() + seconds
 
+    def leases(
+        self, *, identity: str, shards: int, held: list[int], leader: bool, members: int | None
+    ) -> None:
+        """Which Leases this replica holds (election.py says so after each round)."""
+        self.election = {
+            "identity": identity,
+            "leader": leader,
+            "shards": shards,
+            "shards_held": list(held),
+            "members": members,
+        }
+
+    def following(self) -> None:
+        """A replica that holds no Lease is ready and idle: it serves its probes and waits."""
+        self.ready = True
+
     def shutting_down(self) -> None:
         self.stopping = True
 
@@ -284,6 +301,7 @@ class Status:
             "current_pass": self.current_pass.as_json() if self.current_pass else None,
             "last_pass": self.last_pass.as_json() if self.last_pass else None,
             "next_pass": _iso(self.next_pass),
+            "election": self.election,
             "entries": {
                 key: self.entries[key].as_json(self.next_pass) for key in sorted(self.entries)
             },
