@@ -135,7 +135,11 @@ def promoted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Promoted]:
             },
         )
         done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--dry-run=false")
-        assert done.returncode == 0, done.stderr
+        # ubuntu failed at push: the verified entries are promoted, and the run exits 1 for the
+        # earlier stage's failure, as medius does (--no-fail would make it 0)
+        assert done.returncode == 1, done.stderr
+        assert '"event": "failed_in_earlier_stage"' in done.stderr
+        assert "ubuntu:24.04 (push)" in done.stderr
         yield _Promoted(tmp_path, src, dst, tags, digest, centos, done)
 
 
