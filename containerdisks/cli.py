@@ -204,6 +204,22 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
         default=s,
         help="seconds in-flight syncs get after SIGTERM/SIGINT",
     )
+    p.add_argument(
+        "--leader-elect",
+        type=_bool,
+        default=s,
+        metavar="BOOL",
+        help="publish only while holding the Kubernetes Lease (other replicas idle)",
+    )
+    p.add_argument(
+        "--shards", type=int, default=s, help="shards shared by replicas through Leases (0: none)"
+    )
+    p.add_argument("--lease-name", default=s, help="Lease name (prefix with --shards)")
+    p.add_argument("--lease-namespace", default=s, help="Leases' namespace (default: the pod's)")
+    p.add_argument("--lease-duration", type=float, default=s, help="seconds (default 15)")
+    p.add_argument("--lease-renew-deadline", type=float, default=s, help="seconds (default 10)")
+    p.add_argument("--lease-retry-period", type=float, default=s, help="seconds (default 2)")
+    p.add_argument("--kubeconfig", default=s, help="kubeconfig for the Leases")
 
 
 def _verify_flags(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,11 @@ Decisions:
 - Progress: on a terminal, bars redrawn twice a second; otherwise (JSON logs, a pod, CI) a
   `progress` event per transfer every `progress_interval` seconds (bytes, total, rate, ETA), the
   first one `progress_interval` after the transfer started, so short transfers log none.
+- With `leader_elect` or `shards`, the Leases (election.py) run beside the scheduler as their
+  own task: the engine discovers and the scheduler starts only what a held shard covers (shard
+  of an item: engine/shards.py over the whole catalog, so every replica computes the same
+  map); gaining a shard starts a pass at once. After the drain, every Lease is released so a
+  successor starts on its next round. The Kubernetes client is imported only then.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -45,17 +51,22 @@ from containerdisks import retry
 from containerdisks.catalog import Catalog
 from containerdisks.engine.core import Engine, Outcome
 from containerdisks.engine.scheduler import Scheduler, Timing
+from containerdisks.engine.shards import assign, catalog_weights
 from containerdisks.metrics import Metrics, Transfer
 from containerdisks.settings import ConfigError, Settings, parse_listen
 from containerdisks.status import Status
 from containerdisks.upstream import Mirrors
 from containerdisks.workdir import own_work_dir
 
+if TYPE_CHECKING:
+    from containerdisks.election import Elector
+
 __all__ = ["one_pass", "remove_stale_files", "serve"]
 
 log = structlog.get_logger(__name__)
 
 _PROGRESS_PERIOD = 0.5
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def _timing(settings: Settings) -> Timing:
@@ -90,6 +101,91 @@ def _scheduler(
         dry_run=settings.dry_run,
         results_path=results,
     )
+
+
+class _LeaseGate:
+    """The scheduler's `Gate` over the Leases: an item is held when its shard is."""
+
+    def __init__(self, elector: Elector, shard_of: dict[str, int]) -> None:
+        self.elector = elector
+        self.shard_of = shard_of
+
+    def active(self) -> bool:
+        return self.elector.active()
+
+    def holds(self, label: str) -> bool:
+        shard = self.shard_of.get(label)
+        return shard is not None and self.elector.holds(shard)
+
+
+def _shard_map(catalog: Catalog, count: int) -> dict[str, int]:
+    parts = assign(catalog_weights(b.item for b in catalog.items).items(), count)
+    return {label: i for i, labels in enumerate(parts) for label in labels}
+
+
+def _lease_namespace(settings: Settings) -> str:
+    if settings.lease_namespace:
+        return settings.lease_namespace
+    try:
+        return _SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+async def _run_elected(
+    settings: Settings,
+    *,
+    engine: Engine,
+    scheduler: Scheduler,
+    status: Status,
+    metrics: Metrics,
+    stop: asyncio.Event,
+) -> None:
+    """The scheduler under Leases: the Leases' loop beside it, released after its drain."""
+    from containerdisks import election  # noqa: PLC0415 - only a replica needs the client
+
+    namespace = _lease_namespace(settings)
+    timing = election.LeaseTiming(
+        settings.lease_duration, settings.lease_renew_deadline, settings.lease_retry_period
+    )
+    try:
+        api_context = election.kube_api(
+            settings.kubeconfig, namespace, settings.lease_name, settings.lease_retry_period
+        )
+        api = await api_context.__aenter__()
+    except Exception as e:  # kubernetes-asyncio's ConfigException and file errors
+        raise ConfigError(f"Kubernetes API for the Leases: {type(e).__name__}: {e}") from None
+    try:
+        elector = election.Elector(
+            api,
+            name=settings.lease_name,
+            identity=election.default_identity(),
+            shards=settings.shards,
+            timing=timing,
+            status=status,
+            metrics=metrics,
+            on_gain=scheduler.request_pass,
+        )
+        gate = _LeaseGate(elector, _shard_map(engine.catalog, elector.count))
+        engine.holds = gate.holds
+        scheduler.gate = gate
+        log.info(
+            "leases_started",
+            namespace=namespace,
+            lease=settings.lease_name,
+            identity=elector.identity,
+            shards=settings.shards,
+        )
+        leases_stop = asyncio.Event()
+        leases = asyncio.create_task(elector.run(leases_stop))
+        try:
+            await scheduler.run(stop)
+        finally:
+            leases_stop.set()
+            await leases
+            await elector.release()
+    finally:
+        await api_context.__aexit__(None, None, None)
 
 
 def remove_stale_files(work_dir: Path) -> None:
@@ -188,6 +284,19 @@ def _results_path(settings: Settings) -> Path | None:
     return path if path.is_absolute() else settings.work_dir / path
 
 
+def _prepared_results(settings: Settings) -> Path | None:
+    """The results file's path, its directory made (0700) and the work dir's stale files gone."""
+    results = _results_path(settings)
+    if results is not None:
+        own_work_dir(settings.work_dir)
+        try:
+            results.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"results file {results}: {e.strerror or e}") from None
+        remove_stale_files(settings.work_dir)
+    return results
+
+
 async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
     """The daemon until a signal: `catalog` is called when the engine starts, after the
     server listens."""
@@ -201,15 +310,7 @@ async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
     metrics.interval.set(settings.interval)
     metrics.ready.set_function(lambda: 1.0 if status.is_ready() else 0.0)
     count_retries = metrics.retry_observer(Mirrors(settings.upstream_mirrors).rewrite)
-    results = _results_path(settings)
-    if results is not None:
-        own_work_dir(settings.work_dir)
-        try:
-            results.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"results file {results}: {e.strerror or e}") from None
-        remove_stale_files(settings.work_dir)
-
+    results = _prepared_results(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -259,7 +360,17 @@ async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
             async with metering, _engine(settings, catalog(), metrics) as engine:
                 scheduler = _scheduler(settings, engine, status, metrics, results)
                 schedulers.append(scheduler)
-                await scheduler.run(stop)
+                if settings.elects:
+                    await _run_elected(
+                        settings,
+                        engine=engine,
+                        scheduler=scheduler,
+                        status=status,
+                        metrics=metrics,
+                        stop=stop,
+                    )
+                else:
+                    await scheduler.run(stop)
     finally:
         await server.__aexit__(None, None, None)
     log.info("stopped")

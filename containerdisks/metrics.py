@@ -322,6 +322,18 @@ class Metrics:
             "Arch builds streamed again from upstream after a transient failure mid-stream.",
             registry=r,
         )
+        self.leader = Gauge(
+            "containerdisks_leader",
+            "1 while this replica holds a Lease (`--leader-elect`, `--shards`) and may publish.",
+            registry=r,
+        )
+        self.shard_held = Gauge(
+            "containerdisks_shard_held",
+            "1 for each shard whose Lease this replica holds (`--shards`; shard 0 with "
+            "`--leader-elect` alone).",
+            ["shard"],
+            registry=r,
+        )
         self.upstream = HttpMeter(self, "upstream")
         self.registry_meter = HttpMeter(self, "registry")
         r.register(_BytesCollector(self.upstream, self.registry_meter))
@@ -363,6 +375,12 @@ class Metrics:
         self.passes.inc()
         self.pass_duration.observe(seconds)
         self.last_pass.set(when)
+
+    def leases(self, held: list[int], count: int, *, leader: bool) -> None:
+        """The shards whose Leases this replica holds now, of `count`."""
+        self.leader.set(1 if leader else 0)
+        for shard in range(count):
+            self.shard_held.labels(str(shard)).set(1 if shard in held else 0)
 
     def render(self) -> bytes:
         """The exposition text; a registered secret in a label value is masked (labels hold

@@ -402,11 +402,60 @@ class DaemonSettings(BaseModel):
         "displaces the oldest one that has not sent a request yet, or is closed at once.",
     )
 
+    leader_elect: bool = Field(
+        False,
+        description="`serve`: publish only while holding a `coordination.k8s.io/v1` Lease "
+        "(`lease_name`); other replicas are ready and idle (docs/scaling.md).",
+    )
+    shards: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="`serve`: split the catalog into this many shards, one Lease each, shared by "
+        "the replicas (at most ceil(shards/replicas) each); implies `leader_elect`; 0: none.",
+    )
+    lease_name: str = Field(
+        "containerdisks",
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$",
+        description="`serve`: the Lease's name (with `shards`: its prefix, `-shard-<i>`).",
+    )
+    lease_namespace: str = Field(
+        "",
+        description="`serve`: the Leases' namespace; empty: the pod's own (the service "
+        "account's namespace file), else `default`.",
+    )
+    lease_duration: PositiveFloat = Field(
+        15.0, description="`serve`: seconds a replica waits before taking an unrenewed Lease."
+    )
+    lease_renew_deadline: PositiveFloat = Field(
+        10.0,
+        description="`serve`: seconds after its last renew a holder stops starting work "
+        "(below `lease_duration`).",
+    )
+    lease_retry_period: PositiveFloat = Field(
+        2.0, description="`serve`: seconds between Lease rounds (below `lease_renew_deadline`)."
+    )
+
     @field_validator("listen")
     @classmethod
     def _listen_is_host_port(cls, v: str) -> str:
         parse_listen(v)
         return v
+
+    @model_validator(mode="after")
+    def _lease_durations_in_order(self) -> Self:
+        if not self.lease_retry_period < self.lease_renew_deadline < self.lease_duration:
+            raise ValueError(
+                "lease durations must be lease_retry_period < lease_renew_deadline < "
+                f"lease_duration (got {self.lease_retry_period} < {self.lease_renew_deadline} "
+                f"< {self.lease_duration})"
+            )
+        return self
+
+    @property
+    def elects(self) -> bool:
+        """`serve` takes Leases before it publishes."""
+        return self.leader_elect or self.shards > 0
 
 
 class DocsSettings(BaseModel):

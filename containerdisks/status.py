@@ -236,8 +236,8 @@ class Status:
         self.current_pass: PassState | None = None
         self.last_pass: PassState | None = None
         self.recent_passes: deque[PassState] = deque(maxlen=HISTORY)
-        self.election: dict[str, Any] | None = None  # the Leases held (issue 24 writes it)
         self.entries: dict[str, EntryState] = {}
+        self.election: dict[str, Any] | None = None  # `--leader-elect` / `--shards` only
 
     # -- written by the scheduler ---------------------------------------------------------------
 
@@ -314,6 +314,22 @@ class Status:
     def pass_scheduled(self, seconds: float) -> None:
         """The next pass starts in `seconds`."""
         self.next_pass = self.wall() + seconds
+
+    def leases(
+        self, *, identity: str, shards: int, held: list[int], leader: bool, members: int | None
+    ) -> None:
+        """Which Leases this replica holds (election.py says so after each round)."""
+        self.election = {
+            "identity": identity,
+            "leader": leader,
+            "shards": shards,
+            "shards_held": list(held),
+            "members": members,
+        }
+
+    def following(self) -> None:
+        """A replica that holds no Lease is ready and idle: it serves its probes and waits."""
+        self.ready = True
 
     def shutting_down(self) -> None:
         self.stopping = True

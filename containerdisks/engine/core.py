@@ -9,6 +9,7 @@
 - `sync(entry)`: compute once what the entry should look like published (engine/spec.py),
   plan that against the source, then (unless a dry run) publish it, and with
   `keep_timestamp_tags` on, delete its older timestamp tags (engine/prune.py).
+A replica sharing the catalog through Leases discovers only the items `holds` says it holds.
 
 An `Engine` lives as long as its process: the upstream answers' validators (conditional GETs),
 registry connections and tokens carry over from pass to pass, and so does what the engine saw
@@ -24,7 +25,7 @@ up-to-date entry, issue 21), plan and load nothing they would not use.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -123,6 +124,9 @@ class Engine:
         self.focus = Focus(settings.focus)
         self.catalog = catalog
         self.items = self.catalog.select(self.focus)
+        #: Which items a pass discovers, asked per pass by label (`serve --leader-elect` /
+        #: `--shards`: the daemon's Leases); every one by default.
+        self.holds: Callable[[str], bool] = lambda label: True
         self.publish = not settings.dry_run
         self.backoff = RetryPolicy.for_registry(settings.retries)
         self.upstream = HttpUpstream(
@@ -227,7 +231,9 @@ class Engine:
         self.upstream.new_pass()
         timeout = self.settings.discovery_timeout
         tasks = [
-            asyncio.create_task(self._discover_one(i, b, timeout)) for i, b in enumerate(self.items)
+            asyncio.create_task(self._discover_one(i, b, timeout))
+            for i, b in enumerate(self.items)
+            if self.holds(b.item.label)
         ]
         seen = 0
         try:

@@ -33,6 +33,13 @@ Shape (kopf's reactor, with anyio's memory object stream as the queue):
 - `request_pass()` (the daemon's SIGHUP) starts a pass at the next tick, as if it were due; the
   interval counts again from there. A pass still discovering is not doubled (`pass_skipped`).
 
+With a `gate` (`serve --leader-elect` / `--shards`, the daemon hands the Leases in): passes
+start only while the gate holds some shard (a replica holding none is ready and idle), only the
+items of held shards are discovered (the engine's `holds`), and the gate is asked again when a
+worker takes an entry, on the monotonic clock: an entry of a shard lost meanwhile (a renew
+deadline passed, a rebalance) is dropped, not synced. A sync already running is not cancelled
+(docs/scaling.md: why that is safe).
+
 `once` runs exactly one pass and closes the queue behind it, so the workers drain and stop.
 A single pass never retries: its failed entries are logged without a `retry_in` it would not
 honour, at debug level (the engine's own error line said why, and the command prints the
@@ -73,6 +80,14 @@ log = structlog.get_logger(__name__)
 _CLEANUP_TIMEOUT = 15.0
 
 
+class Gate(Protocol):
+    """Which catalog items this replica may work on now (the daemon's Leases)."""
+
+    def active(self) -> bool: ...
+
+    def holds(self, label: str) -> bool: ...
+
+
 class SyncEngine(Protocol):
     """What the scheduler needs of the engine (`containerdisks.engine.core.Engine`)."""
 
@@ -109,6 +124,14 @@ class _Pass:
     fed: bool = False  # discovery and feeding are over
     answered: int = 0  # items discovered (or failed) so far
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def dropped(self, key: str) -> None:
+        """Not synced after all: its shard is no longer ours."""
+        self.pending.discard(key)
+        if key in self.order and key not in self.outcomes:
+            self.order.remove(key)
+        if self.fed and not self.pending:
+            self.done.set()
 
     def finished(self, outcome: Outcome) -> None:
         self.outcomes[outcome.key] = outcome
@@ -151,8 +174,10 @@ class Scheduler:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        gate: Gate | None = None,
     ) -> None:
         self.engine = engine
+        self.gate = gate
         self.status = status
         self.metrics = metrics
         self.timing = timing
@@ -211,7 +236,9 @@ class Scheduler:
             while not stop.is_set() and self._fatal is None:
                 self.status.beat()
                 now = self.monotonic()
-                if now >= next_pass or self._wake.is_set():
+                if self.gate is not None and not self.gate.active():
+                    self.status.following()  # ready and idle; a Lease gained wakes us
+                elif now >= next_pass or self._wake.is_set():
                     self._wake.clear()
                     self._start_pass(stop)
                     next_pass = now + self.timing.interval * (1 + self.timing.jitter * self.rand())
@@ -372,6 +399,8 @@ class Scheduler:
         for key, when in sorted(self._not_before.items(), key=lambda kv: kv[1]):
             if when > now or key in self._active or key not in self._latest:
                 continue
+            if self.gate is not None and not self.gate.holds(self._latest[key].item.label):
+                continue
             try:
                 self._send.send_nowait(_Job(self._latest[key], None))
             except anyio.WouldBlock:
@@ -396,7 +425,19 @@ class Scheduler:
                     self._active.discard(job.entry.key)
                     self.status.idle(job.entry.key)
                     continue
+                if not self._may_start(job.entry):
+                    self._active.discard(job.entry.key)
+                    self.status.idle(job.entry.key)
+                    if job.run is not None:
+                        job.run.dropped(job.entry.key)
+                    continue
                 await self._process(job)
+
+    def _may_start(self, entry: Entry) -> bool:
+        if self.gate is None or self.gate.holds(entry.item.label):
+            return True
+        log.info("skipped", entry=entry.key, reason="its shard's Lease is not held")
+        return False
 
     async def _process(self, job: _Job) -> None:
         entry = job.entry
