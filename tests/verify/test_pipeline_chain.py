@@ -83,7 +83,10 @@ def _promote_and_check(
             env=clean_env(),
             cwd=published.root,
         )
-        assert 0 == done.returncode, done.stderr
+        # tiny-ignores failed verify: tiny is promoted, and the run exits 1 for that earlier
+        # failure, as medius does (--no-fail makes it 0)
+        assert 1 == done.returncode, done.stderr
+        assert '"entries": "tiny-ignores:1 (verify)"' in done.stderr
         results = published.read_results()
         tiny = results["tiny:1"]
         assert {"Tags": pushed["tiny:1"]["Tags"], "Stage": "promote"} == {

@@ -203,7 +203,8 @@ def test_bad_inputs_are_one_line_errors(published: Published) -> None:
     env = clean_env(HOME=str(published.root), KUBECONFIG="")  # no kubeconfig, not in a pod
     done = subprocess.run(cluster, capture_output=True, text=True, timeout=60, env=env)
     assert 2 == done.returncode
-    assert ["containerdisks: images verify: kubernetes config (default kubeconfig or in-cluster "
+    kubeconfig = published.root / ".kube" / "config"  # the default, named as it was looked up
+    assert [f"containerdisks: images verify: kubernetes config ({kubeconfig} or in-cluster "
             "config): Service host/port is not set."] == done.stderr.splitlines()  # fmt: skip
 
 
