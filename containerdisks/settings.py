@@ -46,6 +46,7 @@ from containerdisks.yamlfile import YamlFileError, read_yaml_file
 
 __all__ = [
     "CATALOG_KEYS",
+    "MAX_SHARDS",
     "ConfigError",
     "ConnectionSettings",
     "DaemonSettings",
@@ -60,6 +61,7 @@ __all__ = [
     "load_config_file",
     "load_settings",
     "parse_listen",
+    "parse_shard",
 ]
 
 ENV_PREFIX = "CONTAINERDISKS_"
@@ -69,6 +71,27 @@ CATALOG_KEYS = frozenset({"entries", "catalog", "repositories"})
 
 class ConfigError(Exception):
     """A setting, flag, config file or catalog is wrong. The message is one line naming it."""
+
+
+#: The most shards a run may ask for (bounds the work, and a typo like `1/10000000`).
+MAX_SHARDS = 1024
+#: Set by Kubernetes in each pod of an Indexed Job: the pod's index, from 0.
+JOB_INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """`I/N` (0 <= I < N <= MAX_SHARDS, decimal digits) -> (I, N); a ValueError saying what is
+    wrong in one line."""
+    index, sep, count = spec.partition("/")
+    digits = index.isascii() and index.isdigit() and count.isascii() and count.isdigit()
+    if not sep or not digits or len(index) > 5 or len(count) > 5:
+        raise ValueError(f"{spec!r} is not INDEX/COUNT, e.g. 0/4")
+    i, n = int(index), int(count)
+    if not 1 <= n <= MAX_SHARDS:
+        raise ValueError(f"{spec!r}: the count must be between 1 and {MAX_SHARDS}")
+    if i >= n:
+        raise ValueError(f"{spec!r}: the index counts from 0 and must be below {n}")
+    return i, n
 
 
 class RunSettings(BaseModel):
@@ -82,8 +105,34 @@ class RunSettings(BaseModel):
     force: bool = Field(False, description="Rebuild every arch of the focused entries.")
     no_fail: bool = Field(False, description="Exit 0 even when an entry failed.")
     results_file: Path = Field(
-        Path("results.json"), description="medius-compatible results file (not written in dry run)."
+        Path("results.json"),
+        description="medius-compatible results file (not written in dry run); with a shard and "
+        "none given, `results-I-of-N.json`.",
     )
+    shard: str = Field(
+        "",
+        description="`I/N`: publish only shard I (from 0) of N, a fixed part of the catalog "
+        'balanced by arches; empty for all (docs/running.md, "Shards for CI jobs").',
+    )
+    shard_count: int = Field(
+        0,
+        ge=0,
+        le=MAX_SHARDS,
+        description="N of an Indexed Job: with no `shard` given, the shard is "
+        "`$JOB_COMPLETION_INDEX/N`; 0 for none.",
+    )
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_is_index_of_count(cls, v: str) -> str:
+        if v:
+            parse_shard(v)
+        return v
+
+    @property
+    def shard_part(self) -> tuple[int, int] | None:
+        """`shard` as (index, count); None when this run publishes the whole catalog."""
+        return parse_shard(self.shard) if self.shard else None
 
 
 class RegistrySettings(BaseModel):
@@ -453,7 +502,35 @@ def load_settings(
     if extra_mirrors:
         mirrors = {**settings.upstream_mirrors, **extra_mirrors}
         settings = settings.model_copy(update={"upstream_mirrors": mirrors})
-    return settings
+    return _with_shard(settings)
+
+
+def _with_shard(settings: Settings) -> Settings:
+    """An Indexed Job's shard (`shard_count` and $JOB_COMPLETION_INDEX) when no `shard` was
+    given, and a sharded run's default results file name (`results-I-of-N.json`)."""
+    given = settings.model_fields_set
+    shard = settings.shard
+    if not shard and settings.shard_count:
+        index = os.environ.get(JOB_INDEX_VARIABLE)
+        count = settings.shard_count
+        if index is None:
+            raise ConfigError(
+                f"setting 'shard_count' is {count} but {JOB_INDEX_VARIABLE} is not set "
+                "(run in an Indexed Job, or give --shard I/N)"
+            )
+        if not (index.isascii() and index.isdigit() and int(index) < count):
+            raise ConfigError(
+                f"invalid environment variable {JOB_INDEX_VARIABLE} {index[:20]!r}: expected an "
+                f"index from 0 to {count - 1} (setting 'shard_count' is {count})"
+            )
+        shard = f"{int(index)}/{count}"
+    if not shard:
+        return settings
+    update: dict[str, Any] = {"shard": shard}
+    if "results_file" not in given:
+        i, n = parse_shard(shard)
+        update["results_file"] = settings.results_file.with_name(f"results-{i}-of-{n}.json")
+    return settings.model_copy(update=update)
 
 
 def _check_environment_json() -> None:

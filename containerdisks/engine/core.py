@@ -2,6 +2,8 @@
 
 `images push` and the daemon (`serve`, `serve --once`) run the same two calls, as regsync's
 `server`/`once`/`check` all run one `process(action)`:
+- the items: the focused catalog, and with `--shard I/N` only shard I's part of it
+  (engine/shards.py: the same part on every run and machine);
 - `discover_each()`: every focused catalog item asked upstream once per pass, each on its own
   with its own deadline (`discovery_timeout`), its result handed on as soon as it is in, so a
   slow mirror holds up only its own item; a failed item (whatever its source raised) is an
@@ -38,6 +40,7 @@ from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
 from containerdisks.engine.results import Result
+from containerdisks.engine.shards import shard_keys
 from containerdisks.engine.spec import EntrySpec
 from containerdisks.pipeline.image import MediaFamily
 from containerdisks.registry.published import RegistryReader
@@ -108,6 +111,11 @@ class Engine:
         self.focus = Focus(settings.focus)
         self.catalog = catalog
         self.items = self.catalog.select(self.focus)
+        if settings.shard_part is not None:
+            index, count = settings.shard_part
+            mine = shard_keys((b.item for b in self.catalog.items), index, count)
+            self.items = [b for b in self.items if b.item.label in mine]
+            log.info("shard", shard=settings.shard, entries=[b.item.label for b in self.items])
         self.publish = not settings.dry_run
         self.backoff = RetryPolicy.for_registry(settings.retries)
         self.upstream = HttpUpstream(

@@ -27,7 +27,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["assign", "imbalance", "loads"]
+from containerdisks.catalog import CatalogItem
+
+__all__ = ["assign", "catalog_weights", "imbalance", "loads", "shard_keys"]
 
 
 def assign(entries: Iterable[tuple[str, int]], count: int) -> list[list[str]]:
@@ -63,3 +65,15 @@ def imbalance(shards: Sequence[Sequence[str]], weights: Mapping[str, int]) -> fl
     per_shard = loads(shards, weights)
     total = sum(per_shard)
     return max(per_shard) * len(per_shard) / total if total else 0.0
+
+
+def catalog_weights(items: Iterable[CatalogItem]) -> dict[str, int]:
+    """The catalog's keys (`name:version`, or `name:*` for an entry that discovers its versions)
+    and their weights, the arches each declares."""
+    return {item.label: len(item.arches) for item in items}
+
+
+def shard_keys(items: Iterable[CatalogItem], index: int, count: int) -> frozenset[str]:
+    """The keys of shard `index` of `count` over the whole catalog `items` (every entry, also
+    those published only when focused, so a focus never moves an entry to another shard)."""
+    return frozenset(assign(catalog_weights(items).items(), count)[index])
