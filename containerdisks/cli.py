@@ -520,7 +520,13 @@ def _main(command: str, flags: dict[str, Any], mirrors: dict[str, str], path: st
             config = load_config_file(Path(config_path))
             config_name = f"config file {config_path}"
         operands = tuple(flags.pop("results_inputs", ()))  # `results merge FILE...`
-        settings = load_settings(flags, config, file_name=config_name, extra_mirrors=mirrors)
+        settings = load_settings(
+            flags,
+            config,
+            file_name=config_name,
+            extra_mirrors=mirrors,
+            sharded=command in ("images_push", "serve"),  # the commands that publish a shard
+        )
         log.configure(settings.log_level, settings.log_format)
         return _run(command, Context(settings, config, config_name, sys.stdout, operands))
     except (UsageError, ConfigError) as e:

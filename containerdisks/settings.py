@@ -495,8 +495,13 @@ def load_settings(
     *,
     file_name: str = "config file",
     extra_mirrors: dict[str, str] | None = None,
+    sharded: bool = False,
 ) -> Settings:
-    """Layer defaults < file < environment < flags, then add flag mirrors to the table."""
+    """Layer defaults < file < environment < flags, then add flag mirrors to the table.
+
+    `sharded`: the command publishes a shard (`images push`, `serve`): an Indexed Job's shard is
+    resolved and the default results file named after it. Other commands leave both alone, so
+    a pipeline's `CONTAINERDISKS_SHARD_COUNT` does not change what verify or promote read."""
     _check_environment_json()
     file_settings = {k: v for k, v in (file_data or {}).items() if k not in CATALOG_KEYS}
     unknown = sorted(set(file_settings) - set(Settings.model_fields))
@@ -517,7 +522,7 @@ def load_settings(
     if extra_mirrors:
         mirrors = {**settings.upstream_mirrors, **extra_mirrors}
         settings = settings.model_copy(update={"upstream_mirrors": mirrors})
-    return _with_shard(settings)
+    return _with_shard(settings) if sharded else settings
 
 
 def _with_shard(settings: Settings) -> Settings:
@@ -533,7 +538,7 @@ def _with_shard(settings: Settings) -> Settings:
                 f"setting 'shard_count' is {count} but {JOB_INDEX_VARIABLE} is not set "
                 "(run in an Indexed Job, or give --shard I/N)"
             )
-        if not (index.isascii() and index.isdigit() and int(index) < count):
+        if not (index.isascii() and index.isdigit() and len(index) <= 5 and int(index) < count):
             raise ConfigError(
                 f"invalid environment variable {JOB_INDEX_VARIABLE} {index[:20]!r}: expected an "
                 f"index from 0 to {count - 1} (setting 'shard_count' is {count})"

@@ -98,7 +98,7 @@ def test_each_index_loads_as_its_shard_writing_its_own_results_file(
     seen = []
     for index in range(count):
         monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))
-        settings = load_settings({})
+        settings = load_settings({}, sharded=True)
         assert (index, count) == settings.shard_part
         assert Path(f"results-{index}-of-{count}.json") == settings.results_file
         assert settings.dry_run is False

@@ -129,7 +129,7 @@ def test_a_callers_bug_is_a_value_error(
 
 
 def items_of(catalog: Catalog, **flags: str) -> list[str]:
-    return [b.item.label for b in Engine(load_settings(flags), catalog).items]
+    return [b.item.label for b in Engine(load_settings(flags, sharded=True), catalog).items]
 
 
 @pytest.mark.parametrize("count", COUNTS)
@@ -156,12 +156,12 @@ def test_a_focus_does_not_move_an_entry_to_another_shard(
 def test_shard_flag_sets_the_shard_and_the_default_results_file(
     clean_env: pytest.MonkeyPatch,
 ) -> None:
-    settings = load_settings({"shard": "2/5"})
+    settings = load_settings({"shard": "2/5"}, sharded=True)
     assert (2, 5) == settings.shard_part
     assert Path("results-2-of-5.json") == settings.results_file
-    given = load_settings({"shard": "2/5", "results_file": "mine.json"})
+    given = load_settings({"shard": "2/5", "results_file": "mine.json"}, sharded=True)
     assert Path("mine.json") == given.results_file
-    assert load_settings({}).shard_part is None
+    assert load_settings({}, sharded=True).shard_part is None
 
 
 def test_an_indexed_job_sets_the_shard_from_its_completion_index(
@@ -169,16 +169,19 @@ def test_an_indexed_job_sets_the_shard_from_its_completion_index(
 ) -> None:
     clean_env.setenv("CONTAINERDISKS_SHARD_COUNT", "4")
     clean_env.setenv("JOB_COMPLETION_INDEX", "3")
-    settings = load_settings({})
+    settings = load_settings({}, sharded=True)
     assert ("3/4", Path("results-3-of-4.json")) == (settings.shard, settings.results_file)
-    assert "1/2" == load_settings({"shard": "1/2"}).shard  # the flag wins
+    assert "1/2" == load_settings({"shard": "1/2"}, sharded=True).shard  # the flag wins
 
 
 def test_a_completion_index_without_a_count_shards_nothing(
     clean_env: pytest.MonkeyPatch,
 ) -> None:
     clean_env.setenv("JOB_COMPLETION_INDEX", "3")
-    assert ("", Path("results.json")) == (load_settings({}).shard, load_settings({}).results_file)
+    assert ("", Path("results.json")) == (
+        load_settings({}, sharded=True).shard,
+        load_settings({}, sharded=True).results_file,
+    )
 
 
 @pytest.mark.parametrize(
@@ -214,7 +217,7 @@ def test_bad_shard_values_are_one_line_naming_where_they_came_from(
     for name, value in env.items():
         clean_env.setenv(name, value)
     with pytest.raises(ConfigError) as raised:
-        load_settings(flags)
+        load_settings(flags, sharded=True)
     assert str(raised.value).startswith(expected)
     assert "\n" not in str(raised.value)
 
@@ -231,3 +234,15 @@ def test_the_command_line_refuses_a_bad_shard_with_exit_2(tmp_path: Path) -> Non
     assert (2, "") == (done.returncode, done.stdout)
     assert done.stderr.startswith("containerdisks: invalid flag --shard: ")
     assert 1 == len(done.stderr.splitlines())
+
+
+def test_commands_that_publish_no_shard_ignore_an_indexed_jobs_variables(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """verify and promote in the same pipeline read the merged file, not results-I-of-N.json."""
+    clean_env.setenv("CONTAINERDISKS_SHARD_COUNT", "4")
+    settings = load_settings({})
+    assert ("", Path("results.json")) == (settings.shard, settings.results_file)
+    clean_env.setenv("JOB_COMPLETION_INDEX", "2")
+    assert Path("results.json") == load_settings({}).results_file
+    assert Path("results-2-of-4.json") == load_settings({}, sharded=True).results_file
