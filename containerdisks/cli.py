@@ -120,7 +120,18 @@ def _global_flags(where: str) -> _Parser:
 def _push_flags(p: argparse.ArgumentParser) -> None:
     """The flags of `images push`, which `serve` shares (one sync core, one set of flags)."""
     s = argparse.SUPPRESS
-    p.add_argument("--results-file", default=s, help="results file (default results.json)")
+    p.add_argument(
+        "--results-file",
+        default=s,
+        help="results file (default results.json; with --shard I/N results-I-of-N.json)",
+    )
+    p.add_argument(
+        "--shard",
+        default=s,
+        metavar="I/N",
+        help="publish only shard I (from 0) of N, a fixed part of the catalog balanced by arches "
+        "(default in an Indexed Job: $JOB_COMPLETION_INDEX/$CONTAINERDISKS_SHARD_COUNT)",
+    )
     p.add_argument("--workers", type=int, default=s, help="entries processed in parallel")
     p.add_argument(
         "--force",
@@ -381,6 +392,23 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "serve", "serve", _push_flags, _serve_flags,
         help="keep the registry current: a pass now and every --interval, with health and metrics",
     )  # fmt: skip
+    results = commands.add_parser(
+        "results", help="results files", parents=[_global_flags("sub")], allow_abbrev=False
+    )
+    results_cmds = results.add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser
+    )
+    merge = _command(
+        results_cmds, "merge", "results_merge",
+        help="merge the results files of sharded pushes into one for verify and promote",
+    )  # fmt: skip
+    merge.add_argument(
+        "results_inputs", nargs="+", metavar="FILE", help="results files to merge (each once)"
+    )
+    merge.add_argument(
+        "--results-file", default=argparse.SUPPRESS, help="merged file (default results.json)"
+    )
+    merge.add_argument("--output", default=argparse.SUPPRESS, choices=["table", "json"])
     catalog = _command(
         commands, "catalog", "catalog",
         help="list the catalog: entries, arches, sources and tag policy (no network)",
@@ -505,6 +533,10 @@ async def _dispatch(command: str, ctx: Context) -> int:
         from containerdisks.commands import serve
 
         return await serve.run(ctx)
+    if command == "results_merge":
+        from containerdisks.commands import results
+
+        return await results.run(ctx)
     if command == "catalog":
         from containerdisks.commands import catalog
 
@@ -597,9 +629,16 @@ def _main(command: str, flags: dict[str, Any], mirrors: dict[str, str], path: st
         if config_path:
             config = load_config_file(Path(config_path))
             config_name = f"config file {config_path}"
-        settings = load_settings(flags, config, file_name=config_name, extra_mirrors=mirrors)
+        operands = tuple(flags.pop("results_inputs", ()))  # `results merge FILE...`
+        settings = load_settings(
+            flags,
+            config,
+            file_name=config_name,
+            extra_mirrors=mirrors,
+            sharded=command in ("images_push", "serve"),  # the commands that publish a shard
+        )
         log.configure(settings.log_level, settings.log_format)
-        return _run(command, Context(settings, config, config_name, sys.stdout))
+        return _run(command, Context(settings, config, config_name, sys.stdout, operands))
     except (UsageError, ConfigError) as e:
         return _usage_error(e)
     except KeyboardInterrupt:

@@ -48,6 +48,7 @@ from containerdisks.yamlfile import YamlFileError, read_yaml_file
 
 __all__ = [
     "CATALOG_KEYS",
+    "MAX_SHARDS",
     "ConfigError",
     "ConnectionSettings",
     "DaemonSettings",
@@ -62,6 +63,7 @@ __all__ = [
     "load_config_file",
     "load_settings",
     "parse_listen",
+    "parse_shard",
 ]
 
 ENV_PREFIX = "CONTAINERDISKS_"
@@ -71,6 +73,27 @@ CATALOG_KEYS = frozenset({"entries", "catalog", "repositories"})
 
 class ConfigError(Exception):
     """A setting, flag, config file or catalog is wrong. The message is one line naming it."""
+
+
+#: The most shards a run may ask for (bounds the work, and a typo like `1/10000000`).
+MAX_SHARDS = 1024
+#: Set by Kubernetes in each pod of an Indexed Job: the pod's index, from 0.
+JOB_INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """`I/N` (0 <= I < N <= MAX_SHARDS, decimal digits) -> (I, N); a ValueError saying what is
+    wrong in one line."""
+    index, sep, count = spec.partition("/")
+    digits = index.isascii() and index.isdigit() and count.isascii() and count.isdigit()
+    if not sep or not digits or len(index) > 5 or len(count) > 5:
+        raise ValueError(f"{spec!r} is not INDEX/COUNT, e.g. 0/4")
+    i, n = int(index), int(count)
+    if not 1 <= n <= MAX_SHARDS:
+        raise ValueError(f"{spec!r}: the count must be between 1 and {MAX_SHARDS}")
+    if i >= n:
+        raise ValueError(f"{spec!r}: the index counts from 0 and must be below {n}")
+    return i, n
 
 
 class RunSettings(BaseModel):
@@ -89,8 +112,34 @@ class RunSettings(BaseModel):
         "be published (0 when nothing would), as `git diff --exit-code`.",
     )
     results_file: Path = Field(
-        Path("results.json"), description="medius-compatible results file (not written in dry run)."
+        Path("results.json"),
+        description="medius-compatible results file (not written in dry run); with a shard and "
+        "none given, `results-I-of-N.json`.",
     )
+    shard: str = Field(
+        "",
+        description="`I/N`: publish only shard I (from 0) of N, a fixed part of the catalog "
+        'balanced by arches; empty for all (docs/running.md, "Shards for CI jobs").',
+    )
+    shard_count: int = Field(
+        0,
+        ge=0,
+        le=MAX_SHARDS,
+        description="N of an Indexed Job: with no `shard` given, the shard is "
+        "`$JOB_COMPLETION_INDEX/N`; 0 for none.",
+    )
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_is_index_of_count(cls, v: str) -> str:
+        if v:
+            parse_shard(v)
+        return v
+
+    @property
+    def shard_part(self) -> tuple[int, int] | None:
+        """`shard` as (index, count); None when this run publishes the whole catalog."""
+        return parse_shard(self.shard) if self.shard else None
 
 
 class RegistrySettings(BaseModel):
@@ -568,8 +617,13 @@ def load_settings(
     *,
     file_name: str = "config file",
     extra_mirrors: dict[str, str] | None = None,
+    sharded: bool = False,
 ) -> Settings:
-    """Layer defaults < file < environment < flags, then add flag mirrors to the table."""
+    """Layer defaults < file < environment < flags, then add flag mirrors to the table.
+
+    `sharded`: the command publishes a shard (`images push`, `serve`): an Indexed Job's shard is
+    resolved and the default results file named after it. Other commands leave both alone, so
+    a pipeline's `CONTAINERDISKS_SHARD_COUNT` does not change what verify or promote read."""
     _check_environment_json()
     file_settings = {k: v for k, v in (file_data or {}).items() if k not in CATALOG_KEYS}
     unknown = sorted(set(file_settings) - set(Settings.model_fields))
@@ -590,7 +644,35 @@ def load_settings(
     if extra_mirrors:
         mirrors = {**settings.upstream_mirrors, **extra_mirrors}
         settings = settings.model_copy(update={"upstream_mirrors": mirrors})
-    return settings
+    return _with_shard(settings) if sharded else settings
+
+
+def _with_shard(settings: Settings) -> Settings:
+    """An Indexed Job's shard (`shard_count` and $JOB_COMPLETION_INDEX) when no `shard` was
+    given, and a sharded run's default results file name (`results-I-of-N.json`)."""
+    given = settings.model_fields_set
+    shard = settings.shard
+    if not shard and settings.shard_count:
+        index = os.environ.get(JOB_INDEX_VARIABLE)
+        count = settings.shard_count
+        if index is None:
+            raise ConfigError(
+                f"setting 'shard_count' is {count} but {JOB_INDEX_VARIABLE} is not set "
+                "(run in an Indexed Job, or give --shard I/N)"
+            )
+        if not (index.isascii() and index.isdigit() and len(index) <= 5 and int(index) < count):
+            raise ConfigError(
+                f"invalid environment variable {JOB_INDEX_VARIABLE} {index[:20]!r}: expected an "
+                f"index from 0 to {count - 1} (setting 'shard_count' is {count})"
+            )
+        shard = f"{int(index)}/{count}"
+    if not shard:
+        return settings
+    update: dict[str, Any] = {"shard": shard}
+    if "results_file" not in given:
+        i, n = parse_shard(shard)
+        update["results_file"] = settings.results_file.with_name(f"results-{i}-of-{n}.json")
+    return settings.model_copy(update=update)
 
 
 def _check_environment_json() -> None:

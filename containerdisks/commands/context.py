@@ -84,6 +84,8 @@ class Context:
     config: dict[str, Any]
     config_name: str
     out: TextIO
+    #: The command's positional arguments (`results merge`'s files); none for most commands.
+    operands: tuple[str, ...] = ()
     _catalog: Catalog | None = field(default=None, init=False, repr=False)
 
     @property

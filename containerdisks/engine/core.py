@@ -2,6 +2,8 @@
 
 `images push` and the daemon (`serve`, `serve --once`) run the same two calls, as regsync's
 `server`/`once`/`check` all run one `process(action)`:
+- the items: the focused catalog, and with `--shard I/N` only shard I's part of it
+  (engine/shards.py: the same part on every run and machine);
 - `discover_each()`: every focused catalog item asked upstream once per pass, each on its own
   with its own deadline (`discovery_timeout`), its result handed on as soon as it is in, so a
   slow mirror holds up only its own item; a failed item (whatever its source raised) is an
@@ -41,6 +43,7 @@ from containerdisks.engine.freshness import FreshnessError, SignatureTimes
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
 from containerdisks.engine.results import Result
+from containerdisks.engine.shards import shard_keys
 from containerdisks.engine.spec import EntrySpec
 from containerdisks.openpgp import Keyrings, PinnedKey
 from containerdisks.pipeline.image import MediaFamily
@@ -127,6 +130,11 @@ class Engine:
         #: Which items a pass discovers, asked per pass by label (`serve --leader-elect` /
         #: `--shards`: the daemon's Leases); every one by default.
         self.holds: Callable[[str], bool] = lambda label: True
+        if settings.shard_part is not None:
+            index, count = settings.shard_part
+            mine = shard_keys((b.item for b in self.catalog.items), index, count)
+            self.items = [b for b in self.items if b.item.label in mine]
+            log.info("shard", shard=settings.shard, entries=[b.item.label for b in self.items])
         self.publish = not settings.dry_run
         self.backoff = RetryPolicy.for_registry(settings.retries)
         self.upstream = HttpUpstream(

@@ -18,7 +18,9 @@ it (`recorded_digest`, the one fallback verify and promote share); each stage th
 digest it worked on (`Result.after`).
 
 The stages chain through this file (`push` -> `verify` -> `promote`); `read_results` is the
-reading side, with one-line errors naming the file.
+reading side, with one-line errors naming the file. Sharded pushes (`--shard I/N`) write one
+file each; `merge_results` joins them for one verify and one promote, refusing an entry that two
+files record.
 
 The same pass is also told to the person or program that ran it (`arch_outcomes`,
 `failure_causes`): per entry and arch what happened (`published`, `reused`, `up-to-date`,
@@ -59,6 +61,7 @@ __all__ = [
     "arch_outcomes",
     "failed_earlier",
     "failure_causes",
+    "merge_results",
     "read_results",
     "recorded_digest",
     "write_results",
@@ -161,6 +164,24 @@ def read_results(path: Path) -> dict[str, Result]:
     if not isinstance(data, dict):
         raise ResultsError(f"{where}: expected a JSON object")
     return {key: Result.from_json(key, value, where) for key, value in data.items()}
+
+
+def merge_results(parts: Iterable[tuple[str, Mapping[str, Result]]]) -> dict[str, Result]:
+    """The records of several results files as one, each file named by its `where`: sharded
+    pushes record disjoint entries, so an entry recorded by two files is a `ResultsError` naming
+    both (which record is right cannot be told)."""
+    merged: dict[str, Result] = {}
+    origin: dict[str, str] = {}
+    for where, results in parts:
+        for key, result in results.items():
+            if key in origin:
+                raise ResultsError(
+                    f"{origin[key]} and {where} both record {key!r}; sharded results must not "
+                    "overlap (were they made with the same --shard count and catalog?)"
+                )
+            merged[key] = result
+            origin[key] = where
+    return merged
 
 
 def write_results(path: Path, results: Mapping[str, Result]) -> None:
