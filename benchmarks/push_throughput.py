@@ -140,6 +140,7 @@ entries:
     instancetype: u1.medium
     preference: fedora
     latest: true
+    signature: none  # the loopback upstream has no clearsigned CHECKSUM (medius checks none)
     source:
       kind: fedora
       min_version: 38

@@ -26,11 +26,13 @@ import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
 from containerdisks.catalog import Catalog, Focus, load_catalog
 from containerdisks.settings import ConfigError, Settings
-from containerdisks.signing import PublicKey, SigningError
+
+if TYPE_CHECKING:
+    from containerdisks.signing import PublicKey
 
 __all__ = [
     "EXIT_FAILED",
@@ -122,6 +124,8 @@ def load_public_key(path: Path | None) -> PublicKey | None:
     """The `verify_key` setting's key, or None; an unusable key is a usage error (exit 2)."""
     if path is None:
         return None
+    from containerdisks.signing import PublicKey, SigningError  # noqa: PLC0415 - cryptography
+
     try:
         return PublicKey.load(path)
     except SigningError as e:
