@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
-import regex
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from containerdisks.checksums import (
@@ -230,6 +229,8 @@ class NameMatcher:
     """
 
     def __init__(self, pattern: str, *, budget: float = MATCH_BUDGET) -> None:
+        import regex  # noqa: PLC0415 - ~20 ms to import: only for a catalog that matches names
+
         try:
             self._compiled = regex.compile(pattern)
         except (regex.error, TypeError) as e:

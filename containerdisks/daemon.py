@@ -266,8 +266,8 @@ async def one_pass(
 ) -> tuple[list[Outcome], bool]:
     """One pass through the scheduler, as `images push` and `serve --once` run it: the
     outcomes, and whether the results file could not be written. The caller checked the work
-    dir; `catalog` is called when the engine starts."""
-    metrics = Metrics()
+    dir; `catalog` is called when the engine starts. Nothing serves `/metrics` here."""
+    metrics = Metrics(exported=False)
     status = Status(heartbeat_timeout=settings.heartbeat_timeout, dry_run=settings.dry_run)
     metering = _metering(metrics, settings.progress_interval)
     async with metering, _engine(settings, catalog(), metrics) as engine:

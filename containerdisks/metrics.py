@@ -21,6 +21,10 @@ Decisions:
   apart from retries: a connection that failed, or an answer 429 or 5xx.
 - The rendered text passes through `containerdisks.oci.redact.redact`: no label value shows a
   secret we hold.
+- A one-shot pass (`images push`, `serve --once`) serves no `/metrics`: its `Metrics(exported=
+  False)` keeps the same verbs and the HTTP meter (the console's progress) but its metrics are
+  stand-ins that record nothing, and prometheus-client (with the `http.server`, `email` and
+  `html` it loads) is not imported at all: ~30 ms of every no-change pass.
 """
 
 from __future__ import annotations
@@ -31,30 +35,21 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import aiohttp
 import yarl
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Enum,
-    Gauge,
-    Histogram,
-    Info,
-    generate_latest,
-)
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from containerdisks import __version__
 from containerdisks.oci.redact import redact
 from containerdisks.retry import RetryEvent
 
-__all__ = ["CONTENT_TYPE", "RESULTS", "HttpMeter", "Metrics", "Transfer"]
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+__all__ = ["RESULTS", "HttpMeter", "Metrics", "Transfer", "content_type"]
+
 #: The last result of an entry's sync.
 RESULTS = ["up-to-date", "published", "pending", "failed"]
 Kind = Literal["upstream", "registry"]
@@ -179,7 +174,29 @@ class HttpMeter:
         return [t for t, _ in self._downloads.values()] + list(self._uploads.values())
 
 
-class _BytesCollector(Collector):
+def content_type() -> str:
+    """The `Content-Type` of `Metrics.render`'s text."""
+    from prometheus_client import CONTENT_TYPE_LATEST  # noqa: PLC0415 - see the docstring
+
+    return CONTENT_TYPE_LATEST
+
+
+class _Unexported:
+    """A metric of a `Metrics(exported=False)`: every verb accepted, nothing recorded."""
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        pass
+
+    def labels(self, *_values: str) -> _Unexported:
+        return self
+
+    def _ignore(self, *_args: object, **_kwargs: object) -> None:
+        pass
+
+    inc = dec = set = observe = state = info = set_function = remove = _ignore
+
+
+class _BytesCollector:
     """Bytes downloaded from upstream and pushed to registries, polled at scrape time."""
 
     def __init__(self, upstream: HttpMeter, registry: HttpMeter) -> None:
@@ -187,6 +204,8 @@ class _BytesCollector(Collector):
         self.registry = registry
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415
+
         self.upstream.poll()
         down = CounterMetricFamily(
             "containerdisks_downloaded_bytes",
@@ -207,10 +226,19 @@ class _BytesCollector(Collector):
 
 
 class Metrics:
-    """Every metric of one daemon, in a registry of its own."""
+    """Every metric of one daemon, in a registry of its own (`exported=False`: none, see the
+    docstring)."""
 
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+    def __init__(self, *, exported: bool = True) -> None:
+        self.exported = exported
+        r: Any = None
+        kinds: tuple[Any, ...] = (_Unexported,) * 5
+        if exported:
+            import prometheus_client as pc  # noqa: PLC0415 - see the docstring
+
+            r = self.registry = pc.CollectorRegistry()
+            kinds = (pc.Counter, pc.Enum, pc.Gauge, pc.Histogram, pc.Info)
+        Counter, Enum, Gauge, Histogram, Info = kinds  # noqa: N806
         Info("containerdisks_build", "Version of containerdisks.", registry=r).info(
             {"version": __version__}
         )
@@ -336,7 +364,8 @@ class Metrics:
         )
         self.upstream = HttpMeter(self, "upstream")
         self.registry_meter = HttpMeter(self, "registry")
-        r.register(_BytesCollector(self.upstream, self.registry_meter))
+        if exported:
+            r.register(cast("Collector", _BytesCollector(self.upstream, self.registry_meter)))
 
     # -- verbs for the scheduler ----------------------------------------------------------------
 
@@ -385,6 +414,8 @@ class Metrics:
     def render(self) -> bytes:
         """The exposition text; a registered secret in a label value is masked (labels hold
         hosts and entry names, never a credential; this is the boundary that makes sure)."""
+        from prometheus_client import generate_latest  # noqa: PLC0415 - see the docstring
+
         return redact(generate_latest(self.registry).decode("utf-8")).encode("utf-8")
 
     # -- retries, from the retry loop's events ---------------------------------------------------

@@ -49,7 +49,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from containerdisks import __version__
-from containerdisks.metrics import CONTENT_TYPE, Metrics
+from containerdisks.metrics import Metrics, content_type
 from containerdisks.oci.redact import redact, redact_data
 from containerdisks.status import Status, iso_now
 from containerdisks.statuspage import render_page
@@ -107,7 +107,7 @@ async def _readyz(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     data = request.app[_METRICS].render()
     response = web.Response(body=data, headers={"Cache-Control": "no-store"})
-    response.headers["Content-Type"] = CONTENT_TYPE
+    response.headers["Content-Type"] = content_type()
     return response
 
 

@@ -111,6 +111,7 @@ def make(
     backoff: tuple[float, float] = (0.05, 0.2),
     grace: float = 0.5,
     results: Path | None = None,
+    metrics: Metrics | None = None,
 ) -> Scheduler:
     timing = Timing(
         interval=interval,
@@ -123,7 +124,7 @@ def make(
     return Scheduler(
         engine,  # type: ignore[arg-type]
         status,
-        Metrics(),
+        Metrics() if metrics is None else metrics,
         timing=timing,
         workers=workers,
         queue_size=queue_size,
@@ -310,6 +311,22 @@ async def test_run_once_is_one_pass_in_discovery_order_with_the_results_file(
     assert {"a": {"Stage": "push", "Err": "a: boom"}} == json.loads(results.read_text())
     assert scheduler.status.is_ready()
     assert 1 == scheduler.status.passes
+
+
+async def test_run_once_drains_a_full_queue_through_every_worker_unexported() -> None:
+    """A one-shot pass (as `images push` runs it: metrics not exported, so no prometheus-client)
+    over more entries than the queue holds, with more workers than entries in flight: each entry
+    is synced exactly once, the pass ends when the queue is closed and drained."""
+    keys = [f"e{i}" for i in range(12)]
+    engine = FakeEngine(*keys)
+    engine.failing.add("e5")
+    metrics = Metrics(exported=False)
+    scheduler = make(engine, workers=4, queue_size=1, metrics=metrics)
+    outcomes = await asyncio.wait_for(scheduler.run_once(), 10)
+    assert keys == [o.key for o in outcomes]
+    assert dict.fromkeys(keys, 1) == {k: engine.count(k) for k in keys}
+    assert ["e5"] == [o.key for o in outcomes if o.error]
+    assert not hasattr(metrics, "registry")  # nothing to render: it is never served
 
 
 async def test_a_slow_item_holds_up_neither_the_others_nor_readiness() -> None:
