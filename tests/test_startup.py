@@ -22,10 +22,12 @@ from tests.support.upstream_server import UpstreamServer
 
 # `bare`: the interpreter and the probe alone; otherwise `python -m containerdisks ARGS`.
 _PROBE = """
-import atexit, json, os, runpy, sys
+import atexit, gc, json, os, runpy, sys
 def dump():
     with open(os.environ["PROBE_OUT"], "w") as f:
         json.dump(sorted({m.partition(".")[0] for m in sys.modules}), f)
+    with open(os.environ["PROBE_OUT"] + ".gc", "w") as f:
+        json.dump([gc.isenabled(), gc.get_freeze_count()], f)
 atexit.register(dump)
 if sys.argv[1:] != ["bare"]:
     sys.argv = ["containerdisks", *sys.argv[1:]]
@@ -171,3 +173,12 @@ def test_dry_run_push_imports_no_compressor_nor_verifier(
     assert "up-to-date" in stdout
     assert "build" not in stdout
     assert set() == unchanged & (NOT_FOR_PLANNING | NOT_FOR_ONE_SHOT)
+    # The collector was off during start-up and on again once the command waited, start-up's
+    # objects frozen (cli.py's docstring).
+    enabled, frozen = json.loads(max(tmp_path.glob("modules-*.json.gc"), key=_n).read_text())
+    assert enabled
+    assert frozen > 10_000
+
+
+def _n(p: Path) -> int:
+    return int(p.name.split("-")[1].split(".")[0])
