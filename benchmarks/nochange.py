@@ -21,8 +21,15 @@ median of the per-round ratio to medius.
         [--json benchmarks/results/nochange-DATE.json] [--importtime FILE]
 
 `--importtime FILE` also runs our pass once more under `python -X importtime` and writes the
-cumulative import times (top 40) to FILE. Needs root (port 443, /etc/hosts). Run from the
-repository root with the project venv active.
+cumulative import times (top 40) to FILE. The variants `import: ...` (in the same rounds) are
+`python -c "import gc; gc.disable(); import X"` from our tree: what importing the third-party
+stacks and our command modules alone costs (the collector off, as our entry point has it during
+start-up), so the pass's CPU can be split into interpreter, imports and the rest.
+
+Needs root (port 443, /etc/hosts). Run from the repository root with an interpreter whose
+environment has our package without the test extras (a production install: with `rich`
+installed, structlog imports it), e.g. `python3 -m venv /tmp/prod && /tmp/prod/bin/pip install
+-e . && /tmp/prod/bin/python benchmarks/nochange.py ...`.
 """
 
 from __future__ import annotations
@@ -42,6 +49,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import push_throughput as pt  # the Fedora-mode setup lives there
+
+# What the `import: ...` variants import (see the docstring).
+IMPORTS = {
+    "aiohttp": "aiohttp",
+    "pydantic + pydantic-settings": "pydantic, pydantic_settings",
+    "structlog": "structlog",
+    "yaml": "yaml",
+    "all third-party": "aiohttp, pydantic, pydantic_settings, structlog, yaml",
+    "our push command": "containerdisks.commands.push, containerdisks.commands.context",
+}
 
 
 def _run(cmd: Sequence[str], env: dict[str, str], cwd: Path, out: Path) -> tuple[float, float]:
@@ -112,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ]  # fmt: skip
                 cmds["medius"] = (cmd, {**env, "HOME": str(work)}, work)
             cmds["python3 -c pass"] = ([sys.executable, "-c", "pass"], env, tmp)
+            ours_env = cmds["ours"][1]
+            for label, modules in IMPORTS.items():
+                code = f"import gc; gc.disable(); import {modules}"
+                cmds[f"import: {label}"] = ([sys.executable, "-c", code], ours_env, pt.REPO_ROOT)
             for name, (cmd, e, cwd) in cmds.items():
                 seconds, _ = _run(cmd, e, cwd, tmp / f"{name}-push.txt")
                 pt.log(f"{name}: first push {seconds:.2f} s")
@@ -124,13 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         shutil.rmtree(cmd[cmd.index("--work-dir") + 1], ignore_errors=True)
                     out = tmp / f"{name}-{rnd}.txt"
                     seconds, used = _run(cmd, e, cwd, out)
-                    if name != "python3 -c pass" and name != "medius":
+                    if name in trees:
                         text = out.read_text()
                         if "up-to-date" not in text or '"build"' in text:
                             raise RuntimeError(f"{name}: pass {rnd} was not a no-change pass")
                     times.setdefault(name, []).append(seconds)
                     cpu.setdefault(name, []).append(used)
-                pt.log(f"round {rnd + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f}" for n in names))
+                shown = [n for n in names if not n.startswith("import: ")]
+                pt.log(f"round {rnd + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f}" for n in shown))
             if args.importtime:
                 cmd, e, cwd = cmds["ours"]
                 res = subprocess.run(

@@ -416,6 +416,8 @@ def medius_problem(path: Path | None) -> str | None:
     if os.geteuid() != 0:
         return "Fedora mode needs root (port 443 and /etc/hosts)"
     with socket.socket() as s:
+        # as the upstream server binds: a previous run's connections in TIME_WAIT do not count
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", 443))
         except OSError as e:
