@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from containerdisks import catalog
+from containerdisks import catalog, yamlfile
 from containerdisks.settings import ConfigError, load_config_file
 from tests.support import peak_rss
 from tests.support.cli import clean_env
@@ -112,6 +113,56 @@ def test_a_bad_json_variable_is_one_line_and_exit_2(
 ) -> None:
     result = run_push(tmp_path, env={"CONTAINERDISKS_UPSTREAM_MIRRORS": value})
     one_line_exit_2(result, "invalid environment variable CONTAINERDISKS_UPSTREAM_MIRRORS", needle)
+
+
+def _nested(levels: int) -> bytes:
+    return b"a: " + b"[" * levels + b"1" + b"]" * levels + b"\n"
+
+
+AGREE = {
+    "default-catalog": Path(catalog.__file__).parent.parent.joinpath("config/catalog.yaml"),
+    "not-utf8": b"dry_run: true\nfocus: 'fedora:\xff'\n",
+    "duplicate-key": b"dry_run: true\nworkers: 2\ndry_run: false\n",
+    "alias-bomb": billion_laughs().encode(),
+    "deep": b"entries: " + b"[" * 20_000 + b"]" * 20_000 + b"\n",
+    "recursive-alias": b"a: &a [*a]\n",
+    "nul": b"focus: 'a\x00b'\n",
+    "bell": b"focus: 'a\x07b'\n",
+    "huge-int": b"workers: " + b"9" * 5000 + b"\n",
+    "unclosed": b"workers: [1\n",
+    "merge": b"x: &b {i: 5, w: 2}\ny:\n  <<: *b\n  w: 3\n",
+    "empty": b"",
+    "two-documents": b"a: 1\n---\nb: 2\n",
+    **{f"nested-{n}": _nested(n) for n in (61, 62, 63, 64)},
+}
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml")
+@pytest.mark.parametrize("case", list(AGREE))
+def test_libyaml_and_the_pure_python_loader_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """The config and catalog reader parses with libyaml when it can (start-up time), and falls
+    back to the pure-Python loader otherwise: the data, or the one-line error, is the same."""
+    source = AGREE[case]
+    path = tmp_path / "doc.yaml"
+    path.write_bytes(source.read_bytes() if isinstance(source, Path) else source)
+
+    def read() -> tuple[str, object]:
+        try:
+            return "data", yamlfile.read_yaml_file(path)
+        except yamlfile.YamlFileError as e:
+            return "error", str(e)
+
+    fast = read()
+    monkeypatch.setattr(yamlfile, "_CLoaderBase", None)
+    assert read() == fast
+    if case in ("default-catalog", "merge", "empty", "nested-61", "nested-62"):
+        assert "data" == fast[0]  # read by libyaml, not handed to the pure-Python loader
+        monkeypatch.undo()
+        assert fast[1] == yamlfile._read_fast(path.read_text())
+    else:
+        assert "error" == fast[0]
 
 
 def test_merge_keys_may_override_and_anchors_still_work(tmp_path: Path) -> None:
