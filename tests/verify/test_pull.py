@@ -136,6 +136,7 @@ async def test_not_a_tar_and_a_missing_platform_are_named(
     [
         ([("disk", None), ("disk/disk.img", DISK)], [("etc/motd", b"hi")], DISK),
         ([("disk/disk.img", b"old" * 1000)], [("disk/disk.img", DISK)], DISK),  # later wins
+        ([("disk/disk.img", DISK)], [("disk/disk.img", b"new")], b"new"),  # and is cut to its size
         ([("etc/motd", b"hi")], [("disk/disk.img", DISK)], DISK),
     ],
 )
