@@ -80,6 +80,16 @@ def _global_flags(where: str) -> _Parser:
         help="rewrite upstream URLs starting with FROM (repeatable)",
     )
     p.add_argument("--ca-file", default=s, help="extra CA bundle for registries")
+    p.add_argument(
+        "--authfile",
+        dest="auth_file",
+        default=s,
+        metavar="FILE",
+        help="registry credentials (containers-auth.json) searched first, instead of "
+        "$REGISTRY_AUTH_FILE; then ${XDG_RUNTIME_DIR}/containers/auth.json (else "
+        "/run/containers/$UID/auth.json), ~/.config/containers/auth.json, "
+        "$DOCKER_CONFIG/config.json (else ~/.docker/config.json)",
+    )
     p.add_argument("--log-level", default=s, choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default=s, choices=["auto", "json", "console"])
     return p
@@ -194,7 +204,20 @@ def _verify_flags(p: argparse.ArgumentParser) -> None:
         default=s,
         help="namespace for the verify VMs (default kubevirt)",
     )
-    p.add_argument("--kubeconfig", default=s, help="kubeconfig file (default: in-cluster)")
+    p.add_argument(
+        "--kubeconfig",
+        default=s,
+        metavar="FILE",
+        help="kubeconfig file; default: the files $KUBECONFIG names, else ~/.kube/config, "
+        "else the in-cluster service account",
+    )
+    p.add_argument(
+        "--master",
+        dest="kube_master",
+        default=s,
+        metavar="URL",
+        help="Kubernetes API server address; overrides the kubeconfig's server (medius)",
+    )
     p.add_argument("--firmware", dest="verify_firmware", default=s, choices=["uefi", "bios"])
     p.add_argument("--accel", dest="verify_accel", default=s, choices=["auto", "kvm", "tcg"])
     p.add_argument("--results-file", default=s, help="results file (default results.json)")

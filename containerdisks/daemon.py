@@ -12,7 +12,8 @@ Decisions:
 - Signals: the first SIGTERM/SIGINT drains (the scheduler's shutdown) and the process exits 0;
   a second one ends the process at once (`os._exit`, status 128 + signal), as an impatient
   operator or the kubelet's SIGKILL would. A single pass installs none: the command line's own
-  handler cancels it at once (130/143).
+  handler cancels it at once (130/143). SIGHUP starts a pass now (`pass_requested` in the log),
+  as an operator who just fixed a mirror or a registry wants, without waiting out `--interval`.
 - Leftover spool files of a killed predecessor (`*.spool` in the work dir) are removed at start
   by the daemon and `serve --once` (`remove_stale_files`), never by `images push`, whose work
   dir other runs may share.
@@ -183,6 +184,14 @@ async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    schedulers: list[Scheduler] = []  # the one the engine runs, once it runs
+
+    def on_hangup() -> None:
+        log.info("pass_requested", signal="SIGHUP")
+        for s in schedulers:
+            s.request_pass()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)  # before the first pass: never fatal
 
     from containerdisks.server import serving  # noqa: PLC0415 - see the docstring
 
@@ -209,6 +218,7 @@ async def serve(settings: Settings, catalog: Callable[[], Catalog]) -> int:
         with retry.observing(count_retries):
             async with _metering(metrics), _engine(settings, catalog(), metrics) as engine:
                 scheduler = _scheduler(settings, engine, status, metrics, results)
+                schedulers.append(scheduler)
                 await scheduler.run(stop)
     finally:
         await server.__aexit__(None, None, None)

@@ -108,6 +108,14 @@ class RegistrySettings(BaseModel):
         "fallback for any host, and allow a plain-HTTP token service for an HTTPS registry.",
     )
     ca_file: Path | None = Field(None, description="Extra CA bundle (PEM) to verify registries.")
+    auth_file: Path | None = Field(
+        None,
+        description="`--authfile`: registry credentials file (containers-auth.json(5)) searched "
+        "first, in place of `REGISTRY_AUTH_FILE`; then `${XDG_RUNTIME_DIR}/containers/auth.json` "
+        "(`/run/containers/$UID/auth.json` without `XDG_RUNTIME_DIR`), "
+        "`${XDG_CONFIG_HOME:-~/.config}/containers/auth.json`, `$DOCKER_CONFIG/config.json` "
+        "(`~/.docker/config.json`). A given file that is missing is an error.",
+    )
 
     @property
     def target(self) -> str:
@@ -260,7 +268,14 @@ class VerifySettings(BaseModel):
     kubeconfig: str = Field(
         "",
         description="`images verify --kubeconfig`: kubeconfig file for KubeVirt; empty means "
-        "`KUBECONFIG` or `~/.kube/config`, else the in-cluster service account.",
+        "the files `KUBECONFIG` names (one that names no existing file is an error), else "
+        "`~/.kube/config`, else the in-cluster service account.",
+    )
+    kube_master: str = Field(
+        "",
+        description="`images verify --master`: Kubernetes API server URL; replaces the server "
+        "of the kubeconfig found, or without one is the server (no credentials), as medius's "
+        "`--master`.",
     )
     verify_namespace: str = Field(
         "kubevirt",

@@ -39,3 +39,23 @@ def test_every_repository_docs_field_is_documented() -> None:
 def test_every_builtin_source_parameter_is_documented(kind: str) -> None:
     params = type(load_sources()[kind]).Params
     assert set(params.model_fields) - documented("catalog.md", f"### `{kind}`") == set()
+
+
+def _apt_packages(text: str) -> set[str]:
+    """Package names of every `apt-get install` command in `text` (continuation lines joined)."""
+    joined = text.replace("\\\n", " ")
+    found: set[str] = set()
+    for line in joined.splitlines():
+        if "apt-get install" in line:
+            words = line.split("apt-get install", 1)[1].split(";")[0].split()
+            found |= {w for w in words if not w.startswith(("-", "$")) and w != "\\"}
+    return found
+
+
+def test_the_readme_lists_every_package_ci_installs() -> None:
+    """A newcomer installs what the README lists; CI installs its own list: the same one."""
+    root = Path(__file__).parents[1]
+    readme = _apt_packages((root / "README.md").read_text())
+    ci = _apt_packages((root / ".ci" / "run").read_text())
+    assert "docker-registry" in ci
+    assert ci == readme

@@ -16,6 +16,10 @@ entry and writes stage `promote` back. Decisions:
   copied, and copies, tags and writes nothing (no results file either).
 - Exit 1 when an entry failed, 0 with `--no-fail` (as verify), and 1 when the results file
   cannot be written. Promote uses no work dir: it streams registry to registry.
+- An entry an earlier stage failed (`Err` at stage `push` or `verify`) fails promote too, as in
+  medius: a row `failed: failed in stage <stage>: ...`, one log line naming every such entry,
+  its record kept as it was. When nothing is eligible, one line says why (entries still at
+  stage `push` need `images verify` first; entries at `promote` are done).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import structlog
 
+from containerdisks.catalog import Focus
 from containerdisks.commands.context import Context
 from containerdisks.commands.render import write_table
 from containerdisks.engine.promote import (
@@ -32,7 +37,13 @@ from containerdisks.engine.promote import (
     Promotion,
     describe_error,
 )
-from containerdisks.engine.results import Result, ResultsError, read_results, write_results
+from containerdisks.engine.results import (
+    Result,
+    ResultsError,
+    failed_earlier,
+    read_results,
+    write_results,
+)
 from containerdisks.registry.stores import Connection, Place, open_places, same_place
 from containerdisks.retry import RetryPolicy
 from containerdisks.settings import ConfigError
@@ -74,11 +85,20 @@ async def run(ctx: Context) -> int:
     focus = ctx.focus
     if focus.name is not None:
         ctx.catalog.select(focus)  # names no entry: usage
-    candidates = []
+    candidates, earlier = [], []
     for key, result in results.items():
         name, _, version = key.partition(":")
-        if _eligible(result) and focus.selects_key(name, version):
+        if not focus.selects_key(name, version):
+            continue
+        if _eligible(result):
             candidates.append(Candidate(key, name, result))
+        elif result.error:  # push or verify failed it: medius's promote fails on it
+            earlier.append(
+                Promotion(key, result.digest, result.bare_tags(), f"failed in stage "
+                          f"{result.stage}: {result.error.removeprefix(f'{key}: ')}")
+            )  # fmt: skip
+    if not candidates:
+        _say_why_nothing(results, focus)
     backoff = RetryPolicy.for_registry(settings.retries)
     places = open_places(settings.source_registry, target_spec, Connection.of(settings), backoff)
     async with places as (source, target):
@@ -89,18 +109,45 @@ async def run(ctx: Context) -> int:
 
         outcomes = await ctx.each(candidates, one)
         where = {c.key: target.where(c.name) for c in candidates}
-    render(outcomes, where, ctx, dry_run=settings.dry_run)
+    render(outcomes + earlier, where, ctx, dry_run=settings.dry_run)
+    if failed := failed_earlier(results, (o.key for o in earlier)):
+        log.error(
+            "failed_in_earlier_stage", entries=", ".join(failed), exit_status="1 unless --no-fail"
+        )
     broken = False
     if not settings.dry_run:
         updated = dict(results)
-        for o in outcomes:
+        for o in outcomes:  # the earlier failures keep their record
             updated[o.key] = o.record(results[o.key])
         try:
             write_results(Path(settings.results_file), updated)
         except ResultsError as e:
             log.error("results_not_written", error=str(e))
             broken = True
-    return ctx.exit_status(any(o.error for o in outcomes), broken=broken)
+    return ctx.exit_status(any(o.error for o in outcomes + earlier), broken=broken)
+
+
+def _say_why_nothing(results: dict[str, Result], focus: Focus) -> None:
+    """One line: why no entry of the (focused) results file is eligible."""
+    by_stage: dict[str, list[str]] = {}
+    for key, result in results.items():
+        name, _, version = key.partition(":")
+        if focus.selects_key(name, version) and not result.error:
+            by_stage.setdefault(result.stage, []).append(key)
+    why = {
+        "push": "pushed, not verified: run images verify first",
+        "promote": "already promoted",
+    }
+    parts = [
+        f"{len(keys)} at stage {stage} ({why.get(stage, 'not eligible')}: {', '.join(keys)})"
+        for stage, keys in by_stage.items()
+    ]
+    log.warning(
+        "nothing_to_promote",
+        why="; ".join(parts)
+        or "no entry in the results file" + (" matches --focus" if focus.name is not None else ""),
+        eligible="entries at stage verify without Err",
+    )
 
 
 def render(

@@ -14,6 +14,8 @@ targets by the commands' runner, `--workers` at once), the boot
   was; the file is rewritten atomically, only when not a dry run (exit 1 when it cannot be).
 - `--local` (not a dry run) checks the work dir first: ours alone, or exit 2 (workdir.py).
 - Exit 1 when an entry failed, 0 with `--no-fail`; a skip is not a failure, and not a pass.
+  An entry an earlier stage failed (`Err` in the results file) is a failure too, as in medius:
+  its row says so, one log line names every such entry, and its record is kept as it was.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from containerdisks.commands.render import write_table
 from containerdisks.engine.results import (
     Result,
     ResultsError,
+    failed_earlier,
     read_results,
     recorded_digest,
     write_results,
@@ -41,7 +44,7 @@ from containerdisks.verify import flow, qemu
 from containerdisks.verify.flow import Booter, Verdict
 from containerdisks.verify.local import LocalBooter, LocalError, private_dir, remove_stale_work
 from containerdisks.verify.ssh import SshCheck
-from containerdisks.verify.target import Skipped, Target, select_targets
+from containerdisks.verify.target import Failed, Skipped, Target, select_targets
 from containerdisks.workdir import own_work_dir
 
 __all__ = ["render", "run", "verify_all"]
@@ -91,6 +94,10 @@ async def run(ctx: Context) -> int:
     order = {key: i for i, key in enumerate(results)}
     verdicts.sort(key=lambda v: order.get(v.key, len(order)))
     render(verdicts, ctx)
+    if failed := failed_earlier(results, (v.key for v in verdicts)):
+        log.error(
+            "failed_in_earlier_stage", entries=", ".join(failed), exit_status="1 unless --no-fail"
+        )
     broken = False
     if not settings.dry_run:
         updated = dict(results)
@@ -106,7 +113,7 @@ async def run(ctx: Context) -> int:
 
 
 async def verify_all(
-    chosen: Sequence[Target | Skipped],
+    chosen: Sequence[Target | Skipped | Failed],
     booter: Booter,
     check: SshCheck,
     *,
@@ -131,6 +138,8 @@ def render(verdicts: Sequence[Verdict], ctx: Context) -> None:
     for v in verdicts:
         if v.status == "verified":
             text = f"verified in {v.seconds:.1f} s"
+            if v.detail != flow.LOGGED_IN:  # how, when it was not the SSH login
+                text += f": {v.detail}"
         elif v.status == "planned":
             text = v.detail
         else:
@@ -141,7 +150,7 @@ def render(verdicts: Sequence[Verdict], ctx: Context) -> None:
 
 def _choose(
     results: dict[str, Result], catalog: Catalog, focus: Focus, goarch: str
-) -> tuple[list[Target | Skipped], list[Verdict]]:
+) -> tuple[list[Target | Skipped | Failed], list[Verdict]]:
     chosen, problems = select_targets(results, (b.item for b in catalog.items), focus, goarch)
     verdicts: list[Verdict] = []
     for key, message in problems.items():
@@ -171,7 +180,7 @@ async def _run_kube(
     from containerdisks.verify import kube  # noqa: PLC0415
 
     try:
-        cfg = await kube.load_config(settings.kubeconfig)
+        cfg = await kube.load_config(settings.kubeconfig, settings.kube_master)
     except kube.KubeError as e:
         raise ConfigError(f"images verify: {e}") from None
     async with kclient.ApiClient(cfg) as api:
@@ -225,7 +234,7 @@ async def _run_local(
                     private_dir(kept)  # an older version's 0755 is fixed now, not at a failure
             except LocalError as e:
                 raise ConfigError(f"images verify: {e}") from None
-        ready: list[Target | Skipped] = []
+        ready: list[Target | Skipped | Failed] = []
         for c in chosen:
             if isinstance(c, Target) and not settings.dry_run:
                 got = await _with_digest(place, c)

@@ -28,7 +28,7 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -36,7 +36,14 @@ from typing import Protocol
 from containerdisks import oci
 from containerdisks.oci.redact import redact, redact_data
 
-__all__ = ["Result", "ResultsError", "read_results", "recorded_digest", "write_results"]
+__all__ = [
+    "Result",
+    "ResultsError",
+    "failed_earlier",
+    "read_results",
+    "recorded_digest",
+    "write_results",
+]
 
 STAGES = ("push", "verify", "promote")
 
@@ -107,6 +114,12 @@ async def recorded_digest(result: Result, store: _Heads, repository: str) -> str
         return None
     head = await store.head_manifest(repository, tags[0])
     return head.digest if head is not None else None
+
+
+def failed_earlier(results: Mapping[str, Result], keys: Iterable[str]) -> list[str]:
+    """`name:version (stage)` of each entry of `keys` whose record holds an error: an earlier
+    stage failed it, which fails verify and promote as in medius (unless `--no-fail`)."""
+    return [f"{k} ({results[k].stage})" for k in dict.fromkeys(keys) if results[k].error]
 
 
 def read_results(path: Path) -> dict[str, Result]:

@@ -27,7 +27,11 @@ Shape (kopf's reactor, with anyio's memory object stream as the queue):
   others go on as scheduled.
 - Shutdown: stop ticking, cancel passes, drop what is queued, give in-flight syncs
   `shutdown_grace` seconds, then cancel them (an open upload is cancelled and its temporary files
-  removed by the engine's own cleanup, which a plain asyncio cancellation lets run).
+  removed by the engine's own cleanup, which a plain asyncio cancellation lets run). What the
+  interrupted pass did publish (a sync that finished during the drain included) is written to
+  the results file, so `images verify` boots it; a pass that published nothing leaves the file.
+- `request_pass()` (the daemon's SIGHUP) starts a pass at the next tick, as if it were due; the
+  interval counts again from there. A pass still discovering is not doubled (`pass_skipped`).
 
 `once` runs exactly one pass and closes the queue behind it, so the workers drain and stop.
 Workers are plain asyncio tasks, not an anyio task group: anyio cancellation is level-triggered
@@ -166,6 +170,8 @@ class Scheduler:
         self._failures: dict[str, int] = {}
         self._last_outcome: dict[str, Outcome] = {}
         self._passes: list[asyncio.Task[list[Outcome]]] = []
+        self._unfinished: dict[int, _Pass] = {}  # passes not yet through `_finish`, by number
+        self._wake = asyncio.Event()  # `request_pass()`
         self._feeding: _Pass | None = None
         self._number = 0
         self._stopping = False
@@ -185,6 +191,10 @@ class Scheduler:
             await self._cancel(workers)
             raise
 
+    def request_pass(self) -> None:
+        """Start a pass now (at the next tick) rather than when the interval says."""
+        self._wake.set()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until `stop` is set; then drain within the grace time and return.
 
@@ -196,18 +206,27 @@ class Scheduler:
             while not stop.is_set() and self._fatal is None:
                 self.status.beat()
                 now = self.monotonic()
-                if now >= next_pass:
+                if now >= next_pass or self._wake.is_set():
+                    self._wake.clear()
                     self._start_pass(stop)
                     next_pass = now + self.timing.interval * (1 + self.timing.jitter * self.rand())
                     self.status.pass_scheduled(next_pass - now)
                 self._feed_retries(now)
                 self.metrics.queue_depth.set(self._queued())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.timing.tick)
+                await self._sleep(stop)
         finally:
             await self._shutdown(workers)
         if self._fatal is not None:
             raise self._fatal
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        """One tick, cut short by `stop` or a requested pass."""
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.timing.tick, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     # -- passes ---------------------------------------------------------------------------------
 
@@ -233,6 +252,7 @@ class Scheduler:
     async def _pass(self, *, first: bool) -> list[Outcome]:
         self._number += 1
         run = _Pass(self._number, self.monotonic())
+        self._unfinished[run.number] = run
         self._feeding = run
         run.started_wall = self.status.pass_started()
         log.info("pass_started", number=run.number)
@@ -305,21 +325,29 @@ class Scheduler:
         if run.number == 1 and run.answered and not run.pending:
             self.status.first_pass_settled()
 
-    def _finish(self, run: _Pass) -> list[Outcome]:
+    def _ordered(self, run: _Pass) -> list[Outcome]:
         # Items are discovered concurrently: report them in catalog order, whatever came first.
         order = sorted(run.order, key=lambda k: run.item.get(k, -1))
-        outcomes = [run.outcomes[k] for k in order if k in run.outcomes]
+        return [run.outcomes[k] for k in order if k in run.outcomes]
+
+    def _write_results(self, outcomes: list[Outcome]) -> None:
+        if self.results_path is None:
+            return
+        results = {o.key: r for o in outcomes if (r := o.result) is not None}
+        try:
+            write_results(self.results_path, results)
+        except ResultsError as e:
+            self.results_error = str(e)
+            log.error("results_not_written", path=str(self.results_path), error=str(e))
+        else:
+            self.results_error = ""
+
+    def _finish(self, run: _Pass) -> list[Outcome]:
+        self._unfinished.pop(run.number, None)
+        outcomes = self._ordered(run)
         failed = [o.key for o in outcomes if o.error]
         seconds = self.monotonic() - run.started
-        if self.results_path is not None:
-            results = {o.key: r for o in outcomes if (r := o.result) is not None}
-            try:
-                write_results(self.results_path, results)
-            except ResultsError as e:
-                self.results_error = str(e)
-                log.error("results_not_written", path=str(self.results_path), error=str(e))
-            else:
-                self.results_error = ""
+        self._write_results(outcomes)
         self.status.pass_finished(
             run.started_wall, len(outcomes), len(failed), first=run.number == 1
         )
@@ -504,7 +532,22 @@ class Scheduler:
             if pending:
                 log.warning("shutdown_cancelling", entries=sorted(self._running))
                 await self._cancel(list(pending))
+        self._record_interrupted()
         log.info("shutdown_finished")
+
+    def _record_interrupted(self) -> None:
+        """The results of passes the shutdown cut short, when they published anything (a sync
+        that finished in the drain included): verify must find what is in the registry."""
+        for _, run in sorted(self._unfinished.items()):
+            outcomes = self._ordered(run)
+            if any(o.result is not None and o.tags for o in outcomes):
+                self._write_results(outcomes)
+                log.info(
+                    "results_written_at_shutdown",
+                    number=run.number,
+                    entries=[o.key for o in outcomes if o.result is not None],
+                )
+        self._unfinished.clear()
 
     async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
         for task in tasks:

@@ -1,12 +1,19 @@
 """Registry credentials from the files podman, skopeo and docker keep them in.
 
-Decision: we read what the user's container tools already use, in their order, instead of a
-credential setting of our own: the first of these files that knows the registry wins, and a
-missing file is skipped.
+Decision: we read what the user's container tools already use, in their order
+(containers-auth.json(5), where ``podman login`` and ``skopeo login`` write), instead of a
+credential store of our own: the first of these files that knows the registry wins.
 
-1. ``$REGISTRY_AUTH_FILE``
-2. ``${XDG_RUNTIME_DIR}/containers/auth.json``
-3. ``$DOCKER_CONFIG/config.json``, or ``~/.docker/config.json`` without ``DOCKER_CONFIG``
+1. the explicit file (``--authfile``), else ``$REGISTRY_AUTH_FILE``
+2. ``${XDG_RUNTIME_DIR}/containers/auth.json``, or ``/run/containers/$UID/auth.json`` when
+   ``XDG_RUNTIME_DIR`` is unset (where ``skopeo login`` writes as root in a plain shell)
+3. ``${XDG_CONFIG_HOME:-~/.config}/containers/auth.json``
+4. ``$DOCKER_CONFIG/config.json``, or ``~/.docker/config.json`` without ``DOCKER_CONFIG``
+
+A missing file is skipped, except the explicit one: ``--authfile`` naming nothing is an error
+(as podman's). Unlike containers/image, an explicit file does not end the search: a registry it
+does not know is looked up in the files after it. ``~/.dockercfg`` (docker's pre-1.7 format) is
+not read.
 
 In one file: ``credHelpers[<host>]`` first (run ``docker-credential-<name> get`` with the server
 URL on stdin; it answers ``{"ServerURL", "Username", "Secret"}``, user ``<token>`` meaning an
@@ -54,19 +61,28 @@ _TOKEN_USERNAME: Final = "<token>"  # noqa: S105  (a marker user name, not a sec
 _NOT_FOUND: Final = "credentials not found"
 
 
-def auth_file_paths(environ: Mapping[str, str] | None = None) -> list[Path]:
-    """The files searched, in order (whether they exist or not)."""
+def auth_file_paths(
+    environ: Mapping[str, str] | None = None, *, auth_file: Path | None = None
+) -> list[Path]:
+    """The files searched, in order (whether they exist or not); `auth_file` is the explicit
+    one (``--authfile``), which takes ``$REGISTRY_AUTH_FILE``'s place."""
     env = os.environ if environ is None else environ
     paths: list[Path] = []
-    if env.get("REGISTRY_AUTH_FILE"):
+    if auth_file is not None:
+        paths.append(auth_file)
+    elif env.get("REGISTRY_AUTH_FILE"):
         paths.append(Path(env["REGISTRY_AUTH_FILE"]))
     if env.get("XDG_RUNTIME_DIR"):
         paths.append(Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    else:
+        paths.append(Path("/run/containers") / str(os.getuid()) / "auth.json")
+    home = Path(env.get("HOME") or str(Path.home()))
+    config_home = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else home / ".config"
+    paths.append(config_home / "containers" / "auth.json")
     if env.get("DOCKER_CONFIG"):
         paths.append(Path(env["DOCKER_CONFIG"]) / "config.json")
     else:
-        home = env.get("HOME") or str(Path.home())
-        paths.append(Path(home) / ".docker" / "config.json")
+        paths.append(home / ".docker" / "config.json")
     return paths
 
 
@@ -177,10 +193,12 @@ def run_credential_helper(
     )
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def _read(path: Path, *, required: bool = False) -> dict[str, Any] | None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if required:
+            raise CredentialsError(f"{path}: cannot read: no such file") from None
         return None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
@@ -221,25 +239,29 @@ def _from_file(
     return None
 
 
-def find_credentials(name: str, *, environ: Mapping[str, str] | None = None) -> Credentials | None:
+def find_credentials(
+    name: str, *, environ: Mapping[str, str] | None = None, auth_file: Path | None = None
+) -> Credentials | None:
     """Credentials for the registry of ``name`` (``quay.io``, ``quay.io/containerdisks``,
     ``127.0.0.1:5000/ns/repo``), or None to go anonymous.
 
     The namespace part only matters for containers-auth.json keys of the form ``host/namespace``.
     Blocking: it reads files and may run a helper; call it before connecting, and again to follow
     rotated files (in async code, through ``asyncio.to_thread``). ``environ`` replaces
-    ``os.environ`` (for tests).
+    ``os.environ`` (for tests); ``auth_file`` is the explicit file (``--authfile``), which must
+    exist.
     """
     env = os.environ if environ is None else environ
     parsed = parse_registry(name)
     host = _canonical_host(parsed.host)
-    for path in auth_file_paths(env):
-        doc = _read(path)
+    paths = auth_file_paths(env, auth_file=auth_file)
+    for path in paths:
+        doc = _read(path, required=auth_file is not None and path == auth_file)
         if doc is None:
             continue
         found = _from_file(path, doc, host, parsed.namespace, env)
         if found is not None:
             logger.debug("credentials for %s from %s", host, found.source)
             return found
-    logger.debug("no credentials for %s in %s", host, ", ".join(map(str, auth_file_paths(env))))
+    logger.debug("no credentials for %s in %s", host, ", ".join(map(str, paths)))
     return None

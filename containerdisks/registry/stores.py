@@ -183,6 +183,9 @@ class Connection:
     blob_min_rate: int
     blob_rate_window: float
     blob_deadline: float
+    #: `--authfile`: the credentials file searched first (containers-auth.json(5)); None: the
+    #: usual search alone (`oci.credentials`).
+    auth_file: Path | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> Connection:
@@ -195,6 +198,7 @@ class Connection:
             blob_min_rate=settings.min_transfer_rate,
             blob_rate_window=settings.min_transfer_rate_window,
             blob_deadline=settings.download_deadline,
+            auth_file=settings.auth_file,
         )
 
 
@@ -273,7 +277,9 @@ async def open_places(
                     stores[store_key] = RetryingStore(LayoutStore(p), backoff)
                 else:
                     try:
-                        credentials = await asyncio.to_thread(oci.find_credentials, spec)
+                        credentials = await asyncio.to_thread(
+                            oci.find_credentials, spec, auth_file=connection.auth_file
+                        )
                     except oci.CredentialsError as e:
                         raise ConfigError(f"credentials for {store_key}: {e}") from None
                     session = None
@@ -298,7 +304,7 @@ async def open_places(
                     )
                     opened = await stack.enter_async_context(client)
                     stores[store_key] = RetryingStore(opened, backoff)
-                    reloaders[store_key] = _reloader(opened, spec, store_key)
+                    reloaders[store_key] = _reloader(opened, spec, store_key, connection.auth_file)
             places[key] = Place(
                 spec, stores[store_key], namespace, isinstance(p, Path), reloaders.get(store_key)
             )
@@ -306,13 +312,13 @@ async def open_places(
 
 
 def _reloader(
-    client: oci.RegistryClient, spec: str, registry: str
+    client: oci.RegistryClient, spec: str, registry: str, auth_file: Path | None
 ) -> Callable[[], Awaitable[bool]]:
     async def reload() -> bool:
         """Look the credentials up again (files and helpers, as at start); when they cannot be
         read now (a Secret half-updated), keep the current ones and say so."""
         try:
-            credentials = await asyncio.to_thread(oci.find_credentials, spec)
+            credentials = await asyncio.to_thread(oci.find_credentials, spec, auth_file=auth_file)
         except oci.CredentialsError as e:
             log.warning("credentials_unreadable", registry=registry, error=str(e))
             return False

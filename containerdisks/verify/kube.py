@@ -142,24 +142,36 @@ def _api_error(what: str, e: ApiException) -> KubeError:
     return KubeError(" ".join(f"{head}: {message}".split()) if message else head)  # one line
 
 
-def _default_kubeconfig_exists() -> bool:
-    default = os.environ.get("KUBECONFIG", "") or str(Path.home() / ".kube" / "config")
-    return any(Path(p).is_file() for p in default.split(os.pathsep) if p)
+def _any_file(paths: list[str]) -> bool:
+    return any(Path(p).is_file() for p in paths if p)
 
 
-async def load_config(kubeconfig: str) -> kclient.Configuration:
-    """The client config: `kubeconfig` if given, else the default kubeconfig, else in-cluster."""
+async def load_config(kubeconfig: str, master: str = "") -> kclient.Configuration:
+    """The client config, looked up in this order: `kubeconfig` (`--kubeconfig`), else the
+    files `KUBECONFIG` names (merged), else `~/.kube/config`, else the in-cluster service
+    account. `master` (`--master`) replaces the API server address of whichever is found, and
+    alone (no kubeconfig file at all) is the address, without credentials (client-go's
+    `BuildConfigFromFlags`, which medius's `--master` is). A `KUBECONFIG` naming no existing
+    file is an error naming it, not a silent fall back to the in-cluster config."""
     cfg = kclient.Configuration()
+    env = os.environ.get("KUBECONFIG", "")
+    home = Path.home() / ".kube" / "config"
     try:
         if kubeconfig:
             await kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        elif _default_kubeconfig_exists():
-            await kconfig.load_kube_config(client_configuration=cfg)
-        else:  # checked here: the library would log a warning before falling back
+        elif env:
+            if not _any_file(env.split(os.pathsep)):
+                raise KubeError(f"kubernetes config: KUBECONFIG={env}: no such file")
+            await kconfig.load_kube_config(config_file=env, client_configuration=cfg)
+        elif _any_file([str(home)]):
+            await kconfig.load_kube_config(config_file=str(home), client_configuration=cfg)
+        elif not master:  # checked here: the library would log a warning before falling back
             kconfig.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except (ConfigException, FileNotFoundError, OSError, ValueError) as e:
-        where = kubeconfig or "default kubeconfig or in-cluster config"
+        where = kubeconfig or (f"KUBECONFIG={env}" if env else f"{home} or in-cluster config")
         raise KubeError(f"kubernetes config ({where}): {e}") from None
+    if master:
+        cfg.host = master.rstrip("/")
     for value in cfg.api_key.values():
         _register_authorization(value)
     redact.register(cfg.password)

@@ -2,7 +2,10 @@
 says to boot it (login user, Secure Boot, guest agent).
 
 Chosen from the results file as medius does (`verify.go`): only entries at stage `push`
-without an error, and only the target architecture of each. The catalog gives what the
+without an error, and only the target architecture of each. An entry an earlier stage failed
+(`Err` set) is a problem, not a skip: medius ends verify with exit 1 for it (`Failed`). An entry
+whose catalog item names no login user (cirros) is booted without the SSH check: it passes
+when the VM boots, as in medius. The catalog gives what the
 results file does not: the entry's arches, its default user and its boot options; a discovering
 source's items (Fedora) are matched by name, so no network is needed to select.
 """
@@ -16,7 +19,7 @@ from containerdisks.api import GOARCH
 from containerdisks.catalog import CatalogItem, Focus
 from containerdisks.engine.results import Result
 
-__all__ = ["Skipped", "Target", "select_targets"]
+__all__ = ["Failed", "Skipped", "Target", "select_targets"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class Target:
     arch: str  # upstream name, as in the catalog
     result: Result
     digest: str  # empty when push did not record one (a medius results file)
-    user: str
+    user: str  # empty: no login user in the catalog; the VM booting is the whole check
     secure_boot: bool
     guest_agent: bool
 
@@ -47,6 +50,16 @@ class Skipped:
     why: str
 
 
+@dataclass(frozen=True)
+class Failed:
+    """An entry an earlier stage failed: not booted, its record kept, and the run fails."""
+
+    key: str
+    arch: str
+    stage: str
+    error: str
+
+
 def _item_for(items: Iterable[CatalogItem], name: str, version: str) -> CatalogItem | None:
     candidates = [i for i in items if i.name == name and i.version in (version, None)]
     exact = [i for i in candidates if i.version == version]
@@ -55,11 +68,11 @@ def _item_for(items: Iterable[CatalogItem], name: str, version: str) -> CatalogI
 
 def select_targets(
     results: Mapping[str, Result], items: Iterable[CatalogItem], focus: Focus, goarch: str
-) -> tuple[list[Target | Skipped], dict[str, str]]:
+) -> tuple[list[Target | Skipped | Failed], dict[str, str]]:
     """Targets (and skips, in results order) for `goarch`, and by key the one-line problems
     that make an entry fail without a boot (not in the catalog, no user, no tags)."""
     items = list(items)
-    chosen: list[Target | Skipped] = []
+    chosen: list[Target | Skipped | Failed] = []
     problems: dict[str, str] = {}
     arch_of = {v: k for k, v in GOARCH.items()}
     arch = arch_of.get(goarch, goarch)
@@ -68,7 +81,7 @@ def select_targets(
         if not focus.selects_key(name, version):
             continue
         if result.error:
-            chosen.append(Skipped(key, arch, f"failed in stage {result.stage}"))
+            chosen.append(Failed(key, arch, result.stage, result.error))
             continue
         if result.stage != "push":
             chosen.append(Skipped(key, arch, f"already at stage {result.stage}"))
@@ -83,9 +96,6 @@ def select_targets(
         if not result.tags:
             problems[key] = f"{key}: no containerdisks to verify (no tags in the results file)"
             continue
-        if not item.user:
-            problems[key] = f"{key}: the catalog gives no login user"
-            continue
         chosen.append(
             Target(
                 key=key,
@@ -94,7 +104,7 @@ def select_targets(
                 arch=arch,
                 result=result,
                 digest=result.digest,
-                user=item.user,
+                user=item.user or "",
                 secure_boot=item.secure_boot_for(arch),
                 guest_agent=item.guest_agent,
             )

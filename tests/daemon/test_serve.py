@@ -340,3 +340,28 @@ def test_retries_are_counted_by_upstream_host_and_registry(
     assert requests is not None
     assert requests >= 2
     assert "40" in registry.list_tags("cd/fedora")
+
+
+def test_sighup_starts_a_pass_now(
+    tmp_path: Path, registry: Registry, fedora_upstream: Fedora, start_daemon: StartDaemon
+) -> None:
+    """An hour between passes, yet an upstream change is published right after a SIGHUP."""
+    srv, _, root = fedora_upstream
+    daemon = start_daemon(srv, f"{registry.host}/cd", interval=3600.0)
+    daemon.ready()
+    new = make_qcow2(tmp_path / "new.qcow2", "fedora 40 x86_64, published on SIGHUP")
+    replace_fedora_image(root, "40", "x86_64", new)
+    assert 1 == len(daemon.events("pass_started"))
+    daemon.signal(signal.SIGHUP)
+
+    def published() -> bool:
+        return arch(daemon.status(), "fedora:40", "x86_64")["published"] == sha256(new)
+
+    daemon.wait_for("the change to be published after SIGHUP", published, 60)
+    assert [{"signal": "SIGHUP"}] == [
+        {"signal": e["signal"]} for e in daemon.events("pass_requested")
+    ]
+    assert [1, 2] == [e["number"] for e in daemon.events("pass_started")]
+    assert daemon.proc.poll() is None  # SIGHUP did not end it
+    daemon.signal(signal.SIGTERM)
+    assert 0 == daemon.wait(30)

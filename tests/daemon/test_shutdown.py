@@ -3,7 +3,8 @@
 - SIGTERM while an upload is held: the daemon stops scheduling, waits `shutdown_grace`, then
   cancels the sync: exit 0 within the grace time, the upload cancelled (DELETE; the registry keeps
   no session), no tag written, the spool file removed; the next start completes the work.
-- An in-flight sync that finishes within the grace time is published before the exit.
+- An in-flight sync that finishes within the grace time is published before the exit, and
+  written to the results file (its pass never finished).
 - A second signal ends the process at once.
 
 The entry is a gzip-compressed image (a `static` catalog entry), so the download is decompressed
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import re
 import signal
 import time
@@ -143,6 +145,13 @@ def test_an_in_flight_sync_that_finishes_within_the_grace_is_published(
     assert "1" in tags
     assert "1" in registry.list_tags("cd/tiny")
     assert [] == spools(tmp_path)
+    # ... and recorded for verify, though the pass it belonged to never finished
+    record = json.loads((tmp_path / "work" / "results.json").read_text())["tiny:1"]
+    assert "push" == record["Stage"]
+    assert "Err" not in record
+    assert "tiny:1" in record["Tags"]
+    assert registry.inspect_raw("cd/tiny", "1") == registry.inspect_raw("cd/tiny", record["Digest"])
+    assert [["tiny:1"]] == [e["entries"] for e in daemon.events("results_written_at_shutdown")]
 
 
 def test_a_second_signal_exits_at_once(

@@ -43,10 +43,12 @@ def write_json(path: Path, doc: object) -> Path:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """An environment naming no auth file at all, with HOME in the test's directory."""
+    """An environment naming no auth file at all, with HOME and XDG_RUNTIME_DIR in the
+    test's directory (so /run/containers/$UID is not read either)."""
     home = tmp_path / "home"
     home.mkdir()
-    return {"HOME": str(home), "PATH": os.environ.get("PATH", os.defpath)}
+    path = os.environ.get("PATH", os.defpath)
+    return {"HOME": str(home), "PATH": path, "XDG_RUNTIME_DIR": str(tmp_path / "no-run")}
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +56,7 @@ def _more_secrets(secrets: set[str]) -> None:
     secrets.update({SECRET, auth("user", SECRET), "id-t0ken-9", "reg-t0ken-8", "helper-s3cret"})
 
 
-LOCATIONS = ["REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "DOCKER_CONFIG", "HOME"]
+LOCATIONS = ["REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "DOCKER_CONFIG", "HOME"]
 
 
 def place(location: str, tmp_path: Path, env: dict[str, str], doc: object) -> Path:
@@ -65,6 +67,9 @@ def place(location: str, tmp_path: Path, env: dict[str, str], doc: object) -> Pa
     elif location == "XDG_RUNTIME_DIR":
         env["XDG_RUNTIME_DIR"] = str(tmp_path / "run")
         path = write_json(tmp_path / "run" / "containers" / "auth.json", doc)
+    elif location == "XDG_CONFIG_HOME":
+        env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+        path = write_json(tmp_path / "config" / "containers" / "auth.json", doc)
     elif location == "DOCKER_CONFIG":
         env["DOCKER_CONFIG"] = str(tmp_path / "dockercfg")
         path = write_json(tmp_path / "dockercfg" / "config.json", doc)
@@ -85,9 +90,14 @@ def test_each_location_is_read(location: str, tmp_path: Path, env: dict[str, str
 def test_the_search_order_and_the_first_file_that_knows_the_host_wins(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
-    for n, location in enumerate(LOCATIONS[:3]):
+    for n, location in enumerate(LOCATIONS[:4]):
         place(location, tmp_path, env, {"auths": {HOST: {"auth": auth(f"user{n}", SECRET)}}})
-    assert [p.name for p in auth_file_paths(env)] == ["auth.json", "auth.json", "config.json"]
+    assert auth_file_paths(env) == [
+        tmp_path / "somewhere" / "auth.json",
+        tmp_path / "run" / "containers" / "auth.json",
+        tmp_path / "config" / "containers" / "auth.json",
+        tmp_path / "dockercfg" / "config.json",
+    ]
     found = find_credentials(HOST, environ=env)
     assert found is not None
     assert found.username == "user0"
@@ -103,6 +113,32 @@ def test_the_search_order_and_the_first_file_that_knows_the_host_wins(
     found = find_credentials("home.test", environ=env)
     assert found is not None
     assert found.username == "home"
+
+
+def test_without_xdg_variables_the_run_and_home_defaults_are_searched(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {"HOME": str(home)}
+    explicit = tmp_path / "flag.json"
+    assert auth_file_paths(env, auth_file=explicit) == [
+        explicit,
+        Path("/run/containers") / str(os.getuid()) / "auth.json",
+        home / ".config" / "containers" / "auth.json",
+        home / ".docker" / "config.json",
+    ]
+    env["REGISTRY_AUTH_FILE"] = str(tmp_path / "env.json")  # the flag takes its place
+    assert auth_file_paths(env, auth_file=explicit)[0] == explicit
+    assert auth_file_paths(env)[0] == tmp_path / "env.json"
+
+
+def test_an_explicit_auth_file_must_exist_where_the_others_may_not(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    env["REGISTRY_AUTH_FILE"] = str(tmp_path / "absent-env.json")
+    assert find_credentials(HOST, environ=env) is None  # skipped, as containers/image does
+    missing = tmp_path / "absent-flag.json"
+    with pytest.raises(CredentialsError) as e:
+        find_credentials(HOST, environ=env, auth_file=missing)
+    assert f"{missing}: cannot read: no such file" == str(e.value)
 
 
 def test_the_most_specific_namespace_key_wins(tmp_path: Path, env: dict[str, str]) -> None:

@@ -135,7 +135,11 @@ def promoted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Promoted]:
             },
         )
         done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--dry-run=false")
-        assert done.returncode == 0, done.stderr
+        # ubuntu failed at push: the verified entries are promoted, and the run exits 1 for the
+        # earlier stage's failure, as medius does (--no-fail would make it 0)
+        assert done.returncode == 1, done.stderr
+        assert '"event": "failed_in_earlier_stage"' in done.stderr
+        assert "ubuntu:24.04 (push)" in done.stderr
         yield _Promoted(tmp_path, src, dst, tags, digest, centos, done)
 
 
@@ -553,3 +557,67 @@ def test_promote_into_and_out_of_an_oci_directory(tmp_path: Path, registry: Regi
     assert again.returncode == 0, again.stderr
     for tag in tags:
         assert digest_of(registry, "prod/fedora", tag) == digest
+
+
+def _events(stderr: str, name: str) -> list[dict[str, object]]:
+    found = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    return [e for e in found if e.get("event") == name]
+
+
+def test_an_entry_an_earlier_stage_failed_fails_promote_as_in_medius(tmp_path: Path) -> None:
+    """medius's promote ends with an error on an entry whose `Err` is set; here the others are
+    promoted, the run exits 1 (0 with --no-fail), one line names the entries, and their
+    records stay as they were."""
+    with (
+        start_registry(tmp_path / "staging") as src,
+        start_registry(tmp_path / "prod") as dst,
+    ):
+        stage(tmp_path, src.host, "staging/fedora", "f42", [STAMP, "42"])
+        digest = digest_of(src, "staging/fedora", "42")
+        failed_push = {"Stage": "push", "Err": "debian:13: upstream: HTTP 404"}
+        failed_verify = {"Tags": ["ubuntu:24.04"], "Stage": "verify", "Err": "ubuntu:24.04: no SSH"}
+        results = {
+            "fedora:42": verified([STAMP, "42"], digest),
+            "debian:13": failed_push,
+            "ubuntu:24.04": failed_verify,
+        }
+        write_results(tmp_path, results)
+
+        done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--dry-run=false")
+
+        assert 1 == done.returncode, done.stderr
+        assert re.search(
+            r"debian:13 .*failed: failed in stage push: upstream: HTTP 404", done.stdout
+        )
+        assert re.search(r"ubuntu:24.04 .*failed: failed in stage verify: no SSH", done.stdout)
+        said = _events(done.stderr, "failed_in_earlier_stage")
+        assert ["debian:13 (push), ubuntu:24.04 (verify)"] == [e["entries"] for e in said]
+        after = read_results(tmp_path)
+        assert ("promote", None) == (after["fedora:42"]["Stage"], after["fedora:42"].get("Err"))
+        assert failed_push == after["debian:13"]
+        assert failed_verify == after["ubuntu:24.04"]
+
+        write_results(tmp_path, {"debian:13": failed_push})
+        done = promote(tmp_path, f"{src.host}/staging", f"{dst.host}/prod", "--no-fail")
+        assert 0 == done.returncode, done.stderr
+        assert 1 == len(_events(done.stderr, "failed_in_earlier_stage"))
+
+
+def test_promote_of_a_file_at_stage_push_says_why_it_promotes_nothing(
+    tmp_path: Path, registry: Registry
+) -> None:
+    write_results(
+        tmp_path,
+        {
+            "fedora:42": {"Tags": ["fedora:42"], "Stage": "push", "Digest": "sha256:" + "1" * 64},
+            "debian:13": {"Tags": ["debian:13"], "Stage": "push"},
+        },
+    )
+    done = promote(tmp_path, f"{registry.host}/staging", f"{registry.host}/prod")
+    assert 0 == done.returncode, done.stderr
+    (said,) = _events(done.stderr, "nothing_to_promote")
+    assert (
+        "2 at stage push (pushed, not verified: run images verify first: fedora:42, debian:13)"
+        == said["why"]
+    )
+    assert "/v2/staging/" not in registry.log_text()  # nothing was even looked up

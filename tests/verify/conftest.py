@@ -1,10 +1,13 @@
 """The verify tests' world: tiny bootable images published through the real `images push`
 into the real registry from a loopback upstream, and `images verify --local` as a real process.
 
-- `tiny_images` (session): the images of `tests.support.tinycloud`, built once.
+- `tiny_images` (session): the images of `tests.support.tinycloud`, built once;
+  `secure_image` skips a test, with the reason, when the Secure Boot chain could not be had.
 - `Published`: a catalog (a `--config` file of `static` entries, one per image: `tiny`,
-  `tiny-sb` with Secure Boot, `tiny-ignores` whose image ignores the seed, `tiny-garbage`, and
-  `tiny-multi` for x86_64 and s390x), the upstream serving the images, the registry, and the
+  `tiny-sb` with Secure Boot (only when there is a Secure Boot image), `tiny-unsigned-sb` (the
+  plain image under Secure Boot), `tiny-ignores` whose image ignores the seed, `tiny-garbage`, and
+  `tiny-multi` for x86_64 and s390x, `tiny-nouser` without a login user as cirros), the
+  upstream serving the images, the registry, and the
   results file push wrote; `verify(...)` runs the command.
 - After every run of `verify(...)`: every qemu it started it stopped itself (log events), and
   its boot work dir is empty before any later run could tidy it; after every test: no qemu
@@ -37,6 +40,14 @@ HOST = "tiny.example"
 @pytest.fixture(scope="session")
 def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     return build_images(tmp_path_factory.mktemp("tinycloud"))
+
+
+@pytest.fixture
+def secure_image(tiny_images: Images) -> Path:
+    """The signed Secure Boot image, or a skip saying why there is none (no apt, no network)."""
+    if tiny_images.secure is None:
+        pytest.skip(tiny_images.secure_missing)
+    return tiny_images.secure
 
 
 def _sha256(path: Path) -> str:
@@ -141,17 +152,22 @@ def assert_every_vm_stopped(log: str) -> None:
 @pytest.fixture
 def published(tmp_path: Path, registry: Registry, tiny_images: Images) -> Iterator[Published]:
     up = tmp_path / "up"
-    for image in (tiny_images.good, tiny_images.ignores_seed, tiny_images.secure):
+    images = [tiny_images.good, tiny_images.ignores_seed, tiny_images.garbage]
+    for image in images + ([tiny_images.secure] if tiny_images.secure else []):
         put(up, f"https://{HOST}/{image.name}", image)
-    put(up, f"https://{HOST}/{tiny_images.garbage.name}", tiny_images.garbage)
     config = tmp_path / "catalog.yaml"
     entries = [
         _entry("tiny", tiny_images.good, ["x86_64"]),
-        _entry("tiny-sb", tiny_images.secure, ["x86_64"], secure_boot=True),
+        *(
+            [_entry("tiny-sb", tiny_images.secure, ["x86_64"], secure_boot=True)]
+            if tiny_images.secure
+            else []
+        ),
         _entry("tiny-unsigned-sb", tiny_images.good, ["x86_64"], secure_boot=True),
         _entry("tiny-ignores", tiny_images.ignores_seed, ["x86_64"]),
         _entry("tiny-garbage", tiny_images.garbage, ["x86_64"]),
         _entry("tiny-multi", tiny_images.good, ["x86_64", "s390x"]),
+        {**_entry("tiny-nouser", tiny_images.good, ["x86_64"]), "user": None},  # as cirros
     ]
     config.write_text(yaml.safe_dump({"entries": entries, "verify_ssh_attempts": 3}))
     with UpstreamServer(up) as srv:

@@ -740,3 +740,39 @@ def test_in_cluster_config_uses_the_service_account_as_a_pod_does(
     assert "plain.kubevirt.io" in [f["chosen"] for f in fake.portforwards]
     host_token = Path(where) / "token"  # the host's /run was not written
     assert not host_token.exists() or fake.token != host_token.read_text()
+
+
+def test_master_replaces_the_kubeconfigs_server(published: Published, fake: FakeKube) -> None:
+    """medius's `--master` (KubeVirt's kubecli flag): the API server, over the kubeconfig's."""
+    published.push("tiny:1")
+    command = _command(published, fake)
+    kubeconfig = Path(command[command.index("--kubeconfig") + 1])
+    doc = yaml.safe_load(kubeconfig.read_text())
+    doc["clusters"][0]["cluster"]["server"] = "http://127.0.0.1:9"  # nothing listens there
+    kubeconfig.write_text(yaml.safe_dump(doc))
+    done = subprocess.run(
+        [*command, "--master", fake.url], capture_output=True, text=True, timeout=120,
+        env=clean_env(**FAST), cwd=published.root,
+    )  # fmt: skip
+    assert 0 == done.returncode, done.stderr
+    assert re.search(r"tiny:1\s+\S+\s+would boot", done.stdout), done.stdout
+    assert ("GET", "/api/v1/nodes") in fake.requests
+
+
+def test_a_kubeconfig_variable_naming_no_file_is_named_in_the_error(
+    published: Published, fake: FakeKube, tmp_path: Path
+) -> None:
+    published.push("tiny:1")
+    command = _command(published, fake)
+    at = command.index("--kubeconfig")
+    del command[at : at + 2]
+    missing = tmp_path / "no-such-kubeconfig"
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, cwd=published.root,
+        env=clean_env(**FAST, KUBECONFIG=str(missing), HOME=str(tmp_path)),
+    )  # fmt: skip
+    assert 2 == done.returncode, done.stderr
+    assert [
+        f"containerdisks: images verify: kubernetes config: KUBECONFIG={missing}: no such file"
+    ] == done.stderr.strip().splitlines()
+    assert [] == fake.requests

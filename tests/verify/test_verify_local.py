@@ -55,7 +55,7 @@ def test_push_then_verify_boots_the_pushed_digest(published: Published, firmware
 
 
 def test_secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader(
-    published: Published,
+    published: Published, secure_image: Path
 ) -> None:
     published.push("tiny-sb:1")
     published.push("tiny-unsigned-sb:1")
@@ -126,12 +126,12 @@ def test_a_guest_too_slow_for_the_timeout_fails_naming_it(published: Published) 
 
 def test_dry_run_boots_nothing_and_writes_nothing(published: Published) -> None:
     published.push("tiny:1")
-    published.push("tiny-sb:1")
+    published.push("tiny-unsigned-sb:1")  # a Secure Boot entry; the dry run boots nothing
     before = published.results.read_bytes()
     done = published.verify()
     assert 0 == done.returncode, done.stderr
     assert re.search(r"tiny:1\s+x86_64\s+would boot \(uefi, tcg\)", done.stdout), done.stdout
-    assert re.search(r"tiny-sb:1\s+x86_64\s+would boot \(secure, tcg\)", done.stdout)
+    assert re.search(r"tiny-unsigned-sb:1\s+x86_64\s+would boot \(secure, tcg\)", done.stdout)
     assert before == published.results.read_bytes()
     assert not published.work.exists()
     assert "booting" not in done.stderr
@@ -232,3 +232,35 @@ def test_a_signal_mid_boot_stops_qemu_and_removes_the_work_files(
     assert [] == qemu_processes(str(tmp_path))
     assert [] == list((published.work / "verify").iterdir())
     assert before == published.results.read_bytes()  # a cancelled run records nothing
+
+
+def test_an_entry_without_a_login_user_passes_when_its_vm_boots(published: Published) -> None:
+    """medius boots cirros (no user in its catalog entry) without any check: the VM coming up
+    is the verification. Here the booted guest is also watched for a while for a failure."""
+    published.push("tiny-nouser:1")
+    done = published.verify("--dry-run=false")
+    assert 0 == done.returncode, done.stderr
+    assert re.search(r"tiny-nouser:1\s+x86_64\s+verified", done.stdout), done.stdout
+    record = published.read_results()["tiny-nouser:1"]
+    assert ("verify", None) == (record["Stage"], record.get("Err"))
+    assert "booted (no login user: no SSH check)" in done.stdout
+
+
+def test_an_entry_an_earlier_stage_failed_fails_verify_as_in_medius(published: Published) -> None:
+    published.push("tiny:1")
+    results = published.read_results()
+    failed = {"Stage": "push", "Err": "tiny-ignores:1: upstream: HTTP 404"}
+    published.results.write_text(json.dumps({**results, "tiny-ignores:1": failed}))
+    done = published.verify()  # a dry run too: the file says the entry failed
+    assert 1 == done.returncode, done.stderr
+    assert re.search(
+        r"tiny-ignores:1\s+x86_64\s+failed: failed in stage push: upstream: HTTP 404", done.stdout
+    ), done.stdout
+    assert re.search(r"tiny:1\s+x86_64\s+would boot", done.stdout)
+    said = [json.loads(line) for line in done.stderr.splitlines()]
+    assert ["tiny-ignores:1 (push)"] == [
+        e["entries"] for e in said if e["event"] == "failed_in_earlier_stage"
+    ]
+    again = published.verify("--no-fail")
+    assert 0 == again.returncode, again.stderr
+    assert failed == published.read_results()["tiny-ignores:1"]
