@@ -228,7 +228,7 @@ class ChecksumFileSource(Source):
 
 def _parsed(url: str, text: str, fmt: ChecksumFormat) -> dict[str, str]:
     try:
-        return dict(parse_checksum_file(text, fmt))
+        return dict(parse_checksum_file(text, fmt, unique=True))
     except ChecksumParseError as e:
         raise SourceError(f"{url}: malformed signed checksum file: {e}") from None
 

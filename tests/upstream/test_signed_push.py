@@ -271,3 +271,21 @@ def test_rollback_to_an_older_signed_file_is_refused_unless_forced(
     proc, results = _push(upstream_server, registry, config, tmp_path, "--force")
     assert 0 == proc.returncode, proc.stderr[-2000:]
     assert "Err" not in results["signed:1"]
+
+
+def test_a_name_listed_twice_in_the_signed_file_is_refused(
+    keys: Keys, registry: Registry, upstream_server: UpstreamServer, tmp_path: Path
+) -> None:
+    """Both lines are signed, yet which checksum the download is held to would be the parser's
+    choice (last wins for unsigned files, as medius): refused, naming the file and the name."""
+    sums = _tree(upstream_server.root, "twice")
+    sums = f"{'0' * 64}  {IMAGE}\n".encode() + sums
+    put(upstream_server.root, BASE + "SHA256SUMS", sums)
+    put(upstream_server.root, BASE + "SHA256SUMS.gpg", keys.sign("good", sums))
+    proc, results = _push(upstream_server, registry, _config(keys, tmp_path), tmp_path)
+    assert 1 == proc.returncode
+    message = str(results["signed:1"]["Err"])
+    assert f"{BASE}SHA256SUMS: malformed signed checksum file: '{IMAGE}' is listed twice" in message
+    assert "\n" not in message
+    assert 0 == upstream_server.count("/images.example/signed/" + IMAGE)
+    assert not _published(registry)
