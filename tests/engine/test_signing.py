@@ -9,7 +9,6 @@ for the bundles, plus the statement's subject, which that verifier does not bind
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -24,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from containerdisks import oci
 from tests.support.cli import clean_env, push
+from tests.support.cosign import keypair, replace_sig_payload
 from tests.support.registry import start_registry
 
 SIGSTORE = Path(__file__).parents[1] / "sigstore"
@@ -40,24 +39,6 @@ ACCEPT = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     )
 )
-
-
-def keypair(directory: Path, name: str = "cosign", passphrase: str | None = None) -> Path:
-    """A P-256 PKCS#8 PEM private key (encrypted with `passphrase`) and `<name>.pub` beside."""
-    key = directory / f"{name}.key"
-    enc = ["-aes-256-cbc", "-pass", f"pass:{passphrase}"] if passphrase else []
-    subprocess.run(
-        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-         *enc, "-out", str(key)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    passin = ["-passin", f"pass:{passphrase}"] if passphrase else []
-    subprocess.run(
-        ["openssl", "pkey", "-in", str(key), *passin, "-pubout",
-         "-out", str(key.with_suffix(".pub"))],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return key
 
 
 def get(url: str) -> tuple[bytes, dict[str, str]]:
@@ -282,26 +263,14 @@ def test_verify_signatures_checks_a_registry_alone(
     repo = "cd/fedora"
     top = digest_of(registry, repo, "40")
     sig = manifest(registry, repo, f"{top.replace(':', '-')}.sig")
-    payload = blob(registry, repo, sig["layers"][0]["digest"]).replace(b"quay.io", b"quay.iO")
-    tampered = _put_sig(registry, repo, top, sig, payload)
-    assert tampered
+    _, tampered = replace_sig_payload(
+        registry.host, repo, top, lambda b: b.replace(b"quay.io", b"quay.iO")
+    )
+    assert sig["layers"][0]["digest"] != tampered["layers"][0]["digest"]
     bad = check(key.with_suffix(".pub"))
     assert 1 == bad.returncode
     [row] = [line for line in bad.stdout.splitlines() if "failed:" in line]
     assert f"signature of {top}: does not verify" in row
-
-
-def _put_sig(registry: Any, repo: str, digest: str, sig: dict[str, Any], payload: bytes) -> bool:
-    """Replace the `.sig` tag with the same signature over `payload` (a tampering registry)."""
-
-    async def put() -> str:
-        async with oci.RegistryClient(registry.host) as client:
-            new = await client.put_blob(repo, payload)
-            sig["layers"][0]["digest"], sig["layers"][0]["size"] = new.digest, new.size
-            tag = f"{digest.replace(':', '-')}.sig"
-            return await client.put_manifest(repo, tag, sig["mediaType"], json.dumps(sig).encode())
-
-    return asyncio.run(put()).startswith("sha256:")
 
 
 def _promote(tmp: Path, source: str, target: str, *extra: str) -> subprocess.CompletedProcess[str]:
