@@ -68,6 +68,7 @@ from containerdisks.api import (
     Evidence,
     NameMatcher,
     Release,
+    Signed,
     Source,
     SourceError,
     SourceParams,
@@ -193,13 +194,7 @@ class ChecksumFileSource(Source):
         per_image = request.signature == "required" and p.signed_file is not None
         try:
             if request.signature == "required" and p.keys is not None and not per_image:
-                signed = await upstream.fetch_signed(
-                    url,
-                    signature_url=None
-                    if p.signature_url is None
-                    else render(p.signature_url, {**values, "url": url}),
-                    keyring=render(p.keys, values),
-                )
+                signed = await _fetch_signed(p, values, url, p.keys, upstream)
                 evidence = signed.evidence
                 sums = _parsed(url, signed.text, p.format)
             else:
@@ -277,13 +272,7 @@ async def _signed_checksum(
     signed_url = directory + render(p.signed_file, {**values, "file": name})
     try:
         url_in_directory(directory, signed_url)
-        signed = await upstream.fetch_signed(
-            signed_url,
-            signature_url=None
-            if p.signature_url is None
-            else render(p.signature_url, {**values, "url": signed_url}),
-            keyring=render(p.keys, values),
-        )
+        signed = await _fetch_signed(p, values, signed_url, p.keys, upstream)
         sums = _parsed(signed_url, signed.text, p.format)
     except SourceError as e:
         return str(e)
@@ -293,6 +282,19 @@ async def _signed_checksum(
     if checksum != listed:
         return f"{signed_url}: signed checksum of {name} is {checksum}; {listing} lists {listed}"
     return checksum, signed.evidence
+
+
+async def _fetch_signed(
+    p: ChecksumFileParams, values: Mapping[str, str], url: str, keys: str, upstream: Upstream
+) -> Signed:
+    """`url` verified against the keyring `keys` names, by `signature_url` (its `{url}` is
+    `url`) or clearsigned."""
+    signature_url = (
+        None if p.signature_url is None else render(p.signature_url, {**values, "url": url})
+    )
+    return await upstream.fetch_signed(
+        url, signature_url=signature_url, keyring=render(keys, values)
+    )
 
 
 def _few(names: Iterable[str]) -> str:
