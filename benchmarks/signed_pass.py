@@ -187,7 +187,8 @@ def main() -> None:
     ap.add_argument("--attach", type=int, default=40)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    passes = no_change_passes(args.rounds)
+    # --rounds 0: `attach` alone (e.g. to A/B two trees with PYTHONPATH)
+    passes = no_change_passes(args.rounds) if args.rounds else {"summary": None}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         key = tmp / "k.pem"
