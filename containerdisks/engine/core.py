@@ -12,6 +12,8 @@
   plan that against the source, then (unless a dry run) publish it, and with
   `keep_timestamp_tags` on, delete its older timestamp tags (engine/prune.py).
 A replica sharing the catalog through Leases discovers only the items `holds` says it holds.
+`planned` is called with each entry's plan as soon as it is made, before anything of the entry
+is published (a one-shot run on a terminal prints it above the progress bars, commands/push.py).
 
 An `Engine` lives as long as its process: the upstream answers' validators (conditional GETs),
 registry connections and tokens carry over from pass to pass, and so does what the engine saw
@@ -130,6 +132,8 @@ class Engine:
         #: Which items a pass discovers, asked per pass by label (`serve --leader-elect` /
         #: `--shards`: the daemon's Leases); every one by default.
         self.holds: Callable[[str], bool] = lambda label: True
+        #: Told each entry's plan (not a failed one) before the entry is published.
+        self.planned: Callable[[EntryPlan], None] = lambda plan: None
         if settings.shard_part is not None:
             index, count = settings.shard_part
             mine = shard_keys((b.item for b in self.catalog.items), index, count)
@@ -316,6 +320,7 @@ class Engine:
             log.error("plan_failed", entry=plan.key, error=plan.error)
             return Outcome(plan, [], plan.error)
         log.info("planned", entry=plan.key, actions={r.arch: r.action for r in plan.arches})
+        self.planned(plan)
         if not plan.needs_publish:
             if self.publish and self.signer is not None and plan.published_digest is not None:
                 try:
@@ -390,4 +395,6 @@ class Engine:
             if isinstance(a, Artifact)
         ]
         log.info("unchanged", entry=entry.key, digest=digest)
-        return Outcome(EntryPlan(entry.key, rows), [], None)
+        plan = EntryPlan(entry.key, rows)
+        self.planned(plan)
+        return Outcome(plan, [], None)
