@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.cli import clean_env
+from tests.support.cli import clean_env, default_focus
 from tests.support.disks import fedora_tree
 from tests.support.loopback import free_port
 from tests.support.registry import Registry
@@ -154,8 +154,7 @@ def serve_command(
         "containerdisks",
         "serve",
         "--dry-run=false",
-        "--focus",
-        "fedora:*",
+        *default_focus(flags),
         "--source-registry",
         target,
         "--log-format",
