@@ -111,7 +111,10 @@ def _dry_run_flag(p: argparse.ArgumentParser, where: str) -> None:
 
 def _ca_flag(p: argparse.ArgumentParser, where: str) -> None:
     p.add_argument(
-        "--ca-file", default=argparse.SUPPRESS, help="extra CA bundle for registries and Quay"
+        "--ca-file",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="extra CA bundle for registries and Quay",
     )
 
 
@@ -414,11 +417,9 @@ class _Help(NamedTuple):
     exits: tuple[tuple[str, str], ...]
 
     def epilog(self) -> str:
-        exits = [
-            *self.exits,
-            ("2", "usage or configuration error (one line on stderr)"),
-            ("130/143", "SIGINT / SIGTERM ended the run"),
-        ]
+        exits = [*self.exits, ("2", "usage or configuration error (one line on stderr)")]
+        if not any(code == "130/143" for code, _ in exits):
+            exits.append(("130/143", "SIGINT / SIGTERM ended the run"))
         lines = ["examples:", *(f"  {e}" for e in self.examples), "", "exit status:"]
         lines += [f"  {code:<8} {meaning}" for code, meaning in sorted(exits, key=_status_order)]
         return "\n".join(lines)
