@@ -40,7 +40,7 @@ import structlog
 
 from containerdisks import oci
 from containerdisks.api import Artifact, SourceError
-from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure
+from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure, focus_error
 from containerdisks.engine.freshness import FreshnessError, SignatureTimes
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
@@ -247,22 +247,28 @@ class Engine:
             for i, b in enumerate(self.items)
             if self.holds(b.item.label)
         ]
-        seen = 0
+        asked = {b.item.name for b in self.items if self.holds(b.item.label)}
+        seen: set[tuple[str, str | None]] = set()  # (name, version); None: the item failed
         try:
             for next_done in asyncio.as_completed(tasks):
                 index, bound, result = await next_done
                 if isinstance(result, ItemFailure):
-                    seen += 1
+                    seen.add((bound.item.name, None))
                     yield index, [], [self._failed(bound, result)]
                 else:
-                    seen += len(result)
+                    seen.update((e.item.name, e.version) for e in result)
                     yield index, result, []
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self.focus.version is not None and not seen:
-            raise ConfigError(f"focus {self.focus.spec!r} matches no catalog entry")
+        unmatched = [
+            Focus.label((name, version))
+            for name, version in self.focus.terms
+            if version is not None and name in asked and not {(name, version), (name, None)} & seen
+        ]
+        if unmatched:
+            raise ConfigError(focus_error(unmatched))
 
     async def _discover_one(
         self, index: int, bound: BoundItem, time_limit: float

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.cli import clean_env
+from tests.support.cli import clean_env, default_focus
 from tests.support.disks import fedora_tree
 from tests.support.fault_proxy import FaultProxy, Rule
 from tests.support.loopback import free_port
@@ -158,8 +158,7 @@ def serve_command(
         "containerdisks",
         "serve",
         "--dry-run=false",
-        "--focus",
-        "fedora:*",
+        *default_focus(flags),
         "--source-registry",
         target,
         "--log-format",
