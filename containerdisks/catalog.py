@@ -9,8 +9,10 @@ Decisions:
 - Items are validated up front (pydantic, unknown keys rejected, each source's own parameter
   model applied per arch), so a catalog typo is a configuration error (exit 2) before any network.
 - Versions must be quoted strings: YAML reads `20.10` as the number 20.1.
-- Focus is applied in two steps: on names before discovery (so `--focus 'fedora:*'` asks nothing
-  of other distributions), then on versions after discovery for sources that discover versions.
+- Focus is a union of `name:version` / `name:*` terms (`--focus a:1,b:*`, or the flag repeated),
+  applied in two steps: on names before discovery (so `--focus 'fedora:*'` asks nothing of
+  other distributions), then on versions after discovery for sources that discover versions. A
+  term that selects nothing is a usage error, so a typo in one term is never silently dropped.
 - The default catalog lives in `config/catalog.yaml` and is installed with the package.
 - What a repository's docs page says about the distribution (title, site, logo, description)
   belongs to the repository, not to one `name:version` item: it is the catalog file's
@@ -69,6 +71,7 @@ __all__ = [
     "ItemFailure",
     "RepositoryDocs",
     "default_catalog_path",
+    "focus_error",
     "load_catalog",
     "load_sources",
     "one_line",
@@ -288,33 +291,67 @@ def one_line(text: str) -> str:
 
 
 class Focus:
-    """`--focus`: empty (everything not marked skip_unless_focused), `name:*`, or `name:version`."""
+    """`--focus`: empty (everything not marked skip_unless_focused), or a union of terms, each
+    `name:*` or `name:version`, comma-separated (a repeated `--focus` is joined with commas;
+    an empty term adds nothing)."""
 
     def __init__(self, spec: str) -> None:
         self.spec = spec
-        if spec == "":
-            self.name: str | None = None
-            self.version: str | None = None
-            return
-        name, sep, version = spec.partition(":")
-        if not sep or not name or not version:
-            raise ConfigError(f"invalid flag --focus {spec!r}: expected name:version or name:*")
-        self.name = name
-        self.version = None if version == "*" else version
+        terms: list[tuple[str, str | None]] = []
+        for term in (t.strip() for t in spec.split(",")):
+            if not term:
+                continue
+            name, sep, version = term.partition(":")
+            if not sep or not name or not version:
+                raise ConfigError(
+                    f"invalid flag --focus {term!r}: expected name:version or name:* "
+                    "(several: comma-separated or the flag repeated)"
+                )
+            terms.append((name, None if version == "*" else version))
+        #: (name, version or None for `name:*`), each once, in the order given.
+        self.terms: tuple[tuple[str, str | None], ...] = tuple(dict.fromkeys(terms))
+
+    @property
+    def given(self) -> bool:
+        """Whether any entry was named (an empty focus selects every entry)."""
+        return bool(self.terms)
+
+    @staticmethod
+    def label(term: tuple[str, str | None]) -> str:
+        return f"{term[0]}:{term[1] or '*'}"
 
     def selects_item(self, item: CatalogItem) -> bool:
-        if self.name is None:
+        if not self.terms:
             return not item.skip_unless_focused
-        if item.name != self.name:
-            return False
-        return item.version is None or self.version is None or item.version == self.version
+        return any(self._term_selects_item(t, item) for t in self.terms)
+
+    @staticmethod
+    def _term_selects_item(term: tuple[str, str | None], item: CatalogItem) -> bool:
+        name, version = term
+        return item.name == name and (
+            item.version is None or version is None or item.version == version
+        )
 
     def selects_key(self, name: str, version: str) -> bool:
-        """For a results-file key `name:version` (the later stages select by it)."""
-        return self.name is None or (self.name == name and self.selects_version(version))
+        """For a key `name:version` (a discovered release; the later stages' results file)."""
+        return not self.terms or any(
+            n == name and (v is None or v == version) for n, v in self.terms
+        )
 
-    def selects_version(self, version: str) -> bool:
-        return self.version is None or self.version == version
+    def unmatched(self, items: Iterable[CatalogItem]) -> list[str]:
+        """The terms that select none of `items` (each is a usage error where it is checked)."""
+        chosen = list(items)
+        return [
+            self.label(t)
+            for t in self.terms
+            if not any(self._term_selects_item(t, item) for item in chosen)
+        ]
+
+
+def focus_error(unmatched: Sequence[str]) -> str:
+    """The one line for focus terms that match no catalog entry."""
+    verb = "matches" if len(unmatched) == 1 else "match"
+    return f"focus {', '.join(map(repr, unmatched))} {verb} no catalog entry"
 
 
 def load_sources() -> dict[str, Source]:
@@ -358,10 +395,11 @@ class Catalog:
         self.repositories: Mapping[str, RepositoryDocs] = dict(repositories or {})
 
     def select(self, focus: Focus) -> list[BoundItem]:
-        chosen = [b for b in self.items if focus.selects_item(b.item)]
-        if focus.name is not None and not chosen:
-            raise ConfigError(f"focus {focus.spec!r} matches no catalog entry")
-        return chosen
+        """The items `focus` selects; a term of it that selects none is a usage error."""
+        unmatched = focus.unmatched(b.item for b in self.items)
+        if unmatched:
+            raise ConfigError(focus_error(unmatched))
+        return [b for b in self.items if focus.selects_item(b.item)]
 
     async def discover(
         self, bound: BoundItem, upstream: Upstream, focus: Focus, *, time_limit: float | None = None
@@ -377,7 +415,7 @@ class Catalog:
             return [
                 self._entry(bound, release)
                 for release in _checked(kind, bound.request.arches, releases)
-                if focus.selects_version(release.version)
+                if focus.selects_key(item.name, release.version)
             ]
         except SourceError as e:
             return ItemFailure(item.label, one_line(str(e)))

@@ -7,7 +7,10 @@ Two formats exist in the wild, and one file never mixes them:
 As medius does, lines are trimmed and lines that do not match are skipped: upstream files carry
 comments, PGP armor, and (seen in the wild) wget progress output appended to the file. A file with
 no checksum line at all is malformed: usually an HTML error page served with status 200.
-Hex is normalised to lowercase; a name listed twice keeps its last checksum.
+Hex is normalised to lowercase; a name listed twice keeps its last checksum, as in medius,
+except with `unique=True` (a signed file: the signer vouched for one checksum per name, and which
+of two the reader takes must not be a choice), where a second line for a name is an error naming
+it.
 
 Upstream text is data, never structure:
 - Lines end only at `\\n` (or `\\r\\n`). `str.splitlines` would also split at U+2028, U+0085,
@@ -64,14 +67,20 @@ def _lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 
-def parse_checksum_file(text: str, fmt: ChecksumFormat | str) -> dict[str, str]:
-    """Return `file name -> lowercase hex` for every well-formed line of `text`."""
+def parse_checksum_file(
+    text: str, fmt: ChecksumFormat | str, *, unique: bool = False
+) -> dict[str, str]:
+    """Return `file name -> lowercase hex` for every well-formed line of `text`; with `unique`,
+    a name on two lines raises `ChecksumParseError` naming it."""
     pattern = _BSD if ChecksumFormat(fmt) is ChecksumFormat.BSD else _GNU
     out: dict[str, str] = {}
     for raw in _lines(text):
         m = pattern.match(raw.strip(" \t"))
         if m and file_name_problem(m.group("name")) is None:
-            out[m.group("name")] = m.group("hex").lower()
+            name = m.group("name")
+            if unique and name in out:
+                raise ChecksumParseError(f"{name!r} is listed twice")
+            out[name] = m.group("hex").lower()
     if not out:
         raise ChecksumParseError(f"no {ChecksumFormat(fmt).value.upper()} checksum line found")
     return out

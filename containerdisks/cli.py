@@ -3,8 +3,12 @@
 pflag-style booleans (`--flag`, `--flag=true`, `--flag=false`) are had by rewriting a bare
 boolean flag to `--flag=true` before argparse sees it, so a boolean never swallows the next word
 (`--dry-run images push` works, `--dry-run false` is an error, as in pflag). Global flags are
-accepted before and after the subcommand: both parsers know them, with suppressed defaults so
-that only flags actually given reach the settings layer.
+accepted before and after the subcommand, with suppressed defaults so that only flags actually
+given reach the settings layer; but each command takes only the groups of them it reads
+(`GROUPS_OF`): its parser has only those, and one given before it that it does not take is a
+usage error naming the command. Each command's `--help` (`HELP`) has a description, examples
+and its exit statuses. `--focus` may be given several times: the values are joined with
+commas, the union `catalog.Focus` parses.
 
 Each command is a typed `run(ctx) -> int` in `containerdisks.commands`, called directly and
 imported only when it runs; `--help` and `--version` import none of them, nor the settings, nor
@@ -19,7 +23,9 @@ the collector ran ~140 times over them, a gen-2 pass included: ~15 % of the CPU 
 no-change `images push`. `entrypoint` (the console script, `python -m containerdisks`) turns
 the collector off; when the command first waits on the event loop, start-up's objects are frozen
 (`gc.freeze`: later collections skip them) and the collector is on again, for the daemon as for
-the rest of the command. `main()` called in-process leaves the collector alone.
+the rest of the command. The freeze happens once: cyclic garbage made before it (made once,
+bounded) is never collected, nothing made later is frozen, so `serve` leaks nothing over time.
+`main()` called in-process leaves the collector alone.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ import argparse
 import os
 import re
 import sys
+import textwrap  # argparse loads it anyway
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO, cast
 
 from containerdisks import __version__
 
@@ -84,17 +91,48 @@ class _Parser(argparse.ArgumentParser):
         return ""
 
 
-def _global_flags(where: str) -> _Parser:
-    p = _Parser(add_help=False, allow_abbrev=False)
+def _common_flags(p: argparse.ArgumentParser, where: str) -> None:
+    """What every command reads: its settings file and its logging."""
     s = argparse.SUPPRESS
+    p.add_argument("--config", default=s, help="YAML config file (settings and catalog)")
+    p.add_argument("--log-level", default=s, choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default=s, choices=["auto", "json", "console"])
+
+
+def _focus_flag(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument(
+        "--focus",
+        action="append",
+        default=argparse.SUPPRESS,
+        dest=f"focus_{where}",
+        metavar="NAME:VERSION",
+        help="only these entries: name:version or name:*; several comma-separated or the flag "
+        "repeated (their union)",
+    )
+
+
+def _dry_run_flag(p: argparse.ArgumentParser, where: str) -> None:
     p.add_argument(
         "--dry-run",
         type=_bool,
-        default=s,
+        default=argparse.SUPPRESS,
         metavar="BOOL",
         help="don't publish anything (default true)",
     )
-    p.add_argument("--focus", default=s, help="only this entry: name:version or name:*")
+
+
+def _ca_flag(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument(
+        "--ca-file",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="extra CA bundle for registries and Quay",
+    )
+
+
+def _registry_flags(p: argparse.ArgumentParser, where: str) -> None:
+    """How a registry is reached: TLS and credentials."""
+    s = argparse.SUPPRESS
     p.add_argument(
         "--insecure-skip-tls",
         type=_bool,
@@ -102,16 +140,7 @@ def _global_flags(where: str) -> _Parser:
         metavar="BOOL",
         help="skip registry TLS verification; allow plain HTTP for any host",
     )
-    p.add_argument("--config", default=s, help="YAML config file (settings and catalog)")
-    p.add_argument(
-        "--upstream-mirror",
-        action="append",
-        default=s,
-        dest=f"mirrors_{where}",
-        metavar="FROM=TO",
-        help="rewrite upstream URLs starting with FROM (repeatable)",
-    )
-    p.add_argument("--ca-file", default=s, help="extra CA bundle for registries")
+    _ca_flag(p, where)
     p.add_argument(
         "--authfile",
         dest="auth_file",
@@ -122,8 +151,52 @@ def _global_flags(where: str) -> _Parser:
         "/run/containers/$UID/auth.json), ~/.config/containers/auth.json, "
         "$DOCKER_CONFIG/config.json (else ~/.docker/config.json)",
     )
-    p.add_argument("--log-level", default=s, choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default=s, choices=["auto", "json", "console"])
+
+
+def _mirror_flag(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument(
+        "--upstream-mirror",
+        action="append",
+        default=argparse.SUPPRESS,
+        dest=f"mirrors_{where}",
+        metavar="FROM=TO",
+        help="rewrite upstream URLs starting with FROM (repeatable)",
+    )
+
+
+_Adder = Callable[[argparse.ArgumentParser, str], None]
+
+#: The flag groups a command may also take before its subcommand (the "global" flags), by what
+#: the command reads: `catalog` asks no registry, `results merge` no upstream, and so on.
+_FLAG_GROUPS: dict[str, _Adder] = {
+    "focus": _focus_flag,
+    "dry-run": _dry_run_flag,
+    "registry": _registry_flags,
+    "ca": _ca_flag,
+    "upstream": _mirror_flag,
+}
+_PUBLISHES = ("focus", "dry-run", "registry", "upstream")
+#: Per command: the groups above that apply to it (`--config` and logging apply to every one).
+GROUPS_OF: dict[str, tuple[str, ...]] = {
+    "images_push": _PUBLISHES,
+    "serve": _PUBLISHES,
+    "images_prune": ("focus", "dry-run", "registry"),
+    "images_verify": ("focus", "dry-run", "registry"),
+    "images_promote": ("focus", "dry-run", "registry"),
+    "images_verify_signatures": ("focus", "registry"),
+    "catalog": ("focus",),
+    "results_merge": (),
+    "docs_publish": ("focus", "dry-run", "ca", "upstream"),
+}
+
+
+def _global_flags() -> _Parser:
+    """The root's flags: every group, for whichever command follows (checked in `parse`)."""
+    p = _Parser(add_help=False, allow_abbrev=False)
+    _common_flags(p, "root")
+    for name, add in _FLAG_GROUPS.items():
+        if name != "ca":  # in "registry"
+            add(p, "root")
     return p
 
 
@@ -345,94 +418,253 @@ def _promote_flags(p: argparse.ArgumentParser) -> None:
     _verify_key_flag(p, "public key (PEM): promote only images signed and attested with it")
 
 
+class _Help(NamedTuple):
+    """A command's `--help`: one line for its group's list, what it does, examples, exits
+    (a NamedTuple, not a dataclass: `--help` stays short of `inspect`)."""
+
+    summary: str
+    description: str
+    examples: tuple[str, ...]
+    #: (status, meaning), in order; 2 and the signals are added to every command's.
+    exits: tuple[tuple[str, str], ...]
+
+    def epilog(self) -> str:
+        exits = [*self.exits, ("2", "usage or configuration error (one line on stderr)")]
+        if not any(code == "130/143" for code, _ in exits):
+            exits.append(("130/143", "SIGINT / SIGTERM ended the run"))
+        lines = ["examples:", *(f"  {e}" for e in self.examples), "", "exit status:"]
+        lines += [f"  {code:<8} {meaning}" for code, meaning in sorted(exits, key=_status_order)]
+        return "\n".join(lines)
+
+
+def _status_order(exit: tuple[str, str]) -> int:
+    return int(exit[0].partition("/")[0])
+
+
+_NO_FAIL = " (0 with --no-fail)"
+#: Every command's help, by handler (a test walks the parser and checks each has one).
+HELP: dict[str, _Help] = {
+    "images_push": _Help(
+        "determine which containerdisks need an update and push them",
+        "Discover every focused catalog entry upstream, compare it with what the source "
+        "registry has published and print the plan. With --dry-run=false, build and push "
+        "what is needed to the target registry, write the results file and print the outcome.",
+        (
+            "containerdisks images push --focus 'fedora:*'",
+            "containerdisks images push --focus centos-stream:9,debian:12 --output json",
+            "containerdisks images push --dry-run=false "
+            "--target-registry localhost:5000/containerdisks --results-file results.json",
+            "containerdisks images push --exit-code    # CI: exit 3 when a publish is pending",
+        ),
+        (
+            ("0", "every entry planned, published or up to date"),
+            ("1", "an entry failed" + _NO_FAIL),
+            ("3", "dry run with --exit-code: something would be published"),
+        ),
+    ),
+    "serve": _Help(
+        "keep the registry current: a pass now and every --interval, with health and metrics",
+        "The daemon: a pass of `images push` now and every --interval seconds, /healthz, "
+        "/readyz, /metrics and /status on --listen, a pass now on SIGHUP and a graceful drain "
+        "on SIGTERM. With --once, one pass with the exit statuses of `images push`.",
+        (
+            "containerdisks serve --dry-run=false "
+            "--target-registry registry.example.org/containerdisks --interval 3600",
+            "containerdisks serve --once --dry-run=false --focus 'fedora:*'",
+            "containerdisks serve --once --exit-code",
+        ),
+        (
+            ("0", "drained after SIGTERM; --once: as images push"),
+            ("1", "--once: an entry failed" + _NO_FAIL),
+            ("3", "--once dry run with --exit-code: something would be published"),
+            ("130/143", "a second SIGINT / SIGTERM during the drain"),
+        ),
+    ),
+    "images_prune": _Help(
+        "delete the older <version>-<YYMMDDhhmm> tags, keeping the newest N per entry",
+        "Delete the older <version>-<YYMMDDhhmm> tags of each focused entry in the target "
+        "registry, keeping the newest --keep-timestamp-tags N (0 keeps all). A dry run prints "
+        "what it would delete; no upstream is asked.",
+        (
+            "containerdisks images prune --keep-timestamp-tags 5",
+            "containerdisks images prune --target-registry quay.io/containerdisks "
+            "--keep-timestamp-tags 5 --dry-run=false",
+        ),
+        (
+            ("0", "pruned (or would prune), or the registry refuses deletes"),
+            ("1", "an entry's tags could not be read or deleted" + _NO_FAIL),
+        ),
+    ),
+    "images_verify": _Help(
+        "boot each pushed containerdisk and log in over SSH",
+        "Boot each containerdisk the results file records at stage push, in KubeVirt "
+        "(--registry) or under qemu on this host (--local), and log in over SSH; its record "
+        "moves to stage verify. A dry run says what it would boot.",
+        (
+            "containerdisks images verify --local --dry-run=false --results-file results.json",
+            "containerdisks images verify --registry registry.example.org/containerdisks "
+            "--kubeconfig ~/.kube/config --dry-run=false",
+            "containerdisks images --results-file results.json verify --local --focus fedora:42",
+        ),
+        (
+            ("0", "every selected entry booted and logged in (or would be booted)"),
+            ("1", "an entry failed, here or in an earlier stage" + _NO_FAIL),
+        ),
+    ),
+    "images_promote": _Help(
+        "copy every verified containerdisk, by its verified digest, to the target registry",
+        "Copy every containerdisk verify passed, by the digest it verified, from "
+        "--source-registry to --target-registry, then move its tags; its record moves to "
+        "stage promote. A dry run checks the staging tags and copies nothing.",
+        (
+            "containerdisks images promote --source-registry staging.example.org/containerdisks "
+            "--dry-run=false",
+            "containerdisks images promote --source-registry oci:/srv/staging "
+            "--target-registry oci:/srv/public --focus 'fedora:*'",
+        ),
+        (
+            ("0", "every eligible entry promoted (or would be)"),
+            ("1", "an entry failed, here or in an earlier stage" + _NO_FAIL),
+        ),
+    ),
+    "images_verify_signatures": _Help(
+        "check that every image of the registry's repositories is signed and attested",
+        "Check that every tagged image of the catalog's repositories under --registry, and "
+        "each of its arches, is signed and attested with --verify-key: one row per digest.",
+        (
+            "containerdisks images verify-signatures --verify-key cosign.pub",
+            "containerdisks images verify-signatures --verify-key cosign.pub "
+            "--registry localhost:5000/containerdisks --focus 'fedora:*' --output json",
+        ),
+        (
+            ("0", "every digest is signed and verifies"),
+            ("1", "a digest is unsigned or does not verify"),
+        ),
+    ),
+    "catalog": _Help(
+        "list the catalog: entries, arches, sources and tag policy (no network)",
+        "List the catalog in effect (the default one, or --config's): entries, arches, "
+        "sources and their parameters, env, users and tag policy. Nothing is asked over the "
+        "network.",
+        (
+            "containerdisks catalog",
+            "containerdisks catalog --focus 'debian:*,cirros:6.1' --output json",
+            "containerdisks catalog --config airgap.yaml --focus centos-stream:9",
+        ),
+        (("0", "listed"),),
+    ),
+    "results_merge": _Help(
+        "merge the results files of sharded pushes into one for verify and promote",
+        "Join the results files of sharded pushes into one (--results-file) for one "
+        "`images verify` and one `images promote`. It writes under the default --dry-run "
+        "too: it publishes nothing.",
+        (
+            "containerdisks results merge results-0-of-2.json results-1-of-2.json "
+            "--results-file results.json",
+        ),
+        (
+            ("0", "merged"),
+            ("1", "the merged file could not be written"),
+        ),
+    ),
+    "docs_publish": _Help(
+        "synchronize the containerdisk descriptions with quay.io",
+        "Write each focused repository's description on Quay and make it public, as medius "
+        "does. A dry run prints each page and sends nothing.",
+        (
+            "containerdisks docs publish --focus 'fedora:*'",
+            "containerdisks docs publish --dry-run=false --quay-token-file /secrets/quay-token",
+        ),
+        (
+            ("0", "every page written (or printed)"),
+            ("1", "a repository's Quay request or discovery failed"),
+        ),
+    ),
+}
+
+
 def _command(
     parent: Any,  # argparse's _SubParsersAction, private in typeshed
     name: str,
     handler: str,
     *flags: Callable[[argparse.ArgumentParser], None],
-    help: str,
 ) -> argparse.ArgumentParser:
-    """A subcommand with the global flags, its own `flags`, and the handler it runs."""
+    """A subcommand with its help, the global flags that apply to it (`GROUPS_OF`), its own
+    `flags`, and the handler it runs."""
+    doc = HELP[handler]
     p: argparse.ArgumentParser = parent.add_parser(
-        name, parents=[_global_flags("sub")], allow_abbrev=False, help=help
+        name,
+        allow_abbrev=False,
+        help=doc.summary,
+        description=textwrap.fill(doc.description, 79),
+        epilog=doc.epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _common_flags(p, "sub")
+    for group in GROUPS_OF[handler]:
+        _FLAG_GROUPS[group](p, "sub")
     for add in flags:
         add(p)
-    p.set_defaults(handler=handler)
+    accepts = frozenset(a.dest for a in p._actions)
+    own = frozenset(o for a in p._actions for o in a.option_strings if o.startswith("--"))
+    p.set_defaults(handler=handler, accepts=accepts, flags=own)
     return p
+
+
+def _group(parent: Any, name: str, summary: str) -> Any:
+    """A group of subcommands (`images`, `results`, `docs`); its subcommands' flags may stand
+    before the subcommand (`_GROUPS`)."""
+    p = parent.add_parser(
+        name,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}. A subcommand's flags may also stand "
+        f"before it ({name} --help lists the subcommands; {name} SUBCOMMAND --help, its flags).",
+        allow_abbrev=False,
+    )
+    return p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+
+
+def _output_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default=argparse.SUPPRESS, choices=["table", "json"])
+
+
+def _merge_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "results_inputs", nargs="+", metavar="FILE", help="results files to merge (each once)"
+    )
+    p.add_argument(
+        "--results-file", default=argparse.SUPPRESS, help="merged file (default results.json)"
+    )
+    _output_flag(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     root = _Parser(
         prog="containerdisks",
-        parents=[_global_flags("root")],
+        parents=[_global_flags()],
         allow_abbrev=False,
-        description="Keep a registry full of up-to-date KubeVirt containerdisks.",
+        description="Keep a registry full of up-to-date KubeVirt containerdisks. The flags "
+        "below may also stand before the command, where they apply to it (COMMAND --help "
+        "lists the flags of each).",
+        epilog="examples:\n  containerdisks catalog\n  containerdisks images push --focus "
+        "'fedora:*'\n  containerdisks images push --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     root.add_argument("--version", action="version", version=f"containerdisks {__version__}")
     commands = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    images = commands.add_parser(
-        "images", help="publish containerdisks", parents=[_global_flags("sub")], allow_abbrev=False
-    )
-    image_cmds = images.add_subparsers(
-        dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser
-    )
-    _command(
-        image_cmds, "push", "images_push", _push_flags,
-        help="determine which containerdisks need an update and push them",
-    )  # fmt: skip
-    _command(
-        image_cmds, "prune", "images_prune", _prune_flags,
-        help="delete the older <version>-<YYMMDDhhmm> tags, keeping the newest N per entry",
-    )  # fmt: skip
-    _command(
-        image_cmds, "verify", "images_verify", _verify_flags,
-        help="boot each pushed containerdisk and log in over SSH",
-    )  # fmt: skip
-    _command(
-        image_cmds, "promote", "images_promote", _promote_flags,
-        help="copy every verified containerdisk, by its verified digest, to the target registry",
-    )  # fmt: skip
-    _command(
-        image_cmds, "verify-signatures", "images_verify_signatures", _verify_signatures_flags,
-        help="check that every image of the registry's repositories is signed and attested",
-    )  # fmt: skip
-    _command(
-        commands, "serve", "serve", _push_flags, _serve_flags,
-        help="keep the registry current: a pass now and every --interval, with health and metrics",
-    )  # fmt: skip
-    results = commands.add_parser(
-        "results", help="results files", parents=[_global_flags("sub")], allow_abbrev=False
-    )
-    results_cmds = results.add_subparsers(
-        dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser
-    )
-    merge = _command(
-        results_cmds, "merge", "results_merge",
-        help="merge the results files of sharded pushes into one for verify and promote",
-    )  # fmt: skip
-    merge.add_argument(
-        "results_inputs", nargs="+", metavar="FILE", help="results files to merge (each once)"
-    )
-    merge.add_argument(
-        "--results-file", default=argparse.SUPPRESS, help="merged file (default results.json)"
-    )
-    merge.add_argument("--output", default=argparse.SUPPRESS, choices=["table", "json"])
-    catalog = _command(
-        commands, "catalog", "catalog",
-        help="list the catalog: entries, arches, sources and tag policy (no network)",
-    )  # fmt: skip
-    catalog.add_argument("--output", default=argparse.SUPPRESS, choices=["table", "json"])
-
-    docs = commands.add_parser(
-        "docs", help="repository descriptions", parents=[_global_flags("sub")], allow_abbrev=False
-    )
-    docs_cmds = docs.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
-    _command(
-        docs_cmds, "publish", "docs_publish", _docs_flags,
-        help="synchronize the containerdisk descriptions with quay.io",
-    )  # fmt: skip
+    image_cmds = _group(commands, "images", "publish, verify, promote and prune containerdisks")
+    _command(image_cmds, "push", "images_push", _push_flags)
+    _command(image_cmds, "prune", "images_prune", _prune_flags)
+    _command(image_cmds, "verify", "images_verify", _verify_flags)
+    _command(image_cmds, "promote", "images_promote", _promote_flags)
+    _command(image_cmds, "verify-signatures", "images_verify_signatures", _verify_signatures_flags)
+    _command(commands, "serve", "serve", _push_flags, _serve_flags)
+    results_cmds = _group(commands, "results", "results files")
+    _command(results_cmds, "merge", "results_merge", _merge_flags)
+    _command(commands, "catalog", "catalog", _output_flag)
+    docs_cmds = _group(commands, "docs", "repository descriptions")
+    _command(docs_cmds, "publish", "docs_publish", _docs_flags)
     return root
 
 
@@ -467,7 +699,11 @@ def _flags_of(parser: argparse.ArgumentParser) -> set[str]:
 
 #: Groups whose subcommand's flags medius also takes before the subcommand (cobra's persistent
 #: flags: `images --workers 2 push`, `images --results-file F verify`).
-_GROUPS = {"images": ("push", "prune", "verify", "promote"), "docs": ("publish",)}
+_GROUPS = {
+    "images": ("push", "prune", "verify", "promote", "verify-signatures"),
+    "results": ("merge",),
+    "docs": ("publish",),
+}
 
 
 def _normalise(argv: Sequence[str]) -> list[str]:
@@ -494,16 +730,51 @@ def _group_flags_after_subcommand(argv: list[str]) -> list[str]:
     return argv
 
 
+def _flag_of(dest: str) -> str:
+    """The flag the root parser stores in `dest`."""
+    return next(a.option_strings[0] for a in build_parser()._actions if a.dest == dest)
+
+
+def _unrecognized(extra: list[str], command: str, own: frozenset[str]) -> str:
+    """`unrecognized arguments: ...` with the closest flag of this command (difflib), or for a
+    flag of other commands, that it does not apply to this one."""
+    message = "unrecognized arguments: " + " ".join(extra)
+    everywhere = _flags_of(build_parser())
+    for word in extra:
+        flag = word.partition("=")[0]
+        if not flag.startswith("--"):
+            continue
+        if flag in everywhere:
+            return f"{flag} does not apply to {command} (see its --help)"
+        import difflib  # only on an error: start-up time
+
+        close = difflib.get_close_matches(flag, sorted(own), n=1, cutoff=0.6)
+        if close:
+            return f"{message} (did you mean {close[0]}?)"
+    return message
+
+
 def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], dict[str, str], str | None]:
     """Return (handler, settings flags, mirror flags, config path)."""
-    args = vars(build_parser().parse_args(_normalise(argv)))
+    namespace, extra = build_parser().parse_known_args(_normalise(argv))
+    args = vars(namespace)
     handler = args.pop("handler", None)
+    command = " ".join(w for w in (args.pop("command", None), args.pop("subcommand", None)) if w)
     if handler is None:
-        missing = "SUBCOMMAND" if args.get("command") else "COMMAND"
+        if extra:
+            raise UsageError(_unrecognized(extra, command or "containerdisks", frozenset()))
+        missing = "SUBCOMMAND" if command else "COMMAND"
         raise UsageError(f"a {missing} is required (see --help)")
-    args.pop("command", None)
-    args.pop("subcommand", None)
+    accepts, own_flags = args.pop("accepts"), args.pop("flags")
+    if extra:
+        raise UsageError(_unrecognized(extra, command, own_flags))
+    for dest in args:
+        if dest.replace("_root", "_sub") not in accepts:  # given before the command
+            raise UsageError(f"{_flag_of(dest)} does not apply to {command} (see its --help)")
     config = args.pop("config", None)
+    focus = args.pop("focus_root", []) + args.pop("focus_sub", [])
+    if focus:  # the union of every --focus, before and after the subcommand (Focus parses it)
+        args["focus"] = ",".join(focus)
     mirrors: dict[str, str] = {}
     for spec in args.pop("mirrors_root", []) + args.pop("mirrors_sub", []):
         from containerdisks.upstream import parse_mirror  # not for --help: it loads aiohttp

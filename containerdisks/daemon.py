@@ -50,6 +50,7 @@ from containerdisks import log as logging_setup
 from containerdisks import retry
 from containerdisks.catalog import Catalog
 from containerdisks.engine.core import Engine, Outcome
+from containerdisks.engine.plan import EntryPlan
 from containerdisks.engine.scheduler import Scheduler, Timing
 from containerdisks.engine.shards import assign, catalog_weights
 from containerdisks.metrics import Metrics, Transfer
@@ -262,15 +263,21 @@ def _log_progress(t: Transfer, now: float) -> None:
 
 
 async def one_pass(
-    settings: Settings, catalog: Callable[[], Catalog]
+    settings: Settings,
+    catalog: Callable[[], Catalog],
+    *,
+    planned: Callable[[EntryPlan], None] | None = None,
 ) -> tuple[list[Outcome], bool]:
     """One pass through the scheduler, as `images push` and `serve --once` run it: the
     outcomes, and whether the results file could not be written. The caller checked the work
-    dir; `catalog` is called when the engine starts. Nothing serves `/metrics` here."""
+    dir; `catalog` is called when the engine starts; `planned` is told each entry's plan before
+    the entry is published (the engine's hook). Nothing serves `/metrics` here."""
     metrics = Metrics(exported=False)
     status = Status(heartbeat_timeout=settings.heartbeat_timeout, dry_run=settings.dry_run)
     metering = _metering(metrics, settings.progress_interval)
     async with metering, _engine(settings, catalog(), metrics) as engine:
+        if planned is not None:
+            engine.planned = planned
         results = None if settings.dry_run else settings.results_file
         scheduler = _scheduler(settings, engine, status, metrics, results)
         outcomes = await scheduler.run_once()

@@ -190,21 +190,26 @@ class Elector:
                 await asyncio.wait_for(stop.wait(), wait)
 
     async def round(self) -> None:
-        """Read every Lease of the group, renew ours, give back extras, take free ones."""
-        self._expire()
-        await self._read()
-        if self.sharded:
-            await self._membership()
-        for shard in sorted(self.held):
-            await self._renew(shard)
-        for shard in sorted(self.held, reverse=True)[: max(0, len(self.held) - self.share)]:
-            await self._release(shard, reason="rebalance")
-        if len(self.held) < self.share:
-            for shard in self._candidates():
-                if len(self.held) >= self.share:
-                    break
-                await self._acquire(shard)
-        self._publish()
+        """Read every Lease of the group, renew ours, give back extras, take free ones.
+
+        `/status` and `/metrics` are told what is held after the round, even one that failed
+        (the API server away): what ran out meanwhile is no longer shown as held."""
+        try:
+            self._expire()
+            await self._read()
+            if self.sharded:
+                await self._membership()
+            for shard in sorted(self.held):
+                await self._renew(shard)
+            for shard in sorted(self.held, reverse=True)[: max(0, len(self.held) - self.share)]:
+                await self._release(shard, reason="rebalance")
+            if len(self.held) < self.share:
+                for shard in self._candidates():
+                    if len(self.held) >= self.share:
+                        break
+                    await self._acquire(shard)
+        finally:
+            self._publish()
 
     async def release(self) -> None:
         """Give every Lease back at once (a graceful shutdown), so successors start now."""

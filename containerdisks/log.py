@@ -16,6 +16,10 @@ Decisions:
   again around each line, so bars never tear log lines. Off a terminal there are no bars: JSON
   lines only, one event per stage, and a `progress` event per transfer every
   `progress_interval` seconds (daemon.py).
+- A one-shot command that prints per entry what happened (commands/push.py: the plan rows, the
+  outcome, the failures once per cause) `fold`s the events that would say it again: on a
+  terminal they are logged at debug (shown with `--log-level debug`); JSON logs keep every
+  event at its level, for programs that read them.
 - A bar never wraps: it is cut to the terminal's width (read again at every redraw, so a
   resized window is followed), one column short of it. A wrapped bar would take two rows while
   the console moves the cursor up one per bar, leaving stale fragments on the screen.
@@ -40,6 +44,7 @@ __all__ = [
     "RedactingStream",
     "configure",
     "console",
+    "fold",
     "format_bar",
     "format_eta",
 ]
@@ -54,7 +59,7 @@ _LEVELS = {
     "critical": logging.CRITICAL,
 }
 
-_state: dict[str, Any] = {"console": None, "level": "info", "fmt": "auto"}
+_state: dict[str, Any] = {"console": None, "level": "info", "fmt": "auto", "folded": frozenset()}
 
 
 class ProgressConsole:
@@ -170,6 +175,17 @@ def _level_filter(min_level: int) -> Processor:
     return drop_below
 
 
+def _fold_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if _state["console"] is not None and event.get("event") in _state["folded"]:
+        event["level"] = "debug"
+    return event
+
+
+def fold(events: Iterable[str]) -> None:
+    """On a terminal, log `events` at debug from now on (see the docstring); no-op elsewhere."""
+    _state["folded"] = frozenset(events)
+
+
 def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
         event[key] = redact_data(value)
@@ -217,7 +233,7 @@ def configure(
         else structlog.processors.JSONRenderer(sort_keys=True)
     )
     progress = ProgressConsole(out) if use_console and tty else None
-    _state.update(console=progress, level=level, fmt=fmt)
+    _state.update(console=progress, level=level, fmt=fmt, folded=frozenset())
     logger_factory: Any = (
         (lambda *_: _ConsoleLogger(progress))
         if progress is not None
@@ -227,6 +243,7 @@ def configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _fold_event,
             _level_filter(_LEVELS[level]),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

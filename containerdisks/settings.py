@@ -101,7 +101,9 @@ class RunSettings(BaseModel):
 
     dry_run: bool = Field(True, description="Don't publish anything; plan only (medius default).")
     focus: str = Field(
-        "", description="Only this entry: `name:version` or `name:*`; empty for all."
+        "",
+        description="Only these entries: `name:version` or `name:*`, several comma-separated "
+        "(a list in a config file; `--focus` repeated adds to it); empty for all.",
     )
     workers: PositiveInt = Field(1, description="Entries processed concurrently.")
     force: bool = Field(False, description="Rebuild every arch of the focused entries.")
@@ -128,6 +130,14 @@ class RunSettings(BaseModel):
         description="N of an Indexed Job: with no `shard` given, the shard is "
         "`$JOB_COMPLETION_INDEX/N`; 0 for none.",
     )
+
+    @field_validator("focus", mode="before")
+    @classmethod
+    def _focus_list_is_joined(cls, v: Any) -> Any:
+        """A config file's list of terms is the comma-separated union (`Focus` parses it)."""
+        if isinstance(v, list) and all(isinstance(t, str) for t in v):
+            return ",".join(v)
+        return v
 
     @field_validator("shard")
     @classmethod

@@ -288,6 +288,23 @@ def test_a_malformed_checksum_file_is_refused_saying_why(text: str, fmt: str, me
     assert message == str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "fmt"),
+    [
+        ("SHA256 (a.img) = " + "1" * 64 + "\nSHA256 (b.img) = " + "3" * 64
+         + "\nSHA256 (a.img) = " + "2" * 64 + "\n", "bsd"),
+        ("1" * 64 + "  a.img\n" + "1" * 64 + " *a.img\n", "gnu"),  # even with the same hex
+    ],
+    ids=["bsd", "gnu-same-checksum"],
+)  # fmt: skip
+def test_a_name_listed_twice_is_refused_when_unique(text: str, fmt: str) -> None:
+    """A signed file vouches for one checksum per name: which of two to take is not ours."""
+    with pytest.raises(ChecksumParseError) as err:
+        parse_checksum_file(text, fmt, unique=True)
+    assert "'a.img' is listed twice" == str(err.value)
+    assert "a.img" in parse_checksum_file(text, fmt)  # unsigned files: last wins, as medius
+
+
 def test_an_unknown_checksum_format_is_refused_naming_it() -> None:
     with pytest.raises(ValueError, match="'md5'"):
         parse_checksum_file("", "md5")

@@ -143,7 +143,7 @@ def render_listing(described: list[dict[str, Any]], out: TextIO) -> None:
 
 async def run(ctx: Context) -> int:
     catalog, focus = ctx.catalog, ctx.focus
-    items = catalog.select(focus) if focus.name is not None else list(catalog.items)
+    items = catalog.select(focus) if focus.given else list(catalog.items)
     described = [describe_item(b) for b in items]
     if ctx.output == "json":
         write_json({"entries": described}, ctx.out)

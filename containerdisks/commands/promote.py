@@ -83,7 +83,7 @@ async def run(ctx: Context) -> int:
     except ResultsError as e:
         raise ConfigError(str(e)) from None
     focus = ctx.focus
-    if focus.name is not None:
+    if focus.given:
         ctx.catalog.select(focus)  # names no entry: usage
     candidates, earlier = [], []
     for key, result in results.items():
@@ -145,7 +145,7 @@ def _say_why_nothing(results: dict[str, Result], focus: Focus) -> None:
     log.warning(
         "nothing_to_promote",
         why="; ".join(parts)
-        or "no entry in the results file" + (" matches --focus" if focus.name is not None else ""),
+        or "no entry in the results file" + (" matches --focus" if focus.given else ""),
         eligible="entries at stage verify without Err",
     )
 

@@ -67,7 +67,7 @@ async def run(ctx: Context) -> int:
                     )
                     continue
             for version in versions:
-                if version != "*" and not focus.selects_version(version):
+                if version != "*" and not focus.selects_key(item.name, version):
                     continue
                 if not keep:
                     plans.append(

@@ -129,7 +129,7 @@ async def run(ctx: Context) -> int:
         raise ConfigError(str(e)) from None
     catalog = ctx.catalog
     focus = ctx.focus
-    if focus.name is not None:
+    if focus.given:
         catalog.select(focus)  # a focus that names no catalog entry is a usage error
     if settings.verify_local:
         verdicts = await _run_local(settings, results, catalog, focus)

@@ -12,6 +12,8 @@
   plan that against the source, then (unless a dry run) publish it, and with
   `keep_timestamp_tags` on, delete its older timestamp tags (engine/prune.py).
 A replica sharing the catalog through Leases discovers only the items `holds` says it holds.
+`planned` is called with each entry's plan as soon as it is made, before anything of the entry
+is published (a one-shot run on a terminal prints it above the progress bars, commands/push.py).
 
 An `Engine` lives as long as its process: the upstream answers' validators (conditional GETs),
 registry connections and tokens carry over from pass to pass, and so does what the engine saw
@@ -38,7 +40,7 @@ import structlog
 
 from containerdisks import oci
 from containerdisks.api import Artifact, SourceError
-from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure
+from containerdisks.catalog import BoundItem, Catalog, Entry, Focus, ItemFailure, focus_error
 from containerdisks.engine.freshness import FreshnessError, SignatureTimes
 from containerdisks.engine.plan import ArchPlan, EntryPlan, plan_entry
 from containerdisks.engine.prune import Pruner
@@ -130,6 +132,8 @@ class Engine:
         #: Which items a pass discovers, asked per pass by label (`serve --leader-elect` /
         #: `--shards`: the daemon's Leases); every one by default.
         self.holds: Callable[[str], bool] = lambda label: True
+        #: Told each entry's plan (not a failed one) before the entry is published.
+        self.planned: Callable[[EntryPlan], None] = lambda plan: None
         if settings.shard_part is not None:
             index, count = settings.shard_part
             mine = shard_keys((b.item for b in self.catalog.items), index, count)
@@ -246,22 +250,28 @@ class Engine:
             for i, b in enumerate(self.items)
             if self.holds(b.item.label)
         ]
-        seen = 0
+        asked = {b.item.name for b in self.items if self.holds(b.item.label)}
+        seen: set[tuple[str, str | None]] = set()  # (name, version); None: the item failed
         try:
             for next_done in asyncio.as_completed(tasks):
                 index, bound, result = await next_done
                 if isinstance(result, ItemFailure):
-                    seen += 1
+                    seen.add((bound.item.name, None))
                     yield index, [], [self._failed(bound, result)]
                 else:
-                    seen += len(result)
+                    seen.update((e.item.name, e.version) for e in result)
                     yield index, result, []
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self.focus.version is not None and not seen:
-            raise ConfigError(f"focus {self.focus.spec!r} matches no catalog entry")
+        unmatched = [
+            Focus.label((name, version))
+            for name, version in self.focus.terms
+            if version is not None and name in asked and not {(name, version), (name, None)} & seen
+        ]
+        if unmatched:
+            raise ConfigError(focus_error(unmatched))
 
     async def _discover_one(
         self, index: int, bound: BoundItem, time_limit: float
@@ -319,6 +329,7 @@ class Engine:
             log.error("plan_failed", entry=plan.key, error=plan.error)
             return Outcome(plan, [], plan.error)
         log.info("planned", entry=plan.key, actions={r.arch: r.action for r in plan.arches})
+        self.planned(plan)
         if not plan.needs_publish:
             if self.publish and self.signer is not None and plan.published_digest is not None:
                 try:
@@ -393,4 +404,6 @@ class Engine:
             if isinstance(a, Artifact)
         ]
         log.info("unchanged", entry=entry.key, digest=digest)
-        return Outcome(EntryPlan(entry.key, rows), [], None)
+        plan = EntryPlan(entry.key, rows)
+        self.planned(plan)
+        return Outcome(plan, [], None)

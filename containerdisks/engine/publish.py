@@ -306,14 +306,11 @@ class Publisher:
                     _verify(artifact, upstream_digest)  # before a single byte is uploaded
                     body = _read_file(spool)  # through the descriptor that wrote the bytes
                 # The upload hashes what it sends (the layer digest); without compression
-                # that is the tar itself, so the diff_id needs no hash of its own.
-                tar = tar_disk(size, body)
-                diff: Digest | None = None
-                if self.compression != "none":
-                    diff = Digest()
-                    tar = hashed(tar, diff)
+                # that is the tar itself, so the diff_id needs no hash of its own. With
+                # compression the diff_id is hashed beside each block's compression.
+                diff = Digest() if self.compression != "none" else None
                 async with self.target.store.blob_upload(repo) as upload:
-                    await upload.write(compress(tar, self.compression))
+                    await upload.write(compress(tar_disk(size, body), self.compression, diff))
                     _verify(artifact, upstream_digest)  # commit only verified bytes
                     layer = await upload.commit()  # the digest and size the upload computed
                 layer_digest, layer_size = layer.digest, layer.size

@@ -31,7 +31,9 @@ it failed. `commands/push.py` renders them; nothing here prints.
 Decisions:
 - A failure's cause is its reason, except a connection failure (`[<entry>: ]<url>: cannot
   connect to <host:port>: <why>`, upstream.py's wording), whose cause is the host and why:
-  every URL on a host that cannot be reached fails for one reason.
+  every URL on a host that cannot be reached fails for one reason. Through a mirror the
+  reason ends `(mirror <url>)` (upstream.py); the host it names is then the mirror's, and the
+  URL is left out of the cause, so one unreachable mirror is said once too.
 - An arch that failed only because another arch of its entry did (`waiting for <arch>`) is told
   under the cause of that arch, not as a cause of its own.
 """
@@ -301,7 +303,7 @@ class Cause:
         return entry if arches == ["*"] else f"{entry} ({', '.join(arches)})"
 
 
-_UNREACHABLE = re.compile(r"\S+://\S+: (cannot connect to \S+: .*)$")
+_UNREACHABLE = re.compile(r"\S+://\S+: (cannot connect to \S+: .*?)(?: \(mirror \S+\))?$")
 
 
 def _cause(reason: str) -> str:

@@ -798,7 +798,8 @@ class RegistryClient:
         schema 2 and OCI types alike). By digest, ``reference`` must be the digest of ``data``
         (checked before sending); the ``Docker-Content-Digest`` the registry answers must be too.
         Push the blobs and, for an index, its manifests (by digest) first, or the registry
-        answers ``MANIFEST_BLOB_UNKNOWN``.
+        answers ``MANIFEST_BLOB_UNKNOWN``. ``DIGEST_INVALID`` (not about ``data``, whose digest
+        is ours) is temporary: another writer of the same repository was mid-write.
         """
         validate_repository(repository)
         self._check_reference(reference)
@@ -825,7 +826,15 @@ class RegistryClient:
             body=data,
         )
         if not 200 <= response.status < 300:
-            raise self._error(subject, response)
+            error = self._error(subject, response)
+            if error.code == "DIGEST_INVALID":
+                # `digest` was computed from `data` here, so the digest the registry finds
+                # wrong is one it read from its own storage: distribution's filesystem driver
+                # rewrites a link file in place (truncate, then write), and a check of a
+                # referenced manifest or blob made while another client writes the same link
+                # reads it empty. The next try reads it whole.
+                error.temporary = True
+            raise error
         announced = response.header("Docker-Content-Digest")
         if announced and is_digest(announced) and announced != digest:
             raise DigestMismatchError(

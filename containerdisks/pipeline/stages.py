@@ -10,7 +10,10 @@ Decisions:
   hashlib, isal and lzma release the GIL, so it overlaps with network I/O on the other core and
   never stalls the event loop. Small buffers are handled inline (a thread hop costs more).
 - Input is re-blocked to a fixed size before compression, so network read sizes cannot change
-  the compressed bytes: the same upstream bytes give the same layer digest on every run.
+  the compressed bytes: the same upstream bytes give the same layer digest on every run. The
+  blocks are two reused buffers, and the compressor (with the diff_id's hash beside it) runs on
+  one thread of the stream's own: per-block allocations spread over the shared pool's threads
+  fragmented every malloc arena and made RSS grow with the image size (benchmarks/README.md).
 - The tar has exactly two members (`disk/` 0555 and `disk/disk.img` 0444, uid/gid 107, uname and
   gname `qemu`, mtime 0) in GNU format: no PAX records, sizes above 8 GiB in base-256. The file
   size must be known before its header is written.
@@ -28,6 +31,7 @@ import asyncio
 import hashlib
 import tarfile
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, TypeVar
 
 import zstandard
@@ -45,7 +49,6 @@ __all__ = [
     "compress",
     "decompress",
     "hashed",
-    "reblock",
     "tar_disk",
     "tar_size",
 ]
@@ -62,9 +65,10 @@ _OWNER = "qemu"
 
 
 _T = TypeVar("_T")
+_Buffer = bytes | bytearray | memoryview
 
 
-async def _cpu(fn: Callable[..., _T], data: bytes, *args: object) -> _T:
+async def _cpu(fn: Callable[..., _T], data: _Buffer, *args: object) -> _T:
     if len(data) < _INLINE:
         return fn(data, *args)
     return await asyncio.to_thread(fn, data, *args)
@@ -99,9 +103,13 @@ class Digest:
         self._h = hashlib.new(algorithm)
         self.size = 0
 
-    async def update(self, data: bytes) -> None:
+    def feed(self, data: _Buffer) -> None:
+        """Hash `data` here, in the calling thread (a worker's, for big buffers)."""
         self.size += len(data)
-        await _cpu(self._h.update, data)
+        self._h.update(data)
+
+    async def update(self, data: bytes) -> None:
+        await _cpu(self.feed, data)
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
@@ -128,18 +136,6 @@ async def hashed(source: Chunks, *digests: Digest) -> Chunks:
         yield chunk
     if pending:
         await asyncio.gather(*pending)
-
-
-async def reblock(source: Chunks, size: int = BLOCK) -> Chunks:
-    """Yield chunks of exactly `size` bytes (the last may be shorter), whatever came in."""
-    buf = bytearray()
-    async for chunk in source:
-        buf += chunk
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
-    if buf:
-        yield bytes(buf)
 
 
 async def decompress(source: Chunks, kind: Literal["gzip", "xz"]) -> Chunks:
@@ -205,13 +201,24 @@ async def tar_disk(size: int, body: Chunks) -> Chunks:
     yield b"\0" * (-size % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
-async def compress(source: Chunks, kind: LayerCompression) -> Chunks:
-    """Compress re-blocked input; `none` passes it through."""
+async def compress(source: Chunks, kind: LayerCompression, digest: Digest | None = None) -> Chunks:
+    """Compress fixed `BLOCK`-sized blocks of the input; `none` passes it through. `digest`,
+    if given, is fed the uncompressed input (the diff_id) in the same worker call as each block.
+
+    Memory and speed (benchmarks/README.md): the input is copied into two reused `BLOCK`
+    buffers (no per-block allocation, no bytes joining or slicing), and block *k* is hashed and
+    compressed while block *k + 1* is gathered, its output handed on before block *k + 2* may
+    overwrite its buffer. The work runs on one thread of the stream's own: the compressor's
+    scratch and output buffers then come from one malloc arena; spread over the shared pool's
+    threads they fragmented every arena, and RSS crept with the image size.
+    """
     if kind == "none":
         async for chunk in source:
+            if digest is not None:
+                await digest.update(chunk)
             yield chunk
         return
-    compress_fn: Callable[[bytes], bytes]
+    compress_fn: Callable[[_Buffer], bytes]
     flush_fn: Callable[[], bytes]
     if kind == "gzip":
         c = isal_zlib.compressobj(_GZIP_LEVEL, isal_zlib.DEFLATED, 31)
@@ -219,10 +226,45 @@ async def compress(source: Chunks, kind: LayerCompression) -> Chunks:
     else:
         z = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, threads=0).compressobj()
         compress_fn, flush_fn = z.compress, z.flush
-    async for chunk in reblock(source):
-        out = await _cpu(compress_fn, chunk)
-        if out:
-            yield out
-    tail = flush_fn()
-    if tail:
-        yield tail
+
+    def block(data: _Buffer) -> bytes:
+        if digest is not None:
+            digest.feed(data)
+        return compress_fn(data)
+
+    loop = asyncio.get_running_loop()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
+    buffers = (bytearray(BLOCK), bytearray(BLOCK))
+    current, filled = 0, 0
+    running: asyncio.Future[bytes] | None = None
+    try:
+        async for chunk in source:
+            view = memoryview(chunk)
+            while view:
+                n = min(BLOCK - filled, len(view))
+                buffers[current][filled : filled + n] = view[:n]
+                filled += n
+                view = view[n:]
+                if filled < BLOCK:
+                    continue
+                if running is not None:
+                    out = await running
+                    if out:
+                        yield out
+                running = loop.run_in_executor(worker, block, buffers[current])
+                current, filled = current ^ 1, 0
+        if running is not None:
+            out, running = await running, None
+            if out:
+                yield out
+        if filled:
+            out = await loop.run_in_executor(worker, block, memoryview(buffers[current])[:filled])
+            if out:
+                yield out
+        tail = flush_fn()
+        if tail:
+            yield tail
+    finally:
+        # A block still in the worker (the consumer stopped) finishes there and is dropped;
+        # nothing else touches its buffer or the compressor again.
+        worker.shutdown(wait=False)

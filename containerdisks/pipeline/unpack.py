@@ -25,6 +25,7 @@ Decisions:
 from __future__ import annotations
 
 import lzma
+import os
 from collections.abc import Callable, Iterator
 from typing import IO, Any, Literal, cast
 
@@ -290,8 +291,7 @@ class TarDisk:
                 if "/" in path.removeprefix("disk/"):
                     raise UnpackError(f"{self._name}: {path}: disk/ holds a subdirectory")
                 self.found.append(path)
-                self._out.seek(0)
-                self._out.truncate()
+                self._restart()
                 self.disk_bytes = 0
                 self._sink = self._out.write
             elif size > MAX_OTHER:
@@ -303,6 +303,14 @@ class TarDisk:
         self._pad = -size % _BLOCK
         if not size:
             self._end_member()
+
+    def _restart(self) -> None:
+        # Truncated only when it holds bytes: ext4 (auto_da_alloc) makes close() of a file
+        # truncated to zero allocate and submit its whole dirty data, so an empty file is left
+        # alone (close of a 1 GiB disk: 0.4-0.6 s less).
+        if self._out.seek(0, os.SEEK_END):
+            self._out.seek(0)
+            self._out.truncate()
 
     def finish(self) -> None:
         if self._left or self._buf:

@@ -28,10 +28,12 @@ Decisions:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -72,6 +74,8 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_BLOB = b"{}"
@@ -139,11 +143,19 @@ class _Writer:
     repo: str
     writes: int = 0
 
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _there: set[str] = field(default_factory=set)
+
     async def blob(self, data: bytes, media_type: str) -> oci.Descriptor:
+        """`data` as a blob unless it is there; a blob several steps need at once (the empty
+        config, the provenance envelope) is checked and written once, the others wait."""
         digest = oci.compute_digest(data)
-        if not await self.store.has_blob(self.repo, digest):
-            await self.store.put_blob(self.repo, data)
-            self.writes += 1
+        async with self._locks.setdefault(digest, asyncio.Lock()):
+            if digest not in self._there:
+                if not await self.store.has_blob(self.repo, digest):
+                    await self.store.put_blob(self.repo, data)
+                    self.writes += 1
+                self._there.add(digest)
         return oci.Descriptor(media_type, digest, len(data))
 
     async def manifest(self, reference: str, data: bytes) -> oci.Descriptor:
@@ -225,14 +237,42 @@ async def attach(
     identity: str,
     provenance: bytes,
 ) -> int:
-    """Sign each of `images` (the top first) and attach `provenance` (a statement naming them
-    all) to each, both ways; returns how many registry writes that took (0 when all is there).
+    """Sign each of `images` and attach `provenance` (a statement naming them all) to each,
+    both ways; returns how many registry writes that took (0 when all is there).
     `identity`: the repository named in the simple-signing payloads."""
     w = _Writer(store, repo)
     envelope = dsse_bytes(signer, provenance)
     provenance_bundle = bundle_bytes(signer, provenance)
-    for image in images:
-        stem = referrers_tag(image.digest)
+    await _together(
+        *(
+            _attach_one(
+                w,
+                image,
+                signer=signer,
+                identity=identity,
+                envelope=envelope,
+                provenance_bundle=provenance_bundle,
+            )
+            for image in images
+        )
+    )
+    log.info("signed", repository=repo, digest=images[0].digest, writes=w.writes)
+    return w.writes
+
+
+async def _attach_one(
+    w: _Writer,
+    image: oci.Descriptor,
+    *,
+    signer: Signer,
+    identity: str,
+    envelope: bytes,
+    provenance_bundle: bytes,
+) -> None:
+    """The `.sig`, the `.att` and the two bundle referrers of one digest, side by side."""
+    stem = referrers_tag(image.digest)
+
+    async def sig() -> None:
         payload = simple_signing_payload(identity, image.digest)
         signature = oci.Descriptor(
             SIMPLE_SIGNING_MEDIA_TYPE,
@@ -241,32 +281,61 @@ async def attach(
             annotations={SIGNATURE_ANNOTATION: _b64(signer.sign(payload))},
         )
         await w.layered(f"{stem}.sig", signature, _config(signature.digest))
-        att = await w.blob(envelope, DSSE_MEDIA_TYPE)
-        att = oci.Descriptor(
+
+    async def att() -> None:
+        blob = await w.blob(envelope, DSSE_MEDIA_TYPE)
+        layer = oci.Descriptor(
             DSSE_MEDIA_TYPE,
-            att.digest,
-            att.size,
+            blob.digest,
+            blob.size,
             annotations={"predicateType": SLSA_PREDICATE, SIGNATURE_ANNOTATION: ""},
         )
-        await w.layered(f"{stem}.att", att, _config(att.digest))
-        referrers = []
-        for bundle, predicate in (
-            (bundle_bytes(signer, signature_statement(image.digest)), COSIGN_SIGN_PREDICATE),
-            (provenance_bundle, SLSA_PREDICATE),
-        ):
-            layer = await w.blob(bundle, BUNDLE_MEDIA_TYPE)
-            data = _manifest(
-                oci.Descriptor(EMPTY_MEDIA_TYPE, oci.compute_digest(EMPTY_BLOB), 2),
-                layer,
-                subject=image,
-                artifact_type=BUNDLE_MEDIA_TYPE,
-                annotations={_CONTENT: "dsse-envelope", _PREDICATE: predicate},
-            )
-            await w.blob(EMPTY_BLOB, EMPTY_MEDIA_TYPE)
-            referrers.append((await w.manifest(oci.compute_digest(data), data), data))
-        await w.refer(image.digest, referrers)
-    log.info("signed", repository=repo, digest=images[0].digest, writes=w.writes)
-    return w.writes
+        await w.layered(f"{stem}.att", layer, _config(layer.digest))
+
+    async def referrer(bundle: bytes, predicate: str) -> tuple[oci.Descriptor, bytes]:
+        layer, _ = await _together(
+            w.blob(bundle, BUNDLE_MEDIA_TYPE), w.blob(EMPTY_BLOB, EMPTY_MEDIA_TYPE)
+        )
+        data = _manifest(
+            oci.Descriptor(EMPTY_MEDIA_TYPE, oci.compute_digest(EMPTY_BLOB), 2),
+            layer,
+            subject=image,
+            artifact_type=BUNDLE_MEDIA_TYPE,
+            annotations={_CONTENT: "dsse-envelope", _PREDICATE: predicate},
+        )
+        return await w.manifest(oci.compute_digest(data), data), data
+
+    async def referrers() -> None:
+        listed = await _together(
+            referrer(
+                bundle_bytes(signer, signature_statement(image.digest)), COSIGN_SIGN_PREDICATE
+            ),
+            referrer(provenance_bundle, SLSA_PREDICATE),
+        )
+        await w.refer(image.digest, listed)  # in this order: the index lists them so
+
+    await _together(sig(), att(), referrers())
+
+
+async def _together(*steps: Awaitable[T]) -> list[T]:
+    """Await `steps` side by side; their results in order. The first failure is raised as
+    itself (not an ExceptionGroup: callers catch `oci.OCIError`), the others cancelled."""
+    tasks: list[asyncio.Task[T]] = []
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(step)) for step in steps]
+    except BaseExceptionGroup as failed:
+        raise _first_failure(failed) from None
+    return [t.result() for t in tasks]
+
+
+async def _awaited(step: Awaitable[T]) -> T:
+    return await step
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error = group.exceptions[0]
+    return _first_failure(error) if isinstance(error, BaseExceptionGroup) else error
 
 
 def _b64(data: bytes) -> str:

@@ -3,22 +3,27 @@
 
 Decisions:
 - By digest only: the image verified is exactly the one push recorded (the results' `Digest`).
-- Network, hashing and unpacking overlap: the registry read (which hashes as it goes) feeds a
-  bounded queue; a consumer coalesces chunks and decompresses, parses and writes them in a
-  worker thread. The file is only used after `read_blob` confirmed the layer digest; a
-  mismatch or a cut stream deletes it. A transient failure pulls the layer again, bounded.
+- A pipeline across threads, each stage's heavy work outside the GIL: the registry read (which
+  hashes on a thread beside it) feeds a bounded queue; a consumer coalesces chunks and
+  inflates them in a worker thread, which hands the output through a bounded `_Writer` to a
+  thread of its own that parses the tar and writes the disk. The writer failing stops the
+  inflate at its next piece and the read at its next chunk, and its error is the one told;
+  when an attempt ends, however it ends, the writer thread has ended (a retry writes the same
+  file). The file is only used after `read_blob` confirmed the layer digest; a mismatch or a
+  cut stream deletes it. A transient failure pulls the layer again, bounded.
 - Decompressing and reading the tar are `pipeline.unpack`'s (shared with push): the one file
   under `disk/` is written to the path the caller gave; zero or several files there is an
   error, as KubeVirt refuses such an image. The layer's media type says its compression through
   `pipeline.image.compression_of`, the one map push writes by.
 - A registry is hostile until checked (the image may not come from us): decompression hands
   on at most `_OUT` bytes at a time (`pipeline/unpack.py`: gzip through `max_length`, zstd
-  through a stream writer with a bounded `write_size`), the disk is cut at `max_bytes`
-  (`max_image_bytes`), and a PAX or GNU long-name record larger than `MAX_META` is refused, so
-  memory and disk stay bounded whatever the layer holds. Time stays bounded too: the layer is
-  read to its descriptor's size and no further, a member outside `disk/` larger than
-  `MAX_OTHER` is refused rather than read through, and after the end-of-archive block only
-  zeros (record padding, at most `MAX_TRAILER` bytes) may follow.
+  through a stream writer with a bounded `write_size`), at most `_PIPE` such pieces wait for
+  the writer, the disk is cut at `max_bytes` (`max_image_bytes`), and a PAX or GNU long-name
+  record larger than `MAX_META` is refused, so memory and disk stay bounded whatever the layer
+  holds. Time stays bounded too: the layer is read to its descriptor's size and no further, a
+  member outside `disk/` larger than `MAX_OTHER` is refused rather than read through, and
+  after the end-of-archive block only zeros (record padding, at most `MAX_TRAILER` bytes) may
+  follow.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -48,6 +55,7 @@ log = structlog.get_logger(__name__)
 _BATCH = 4 << 20  # bytes handed to the worker thread at once
 _QUEUE = 16  # chunks in flight between the network and the worker
 _OUT = 1 << 20  # the most decompressed bytes handed on at once
+_PIPE = 8  # decompressed pieces waiting for the writer thread
 #: What a pull that cannot go on raises, turned into one `PullError` line.
 _FAILURES: tuple[type[Exception], ...] = (oci.OCIError, ValueError, *DECODE_ERRORS)
 
@@ -59,6 +67,66 @@ def _remove(path: Path) -> None:
 
 class PullError(Exception):
     """The image or its disk could not be pulled; one line."""
+
+
+class _StoppedError(Exception):
+    """The attempt ended before the inflate did: its pieces have nowhere to go."""
+
+
+class _Writer:
+    """A thread that feeds `tar` the pieces `put` hands it, in order; at most `_PIPE` wait."""
+
+    def __init__(self, tar: TarDisk) -> None:
+        self._tar = tar
+        self._items: deque[bytes] = deque()
+        self._cond = threading.Condition()
+        self._ended = False  # no more pieces: the input ended or the attempt is over
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pull-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, piece: bytes) -> None:
+        """Queue `piece`; raises the writer's error once it failed, `_StoppedError` once ended."""
+        with self._cond:
+            while len(self._items) >= _PIPE and self.error is None and not self._ended:
+                self._cond.wait()
+            if self.error is not None:
+                raise self.error
+            if self._ended:
+                raise _StoppedError
+            self._items.append(piece)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._ended:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                piece = self._items.popleft()
+                self._cond.notify_all()
+            try:
+                self._tar.feed(piece)
+            except BaseException as e:  # told by `put`, `check` and `close`
+                with self._cond:
+                    self.error = e
+                    self._items.clear()
+                    self._cond.notify_all()
+                return
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self, *, drop: bool) -> None:
+        """End the input (`drop`: without writing what waits) and wait for the thread."""
+        with self._cond:
+            self._ended = True
+            if drop:
+                self._items.clear()
+            self._cond.notify_all()
+        self._thread.join()
 
 
 @dataclass(frozen=True)
@@ -90,10 +158,11 @@ async def _pull_layer(
     decompressor = _decoder(layer.media_type, name)
     tar = TarDisk(out, name, max_bytes)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE)
+    writer = _Writer(tar)
 
     def work(batch: list[bytes]) -> None:
         for chunk in batch:
-            decompressor.feed(chunk, tar.feed)
+            decompressor.feed(chunk, writer.put)
 
     async def consume() -> None:
         batch: list[bytes] = []
@@ -113,20 +182,27 @@ async def _pull_layer(
     consumer = asyncio.create_task(consume())
 
     async def sink(chunk: bytes) -> None:
-        if consumer.done():  # the worker failed: stop reading
+        writer.check()  # the writer failed: stop reading
+        if consumer.done():  # the inflate failed
             consumer.result()
         await queue.put(chunk)
 
+    done = False
     try:
         layer_bytes = await store.read_blob(repository, layer.digest, sink, size=layer.size)
         await queue.put(None)
         await consumer
+        decompressor.finish()
+        done = True
     finally:
         if not consumer.done():
             consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, PullError, ValueError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await consumer
-    decompressor.finish()
+        # An inflate still running in its thread gets `_StoppedError` at its next piece; no thread
+        # writes `out` once this returns.
+        await asyncio.to_thread(writer.close, drop=not done)
+    writer.check()
     tar.finish()
     return layer_bytes, tar.found, tar.disk_bytes
 

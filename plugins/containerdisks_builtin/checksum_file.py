@@ -29,6 +29,15 @@ Decisions that shaped it:
   itself is clearsigned. Under the catalog's `signature: required` the checksums are read only
   from the signed text (`Upstream.fetch_signed`), and the picked name is the name inside it, so
   the download is bound to the signed name; the artifact's evidence is the signature.
+- Per-image signed files (openSUSE Tumbleweed and MicroOS): the directory listing (`url`) is not
+  signed, but each image has `<image>.sha256` signed by `<image>.sha256.asc`. `signed_file`
+  (`'{file}.sha256'`) names that file in the listing's directory: under `required` the name is
+  picked from the listing, then that name's own signed file is fetched and verified
+  (`signature_url`'s `{url}` is then the signed file's URL), and the checksum is read only from
+  it, for exactly the picked name. A signed file that does not list the name, or whose checksum
+  differs from the listing's, fails the arch: the listing chose the name, the signature vouches
+  for the bytes, and the two must agree. An older snapshot a mirror lists is the rollback guard's
+  (its signature is older than the one accepted).
 - Every failure is per arch (`ArchError` naming the URL and, when nothing matched, the pattern):
   an unreachable or malformed checksum file, no match, an invalid unique tag or checksum.
 - Names in the checksum file are upstream's data: the parser keeps only plain file names, `match`
@@ -59,6 +68,7 @@ from containerdisks.api import (
     Evidence,
     NameMatcher,
     Release,
+    Signed,
     Source,
     SourceError,
     SourceParams,
@@ -110,6 +120,14 @@ class ChecksumFileParams(SourceParams):
         "file's (`{url}.gpg`). Unset with `keys`: the checksum file is clearsigned.",
     )
 
+    signed_file: str | None = Field(
+        default=None,
+        description="Template of a per-image checksum file in `url`'s directory, which may use "
+        "`{file}`, the picked name (`'{file}.sha256'`): with `keys`, the picked image's checksum "
+        "is read only from it, signed by `signature_url` (whose `{url}` is this file's URL); "
+        "`url` is then only the listing names are picked from.",
+    )
+
     def signing_keys(self) -> str | None:
         return self.keys
 
@@ -136,6 +154,10 @@ class ChecksumFileParams(SourceParams):
             if self.keys is None:
                 raise ValueError("signature_url needs keys (the keyring that signs)")
             _known_placeholders("signature_url", self.signature_url, _CONTEXT | {"url"})
+        if self.signed_file is not None:
+            if self.keys is None:
+                raise ValueError("signed_file needs keys (the keyring that signs it)")
+            _known_placeholders("signed_file", self.signed_file, _CONTEXT | {"file"})
         return self
 
 
@@ -169,15 +191,10 @@ class ChecksumFileSource(Source):
         url = render(p.url, values)
         evidence = Evidence("tls-only")
         sums: Mapping[str, str]
+        per_image = request.signature == "required" and p.signed_file is not None
         try:
-            if request.signature == "required" and p.keys is not None:
-                signed = await upstream.fetch_signed(
-                    url,
-                    signature_url=None
-                    if p.signature_url is None
-                    else render(p.signature_url, {**values, "url": url}),
-                    keyring=render(p.keys, values),
-                )
+            if request.signature == "required" and p.keys is not None and not per_image:
+                signed = await _fetch_signed(p, values, url, p.keys, upstream)
                 evidence = signed.evidence
                 sums = _parsed(url, signed.text, p.format)
             else:
@@ -195,7 +212,7 @@ class ChecksumFileSource(Source):
         name = names[-1] if p.pick == "last" else names[0]
         tag_values = {**matches[name], **values}
         if p.download is None:
-            directory = url[: url.rfind("/") + 1]
+            directory = _directory_of(url)
             download = directory + name
         else:
             directory = _static_directory(render(p.download, values))
@@ -204,6 +221,14 @@ class ChecksumFileSource(Source):
             url_in_directory(directory, download)
         except SourceError as e:
             return ArchError(arch, f"{url}: {e}")
+        checksum = sums[name]
+        if per_image:
+            got = await _signed_checksum(
+                p, values, upstream, listing=url, name=name, listed=checksum
+            )
+            if isinstance(got, str):
+                return ArchError(arch, got)
+            checksum, evidence = got
         tags: tuple[str, ...] = ()
         if p.unique_tag is not None:
             tag = render(p.unique_tag, tag_values)
@@ -216,7 +241,7 @@ class ChecksumFileSource(Source):
             return Artifact(
                 arch=arch,
                 url=download,
-                checksum=sums[name],
+                checksum=checksum,
                 algorithm=p.algorithm,
                 compression=_compression(p.compression, download),
                 unique_tags=tags,
@@ -226,9 +251,60 @@ class ChecksumFileSource(Source):
             return ArchError(arch, f"{url}: {e}")
 
 
+def _directory_of(url: str) -> str:
+    return url[: url.rfind("/") + 1]
+
+
+async def _signed_checksum(
+    p: ChecksumFileParams,
+    values: Mapping[str, str],
+    upstream: Upstream,
+    *,
+    listing: str,
+    name: str,
+    listed: str,
+) -> tuple[str, Evidence] | str:
+    """`name`'s checksum from its own signed file (`signed_file`, beside `listing`), with the
+    evidence; else why not, in one line naming the signed file."""
+    if p.signed_file is None or p.keys is None:  # the validator makes keys go with signed_file
+        raise SourceError(f"{listing}: signed_file and keys are both needed")
+    directory = _directory_of(listing)
+    signed_url = directory + render(p.signed_file, {**values, "file": name})
+    try:
+        url_in_directory(directory, signed_url)
+        signed = await _fetch_signed(p, values, signed_url, p.keys, upstream)
+        sums = _parsed(signed_url, signed.text, p.format)
+    except SourceError as e:
+        return str(e)
+    checksum = sums.get(name)
+    if checksum is None:
+        return f"{signed_url}: the signed file does not list {name} (it lists {_few(sums)})"
+    if checksum != listed:
+        return f"{signed_url}: signed checksum of {name} is {checksum}; {listing} lists {listed}"
+    return checksum, signed.evidence
+
+
+async def _fetch_signed(
+    p: ChecksumFileParams, values: Mapping[str, str], url: str, keys: str, upstream: Upstream
+) -> Signed:
+    """`url` verified against the keyring `keys` names, by `signature_url` (its `{url}` is
+    `url`) or clearsigned."""
+    signature_url = (
+        None if p.signature_url is None else render(p.signature_url, {**values, "url": url})
+    )
+    return await upstream.fetch_signed(
+        url, signature_url=signature_url, keyring=render(keys, values)
+    )
+
+
+def _few(names: Iterable[str]) -> str:
+    shown = sorted(names)
+    return ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+
+
 def _parsed(url: str, text: str, fmt: ChecksumFormat) -> dict[str, str]:
     try:
-        return dict(parse_checksum_file(text, fmt))
+        return dict(parse_checksum_file(text, fmt, unique=True))
     except ChecksumParseError as e:
         raise SourceError(f"{url}: malformed signed checksum file: {e}") from None
 

@@ -417,7 +417,7 @@ async def _from_checksum_file(
         else:
             signed = await upstream.fetch_signed(url, keyring=keyring)
             evidence = signed.evidence
-            sums = parse_checksum_file(signed.text, ChecksumFormat.BSD)
+            sums = parse_checksum_file(signed.text, ChecksumFormat.BSD, unique=True)
     except ChecksumParseError as e:
         return ArchError(arch, f"{why} {url}: malformed signed checksum file: {e}")
     except SourceError as e:

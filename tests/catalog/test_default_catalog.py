@@ -467,6 +467,26 @@ async def test_centos_stream_9_latest_tag(serve: Serve) -> None:
     assert ("9-latest", "9") == EntrySpec.of(entry, keep_timestamp_tags=0).tags
 
 
+async def test_leap_downloads_the_name_its_sha256_lists_alias_or_build(serve: Serve) -> None:
+    """The alias's `.sha256` names the alias (the real files of the rows above); one naming the
+    build (`...-Cloud-Build18.7.qcow2`, as a `.sha256` fetched beside a build does) is matched
+    too, and the build is what is downloaded: the name the file lists, not the URL's."""
+    catalog = load_catalog(None, signatures=False)
+    items = catalog.select(Focus("opensuse-leap:16.0"))
+    leap = LEAP.format(v="16.0")
+    fixture = "opensuse-leap/Leap-16.0-Minimal-VM.x86_64-Cloud.qcow2.sha256"
+    real = (FIXTURES_DIR / fixture).read_text()
+    assert "  Leap-16.0-Minimal-VM.x86_64-Cloud.qcow2\n" in real
+    async with default_upstream(serve) as (server, upstream):
+        put(server.root, leap + fixture.split("/")[1],
+            real.replace("-Cloud.qcow2", "-Cloud-Build18.7.qcow2"))  # fmt: skip
+        entries = await discover_all(catalog, upstream, items)
+    (artifact,) = (a for a in entries["opensuse-leap:16.0"].artifacts if a.arch == X)
+    assert isinstance(artifact, Artifact)
+    assert leap + "Leap-16.0-Minimal-VM.x86_64-Cloud-Build18.7.qcow2" == artifact.url
+    assert real.split()[0] == artifact.checksum
+
+
 async def test_debian_13_is_latest_and_sha512(serve: Serve) -> None:
     catalog = load_catalog(None, signatures=False)
     async with default_upstream(serve) as (_, upstream):

@@ -6,6 +6,8 @@
   into a file, a short interval and the upstream mirrored to the local server; returns a `Daemon`
   that reads its HTTP endpoints and log events and sends it signals. Every process is killed at
   the end of the test if it is still running; every wait is bounded.
+- `once_on_terminal(...)`: `serve --once --focus fedora:40` with stderr on a pseudo-terminal,
+  upstream and registry slowed down so that progress bars are drawn.
 - `restart_registry` / `stop_registry`: take the real registry away and bring it back on the
   same port with the same storage.
 """
@@ -26,10 +28,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.cli import clean_env
+from tests.support.cli import clean_env, default_focus
 from tests.support.disks import fedora_tree
+from tests.support.fault_proxy import FaultProxy, Rule
 from tests.support.loopback import free_port
 from tests.support.registry import Registry
+from tests.support.terminal import run_on_pty
 from tests.support.upstream_server import UpstreamServer
 
 Fedora = tuple[UpstreamServer, dict[tuple[str, str], bytes], Path]
@@ -154,8 +158,7 @@ def serve_command(
         "containerdisks",
         "serve",
         "--dry-run=false",
-        "--focus",
-        "fedora:*",
+        *default_focus(flags),
         "--source-registry",
         target,
         "--log-format",
@@ -167,6 +170,30 @@ def serve_command(
         *srv.mirror_args(),
         *flags,
     ]
+
+
+def once_on_terminal(
+    tmp_path: Path, registry: Registry, fedora: Fedora, columns: int, *flags: str
+) -> tuple[int, str, str]:
+    """`serve --once --focus fedora:40 *flags` into `registry` with stderr on a pty of `columns`
+    x 24 and stdout on a pipe, the qcow2 downloads and the blob uploads slowed down (fault
+    proxies) so that bars are drawn: its exit status, its stdout and the terminal's text."""
+    srv, _, _ = fedora
+    with FaultProxy(registry.url) as proxy, FaultProxy(srv.base_url) as slow_upstream:
+        proxy.add(Rule("PATCH", r"/v2/cd/fedora/blobs/uploads/", "slow", delay=0.1, times=None))
+        slow_upstream.add(Rule("GET", r"\.qcow2$", "slow", delay=0.1, times=None))
+        command = serve_command(
+            srv,
+            f"{proxy.host}/cd",
+            tmp_path,
+            "--once",
+            "--focus",
+            "fedora:40",
+            "--upstream-mirror",
+            f"https://={slow_upstream.url}/",
+            *flags,
+        )
+        return run_on_pty(command, columns=columns, env=clean_env(TERM="xterm"), cwd=tmp_path)
 
 
 @pytest.fixture

@@ -10,46 +10,21 @@ of a bar. Off a terminal, JSON logs carry a `progress` event per transfer instea
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
 import re
-import select
-import struct
 import subprocess
-import termios
-import time
 from pathlib import Path
 
 import pyte
 import pytest
 
 from containerdisks.log import ProgressConsole, format_bar
-from tests.daemon.conftest import Fedora, serve_command
+from tests.daemon.conftest import Fedora, once_on_terminal, serve_command
 from tests.support.cli import clean_env
 from tests.support.fault_proxy import FaultProxy, Rule
 from tests.support.registry import Registry
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def read_all(fd: int, proc: subprocess.Popen[bytes], limit: float) -> bytes:
-    out = b""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # the other side closed
-                break
-            if not chunk:
-                break
-            out += chunk
-        elif proc.poll() is not None:
-            break
-    return out
 
 
 def test_a_terminal_gets_console_logs_and_progress_bars(
@@ -75,38 +50,10 @@ def run_on_terminal(
 ) -> tuple[int, str]:
     """`serve --once --focus fedora:40` with stderr on a pty of `columns` x 24, both ends slowed
     down so that bars are drawn: its exit status and everything written to the terminal."""
-    srv, _, _ = fedora_upstream
-    with FaultProxy(registry.url) as proxy, FaultProxy(srv.base_url) as slow_upstream:
-        proxy.add(Rule("PATCH", r"/v2/cd/fedora/blobs/uploads/", "slow", delay=0.1, times=None))
-        slow_upstream.add(Rule("GET", r"\.qcow2$", "slow", delay=0.1, times=None))
-        command = serve_command(
-            srv,
-            f"{proxy.host}/cd",
-            tmp_path,
-            "--once",
-            "--focus",
-            "fedora:40",
-            "--upstream-mirror",
-            f"https://={slow_upstream.url}/",
-            "--log-format",
-            "console",
-        )
-        controller, terminal = pty.openpty()
-        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=terminal,
-            env=clean_env(TERM="xterm"),
-            cwd=tmp_path,
-        )
-        os.close(terminal)
-        try:
-            raw = read_all(controller, proc, 90)
-        finally:
-            os.close(controller)
-        return proc.wait(30), raw.decode(errors="replace")
+    status, _, text = once_on_terminal(
+        tmp_path, registry, fedora_upstream, columns, "--log-format", "console"
+    )
+    return status, text
 
 
 @pytest.mark.parametrize("columns", [80, 200])

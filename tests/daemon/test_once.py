@@ -87,6 +87,22 @@ def test_once_focus_matching_nothing_is_a_usage_error(
     ]
 
 
+def test_once_focus_union_publishes_exactly_its_entries_and_names_a_term_matching_nothing(
+    tmp_path: Path, registry: Registry, fedora_upstream: Fedora
+) -> None:
+    """`--focus` repeated and comma-separated is a union, checked term by term after discovery
+    (a discovering source's version is known only then)."""
+    target = f"{registry.host}/cd"
+    result = once(fedora_upstream, target, tmp_path, "--focus", "fedora:40", "--focus=fedora:39,")
+    assert 0 == result.returncode, result.stderr
+    assert {"fedora:40", "fedora:39"} == set(json.loads((tmp_path / "results.json").read_text()))
+    bad = once(fedora_upstream, target, tmp_path, "--focus", "fedora:40,fedora:99")
+    assert 2 == bad.returncode
+    assert ["containerdisks: focus 'fedora:99' matches no catalog entry"] == [
+        line for line in bad.stderr.splitlines() if not line.startswith("{")
+    ]
+
+
 def test_dry_run_is_the_default_and_publishes_and_writes_nothing(
     tmp_path: Path, registry: Registry, fedora_upstream: Fedora
 ) -> None:

@@ -9,12 +9,12 @@ for the bundles, plus the statement's subject, which that verifier does not bind
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -24,11 +24,10 @@ from typing import Any
 
 import pytest
 
-from containerdisks import oci
 from tests.support.cli import clean_env, push
+from tests.support.cosign import SIGSTORE, keypair, replace_sig_payload, sigstore_verifier
 from tests.support.registry import start_registry
 
-SIGSTORE = Path(__file__).parents[1] / "sigstore"
 BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 COSIGN_SIGN = "https://sigstore.dev/cosign/sign/v1"
 SLSA = "https://slsa.dev/provenance/v1"
@@ -40,24 +39,6 @@ ACCEPT = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     )
 )
-
-
-def keypair(directory: Path, name: str = "cosign", passphrase: str | None = None) -> Path:
-    """A P-256 PKCS#8 PEM private key (encrypted with `passphrase`) and `<name>.pub` beside."""
-    key = directory / f"{name}.key"
-    enc = ["-aes-256-cbc", "-pass", f"pass:{passphrase}"] if passphrase else []
-    subprocess.run(
-        ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-         *enc, "-out", str(key)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    passin = ["-passin", f"pass:{passphrase}"] if passphrase else []
-    subprocess.run(
-        ["openssl", "pkey", "-in", str(key), *passin, "-pubout",
-         "-out", str(key.with_suffix(".pub"))],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return key
 
 
 def get(url: str) -> tuple[bytes, dict[str, str]]:
@@ -101,19 +82,9 @@ def pae(body: bytes) -> bytes:
 def sigstore_js(pub: Path, bundle: bytes, tmp: Path) -> subprocess.CompletedProcess[str]:
     (tmp / "bundle.json").write_bytes(bundle)
     return subprocess.run(
-        ["node", str(SIGSTORE / "verify.js"), str(pub), str(tmp / "bundle.json")],
+        ["node", str(sigstore_verifier()), str(pub), str(tmp / "bundle.json")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-
-
-def needs_node() -> None:
-    if shutil.which("node") is None:
-        pytest.skip("node is absent: the npm Sigstore verifier cannot run here")
-    if not (SIGSTORE / "node_modules" / "@sigstore" / "verify").is_dir():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=SIGSTORE, check=True, timeout=300,
-            capture_output=True,
-        )  # fmt: skip
 
 
 def writes(registry: Any) -> int:
@@ -124,7 +95,7 @@ def writes(registry: Any) -> int:
 def test_push_signs_every_digest_both_ways_and_others_verify_it(
     tmp_path: Path, registry: Any, fedora: Any
 ) -> None:
-    needs_node()
+    sigstore_verifier()
     srv, _ = fedora
     key = keypair(tmp_path, passphrase="s3cret-pass")
     pub = key.with_suffix(".pub")
@@ -282,26 +253,14 @@ def test_verify_signatures_checks_a_registry_alone(
     repo = "cd/fedora"
     top = digest_of(registry, repo, "40")
     sig = manifest(registry, repo, f"{top.replace(':', '-')}.sig")
-    payload = blob(registry, repo, sig["layers"][0]["digest"]).replace(b"quay.io", b"quay.iO")
-    tampered = _put_sig(registry, repo, top, sig, payload)
-    assert tampered
+    _, tampered = replace_sig_payload(
+        registry.host, repo, top, lambda b: b.replace(b"quay.io", b"quay.iO")
+    )
+    assert sig["layers"][0]["digest"] != tampered["layers"][0]["digest"]
     bad = check(key.with_suffix(".pub"))
     assert 1 == bad.returncode
     [row] = [line for line in bad.stdout.splitlines() if "failed:" in line]
     assert f"signature of {top}: does not verify" in row
-
-
-def _put_sig(registry: Any, repo: str, digest: str, sig: dict[str, Any], payload: bytes) -> bool:
-    """Replace the `.sig` tag with the same signature over `payload` (a tampering registry)."""
-
-    async def put() -> str:
-        async with oci.RegistryClient(registry.host) as client:
-            new = await client.put_blob(repo, payload)
-            sig["layers"][0]["digest"], sig["layers"][0]["size"] = new.digest, new.size
-            tag = f"{digest.replace(':', '-')}.sig"
-            return await client.put_manifest(repo, tag, sig["mediaType"], json.dumps(sig).encode())
-
-    return asyncio.run(put()).startswith("sha256:")
 
 
 def _promote(tmp: Path, source: str, target: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -320,7 +279,7 @@ def _promote(tmp: Path, source: str, target: str, *extra: str) -> subprocess.Com
 def test_promote_carries_signatures_and_they_verify_at_the_target(
     tmp_path: Path, registry: Any, fedora: Any
 ) -> None:
-    needs_node()
+    sigstore_verifier()
     srv, _ = fedora
     key = keypair(tmp_path)
     pub = key.with_suffix(".pub")
@@ -370,3 +329,33 @@ def test_promote_carries_signatures_and_they_verify_at_the_target(
             get(f"{public.url}/v2/other/fedora/tags/list")
         gone.value.close()
         assert 404 == gone.value.code  # not a blob, not a tag: nothing was copied
+
+
+def test_the_sigstore_verifier_is_a_skip_with_the_reason_when_npm_cannot_install(
+    tmp_path: Path,
+) -> None:
+    """Real npm, a registry that refuses connections, an empty cache: no node_modules, so the
+    tests that need the npm verifier skip and say why (they do not error, and do not pass)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node or npm is absent")
+    project = tmp_path / "sigstore"
+    project.mkdir()
+    for name in ("package.json", "package-lock.json", "verify.js"):
+        shutil.copyfile(SIGSTORE / name, project / name)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        "npm_config_registry": f"http://127.0.0.1:{port}/",
+        "npm_config_cache": str(tmp_path / "npm-cache"),
+        "npm_config_fetch_retries": "0",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        with pytest.raises(pytest.skip.Exception) as skipped:
+            sigstore_verifier(project, timeout=120)
+    reason = str(skipped.value)
+    assert f"{project}/node_modules is absent and `npm ci` failed (exit 1: " in reason
+    assert f"ECONNREFUSED 127.0.0.1:{port}" in reason
+    assert not (project / "node_modules").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -9,10 +10,12 @@ import lzma
 import os
 import random
 import tarfile
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
 import zstandard
+from isal import isal_zlib
 
 from containerdisks.pipeline.stages import (
     BLOCK,
@@ -22,7 +25,6 @@ from containerdisks.pipeline.stages import (
     compress,
     decompress,
     hashed,
-    reblock,
     tar_disk,
     tar_size,
 )
@@ -55,14 +57,6 @@ async def collect(it: AsyncIterator[bytes]) -> bytes:
 CHUNKINGS = [[1 << 20], [4096], [65536, 1, 999_999, 7], [3 << 20]]
 
 
-@pytest.mark.parametrize("sizes", CHUNKINGS)
-async def test_reblock_yields_fixed_blocks(sizes: list[int]) -> None:
-    data = sample(1_500_000)
-    blocks = [b async for b in reblock(chunked(data, sizes), 65536)]
-    assert data == b"".join(blocks)
-    assert all(65536 == len(b) for b in blocks[:-1])
-
-
 @pytest.mark.parametrize("kind", ["gzip", "zstd", "none"])
 async def test_compressed_bytes_do_not_depend_on_read_sizes(kind: str) -> None:
     data = sample()
@@ -76,6 +70,41 @@ async def test_compressed_bytes_do_not_depend_on_read_sizes(kind: str) -> None:
         assert data == zstandard.ZstdDecompressor().decompressobj().decompress(out)
     else:
         assert data == out
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+async def test_compressed_bytes_are_those_of_fixed_blocks(kind: str) -> None:
+    """The layer's bytes are the compressor fed `BLOCK` bytes per call (the digests depend on
+    it: isal's output changes with the call boundaries), whatever the reads were."""
+    data = sample((2 << 20) + 12_345)
+    if kind == "gzip":
+        c = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
+        step, end = c.compress, c.flush
+    else:
+        z = zstandard.ZstdCompressor(level=3).compressobj()
+        step, end = z.compress, z.flush
+    expected = b"".join(step(data[i : i + BLOCK]) for i in range(0, len(data), BLOCK)) + end()
+    assert expected == await collect(compress(chunked(data, [1024, BLOCK]), kind))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd", "none"])
+@pytest.mark.parametrize("sizes", CHUNKINGS)
+async def test_compress_hashes_the_uncompressed_bytes(kind: str, sizes: list[int]) -> None:
+    data = sample((2 << 20) + 777)
+    diff = Digest()
+    await collect(compress(chunked(data, sizes), kind, diff))  # type: ignore[arg-type]
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (diff.size, diff.hexdigest())
+
+
+async def test_compress_stopped_early_leaves_no_worker_behind() -> None:
+    stream = compress(chunked(sample(), [BLOCK]), "gzip")
+    assert await anext(stream)
+    await stream.aclose()
+    for _ in range(200):  # the worker ends once its block is done: bounded wait
+        if not any(t.name.startswith("compress") for t in threading.enumerate()):
+            break
+        await asyncio.sleep(0.01)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("compress")]
 
 
 async def test_digest_counts_and_hashes_in_one_pass() -> None:

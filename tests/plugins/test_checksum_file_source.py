@@ -781,6 +781,16 @@ async def test_needs_a_version(serve: Serve) -> None:
         ),
         pytest.param({"algorithm": "md5"}, "'sha256' or 'sha512'", id="bad-algorithm"),
         pytest.param({"prefix": "CentOS"}, "Extra inputs are not permitted", id="unknown-key"),
+        pytest.param(
+            {"signed_file": "{file}.sha256"},
+            "signed_file needs keys",
+            id="signed-file-without-keys",
+        ),
+        pytest.param(
+            {"signed_file": "{image}.sha256", "keys": "opensuse"},
+            "signed_file uses unknown placeholder {image}",
+            id="signed-file-placeholder",
+        ),
     ],
 )
 def test_invalid_params(changes: dict[str, Any], message: str) -> None:
@@ -811,6 +821,7 @@ def test_registered_as_a_plugin() -> None:
         "compression": "auto",
         "keys": None,
         "signature_url": None,
+        "signed_file": None,
     }
     assert expected == source.describe(ENTRIES["centos-stream:9"].request())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.upstream_server import UpstreamServer
@@ -13,11 +14,18 @@ from tests.support.upstream_server import UpstreamServer
 UNSIGNED = ("CONTAINERDISKS_UPSTREAM_SIGNATURES", "false")
 
 
+def default_focus(flags: Sequence[str]) -> list[str]:
+    """`--focus fedora:*` unless `flags` give a focus of their own: `--focus` values add up (a
+    union), so a test's own focus must replace the helper's, not widen it."""
+    given = any(f == "--focus" or f.startswith("--focus=") for f in flags)
+    return [] if given else ["--focus", "fedora:*"]
+
+
 def command(
     srv: UpstreamServer, target: str, *extra: str, cwd: Path, via: str | None = None
 ) -> list[str]:
-    """`images push --dry-run=false --focus fedora:*` into `target`, upstream mirrored to `srv`
-    (or to `via`, e.g. a fault proxy in front of it)."""
+    """`images push --dry-run=false --focus fedora:*` (unless `extra` focuses) into `target`,
+    upstream mirrored to `srv` (or to `via`, e.g. a fault proxy in front of it)."""
     mirrors = ["--upstream-mirror", f"https://={via}/"] if via else srv.mirror_args()
     return [
         sys.executable,
@@ -26,8 +34,7 @@ def command(
         "images",
         "push",
         "--dry-run=false",
-        "--focus",
-        "fedora:*",
+        *default_focus(extra),
         "--source-registry",
         target,
         "--log-format",

@@ -87,6 +87,7 @@ class FaultProxy(LoopbackServer):
         self._release: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
         self._held = threading.Event()
+        self._holding = 0  # requests being held now
 
     # -- control from the test thread --------------------------------------------------------
 
@@ -115,6 +116,16 @@ class FaultProxy(LoopbackServer):
     def wait_held(self, timeout: float = 30.0) -> bool:
         """Block until a request is being held."""
         return self._held.wait(timeout)
+
+    def wait_holding(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until `count` requests are being held at once (a barrier for racers)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._holding >= count:
+                    return True
+            time.sleep(0.01)
+        return False
 
     def release(self) -> None:
         loop, event = self.loop, self._release
@@ -185,7 +196,13 @@ class FaultProxy(LoopbackServer):
         if rule is not None and rule.action == "hold":
             assert self._release is not None
             self._held.set()
-            await self._release.wait()
+            with self._lock:
+                self._holding += 1
+            try:
+                await self._release.wait()
+            finally:
+                with self._lock:
+                    self._holding -= 1
         body: AsyncIterator[bytes] | None = None
         if request.body_exists:
             body = self._body(request, rule)

@@ -28,6 +28,7 @@ from tests.support.registry import Registry
 from tests.support.upstream_server import UpstreamServer, put
 
 BASE = "https://images.example/signed/"
+SIGNED = Path(__file__).resolve().parent.parent / "fixtures" / "signed"
 IMAGE = "disk-1.qcow2"
 
 
@@ -271,3 +272,168 @@ def test_rollback_to_an_older_signed_file_is_refused_unless_forced(
     proc, results = _push(upstream_server, registry, config, tmp_path, "--force")
     assert 0 == proc.returncode, proc.stderr[-2000:]
     assert "Err" not in results["signed:1"]
+
+
+def test_a_name_listed_twice_in_the_signed_file_is_refused(
+    keys: Keys, registry: Registry, upstream_server: UpstreamServer, tmp_path: Path
+) -> None:
+    """Both lines are signed, yet which checksum the download is held to would be the parser's
+    choice (last wins for unsigned files, as medius): refused, naming the file and the name."""
+    sums = _tree(upstream_server.root, "twice")
+    sums = f"{'0' * 64}  {IMAGE}\n".encode() + sums
+    put(upstream_server.root, BASE + "SHA256SUMS", sums)
+    put(upstream_server.root, BASE + "SHA256SUMS.gpg", keys.sign("good", sums))
+    proc, results = _push(upstream_server, registry, _config(keys, tmp_path), tmp_path)
+    assert 1 == proc.returncode
+    message = str(results["signed:1"]["Err"])
+    assert f"{BASE}SHA256SUMS: malformed signed checksum file: '{IMAGE}' is listed twice" in message
+    assert "\n" not in message
+    assert 0 == upstream_server.count("/images.example/signed/" + IMAGE)
+    assert not _published(registry)
+
+
+# -- per-image signed files (openSUSE Tumbleweed and MicroOS) --------------------------------------
+
+TW = "https://download.opensuse.org/tumbleweed/appliances/"
+SNAPSHOT = "tw.x86_64-Snapshot20260207.qcow2"
+
+
+def _per_image_config(tmp: Path, keys: Keys | None, match: str, keyring: str) -> Path:
+    """An entry shaped as the default catalog's Tumbleweed: the unsigned listing picks the
+    name, `<name>.sha256` signed by `<name>.sha256.asc` gives the checksum."""
+    config: dict[str, object] = {
+        "entries": [
+            {
+                "name": "tw",
+                "version": "1",
+                "arches": ["x86_64"],
+                "signature": "required",
+                "source": {
+                    "kind": "checksum-file",
+                    "url": TW + "SHA256SUMS",
+                    "format": "gnu",
+                    "keys": keyring,
+                    "signed_file": "{file}.sha256",
+                    "signature_url": "{url}.asc",
+                    "match": match,
+                    "pick": "last",
+                },
+            }
+        ]
+    }
+    if keys is not None:
+        config["upstream_keys"] = {
+            "test": [{"file": str(keys.home / "pinned.gpg"), "fingerprint": keys.fpr["good"]}]
+        }
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _tw_published(reg: Registry) -> bool:
+    out = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reg.host}/test/tw:1"],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    return out.returncode == 0
+
+
+# (case, expected error fragment or None for accepted)
+PER_IMAGE = [
+    ("good", None),
+    ("signed file names another image", f"the signed file does not list {SNAPSHOT}"),
+    ("listing disagrees with the signed file", f"signed checksum of {SNAPSHOT} is "),
+    ("name twice in the signed file", f"'{SNAPSHOT}' is listed twice"),
+    ("bad signature", f"{TW}{SNAPSHOT}.sha256.asc: signature refused: BADSIG"),
+    ("unknown signer", f"{TW}{SNAPSHOT}.sha256.asc: signature refused: NO_PUBKEY"),
+    ("no signature", f"{TW}{SNAPSHOT}.sha256.asc"),
+]
+
+
+@pytest.mark.parametrize(("case", "error"), PER_IMAGE, ids=[c[0] for c in PER_IMAGE])
+def test_per_image_signed_file_after_the_listing_picked_the_name(
+    keys: Keys,
+    registry: Registry,
+    upstream_server: UpstreamServer,
+    tmp_path: Path,
+    case: str,
+    error: str | None,
+) -> None:
+    root = upstream_server.root
+    image = make_qcow2(tmp_path / "tw.qcow2", case)
+    put(root, TW + SNAPSHOT, image)
+    older = make_qcow2(tmp_path / "older.qcow2", "older")
+    put(root, TW + "tw.x86_64-Snapshot20260101.qcow2", older)
+    listing = (
+        f"{sha256(older)}  tw.x86_64-Snapshot20260101.qcow2\n"
+        f"{sha256(image)}  {SNAPSHOT}\n"
+        f"{sha256(image)}  tw.x86_64.qcow2\n"  # the alias: not matched
+    )
+    signed = f"{sha256(image)}  {SNAPSHOT}\n"
+    if case == "signed file names another image":
+        signed = f"{sha256(image)}  tw.x86_64.qcow2\n"
+    elif case == "listing disagrees with the signed file":
+        listing = listing.replace(f"{sha256(image)}  {SNAPSHOT}", f"{'a' * 64}  {SNAPSHOT}")
+    elif case == "name twice in the signed file":
+        signed += f"{'b' * 64}  {SNAPSHOT}\n"
+    signer = "other" if case == "unknown signer" else "good"
+    signature = keys.gpg(
+        "--local-user", keys.fpr[signer], "--armor", "--detach-sign", "--output", "-",
+        data=signed.encode(), sign=True,
+    )  # fmt: skip
+    if case == "bad signature":
+        signed = signed.replace(signed[0], "0" if signed[0] != "0" else "1", 1)
+    put(root, TW + "SHA256SUMS", listing)
+    put(root, TW + SNAPSHOT + ".sha256", signed)
+    if case != "no signature":
+        put(root, TW + SNAPSHOT + ".sha256.asc", signature)
+    config = _per_image_config(tmp_path, keys, r"tw\.{arch}-Snapshot\d+\.qcow2", "test")
+    proc, results = _push(upstream_server, registry, config, tmp_path)
+    # The listing chose the name; only that name's signed file was read, once.
+    assert 1 == upstream_server.count(TW + SNAPSHOT + ".sha256")
+    assert 0 == upstream_server.count(TW + "tw.x86_64-Snapshot20260101.qcow2.sha256")
+    if error is None:
+        assert 0 == proc.returncode, proc.stderr[-2000:]
+        assert _tw_published(registry)
+        assert 1 == upstream_server.count(TW + SNAPSHOT)
+        remembered = json.loads((tmp_path / "work" / "upstream-signatures.json").read_text())
+        assert {"x86_64"} == set(remembered["tw:1"])  # its signature time: the rollback guard
+        return
+    assert 1 == proc.returncode
+    message = str(results["tw:1"]["Err"])
+    assert error in message, message
+    assert "\n" not in message
+    assert 0 == upstream_server.count(TW + SNAPSHOT)  # refused before any download
+    assert not _tw_published(registry)
+
+
+def test_the_real_opensuse_signed_file_is_read_after_the_listing(
+    registry: Registry, upstream_server: UpstreamServer, tmp_path: Path
+) -> None:
+    """openSUSE's real `.sha256` and v3 `.sha256.asc` (tests/fixtures/signed), pinned key, real
+    push: the signature is accepted and the download is held to the signed checksum (our
+    stand-in bytes are not openSUSE's image: a checksum mismatch, not a signature error). One
+    changed byte in the signed file: BADSIG, nothing downloaded."""
+    real = SIGNED / "opensuse-tumbleweed-cloud"
+    name = "openSUSE-Tumbleweed-Minimal-VM.x86_64-Cloud.qcow2"
+    signed = (real / f"{name}.sha256").read_bytes()
+    put(upstream_server.root, TW + "SHA256SUMS", signed)  # a listing that agrees
+    put(upstream_server.root, TW + name + ".sha256.asc", real / f"{name}.sha256.asc")
+    put(upstream_server.root, TW + name, make_qcow2(tmp_path / "stand-in.qcow2", "stand-in"))
+    config = _per_image_config(
+        tmp_path, None, r"openSUSE-Tumbleweed-Minimal-VM\.{arch}-Cloud\.qcow2", "opensuse"
+    )
+    for changed in (False, True):
+        body = signed.replace(b"1cba", b"1cbb", 1) if changed else signed
+        put(upstream_server.root, TW + name + ".sha256", body)
+        put(upstream_server.root, TW + "SHA256SUMS", body)
+        proc, results = _push(upstream_server, registry, config, tmp_path)
+        assert 1 == proc.returncode
+        message = str(results["tw:1"]["Err"])
+        if changed:
+            assert f"{TW}{name}.sha256.asc: signature refused: BADSIG 35A2F86E29B700A4" in message
+            assert 1 == upstream_server.count(TW + name)  # only the first push downloaded
+        else:
+            assert f"{TW}{name}: checksum mismatch: expected sha256 1cba9d4e" in message, message
+            assert "signature" not in message
+            assert 1 == upstream_server.count(TW + name)

@@ -92,16 +92,16 @@ class Published:
         data: dict[str, Any] = json.loads(self.results.read_text())
         return data
 
-    def push(self, focus: str) -> dict[str, Any]:
-        """`images push` of one entry; its record is merged into the results file (push itself
-        rewrites the file with what it did, as medius)."""
+    def push(self, focus: str, *flags: str) -> dict[str, Any]:
+        """`images push` of one entry (`flags` added: `--sign-key`); its record is merged into
+        the results file (push itself rewrites the file with what it did, as medius)."""
         before = self.read_results() if self.results.exists() else {}
         command = [
             sys.executable, "-m", "containerdisks", "images", "push", "--dry-run=false",
             "--config", str(self.config), "--focus", focus,
             "--source-registry", self.target, "--results-file", str(self.results),
             "--work-dir", str(self.root / "push-work"), "--log-format", "json",
-            *self.upstream.mirror_args(),
+            *self.upstream.mirror_args(), *flags,
         ]  # fmt: skip
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=120, env=clean_env(), cwd=self.root

@@ -3,13 +3,16 @@ compression a containerdisk may come in, and the images KubeVirt would refuse.""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
 import os
 import tarfile
+import threading
 import tracemalloc
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,13 @@ async def _publish(registry: Registry, *layers: bytes | str) -> str:
 
 
 DISK = os.urandom(300_000) + b"\0" * 100_000  # not a multiple of 512
+
+
+@pytest.fixture(autouse=True)
+def _no_writer_thread_outlives_a_pull() -> Iterator[None]:
+    yield
+    left = [t.name for t in threading.enumerate() if t.name == "pull-writer"]
+    assert not left, f"{len(left)} writer threads still running after the pull returned"
 
 
 @pytest.mark.parametrize(
@@ -136,6 +146,7 @@ async def test_not_a_tar_and_a_missing_platform_are_named(
     [
         ([("disk", None), ("disk/disk.img", DISK)], [("etc/motd", b"hi")], DISK),
         ([("disk/disk.img", b"old" * 1000)], [("disk/disk.img", DISK)], DISK),  # later wins
+        ([("disk/disk.img", DISK)], [("disk/disk.img", b"new")], b"new"),  # and is cut to its size
         ([("etc/motd", b"hi")], [("disk/disk.img", DISK)], DISK),
     ],
 )
@@ -304,3 +315,34 @@ async def test_data_past_the_tar_and_a_huge_member_outside_disk_are_refused(
     assert f" of t/disk@x: {message}" in str(e.value)
     assert "\n" not in str(e.value)
     assert not dest.exists()
+
+
+async def test_a_corrupt_deflate_stream_fails_the_inflate_thread_in_one_line(
+    registry: Registry, tmp_path: Path
+) -> None:
+    tar = _tar([("disk/disk.img", os.urandom(600_000))], tarfile.GNU_FORMAT)
+    layer = bytearray(gzip.compress(tar, compresslevel=1))
+    layer[len(layer) // 2 : len(layer) // 2 + 64] = bytes(64)  # the registry stores it as it is
+    digest = await _publish(registry, bytes(layer), oci.OCI_LAYER_GZIP)
+    dest = tmp_path / "disk.img"
+    async with oci.RegistryClient(registry.host) as client:
+        with pytest.raises(PullError) as e:
+            await pull_disk(client, "t/disk", digest, "amd64", dest, where="t/disk")
+    assert str(e.value).startswith("t/disk: "), e.value
+    assert "\n" not in str(e.value)
+    assert not dest.exists()
+
+
+async def test_a_failing_write_stops_the_pull_with_its_error(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The writer thread's own error (here ENOSPC, from the real /dev/full) is the one raised."""
+    tar = _tar([("disk/disk.img", DISK)], tarfile.GNU_FORMAT)
+    digest = await _publish(registry, gzip.compress(tar), oci.OCI_LAYER_GZIP)
+    dest = tmp_path / "disk.img"
+    dest.symlink_to("/dev/full")
+    async with oci.RegistryClient(registry.host) as client:
+        with pytest.raises(OSError, match="No space left on device") as e:
+            await pull_disk(client, "t/disk", digest, "amd64", dest, where="t/disk")
+    assert e.value.errno == errno.ENOSPC
+    assert not dest.is_symlink()  # the link is removed, not what it points to

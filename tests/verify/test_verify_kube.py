@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.support.cli import clean_env
+from tests.support.cosign import keypair
 from tests.support.fake_kube import FakeKube, Scenario
 from tests.support.tinycloud import Images
 from tests.verify.conftest import Published
@@ -776,3 +777,30 @@ def test_a_kubeconfig_variable_naming_no_file_is_named_in_the_error(
         f"containerdisks: images verify: kubernetes config: KUBECONFIG={missing}: no such file"
     ] == done.stderr.strip().splitlines()
     assert [] == fake.requests
+
+
+def test_verify_key_refuses_before_any_vm_is_created(
+    published: Published, fake: FakeKube, tmp_path: Path
+) -> None:
+    """In KubeVirt the digest `Tags[0]` names in `--registry` is checked with the key before a
+    VirtualMachine is created: the wrong key is refused in one line and the API sees no VM; the
+    right key passes and the VM boots."""
+    key = keypair(tmp_path)
+    published.push("tiny:1", "--sign-key", str(key))
+    pushed = published.results.read_text()
+    other = keypair(tmp_path, "other").with_suffix(".pub")
+    registry = ("--registry", published.target)  # read from here, as the cluster would pull
+    done = _verify(published, fake, "--dry-run=false", "--verify-key", str(other), *registry)
+    err = _failed(published, done)
+    assert err.startswith(f"tiny:1: not signed with public key {other}: ")
+    assert "does not verify with public key" in err
+    assert "\n" not in err
+    assert [] == fake.created
+    assert not [r for r in fake.requests if r[0] == "POST"]  # nothing created at all
+
+    published.results.write_text(pushed)
+    right = key.with_suffix(".pub")
+    done = _verify(published, fake, "--dry-run=false", "--verify-key", str(right), *registry)
+    assert 0 == done.returncode, done.stderr
+    assert "verified" in done.stdout
+    assert 1 == len(fake.created)

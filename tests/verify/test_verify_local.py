@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import clean_env
+from tests.support.cosign import keypair, put_sig, replace_sig_payload
 from tests.support.tinycloud import qemu_processes
 from tests.verify.conftest import Published, assert_every_vm_stopped
 
@@ -265,3 +266,47 @@ def test_an_entry_an_earlier_stage_failed_fails_verify_as_in_medius(published: P
     again = published.verify("--no-fail")
     assert 0 == again.returncode, again.stderr
     assert failed == published.read_results()["tiny-ignores:1"]
+
+
+def test_verify_key_refuses_before_booting_and_boots_what_checks(
+    published: Published, tmp_path: Path
+) -> None:
+    """`--verify-key`: the wrong key, an unsigned image and a `.sig` whose payload a registry
+    changed are each refused in one line naming the key, and nothing boots (no qemu started);
+    the right key passes the check and the image boots."""
+    key = keypair(tmp_path)
+    other = keypair(tmp_path, "other").with_suffix(".pub")
+    pushed = published.push("tiny:1", "--sign-key", str(key))
+    published.push("tiny-ignores:1")  # unsigned
+    pushed_results = published.results.read_text()
+
+    def refused(pub: Path, entry: str, why: str) -> None:
+        published.results.write_text(pushed_results)  # both entries at stage push again
+        done = published.verify("--dry-run=false", "--verify-key", str(pub), "--focus", entry)
+        assert 1 == done.returncode, done.stderr
+        [row] = [line for line in done.stdout.splitlines() if line.startswith(entry)]
+        assert f"failed: not signed with public key {pub}: " in row, row
+        assert why in row, row
+        err = published.read_results()[entry]["Err"]
+        assert err.startswith(f"{entry}: not signed with public key {pub}: ")
+        assert "\n" not in err
+        events = {json.loads(e).get("event") for e in done.stderr.splitlines() if e[:1] == "{"}
+        assert not events & {"disk_pulled", "booting", "vm_started"}, events
+        assert [] == qemu_processes(str(published.root))
+
+    refused(other, "tiny:1", "does not verify with public key")
+    refused(other, "tiny-ignores:1", ".sig: not found (unsigned)")
+    digest = pushed["tiny:1"]["Digest"]
+    host = published.registry.host
+    original, _ = replace_sig_payload(host, "cd/tiny", digest, lambda b: b.replace(b"1", b"2"))
+    refused(key.with_suffix(".pub"), "tiny:1", f"signature of {digest}: does not verify")
+
+    # The right key, the `.sig` as push wrote it.
+    put_sig(host, "cd/tiny", digest, original)
+    published.results.write_text(pushed_results)
+    done = published.verify("--dry-run=false", "--verify-key", str(key.with_suffix(".pub")),
+                            "--focus", "tiny:1")  # fmt: skip
+    assert 0 == done.returncode, done.stderr
+    assert re.search(r"tiny:1\s+x86_64\s+verified in \d+\.\d s", done.stdout), done.stdout
+    assert any(json.loads(e).get("event") == "vm_started" for e in done.stderr.splitlines()
+               if e[:1] == "{")  # fmt: skip
