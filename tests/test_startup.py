@@ -136,8 +136,7 @@ def test_dry_run_push_imports_no_compressor_nor_verifier(
     assert "build" in stdout  # it planned against the upstream and the registry
     assert {"aiohttp", "containerdisks"} <= modules
     assert set() == modules & (NOT_FOR_PLANNING | NOT_FOR_ONE_SHOT)
-    with_publish, _ = imported(
-        tmp_path,
+    publish = [
         "images",
         "push",
         "--dry-run=false",
@@ -150,26 +149,13 @@ def test_dry_run_push_imports_no_compressor_nor_verifier(
         "--work-dir",
         str(tmp_path / "work"),
         *srv.mirror_args(),
-    )
+    ]
+    with_publish, _ = imported(tmp_path, *publish)
     # The probe sees them when they are used: publishing loads the compressors.
     assert {"isal", "zstandard"} <= with_publish
     # The same push again has nothing to do (issue 21's no-change pass): it plans, and loads
     # neither the publisher's compressors nor a verifier.
-    unchanged, stdout = imported(
-        tmp_path,
-        "images",
-        "push",
-        "--dry-run=false",
-        "--focus",
-        "fedora:40",
-        "--source-registry",
-        f"{registry.host}/cd",
-        "--log-format",
-        "json",
-        "--work-dir",
-        str(tmp_path / "work"),
-        *srv.mirror_args(),
-    )
+    unchanged, stdout = imported(tmp_path, *publish)
     assert "up-to-date" in stdout
     assert "build" not in stdout
     assert set() == unchanged & (NOT_FOR_PLANNING | NOT_FOR_ONE_SHOT)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -317,20 +317,16 @@ async def _attach_one(
     await _together(sig(), att(), referrers())
 
 
-async def _together(*steps: Awaitable[T]) -> list[T]:
+async def _together(*steps: Coroutine[Any, Any, T]) -> list[T]:
     """Await `steps` side by side; their results in order. The first failure is raised as
     itself (not an ExceptionGroup: callers catch `oci.OCIError`), the others cancelled."""
     tasks: list[asyncio.Task[T]] = []
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_awaited(step)) for step in steps]
+            tasks = [group.create_task(step) for step in steps]
     except BaseExceptionGroup as failed:
         raise _first_failure(failed) from None
     return [t.result() for t in tasks]
-
-
-async def _awaited(step: Awaitable[T]) -> T:
-    return await step
 
 
 def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:

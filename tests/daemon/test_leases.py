@@ -128,6 +128,18 @@ def _leader(daemons: list[Daemon], timeout: float = 60) -> Daemon:
     return found[0]
 
 
+def _elected_pair(
+    start_daemon: StartDaemon, fedora: Fedora, registry: Registry, fake: FakeLeases, tmp_path: Path
+) -> tuple[Daemon, Daemon]:
+    """Two `--leader-elect` replicas, once one of them leads: (the leader, the other)."""
+    replicas = [
+        _replica(start_daemon, fedora, registry, fake, tmp_path, n, "--leader-elect=true")
+        for n in range(2)
+    ]
+    leader = _leader(replicas)
+    return leader, next(d for d in replicas if d is not leader)
+
+
 def _first_pass(d: Daemon) -> None:
     d.wait_for("the first pass", lambda: bool(d.events("pass_finished")), 60)
 
@@ -146,12 +158,7 @@ def test_a_killed_leader_is_succeeded_within_lease_plus_retry_and_the_successor_
     tmp_path: Path,
 ) -> None:  # fmt: skip
     _, _, root = fedora_upstream
-    replicas = [
-        _replica(start_daemon, fedora_upstream, registry, fake, tmp_path, n, "--leader-elect=true")
-        for n in range(2)
-    ]
-    leader = _leader(replicas)
-    follower = next(d for d in replicas if d is not leader)
+    leader, follower = _elected_pair(start_daemon, fedora_upstream, registry, fake, tmp_path)
     _first_pass(leader)
     follower.ready()  # followers are ready, and idle
     assert [] == follower.events("pass_started")
@@ -181,12 +188,7 @@ def test_a_graceful_shutdown_releases_the_lease_and_the_successor_takes_it_at_on
     registry: Registry, fedora_upstream: Fedora, start_daemon: StartDaemon, fake: FakeLeases,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    replicas = [
-        _replica(start_daemon, fedora_upstream, registry, fake, tmp_path, n, "--leader-elect=true")
-        for n in range(2)
-    ]
-    leader = _leader(replicas)
-    follower = next(d for d in replicas if d is not leader)
+    leader, follower = _elected_pair(start_daemon, fedora_upstream, registry, fake, tmp_path)
     _first_pass(leader)
     leader.signal(signal.SIGTERM)
     stopped = time.monotonic()
@@ -205,12 +207,7 @@ def test_a_leader_stopped_longer_than_its_lease_starts_nothing_when_continued(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     _, _, root = fedora_upstream
-    replicas = [
-        _replica(start_daemon, fedora_upstream, registry, fake, tmp_path, n, "--leader-elect=true")
-        for n in range(2)
-    ]
-    leader = _leader(replicas)
-    successor = next(d for d in replicas if d is not leader)
+    leader, successor = _elected_pair(start_daemon, fedora_upstream, registry, fake, tmp_path)
     leader.ready()
     leader.wait_for("a pass after the first", lambda: len(leader.events("pass_finished")) >= 2)
     leader.signal(signal.SIGSTOP)
