@@ -20,8 +20,10 @@ median of the per-round ratio to medius.
     python benchmarks/nochange.py --medius PATH/TO/medius [--passes 15] [--alt-repo DIR]
         [--json benchmarks/results/nochange-DATE.json] [--importtime FILE]
 
-`--importtime FILE` also runs our pass once more under `python -X importtime` and writes the
-cumulative import times (top 40) to FILE. The variants `import: ...` (in the same rounds) are
+`--cprofile FILE` profiles one more no-change pass and one first push of ours under cProfile
+(`FILE-nochange`, `FILE-push`; read them with `python -m pstats`). `--importtime FILE` also
+runs our pass once more under `python -X importtime` and writes the cumulative import times
+(top 40) to FILE. The variants `import: ...` (in the same rounds) are
 `python -c "import gc; gc.disable(); import X"` from our tree: what importing the third-party
 stacks and our command modules alone costs (the collector off, as our entry point has it during
 start-up), so the pass's CPU can be split into interpreter, imports and the rest.
@@ -84,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fresh-work-dir", action="store_true", help="empty work dir per pass")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--importtime", type=Path, help="write our pass's import times here")
+    parser.add_argument(
+        "--cprofile",
+        type=Path,
+        help="also profile one no-change pass and one first push (repository ns-profiled) of "
+        "ours under cProfile: FILE-nochange and FILE-push, read with `python -m pstats`",
+    )
     args = parser.parse_args(argv)
     problem = pt.medius_problem(args.medius.resolve() if args.medius else None)
     if problem and args.medius is not None:
@@ -169,6 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.importtime.write_text(
                     "".join(f"{c / 1000:8.1f} ms {n}\n" for c, n in rows[:40])
                 )
+            if args.cprofile:
+                cmd, e, cwd = cmds["ours"]
+                first = [a.replace("/ns-ours", "/ns-profiled") for a in cmd[1:]]
+                for what, rest in (("nochange", cmd[1:]), ("push", first)):
+                    out = args.cprofile.resolve().with_name(f"{args.cprofile.name}-{what}")
+                    subprocess.run(
+                        [cmd[0], "-m", "cProfile", "-o", str(out), *rest],
+                        env=e, cwd=cwd, capture_output=True, check=True,
+                    )  # fmt: skip
         finally:
             registry.stop()
     summary: dict[str, dict[str, float | None]] = {}

@@ -913,6 +913,7 @@ class Bench:
             str(run_dir / "results" / "results.json"),
             *PUSH_ARGS[result.variant.split("-", 1)[1]],
         ]
+        plain = cmd  # the no-change passes run unprofiled (py-spy would overwrite the push's file)
         if self.profile:
             prof = f"{self.profile}-{result.variant}-r{result.round}"
             spy = ["py-spy", "record", "--native", "--threads", "-r", "100", "-f", "raw"]
@@ -946,7 +947,7 @@ class Bench:
             return
         self._check_manifest(registry, "ns/fedora", result, "40")
         if result.ok:
-            self._no_change(cmd, env, repo, run_dir, result)
+            self._no_change(plain, env, repo, run_dir, result)
 
     def _no_change(
         self, cmd: Sequence[str], env: dict[str, str], cwd: Path, run_dir: Path, result: Run

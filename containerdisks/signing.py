@@ -20,6 +20,9 @@ Decisions:
   with one line rather than silently signing at random.
 - Every document is compact JSON with sorted keys, serialized once: a signature covers those
   exact bytes, and they are never re-serialized before they are stored.
+- `cryptography` is imported by the functions that handle keys, not by the module: the documents
+  (statements, payloads, PAE) are made on every publish, keys only with `--sign-key` or
+  `--verify-key`, and importing `cryptography` costs ~20 ms of every one-shot publish.
 - Checking is the caller's half of what a Sigstore verifier leaves out: the envelope's
   `payloadType`, the statement's `_type`, `predicateType` and subject digest, not only the
   signature.
@@ -34,13 +37,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Any
 
 from containerdisks.oci import redact
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -110,6 +112,8 @@ def _read_key_file(path: Path, what: str) -> bytes:
 
 
 def _p256(key: object, what: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415 - see module doc
+
     if not isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) or not (
         isinstance(key.curve, ec.SECP256R1)
     ):
@@ -127,6 +131,10 @@ class PublicKey:
     @classmethod
     def load(cls, path: Path) -> PublicKey:
         """The PEM `SubjectPublicKeyInfo` at `path` (cosign's `.pub` format)."""
+        from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
         data = _read_key_file(path, "public key")
         try:
             key = serialization.load_pem_public_key(data)
@@ -139,17 +147,25 @@ class PublicKey:
     @property
     def hint(self) -> str:
         """cosign's key hint: base64 of the SHA-256 of the DER SubjectPublicKeyInfo."""
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
         der = self.key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return _b64(hashlib.sha256(der).digest())
 
     def pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
         return self.key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
     def verifies(self, signature: bytes, data: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
+        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
         try:
             self.key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
@@ -161,6 +177,10 @@ class Signer:
     """An ECDSA P-256 private key that signs deterministically (RFC 6979)."""
 
     def __init__(self, key: ec.EllipticCurvePrivateKey, name: str) -> None:
+        from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
         _p256(key, name)
         self._key = key
         self.name = name
@@ -178,6 +198,10 @@ class Signer:
     def load(cls, path: Path) -> Signer:
         """The PKCS#8 PEM private key at `path`, decrypted with `$CONTAINERDISKS_SIGN_KEY_
         PASSPHRASE` when it is encrypted."""
+        from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
         data = _read_key_file(path, "signing key")
         passphrase = os.environ.get(PASSPHRASE_ENV) or None
         redact.register(passphrase)

@@ -6,7 +6,8 @@ difference from a bare interpreter running the same probe, so a new import on it
 here and must be added deliberately; `catalog` and a dry run must not load what only
 publishing (isal, zstandard) or verifying (asyncssh, kubernetes_asyncio) needs, and neither
 must a real push of an entry that is already up to date (the one-shot no-change pass), which
-also loads neither prometheus-client, cryptography nor anyio.
+also loads neither prometheus-client, cryptography nor anyio. A publish without a signing key
+loads no cryptography either.
 """
 
 from __future__ import annotations
@@ -151,8 +152,10 @@ def test_dry_run_push_imports_no_compressor_nor_verifier(
         *srv.mirror_args(),
     ]
     with_publish, _ = imported(tmp_path, *publish)
-    # The probe sees them when they are used: publishing loads the compressors.
+    # The probe sees them when they are used: publishing loads the compressors, and without a
+    # signing key no cryptography (signing.py imports it where keys are handled).
     assert {"isal", "zstandard"} <= with_publish
+    assert "cryptography" not in with_publish
     # The same push again has nothing to do (issue 21's no-change pass): it plans, and loads
     # neither the publisher's compressors nor a verifier.
     unchanged, stdout = imported(tmp_path, *publish)
