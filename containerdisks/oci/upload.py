@@ -46,7 +46,7 @@ from typing import Any, Final, Protocol, Self, TypeVar
 
 import yarl
 
-from containerdisks.oci.digest import parse_digest
+from containerdisks.oci.digest import Hashing, parse_digest
 from containerdisks.oci.errors import (
     DigestMismatchError,
     OCIError,
@@ -69,8 +69,6 @@ __all__ = [
 logger = logging.getLogger("containerdisks.oci")
 
 OCTET_STREAM: Final = "application/octet-stream"
-#: Chunks at least this big are hashed in a worker thread, while the previous one is sent.
-THREAD_HASH_MIN: Final = 256 * 1024
 #: How long a cancel (``DELETE``) may take before it is given up.
 CANCEL_TIMEOUT: Final = 10.0
 #: How long a PATCH cut short (by a cancellation) may take to answer with its ``Location``.
@@ -307,7 +305,8 @@ class BlobUpload:
         (distribution refuses a ``DELETE`` that races with a PATCH it is still reading).
         """
         start = self._read
-        pending: asyncio.Future[None] | None = None
+        # hashed in batches in a worker thread while the chunks are sent; complete at the end
+        hashing = Hashing(self._hash)
         source = aiter(chunks)
         try:
             while not self._stopping:
@@ -326,25 +325,15 @@ class BlobUpload:
                     self._pulling = None
                 if not chunk:
                     continue
-                if pending is not None:
-                    await pending
-                    pending = None
                 if size is not None and self._read - start + len(chunk) > size:
                     raise ValueError(f"{self._subject}: more than the {size} bytes announced")
-                if self._checked_digest is not None:
-                    pass  # the caller checks these bytes; the registry checks them again
-                elif len(chunk) >= THREAD_HASH_MIN:
-                    # hash in a thread while this chunk is being sent; awaited before the next
-                    pending = asyncio.ensure_future(asyncio.to_thread(self._hash.update, chunk))
-                else:
-                    self._hash.update(chunk)
+                if self._checked_digest is None:  # else the caller checks these bytes (and
+                    await hashing.feed(chunk)  # the registry checks them again)
                 self._read += len(chunk)
                 yield chunk
             if self._stopping:
                 return  # given up: the body ends short, the upload is deleted
-            if pending is not None:
-                await pending
-                pending = None
+            await hashing.finish()
             if size is not None and self._read - start != size:
                 raise ValueError(
                     f"{self._subject}: {self._read - start} bytes, not the {size} announced"
@@ -355,8 +344,7 @@ class BlobUpload:
                 return
             raise
         finally:
-            if pending is not None:
-                pending.cancel()
+            hashing.cancel()
 
     @staticmethod
     def _uncancel() -> None:

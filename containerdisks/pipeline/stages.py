@@ -37,6 +37,7 @@ from typing import Literal, TypeVar
 import zstandard
 from isal import isal_zlib
 
+from containerdisks.oci.digest import Hashing
 from containerdisks.pipeline import unpack
 from containerdisks.pipeline.image import LayerCompression
 
@@ -58,6 +59,9 @@ Chunks = AsyncIterator[bytes]
 #: Fixed block size fed to compressors (and a good network chunk size).
 BLOCK = 1 << 20
 _INLINE = 64 << 10  # below this, CPU work is done inline
+# Input per hand-off to the compressing thread: the compressor still gets exactly one `BLOCK`
+# per call (the output bytes, hence the digests, depend on it), two calls per hand-off.
+_CALL = 2 * BLOCK
 _GZIP_LEVEL = 1
 _ZSTD_LEVEL = 3
 _UID = _GID = 107
@@ -66,12 +70,6 @@ _OWNER = "qemu"
 
 _T = TypeVar("_T")
 _Buffer = bytes | bytearray | memoryview
-
-
-async def _cpu(fn: Callable[..., _T], data: _Buffer, *args: object) -> _T:
-    if len(data) < _INLINE:
-        return fn(data, *args)
-    return await asyncio.to_thread(fn, data, *args)
 
 
 class SizeLimitError(Exception):
@@ -100,19 +98,16 @@ class Digest:
 
     def __init__(self, algorithm: str = "sha256") -> None:
         self.algorithm = algorithm
-        self._h = hashlib.new(algorithm)
+        self.hash = hashlib.new(algorithm)
         self.size = 0
 
     def feed(self, data: _Buffer) -> None:
         """Hash `data` here, in the calling thread (a worker's, for big buffers)."""
         self.size += len(data)
-        self._h.update(data)
-
-    async def update(self, data: bytes) -> None:
-        await _cpu(self.feed, data)
+        self.hash.update(data)
 
     def hexdigest(self) -> str:
-        return self._h.hexdigest()
+        return self.hash.hexdigest()
 
     @property
     def digest(self) -> str:
@@ -123,19 +118,22 @@ class Digest:
 async def hashed(source: Chunks, *digests: Digest) -> Chunks:
     """Pass chunks through, feeding every digest.
 
-    Pipelined: a chunk is handed on while its hashes run in worker threads; they only have to
-    finish before the next chunk is hashed (each hash sees its chunks in order). Waiting for
+    Pipelined: a chunk is handed on while the hashes run in a worker thread, in batches of
+    `HASH_BATCH` bytes (`containerdisks.oci.digest.Hashing`: a hand-off per chunk cost more CPU
+    than copying it); the hashes have seen every chunk when the stream ends. Waiting for
     every hash before passing a chunk on serialised hashing with the network and cost about a
     quarter of the throughput (benchmarks/README.md).
     """
-    pending: list[asyncio.Future[None]] = []
-    async for chunk in source:
-        if pending:
-            await asyncio.gather(*pending)
-        pending = [asyncio.ensure_future(d.update(chunk)) for d in digests]
-        yield chunk
-    if pending:
-        await asyncio.gather(*pending)
+    hashing = Hashing(*(d.hash for d in digests))
+    try:
+        async for chunk in source:
+            for d in digests:
+                d.size += len(chunk)
+            await hashing.feed(chunk)
+            yield chunk
+        await hashing.finish()
+    finally:
+        hashing.cancel()
 
 
 async def decompress(source: Chunks, kind: Literal["gzip", "xz"]) -> Chunks:
@@ -205,17 +203,17 @@ async def compress(source: Chunks, kind: LayerCompression, digest: Digest | None
     """Compress fixed `BLOCK`-sized blocks of the input; `none` passes it through. `digest`,
     if given, is fed the uncompressed input (the diff_id) in the same worker call as each block.
 
-    Memory and speed (benchmarks/README.md): the input is copied into two reused `BLOCK`
-    buffers (no per-block allocation, no bytes joining or slicing), and block *k* is hashed and
-    compressed while block *k + 1* is gathered, its output handed on before block *k + 2* may
-    overwrite its buffer. The work runs on one thread of the stream's own: the compressor's
-    scratch and output buffers then come from one malloc arena; spread over the shared pool's
-    threads they fragmented every arena, and RSS crept with the image size.
+    Memory and speed (benchmarks/README.md): the input is copied into two reused buffers of two
+    `BLOCK`s (no per-block allocation, no bytes joining or slicing), and buffer *k* is hashed
+    and compressed (one `BLOCK` per compressor call) while buffer *k + 1* is gathered, its
+    output handed on before buffer *k + 2* may overwrite it. Two blocks per hand-off: a
+    hand-off to the thread and back costs ~90 µs of CPU here. The work runs on one thread of the
+    stream's own: the compressor's scratch and output buffers then come from one malloc arena;
+    spread over the shared pool's threads they fragmented every arena, and RSS crept with the
+    image size.
     """
     if kind == "none":
-        async for chunk in source:
-            if digest is not None:
-                await digest.update(chunk)
+        async for chunk in source if digest is None else hashed(source, digest):
             yield chunk
         return
     compress_fn: Callable[[_Buffer], bytes]
@@ -227,43 +225,45 @@ async def compress(source: Chunks, kind: LayerCompression, digest: Digest | None
         z = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, threads=0).compressobj()
         compress_fn, flush_fn = z.compress, z.flush
 
-    def block(data: _Buffer) -> bytes:
+    def blocks(data: _Buffer) -> list[bytes]:
         if digest is not None:
             digest.feed(data)
-        return compress_fn(data)
+        view = memoryview(data)
+        return [
+            out for at in range(0, len(view), BLOCK) if (out := compress_fn(view[at : at + BLOCK]))
+        ]
 
     loop = asyncio.get_running_loop()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compress")
-    buffers = (bytearray(BLOCK), bytearray(BLOCK))
+    buffers = (bytearray(_CALL), bytearray(_CALL))
     current, filled = 0, 0
-    running: asyncio.Future[bytes] | None = None
+    running: asyncio.Future[list[bytes]] | None = None
     try:
         async for chunk in source:
             view = memoryview(chunk)
             while view:
-                n = min(BLOCK - filled, len(view))
+                n = min(_CALL - filled, len(view))
                 buffers[current][filled : filled + n] = view[:n]
                 filled += n
                 view = view[n:]
-                if filled < BLOCK:
+                if filled < _CALL:
                     continue
                 if running is not None:
-                    out = await running
-                    if out:
+                    for out in await running:
                         yield out
-                running = loop.run_in_executor(worker, block, buffers[current])
+                running = loop.run_in_executor(worker, blocks, buffers[current])
                 current, filled = current ^ 1, 0
         if running is not None:
-            out, running = await running, None
-            if out:
+            done, running = await running, None
+            for out in done:
                 yield out
         if filled:
-            out = await loop.run_in_executor(worker, block, memoryview(buffers[current])[:filled])
-            if out:
+            tail = memoryview(buffers[current])[:filled]
+            for out in await loop.run_in_executor(worker, blocks, tail):
                 yield out
-        tail = flush_fn()
-        if tail:
-            yield tail
+        tail_out = flush_fn()
+        if tail_out:
+            yield tail_out
     finally:
         # A block still in the worker (the consumer stopped) finishes there and is dropped;
         # nothing else touches its buffer or the compressor again.

@@ -28,7 +28,7 @@ from containerdisks.oci import (
     RegistryClient,
     RegistryError,
 )
-from containerdisks.oci import upload as upload_module
+from containerdisks.oci import digest as digest_module
 from containerdisks.oci.client import _next_link
 from containerdisks.oci.messages import Response
 from containerdisks.oci.upload import default_chunk_size, next_location, with_digest
@@ -255,26 +255,30 @@ async def test_a_location_on_another_host_gets_no_credentials() -> None:
     assert all("Authorization" in s.headers for s in front.seen[2:])  # after the challenge
 
 
-async def test_big_chunks_are_hashed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    threads: list[int] = []
+async def test_chunks_are_hashed_off_the_event_loop_in_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handed: list[int] = []  # bytes per hand-off to a worker thread
     real = asyncio.to_thread
 
     async def counting(func: Callable[..., object], /, *args: object) -> object:
-        threads.append(len(args[0]) if args and isinstance(args[0], bytes) else -1)
+        handed.append(sum(len(c) for c in args[1]))  # type: ignore[attr-defined]
         return await real(func, *args)
 
-    monkeypatch.setattr(upload_module.asyncio, "to_thread", counting)
-    big = upload_module.THREAD_HASH_MIN
-    data = os.urandom(2 * big + 100)
+    monkeypatch.setattr(digest_module.asyncio, "to_thread", counting)
+    batch = digest_module.HASH_BATCH
+    data = os.urandom(2 * batch + 100)
     fake = FakeRegistry()
     async with (
         serve(fake.app()) as host,
         RegistryClient(host) as client,
         client.blob_upload("x") as upload,
     ):
-        await upload.write(chunks(data, big))
-        await upload.commit(sha256(data))
-    assert threads == [big, big]  # the 100-byte tail is hashed inline
+        await upload.write(chunks(data, 1 << 20))
+        descriptor = await upload.commit(sha256(data))
+    # two full batches of 1 MiB chunks, one hand-off each; the 100-byte tail is hashed inline
+    assert handed == [batch, batch]
+    assert descriptor.digest == sha256(data) == upload.digest
 
 
 async def test_tags_follow_link_pages() -> None:
