@@ -50,9 +50,13 @@ which other processes used over a quarter of a core is repeated (``--retry-noisy
 is checked afterwards (exit status, the blob or manifest in the registry) and bounded by
 ``--run-timeout``, the whole by ``--budget``; process groups are killed, temp files removed.
 
-Run from the repository root with the project venv active::
+Run from the repository root with an interpreter whose environment is a production install
+(our package without the test extras: with `rich` installed, as the test extras pull it in,
+structlog imports it and every start-up of ours pays ~40 ms more)::
 
-    python benchmarks/push_throughput.py --ref HEAD --size 1GiB --rounds 3 --json results.json
+    python3 -m venv /tmp/prod && /tmp/prod/bin/pip install -e .
+    /tmp/prod/bin/python benchmarks/push_throughput.py --ref HEAD --size 1GiB --rounds 3 \
+        --json results.json
 
 The table goes to stdout, progress to stderr, all runs and the summary to ``--json``.
 """
