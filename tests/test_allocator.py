@@ -10,13 +10,11 @@ over 256 MiB and writes the minor page faults it took. `--version` ends before a
 from __future__ import annotations
 
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import clean_env
+from tests.support.cli import probed
 
 pytestmark = pytest.mark.skipif(
     platform.libc_ver()[0] != "glibc", reason="the thresholds are glibc's (mallopt)"
@@ -52,15 +50,7 @@ runpy.run_module("containerdisks", run_name="__main__")
 
 def _faults(tmp_path: Path, *args: str) -> int:
     out = tmp_path / "faults"
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=clean_env(PROBE_OUT=str(out)),
-        cwd=tmp_path,
-    )
-    assert 0 == result.returncode, result.stderr
+    probed(_PROBE, out, *args, cwd=tmp_path)
     return int(out.read_text())
 
 

@@ -13,11 +13,9 @@ loads no cryptography either.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.cli import clean_env
+from tests.support.cli import probed
 from tests.support.registry import Registry
 from tests.support.upstream_server import UpstreamServer
 
@@ -89,16 +87,8 @@ NOT_FOR_ONE_SHOT = {"prometheus_client", "cryptography", "anyio"}
 def imported(tmp_path: Path, *args: str, cwd: Path | None = None) -> tuple[set[str], str]:
     """Top-level modules of `python -m containerdisks ARGS` at exit, and its stdout."""
     out = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=clean_env(PROBE_OUT=str(out)),
-        cwd=cwd or tmp_path,
-    )
-    assert 0 == result.returncode, result.stderr
-    return set(json.loads(out.read_text())), result.stdout
+    stdout = probed(_PROBE, out, *args, cwd=cwd or tmp_path)
+    return set(json.loads(out.read_text())), stdout
 
 
 def test_help_imports_only_the_allowed_modules(tmp_path: Path) -> None:

@@ -42,7 +42,13 @@ from containerdisks.oci.auth import (
     push_scope,
     select_challenge,
 )
-from containerdisks.oci.digest import compute_digest, is_digest, parse_digest, verify_digest
+from containerdisks.oci.digest import (
+    Hashing,
+    compute_digest,
+    is_digest,
+    parse_digest,
+    verify_digest,
+)
 from containerdisks.oci.errors import (
     BlobSizeError,
     BlobUnknownError,
@@ -577,38 +583,19 @@ class RegistryClient:
         floor = _RateFloor(
             self._blob_min_rate, self._blob_rate_window, self._blob_deadline, self._clock()
         )
-        batch: list[bytes] = []
-        batched = 0
-        hashing: asyncio.Future[None] | None = None
-
-        def digest_all(chunks: list[bytes]) -> None:
-            for chunk in chunks:
-                hasher.update(chunk)
-
-        async def flush() -> None:
-            # One batch hashes in a thread while the sink takes the next chunks and the socket
-            # is read; batches stay in order (each waits for the one before). Big batches keep
-            # the thread hops (and the event loop's share of the CPU) small.
-            nonlocal hashing, batch, batched
-            if hashing is not None:
-                await hashing
-                hashing = None
-            if batch:
-                hashing = asyncio.ensure_future(asyncio.to_thread(digest_all, batch))
-                batch, batched = [], 0
+        # One batch hashes in a thread while the sink takes the next chunks and the socket is
+        # read; big batches keep the thread hops (and the event loop's share of the CPU) small.
+        hashing = Hashing(hasher, batch=_HASH_BATCH)
 
         async def counted(chunk: bytes) -> None:
-            nonlocal size, batched
+            nonlocal size
             if size + len(chunk) > expected:
                 raise BlobSizeError(f"{subject}: more than the {expected} bytes of its descriptor")
             slow = floor.record(self._clock(), len(chunk))
             if slow is not None:
                 raise TransferTooSlowError(f"{subject}: {slow}", host=self.host)
             size += len(chunk)
-            batch.append(chunk)
-            batched += len(chunk)
-            if batched >= _HASH_BATCH:
-                await flush()
+            await hashing.feed(chunk)
             await sink(chunk)
 
         try:
@@ -621,11 +608,9 @@ class RegistryClient:
                 length=expected,
                 client_timeout=self._blob_timeout,
             )
-            await flush()
-            await flush()
+            await hashing.finish()
         finally:
-            if hashing is not None:
-                await asyncio.shield(hashing)
+            await hashing.settle()
         if response.status != 200:
             raise self._error(subject, response, not_found=BlobUnknownError)
         if size != expected:

@@ -82,8 +82,9 @@ class Hashing:
     """Feed one stream's chunks, in order, to one or more `hashlib` objects off the event loop.
 
     `await feed(chunk)` returns at once unless a batch is full and the previous one is still
-    hashing; `await finish()` once the stream has ended; `cancel()` if it will not end (a batch
-    already in its thread finishes there and is dropped). Chunks must not change after `feed`.
+    hashing; `await finish()` once the stream has ended. If it will not end: `cancel()` (a batch
+    already in its thread finishes there and is dropped) or `await settle()` (waits for that
+    batch: no thread is left working for this stream). Chunks must not change after `feed`.
     """
 
     def __init__(self, *hashes: Any, batch: int = HASH_BATCH) -> None:
@@ -121,3 +122,10 @@ class Hashing:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+
+    async def settle(self) -> None:
+        """Hash nothing more; wait for the batch still in its thread, if any."""
+        self._chunks, self._held = [], 0
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await asyncio.shield(pending)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 
 import pytest
 
@@ -55,3 +56,20 @@ async def test_a_cancelled_stream_holds_nothing() -> None:
     hashing.cancel()
     assert hashing._chunks == []
     assert hashing._pending is None
+
+
+async def test_settle_waits_for_the_batch_in_its_thread_and_hashes_nothing_more() -> None:
+    class Slow:  # records what it hashed, slowly, in whatever thread calls it
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def update(self, data: bytes) -> None:
+            time.sleep(0.2)
+            self.seen.append(len(data))
+
+    slow = Slow()
+    hashing = Hashing(slow, batch=1 << 20)
+    await hashing.feed(bytes(1 << 20))  # a full batch: handed to a thread
+    await hashing.feed(bytes(10))  # held, never hashed
+    await hashing.settle()
+    assert slow.seen == [1 << 20]
