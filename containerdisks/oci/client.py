@@ -595,7 +595,8 @@ class RegistryClient:
             if slow is not None:
                 raise TransferTooSlowError(f"{subject}: {slow}", host=self.host)
             size += len(chunk)
-            await hashing.feed(chunk)
+            if hashing.feed(chunk):
+                await hashing.flush()
             await sink(chunk)
 
         try:

@@ -81,8 +81,10 @@ def _update(hashes: Sequence[Any], chunks: Sequence[bytes | bytearray | memoryvi
 class Hashing:
     """Feed one stream's chunks, in order, to one or more `hashlib` objects off the event loop.
 
-    `await feed(chunk)` returns at once unless a batch is full and the previous one is still
-    hashing; `await finish()` once the stream has ended. If it will not end: `cancel()` (a batch
+    `feed(chunk)` takes a chunk and says whether a batch is full: then `await flush()` (it hands
+    the batch to a thread, after waiting for the previous one) before feeding more; `feed` is
+    not a coroutine because a pull feeds tens of thousands of small pieces per GiB. `await
+    finish()` once the stream has ended. If it will not end: `cancel()` (a batch
     already in its thread finishes there and is dropped) or `await settle()` (waits for that
     batch: no thread is left working for this stream). Chunks must not change after `feed`.
     """
@@ -94,13 +96,12 @@ class Hashing:
         self._held = 0
         self._pending: asyncio.Future[None] | None = None
 
-    async def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+    def feed(self, chunk: bytes | bytearray | memoryview) -> bool:
         self._chunks.append(chunk)
         self._held += len(chunk)
-        if self._held >= self._limit:
-            await self._submit()
+        return self._held >= self._limit
 
-    async def _submit(self) -> None:
+    async def flush(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             await pending
@@ -110,7 +111,7 @@ class Hashing:
     async def finish(self) -> None:
         """Hash what is left; every hash has then seen every chunk fed."""
         if self._held >= _INLINE:
-            await self._submit()
+            await self.flush()
         if self._pending is not None:
             pending, self._pending = self._pending, None
             await pending

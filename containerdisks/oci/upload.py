@@ -327,8 +327,9 @@ class BlobUpload:
                     continue
                 if size is not None and self._read - start + len(chunk) > size:
                     raise ValueError(f"{self._subject}: more than the {size} bytes announced")
-                if self._checked_digest is None:  # else the caller checks these bytes (and
-                    await hashing.feed(chunk)  # the registry checks them again)
+                # else the caller checks these bytes (and the registry checks them again)
+                if self._checked_digest is None and hashing.feed(chunk):
+                    await hashing.flush()
                 self._read += len(chunk)
                 yield chunk
             if self._stopping:

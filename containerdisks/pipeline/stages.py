@@ -129,7 +129,8 @@ async def hashed(source: Chunks, *digests: Digest) -> Chunks:
         async for chunk in source:
             for d in digests:
                 d.size += len(chunk)
-            await hashing.feed(chunk)
+            if hashing.feed(chunk):
+                await hashing.flush()
             yield chunk
         await hashing.finish()
     finally:

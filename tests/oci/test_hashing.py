@@ -21,7 +21,8 @@ async def test_batches_give_the_hash_of_the_whole_stream_in_order() -> None:
     at = 0
     while at < len(data):
         n = rng.choice([1, 17, 4096, 65_536, 250_000])
-        await hashing.feed(data[at : at + n])
+        if hashing.feed(data[at : at + n]):
+            await hashing.flush()
         at += n
     await hashing.finish()
     assert sha256.hexdigest() == hashlib.sha256(data).hexdigest()
@@ -42,8 +43,10 @@ async def test_a_batch_is_one_hand_off_and_a_small_tail_stays_on_the_loop(
     h = hashlib.sha256()
     hashing = Hashing(h, batch=1 << 20)
     for _ in range(8):
-        await hashing.feed(bytes(256 << 10))
-    await hashing.feed(bytes(100 << 10))
+        if hashing.feed(bytes(256 << 10)):
+            await hashing.flush()
+    if hashing.feed(bytes(100 << 10)):
+        await hashing.flush()
     await hashing.finish()
     assert handed == [1 << 20, 1 << 20]  # the last 100 KiB is hashed inline at the end
     assert h.hexdigest() == hashlib.sha256(bytes(8 * (256 << 10) + (100 << 10))).hexdigest()
@@ -52,7 +55,8 @@ async def test_a_batch_is_one_hand_off_and_a_small_tail_stays_on_the_loop(
 async def test_a_cancelled_stream_holds_nothing() -> None:
     hashing = Hashing(hashlib.sha256(), batch=1 << 20)
     for _ in range(5):
-        await hashing.feed(bytes(512 << 10))
+        if hashing.feed(bytes(512 << 10)):
+            await hashing.flush()
     hashing.cancel()
     assert hashing._chunks == []
     assert hashing._pending is None
@@ -69,7 +73,8 @@ async def test_settle_waits_for_the_batch_in_its_thread_and_hashes_nothing_more(
 
     slow = Slow()
     hashing = Hashing(slow, batch=1 << 20)
-    await hashing.feed(bytes(1 << 20))  # a full batch: handed to a thread
-    await hashing.feed(bytes(10))  # held, never hashed
+    assert hashing.feed(bytes(1 << 20))  # a full batch
+    await hashing.flush()  # handed to a thread
+    assert not hashing.feed(bytes(10))  # held, never hashed
     await hashing.settle()
     assert slow.seen == [1 << 20]
