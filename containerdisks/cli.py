@@ -35,7 +35,8 @@ fall by more than that every few MiB, so the same pages went back to the kernel 
 in again: ~150,000 minor page faults and ~0.6 s of system CPU per GiB pushed. A command run by
 `entrypoint` therefore fixes both thresholds (`_keep_freed_memory`: trim only past 32 MiB free,
 map only blocks over 16 MiB): ~17,000 faults per GiB, a few MiB more peak RSS (benchmarks/
-README.md). Elsewhere (musl, macOS) nothing is changed. `--help` and `--version` never get here.
+README.md). Elsewhere (musl, macOS) nothing is changed, nor where the operator set glibc's own
+`MALLOC_*_` variables or `glibc.malloc.*` tunables. `--help` and `--version` never get here.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ __all__ = ["main"]
 
 _gc_deferred: list[bool] = []  # [True]: `entrypoint` turned the collector off (docstring)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_"}
 
 _BOOL_FLAGS = (
     "--dry-run",
@@ -842,6 +844,8 @@ async def _dispatch(command: str, ctx: Context) -> int:
 
 def _keep_freed_memory() -> None:
     """Fix glibc's trim and mmap thresholds for this process (see the docstring)."""
+    if _ALLOCATOR_ENV & set(os.environ) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return  # the operator tuned the allocator: theirs wins
     import ctypes
 
     try:

@@ -4,7 +4,8 @@ Each run is a real process (`python -m containerdisks ...` through a probe). At 
 command, the probe makes a stream's allocation pattern (256 KiB reads joined into 1 MiB chunks,
 handed to a thread that makes smaller outputs, freed on another thread: what a push does per MiB)
 over 256 MiB and writes the minor page faults it took. `--version` ends before any command runs
-(glibc's defaults); `catalog` runs one (the thresholds fixed by `entrypoint`'s process).
+(glibc's defaults); `catalog` runs one (the thresholds fixed by `entrypoint`'s process), unless
+the operator set glibc's own.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ runpy.run_module("containerdisks", run_name="__main__")
 """
 
 
-def _faults(tmp_path: Path, *args: str) -> int:
+def _faults(tmp_path: Path, *args: str, **env: str) -> int:
     out = tmp_path / "faults"
-    probed(_PROBE, out, *args, cwd=tmp_path)
+    probed(_PROBE, out, *args, cwd=tmp_path, **env)
     return int(out.read_text())
 
 
@@ -60,3 +61,10 @@ def test_a_command_keeps_freed_memory_instead_of_faulting_it_in_again(tmp_path: 
     # 256 MiB through glibc's defaults faults ~24,000 pages here, with the thresholds ~2,000
     assert defaults > 8_000
     assert command * 4 < defaults, (command, defaults)
+
+
+def test_the_operators_own_allocator_settings_win(tmp_path: Path) -> None:
+    # trim at every free: what an operator short of memory might ask glibc for
+    theirs = ({"MALLOC_TRIM_THRESHOLD_": "0"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"})
+    for env in theirs:
+        assert _faults(tmp_path, "catalog", "--output", "json", **env) > 8_000, env

@@ -57,15 +57,15 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def probed(probe: str, out: Path, *args: str, cwd: Path) -> str:
+def probed(probe: str, out: Path, *args: str, cwd: Path, **env: str) -> str:
     """Run `python -c PROBE ARGS` (a probe that runs `python -m containerdisks ARGS` and writes
-    what it saw to `$PROBE_OUT` = `out`); it must exit 0. Its stdout."""
+    what it saw to `$PROBE_OUT` = `out`) with `env` added; it must exit 0. Its stdout."""
     result = subprocess.run(
         [sys.executable, "-c", probe, *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env=clean_env(PROBE_OUT=str(out)),
+        env=clean_env(PROBE_OUT=str(out), **env),
         cwd=cwd,
     )
     assert 0 == result.returncode, result.stderr
