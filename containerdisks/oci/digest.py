@@ -102,9 +102,7 @@ class Hashing:
         return self._held >= self._limit
 
     async def flush(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
+        await self._wait()
         chunks, self._chunks, self._held = self._chunks, [], 0
         self._pending = asyncio.ensure_future(asyncio.to_thread(_update, self._hashes, chunks))
 
@@ -112,9 +110,7 @@ class Hashing:
         """Hash what is left; every hash has then seen every chunk fed."""
         if self._held >= _INLINE:
             await self.flush()
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
+        await self._wait()
         chunks, self._chunks, self._held = self._chunks, [], 0
         _update(self._hashes, chunks)
 
@@ -127,6 +123,10 @@ class Hashing:
     async def settle(self) -> None:
         """Hash nothing more; wait for the batch still in its thread, if any."""
         self._chunks, self._held = [], 0
+        await self._wait(shielded=True)
+
+    async def _wait(self, *, shielded: bool = False) -> None:
+        """Wait for the batch in its thread, if any (shielded: a cancelled wait leaves it be)."""
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            await asyncio.shield(pending)
+            await (asyncio.shield(pending) if shielded else pending)

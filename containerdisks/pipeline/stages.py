@@ -32,7 +32,7 @@ import hashlib
 import tarfile
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, TypeVar
+from typing import Literal
 
 import zstandard
 from isal import isal_zlib
@@ -68,7 +68,6 @@ _UID = _GID = 107
 _OWNER = "qemu"
 
 
-_T = TypeVar("_T")
 _Buffer = bytes | bytearray | memoryview
 
 
